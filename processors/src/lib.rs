@@ -1,0 +1,7 @@
+//! Stream processors: pure state machines run by `riverbank_runtime::process`.
+//! No I/O, no clock reads, no randomness: time comes from events, ids are derived from inputs.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+
+pub use audit::AuditProcessor;

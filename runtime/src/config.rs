@@ -1,0 +1,351 @@
+//! One typed config: the embedded default file, then an optional file, then `RIVERBANK__SECTION__KEY`
+//! environment variables. Unknown keys are errors; secrets never print.
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use riverbank_schemas::Environment;
+use serde::Deserialize;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// A value that must never appear in logs or `Debug` output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub ingest: IngestConfig,
+    pub processor: ProcessorConfig,
+    pub sinks: SinksConfig,
+    pub postgres: PostgresConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub api: ApiConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub client_id: String,
+    pub environments: Vec<Environment>,
+    pub topic_partitions: i32,
+    pub topic_replication_factor: i32,
+    pub admin_timeout_ms: u64,
+    pub metadata_timeout_ms: u64,
+    pub message_timeout_ms: u64,
+    pub producer_linger_ms: u64,
+    pub producer_queue_messages_max: u64,
+    pub producer_queue_kbytes_max: u64,
+    pub producer_batch_messages_max: u64,
+    pub consumer_session_timeout_ms: u64,
+    pub consumer_fetch_wait_max_ms: u64,
+    pub consumer_queued_kbytes_max: u64,
+    pub commit_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub listen_addr: SocketAddr,
+    pub body_bytes_max: usize,
+    pub headers_count_max: usize,
+    pub request_timeout_ms: u64,
+    pub in_flight_requests_max: usize,
+    pub produce_timeout_ms: u64,
+    pub retry_after_s: u64,
+    pub timestamp_tolerance_s: i64,
+    pub webhooks: Vec<WebhookSecretConfig>,
+}
+
+/// Secrets one tenant shares with one provider in one environment. Several may be active at once
+/// (rotation): any of them verifies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSecretConfig {
+    pub provider: String,
+    pub tenant_id: String,
+    pub environment: Environment,
+    pub scheme: WebhookScheme,
+    pub secrets: Vec<Secret<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookScheme {
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`, `whsec_` secrets.
+    StandardWebhooks,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    pub batch_events_max: usize,
+    pub batch_linger_ms: u64,
+    pub retry_backoff_initial_ms: u64,
+    pub retry_backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    pub batch_rows_max: usize,
+    pub batch_linger_ms: u64,
+    pub retry_backoff_initial_ms: u64,
+    pub retry_backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: Secret<String>,
+    pub pool_connections_max: u32,
+    pub acquire_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: Secret<String>,
+    pub validation: bool,
+    pub request_timeout_ms: u64,
+    pub create_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen_addr: SocketAddr,
+    pub request_timeout_ms: u64,
+    pub in_flight_requests_max: usize,
+    pub page_rows_max: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+    #[error("config is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Defaults ← `file` (if given) ← environment, then validated as a whole.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, "RIVERBANK__")
+    }
+
+    fn load_from(file: Option<&Path>, env_prefix: &str) -> Result<Config, ConfigError> {
+        let env = Env::prefixed(env_prefix).split("__");
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every problem at once, so an operator fixes the file in one go.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut positive = |name: &str, value: u64| {
+            if value == 0 {
+                errors.push(format!("{name} must be greater than 0"));
+            }
+        };
+        let k = &self.kafka;
+        positive("kafka.admin_timeout_ms", k.admin_timeout_ms);
+        positive("kafka.metadata_timeout_ms", k.metadata_timeout_ms);
+        positive("kafka.message_timeout_ms", k.message_timeout_ms);
+        positive("kafka.producer_queue_messages_max", k.producer_queue_messages_max);
+        positive("kafka.producer_queue_kbytes_max", k.producer_queue_kbytes_max);
+        positive("kafka.producer_batch_messages_max", k.producer_batch_messages_max);
+        positive("kafka.consumer_session_timeout_ms", k.consumer_session_timeout_ms);
+        positive("kafka.consumer_queued_kbytes_max", k.consumer_queued_kbytes_max);
+        positive("kafka.commit_timeout_ms", k.commit_timeout_ms);
+        let i = &self.ingest;
+        positive("ingest.body_bytes_max", i.body_bytes_max as u64);
+        positive("ingest.headers_count_max", i.headers_count_max as u64);
+        positive("ingest.request_timeout_ms", i.request_timeout_ms);
+        positive("ingest.in_flight_requests_max", i.in_flight_requests_max as u64);
+        positive("ingest.produce_timeout_ms", i.produce_timeout_ms);
+        positive("processor.batch_events_max", self.processor.batch_events_max as u64);
+        positive("processor.retry_backoff_initial_ms", self.processor.retry_backoff_initial_ms);
+        positive("sinks.batch_rows_max", self.sinks.batch_rows_max as u64);
+        positive("sinks.retry_backoff_initial_ms", self.sinks.retry_backoff_initial_ms);
+        positive("postgres.pool_connections_max", u64::from(self.postgres.pool_connections_max));
+        positive("postgres.acquire_timeout_ms", self.postgres.acquire_timeout_ms);
+        positive("postgres.statement_timeout_ms", self.postgres.statement_timeout_ms);
+        positive("clickhouse.request_timeout_ms", self.clickhouse.request_timeout_ms);
+        positive("api.request_timeout_ms", self.api.request_timeout_ms);
+        positive("api.in_flight_requests_max", self.api.in_flight_requests_max as u64);
+        positive("api.page_rows_max", u64::from(self.api.page_rows_max));
+        if k.brokers.trim().is_empty() {
+            errors.push("kafka.brokers must name at least one broker".into());
+        }
+        if k.environments.is_empty() {
+            errors.push("kafka.environments must name at least one of live, sandbox".into());
+        }
+        if k.topic_partitions < 1 {
+            errors.push("kafka.topic_partitions must be at least 1".into());
+        }
+        if k.topic_replication_factor < 1 {
+            errors.push("kafka.topic_replication_factor must be at least 1".into());
+        }
+        if !k.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            errors.push("kafka.topic_prefix may hold only ASCII letters, digits, '.', '_' and '-'".into());
+        }
+        if self.processor.retry_backoff_max_ms < self.processor.retry_backoff_initial_ms {
+            errors.push("processor.retry_backoff_max_ms must be at least retry_backoff_initial_ms".into());
+        }
+        if self.sinks.retry_backoff_max_ms < self.sinks.retry_backoff_initial_ms {
+            errors.push("sinks.retry_backoff_max_ms must be at least retry_backoff_initial_ms".into());
+        }
+        if !(1..=86_400).contains(&i.timestamp_tolerance_s) {
+            errors.push("ingest.timestamp_tolerance_s must be between 1 and 86400".into());
+        }
+        if !self.clickhouse.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            errors.push("clickhouse.database may hold only ASCII letters, digits and '_'".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (n, w) in i.webhooks.iter().enumerate() {
+            let at = format!("ingest.webhooks[{n}]");
+            if !is_slug(&w.provider) {
+                errors.push(format!("{at}.provider must be 1-64 of a-z, 0-9, '-', '_'"));
+            }
+            if !is_tenant_id(&w.tenant_id) {
+                errors.push(format!("{at}.tenant_id must be 1-64 of ASCII letters, digits, '-', '_'"));
+            }
+            if w.secrets.is_empty() {
+                errors.push(format!("{at}.secrets must hold at least one secret"));
+            }
+            if !seen.insert((w.provider.clone(), w.tenant_id.clone(), w.environment)) {
+                errors.push(format!("{at} repeats provider/tenant/environment; list all its secrets in one entry"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+}
+
+/// Provider names: lowercase slugs (they appear in routes, topics' keys and audit actors).
+pub fn is_slug(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Tenant ids: short, ASCII, safe in URLs, keys and SQL literals.
+pub fn is_tenant_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_ENV: &str = "RIVERBANK_TEST_NOTHING__";
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load_from(None, NO_ENV).expect("defaults are valid");
+        assert_eq!(c.kafka.environments, vec![Environment::Live, Environment::Sandbox]);
+        assert!(c.ingest.webhooks.is_empty());
+    }
+
+    #[test]
+    fn file_overrides_and_unknown_keys_fail() {
+        let dir = std::env::temp_dir().join(format!("rb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "[kafka]\nbrokers = \"b:1\"\n[sinks]\nbatch_rows_max = 7\n").expect("write");
+        let c = Config::load_from(Some(&good), NO_ENV).expect("valid");
+        assert_eq!(c.kafka.brokers, "b:1");
+        assert_eq!(c.sinks.batch_rows_max, 7);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[kafka]\nbrokerz = \"b:1\"\n").expect("write");
+        let err = Config::load_from(Some(&bad), NO_ENV).expect_err("unknown key");
+        assert!(err.to_string().contains("brokerz"), "{err}");
+
+        let zero = dir.join("zero.toml");
+        std::fs::write(&zero, "[sinks]\nbatch_rows_max = 0\n[ingest]\nbody_bytes_max = 0\n").expect("write");
+        let err = Config::load_from(Some(&zero), NO_ENV).expect_err("zero limits");
+        let text = err.to_string();
+        assert!(text.contains("sinks.batch_rows_max") && text.contains("ingest.body_bytes_max"), "{text}");
+
+        assert!(matches!(Config::load_from(Some(&dir.join("nope.toml")), NO_ENV), Err(ConfigError::MissingFile(_))));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        std::env::set_var("RIVERBANK_TEST_ENV__KAFKA__BROKERS", "from-env:9092");
+        std::env::set_var("RIVERBANK_TEST_ENV__SINKS__BATCH_ROWS_MAX", "11");
+        let c = Config::load_from(None, "RIVERBANK_TEST_ENV__").expect("valid");
+        assert_eq!(c.kafka.brokers, "from-env:9092");
+        assert_eq!(c.sinks.batch_rows_max, 11);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let dir = std::env::temp_dir().join(format!("rb-config-s-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let f = dir.join("s.toml");
+        std::fs::write(
+            &f,
+            "[postgres]\nurl = \"postgres://u:hunter2@h/db\"\n[[ingest.webhooks]]\nprovider = \"acme\"\ntenant_id = \"t1\"\nenvironment = \"live\"\nscheme = \"standard_webhooks\"\nsecrets = [\"whsec_c2VjcmV0LXNlY3JldA==\"]\n",
+        )
+        .expect("write");
+        let c = Config::load_from(Some(&f), NO_ENV).expect("valid");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("whsec_c2Vj"), "{printed}");
+        assert_eq!(c.ingest.webhooks[0].secrets[0].expose(), "whsec_c2VjcmV0LXNlY3JldA==");
+    }
+}

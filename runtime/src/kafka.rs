@@ -1,0 +1,145 @@
+//! Kafka clients, configured only from `KafkaConfig` and only through the Kafka protocol, so the same
+//! code runs against nisshi locally and Kafka, Redpanda or MSK in production.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientContext;
+use riverbank_schemas::{Environment, Topics};
+
+use crate::config::KafkaConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("kafka client: {0}")]
+    Client(#[from] KafkaError),
+    #[error("creating topic {topic}: {code}")]
+    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    #[error("broker metadata: {0}")]
+    Metadata(String),
+}
+
+fn base(cfg: &KafkaConfig, role: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", format!("{}-{role}", cfg.client_id))
+        .set("socket.timeout.ms", cfg.metadata_timeout_ms.max(10).to_string())
+        .set("log_level", "4");
+    c
+}
+
+/// Idempotent producer with acks=all: a send is acknowledged only when the broker has it durably,
+/// and librdkafka's retries never duplicate or reorder within a partition.
+pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, KafkaSetupError> {
+    let mut c = base(cfg, "producer");
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("compression.type", "lz4")
+        .set("linger.ms", cfg.producer_linger_ms.to_string())
+        .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
+        .set("queue.buffering.max.messages", cfg.producer_queue_messages_max.to_string())
+        .set("queue.buffering.max.kbytes", cfg.producer_queue_kbytes_max.to_string())
+        .set("batch.num.messages", cfg.producer_batch_messages_max.to_string());
+    Ok(c.create()?)
+}
+
+/// Counts rebalances so a loop can tell that its partitions may have changed hands.
+#[derive(Debug, Default)]
+pub struct RebalanceWatch {
+    generation: AtomicU64,
+}
+
+impl RebalanceWatch {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// Consumer context: logs assignments and bumps the rebalance generation.
+#[derive(Debug, Clone, Default)]
+pub struct WatchedContext {
+    pub watch: Arc<RebalanceWatch>,
+}
+
+impl ClientContext for WatchedContext {}
+
+impl ConsumerContext for WatchedContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.watch.generation.fetch_add(1, Ordering::AcqRel);
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+pub type Consumer = StreamConsumer<WatchedContext>;
+
+/// A group consumer that never auto-commits: callers commit only what is durably done.
+pub fn consumer(cfg: &KafkaConfig, group_id: &str) -> Result<(Consumer, Arc<RebalanceWatch>), KafkaSetupError> {
+    let ctx = WatchedContext::default();
+    let watch = ctx.watch.clone();
+    let mut c = base(cfg, "consumer");
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", cfg.consumer_session_timeout_ms.to_string())
+        .set("fetch.wait.max.ms", cfg.consumer_fetch_wait_max_ms.to_string())
+        .set("queued.max.messages.kbytes", cfg.consumer_queued_kbytes_max.to_string());
+    let consumer: Consumer = c.create_with_context(ctx)?;
+    Ok((consumer, watch))
+}
+
+/// Create the topics if they do not exist yet (an existing topic is fine).
+pub async fn ensure_topics(cfg: &KafkaConfig, names: &[String]) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = base(cfg, "admin").create()?;
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, cfg.topic_partitions, TopicReplication::Fixed(cfg.topic_replication_factor)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_millis(cfg.admin_timeout_ms)));
+    for result in admin.create_topics(new.iter(), &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// Every topic riverbank owns in the configured environments.
+pub fn all_topics(cfg: &KafkaConfig) -> Vec<String> {
+    let topics = Topics::new(cfg.topic_prefix.clone());
+    cfg.environments.iter().flat_map(|&env| topics.all(env)).collect()
+}
+
+pub fn topics(cfg: &KafkaConfig) -> Topics {
+    Topics::new(cfg.topic_prefix.clone())
+}
+
+pub fn environments(cfg: &KafkaConfig) -> &[Environment] {
+    &cfg.environments
+}
+
+/// Readiness: a metadata request answered within the timeout. Returns the number of brokers seen.
+pub async fn ping(cfg: &KafkaConfig) -> Result<usize, KafkaSetupError> {
+    let c = base(cfg, "ping");
+    let timeout = Duration::from_millis(cfg.metadata_timeout_ms);
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = c.create()?;
+        let md = consumer.fetch_metadata(None, timeout)?;
+        Ok(md.brokers().len())
+    })
+    .await
+    .map_err(|e| KafkaSetupError::Metadata(e.to_string()))?
+}

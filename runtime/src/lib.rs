@@ -1,0 +1,15 @@
+//! Shared plumbing: config, Kafka clients, the processor and sink loops, telemetry, shutdown, HTTP errors.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod batch;
+pub mod config;
+pub mod http;
+pub mod kafka;
+pub mod process;
+pub mod shutdown;
+pub mod sink;
+pub mod telemetry;
+
+pub use config::{Config, Secret};
+pub use tokio_util::sync::CancellationToken;

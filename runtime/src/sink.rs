@@ -1,0 +1,247 @@
+//! The sink loop: consume → decode → write rows and positions to the store in one transaction.
+//!
+//! The store, not the consumer group, is the authority on progress: a sink writes each batch together
+//! with the next offset per (topic, partition), and on (re)assignment it resumes from the offsets the
+//! store holds. Consumer-group commits happen afterwards and only for lag monitoring. Rows are keyed on
+//! event id, so a batch written twice (crash between store commit and group commit, or a replay) lands once.
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer as _;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use rdkafka::Offset;
+use riverbank_schemas::{Environment, Topics};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::batch;
+use crate::config::Config;
+use crate::kafka;
+use crate::process::{dead_letter, produce_all, Emit};
+
+pub type StoreError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The next offset to consume for one (topic, partition): everything before it is durable in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// A store a sink writes to. Implementations live in `sinks/`; this loop knows nothing of SQL.
+pub trait SinkStore: Send + Sync + 'static {
+    type Row: Send + Sync;
+    /// `postgres`, `clickhouse`: names the consumer group and the positions the store keeps.
+    fn name(&self) -> &'static str;
+    fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String>;
+    /// Turn one message into rows (possibly none); `Err(reason)` dead-letters it.
+    fn decode(&self, topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Result<Vec<Self::Row>, String>;
+    /// Positions this store holds for `topic` (partitions never written are absent).
+    fn load_positions(&self, topic: &str) -> impl Future<Output = Result<HashMap<i32, i64>, StoreError>> + Send;
+    /// Write `rows` and `positions` atomically (or, where the store has no transactions, rows first and
+    /// positions after, with rows idempotent on their key).
+    fn write(&self, rows: &[Self::Row], positions: &[Position]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Run the sink until `shutdown`. Store outages are retried with bounded backoff, forever: the sink
+/// reports them in the log and catches up when the store returns. Nothing is skipped.
+pub async fn run<S: SinkStore>(cfg: &Config, store: S, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let topics = kafka::topics(&cfg.kafka);
+    kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await?;
+    let inputs: Vec<String> = cfg.kafka.environments.iter().flat_map(|&env| store.inputs(&topics, env)).collect();
+    let producer = kafka::producer(&cfg.kafka)?;
+    let mut backoff = Backoff::new(cfg.sinks.retry_backoff_initial_ms, cfg.sinks.retry_backoff_max_ms);
+    while !shutdown.is_cancelled() {
+        match run_consumer(cfg, &topics, &inputs, &store, &producer, &shutdown, &mut backoff).await {
+            Ok(()) => break,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(sink = store.name(), error = %e, attempts = backoff.attempts(), ?delay, "sink loop failed; resuming from the store's positions");
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+    tracing::info!(sink = store.name(), "sink stopped");
+    Ok(())
+}
+
+/// Where the store says a partition stands, and whether the consumer has been moved there yet.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// Next offset per (topic, partition) known durable in the store.
+    durable: HashMap<(String, i32), i64>,
+    /// Topics whose positions were loaded since the last rebalance.
+    loaded: HashSet<String>,
+    /// Partitions seen since the last load; their first message is checked against `durable`.
+    checked: HashSet<(String, i32)>,
+}
+
+enum Admit {
+    /// Already durable in the store: skip.
+    Skip,
+    /// Ahead of the store (the group committed further than the store holds): seek back, skip.
+    SeekTo(i64),
+    Take,
+}
+
+impl Tracker {
+    fn admit(&mut self, topic: &str, partition: i32, offset: i64) -> Admit {
+        let key = (topic.to_owned(), partition);
+        let first = self.checked.insert(key.clone());
+        match self.durable.get(&key) {
+            Some(&next) if offset < next => Admit::Skip,
+            Some(&next) if first && offset > next => {
+                self.checked.remove(&key);
+                Admit::SeekTo(next)
+            }
+            _ => Admit::Take,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_consumer<S: SinkStore>(
+    cfg: &Config,
+    topics: &Topics,
+    inputs: &[String],
+    store: &S,
+    producer: &FutureProducer,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let (consumer, watch) = kafka::consumer(&cfg.kafka, &topics.group(&format!("sink.{}", store.name())))?;
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    let mut generation = watch.generation();
+    let mut tracker = Tracker::default();
+    let linger = Duration::from_millis(cfg.sinks.batch_linger_ms);
+    let produce_timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
+    let seek_timeout = Duration::from_millis(cfg.kafka.commit_timeout_ms);
+    loop {
+        let (messages, error) = batch::collect(&consumer, cfg.sinks.batch_rows_max, linger, shutdown).await;
+        if messages.is_empty() {
+            return match error {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            };
+        }
+        if watch.generation() != generation {
+            generation = watch.generation();
+            tracker = Tracker::default();
+        }
+        let mut rows = Vec::with_capacity(messages.len());
+        let mut dead = Vec::new();
+        let mut taken: Vec<OwnedMessage> = Vec::with_capacity(messages.len());
+        for m in messages {
+            if !tracker.loaded.contains(m.topic()) {
+                let loaded = retry(store.name(), "load positions", backoff, shutdown, || store.load_positions(m.topic())).await?;
+                for (p, o) in loaded {
+                    tracker.durable.insert((m.topic().to_owned(), p), o);
+                }
+                tracker.loaded.insert(m.topic().to_owned());
+            }
+            match tracker.admit(m.topic(), m.partition(), m.offset()) {
+                Admit::Skip => continue,
+                Admit::SeekTo(next) => {
+                    tracing::info!(sink = store.name(), topic = m.topic(), partition = m.partition(), from = m.offset(), to = next, "consumer ahead of the store; seeking back");
+                    consumer.seek(m.topic(), m.partition(), Offset::Offset(next), seek_timeout)?;
+                    continue;
+                }
+                Admit::Take => {}
+            }
+            match store.decode(m.topic(), m.partition(), m.offset(), m.payload().unwrap_or_default()) {
+                Ok(r) => rows.extend(r),
+                Err(reason) => {
+                    let env = topics.environment_of(m.topic()).unwrap_or(Environment::Live);
+                    tracing::warn!(sink = store.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "dead-lettered");
+                    dead.push(dead_letter(topics, env, &format!("sink:{}", store.name()), &m, reason));
+                }
+            }
+            taken.push(m);
+        }
+        if taken.is_empty() {
+            continue;
+        }
+        // Dead letters are acknowledged before their offsets are passed.
+        if !dead.is_empty() {
+            let dead: &[Emit] = &dead;
+            retry(store.name(), "dead-letter", backoff, shutdown, || async move {
+                produce_all(producer, dead, produce_timeout).await.map_err(StoreError::from)
+            })
+            .await?;
+        }
+        let next = batch::next_offsets(&taken);
+        let positions: Vec<Position> =
+            next.iter().map(|(t, p, o)| Position { topic: t.clone(), partition: *p, next_offset: *o }).collect();
+        let (rows, positions) = (&rows, &positions);
+        retry(store.name(), "write", backoff, shutdown, || store.write(rows, positions)).await?;
+        for (t, p, o) in &next {
+            let entry = tracker.durable.entry((t.clone(), *p)).or_insert(*o);
+            *entry = (*entry).max(*o);
+        }
+        if let Err(e) = batch::commit(&consumer, &next, false) {
+            tracing::debug!(sink = store.name(), error = %e, "group commit failed (advisory only)");
+        }
+        tracing::debug!(sink = store.name(), messages = taken.len(), rows = rows.len(), "batch durable");
+        if let Some(e) = error {
+            return Err(e.into());
+        }
+    }
+}
+
+/// Retry a store operation with bounded backoff until it succeeds or shutdown is requested.
+async fn retry<T, F, Fut>(
+    sink: &str,
+    what: &str,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+    mut op: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    loop {
+        match op().await {
+            Ok(v) => {
+                if backoff.attempts() > 0 {
+                    tracing::info!(sink, what, "store healthy again");
+                }
+                backoff.reset();
+                return Ok(v);
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(sink, what, error = %e, attempts = backoff.attempts(), ?delay, "store unavailable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("shutdown while retrying {what}: {e}"),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_skips_durable_and_seeks_back_once() {
+        let mut t = Tracker::default();
+        t.durable.insert(("a".into(), 0), 10);
+        assert!(matches!(t.admit("a", 0, 5), Admit::Skip));
+        assert!(matches!(t.admit("a", 0, 10), Admit::Take));
+        let mut t = Tracker::default();
+        t.durable.insert(("a".into(), 0), 10);
+        assert!(matches!(t.admit("a", 0, 12), Admit::SeekTo(10)));
+        // After the seek the first message at or past the position is taken (gaps are allowed).
+        assert!(matches!(t.admit("a", 0, 10), Admit::Take));
+        assert!(matches!(t.admit("a", 0, 14), Admit::Take));
+        // A partition the store has never seen is taken from wherever the group starts.
+        assert!(matches!(t.admit("b", 3, 7), Admit::Take));
+    }
+}

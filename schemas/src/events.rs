@@ -1,0 +1,79 @@
+//! Event payloads. Each payload type names its `EVENT_TYPE` and `SCHEMA_VERSION`.
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Environment;
+
+/// A provider webhook that passed signature verification at the edge.
+/// `body` holds the provider's JSON as sent; it may contain PII and never leaves the ingest topic
+/// (audit records and analytics carry ids and sizes only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookReceived {
+    pub provider: String,
+    /// The provider's delivery id (`webhook-id`), the deduplication key.
+    pub provider_event_id: String,
+    /// The provider's own event type, when its payload names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_event_type: Option<String>,
+    /// Size of the raw body as received, in bytes.
+    pub body_bytes: u64,
+    pub body: serde_json::Value,
+}
+
+impl WebhookReceived {
+    pub const EVENT_TYPE: &'static str = "webhook.received";
+    pub const SCHEMA_VERSION: u16 = 1;
+}
+
+/// An append-only audit record (DOMAIN.md, "Audit"). Holds no PII: ids, actions and sizes only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    pub audit_id: Uuid,
+    pub tenant_id: String,
+    pub environment: Environment,
+    /// Who acted: `provider:<name>`, `user:<pseudonymous id>`, `system:<component>`.
+    pub actor: String,
+    /// What happened, dotted: `webhook.received`, `transfer.status_changed`, …
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// The event this record was derived from.
+    pub source_event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    /// When the source event was accepted by riverbank (taken from it, so replays are identical).
+    pub recorded_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Size in bytes of the payload the action concerned (0 when none).
+    pub payload_bytes: u64,
+}
+
+impl AuditRecord {
+    pub const EVENT_TYPE: &'static str = "audit.recorded";
+    pub const SCHEMA_VERSION: u16 = 1;
+}
+
+/// Input that could not be processed, parked with the reason so it can be inspected and redriven.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetter {
+    /// Deterministic: derived from where the input came from and who rejected it.
+    pub dead_letter_id: Uuid,
+    /// The component that rejected the input (`ingest`, `processor:audit`, `sink:postgres`, …).
+    pub rejected_by: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_partition: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_offset: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The input as received, base64 (standard alphabet).
+    pub raw_base64: String,
+}

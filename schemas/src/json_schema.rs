@@ -1,0 +1,44 @@
+//! JSON Schema files generated from the types. `schemas/json/*.json` are checked in and a test keeps
+//! them equal to what the types generate (regenerate with `RIVERBANK_BLESS=1 cargo test -p riverbank-schemas`).
+use crate::{AuditRecord, DeadLetter, Envelope, Money, WebhookReceived};
+
+/// (file name, pretty JSON) for every published schema.
+pub fn generated() -> Vec<(&'static str, String)> {
+    fn render<T: schemars::JsonSchema>() -> String {
+        let schema = schemars::schema_for!(T);
+        let mut text = serde_json::to_string_pretty(&schema).unwrap_or_else(|e| panic!("schema serializes: {e}"));
+        text.push('\n');
+        text
+    }
+    vec![
+        ("envelope.webhook_received.v1.json", render::<Envelope<WebhookReceived>>()),
+        ("envelope.audit_recorded.v1.json", render::<Envelope<AuditRecord>>()),
+        ("dead_letter.v1.json", render::<DeadLetter>()),
+        ("money.json", render::<Money>()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn checked_in_schemas_equal_generated() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("json");
+        let bless = std::env::var_os("RIVERBANK_BLESS").is_some();
+        for (name, text) in generated() {
+            let path = dir.join(name);
+            if bless {
+                std::fs::write(&path, &text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+                continue;
+            }
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == text,
+                "{} differs from the generated schema; run RIVERBANK_BLESS=1 cargo test -p riverbank-schemas",
+                path.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Topic names. Every topic is per environment: live and sandbox never share one.
+
+use crate::Environment;
+
+/// Topic names under an optional prefix (a deployment or test namespace, e.g. `acme.` or `t123.`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn name(&self, env: Environment, base: &str) -> String {
+        format!("{}{}.{}", self.prefix, env.as_str(), base)
+    }
+
+    /// Verified provider webhooks.
+    pub fn ingest_webhooks(&self, env: Environment) -> String {
+        self.name(env, "ingest.webhooks")
+    }
+
+    /// Audit records (the platform's `audit.events.log`).
+    pub fn audit_events(&self, env: Environment) -> String {
+        self.name(env, "audit.events.log")
+    }
+
+    /// Transfer status events (the platform's `transactions.update.status`).
+    pub fn transfer_status(&self, env: Environment) -> String {
+        self.name(env, "transactions.update.status")
+    }
+
+    /// Inputs that could not be processed, with the reason.
+    pub fn dead_letters(&self, env: Environment) -> String {
+        self.name(env, "deadletter")
+    }
+
+    /// Every topic riverbank owns in one environment.
+    pub fn all(&self, env: Environment) -> Vec<String> {
+        vec![
+            self.ingest_webhooks(env),
+            self.audit_events(env),
+            self.transfer_status(env),
+            self.dead_letters(env),
+        ]
+    }
+
+    /// The environment a topic belongs to, if it is one of ours.
+    pub fn environment_of(&self, topic: &str) -> Option<Environment> {
+        let rest = topic.strip_prefix(&self.prefix)?;
+        Environment::ALL
+            .into_iter()
+            .find(|env| rest.strip_prefix(env.as_str()).is_some_and(|r| r.starts_with('.')))
+    }
+
+    /// A consumer group id for a component, scoped by the prefix.
+    pub fn group(&self, component: &str) -> String {
+        format!("{}riverbank.{}", self.prefix, component)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environments_never_share_a_topic() {
+        let t = Topics::new("x.");
+        let live = t.all(Environment::Live);
+        let sandbox = t.all(Environment::Sandbox);
+        for name in &live {
+            assert!(!sandbox.contains(name), "{name} shared");
+            assert_eq!(t.environment_of(name), Some(Environment::Live));
+        }
+        for name in &sandbox {
+            assert_eq!(t.environment_of(name), Some(Environment::Sandbox));
+        }
+        assert_eq!(t.audit_events(Environment::Live), "x.live.audit.events.log");
+        assert_eq!(t.environment_of("y.live.audit.events.log"), None);
+        assert_eq!(t.environment_of("x.livex.audit"), None);
+    }
+}
