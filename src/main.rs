@@ -1,1 +1,144 @@
-fn main() {}
+//! The `riverbank` command: wires the crates together. No logic of its own beyond the CLI.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use riverbank_runtime::{kafka, shutdown, telemetry, CancellationToken, Config};
+
+#[derive(Parser)]
+#[command(name = "riverbank", version, about = "Money-movement event pipeline on Kafka")]
+struct Cli {
+    /// Config file layered over the embedded defaults (then RIVERBANK__SECTION__KEY env vars).
+    #[arg(long, short, env = "RIVERBANK_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every component in one process: ingest, processors, sinks, api.
+    Run,
+    /// The HTTP edge for provider webhooks.
+    Ingest,
+    /// A stream processor.
+    Process {
+        #[arg(value_enum)]
+        processor: ProcessorName,
+    },
+    /// A sink writing to one store.
+    Sink {
+        #[arg(value_enum)]
+        store: StoreName,
+    },
+    /// The read API.
+    Api,
+    /// Create topics, run Postgres migrations and ClickHouse DDL, then exit.
+    Migrate,
+    /// Send signed demo webhooks for every configured sender and report what landed.
+    Demo {
+        /// Webhooks to send in total.
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// Seconds to wait for every webhook to land in both stores.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
+    },
+    /// Print the effective config (secrets redacted) after validating it.
+    Config,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProcessorName {
+    Audit,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StoreName {
+    Postgres,
+    Clickhouse,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref())?;
+    telemetry::init(&cfg.telemetry);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let stop = shutdown::on_signals();
+        match cli.command {
+            Command::Run => run_all(&cfg, stop).await,
+            Command::Ingest => riverbank_ingest::serve(&cfg, stop).await,
+            Command::Process { processor: ProcessorName::Audit } => run_audit(&cfg, stop).await,
+            Command::Sink { store: StoreName::Postgres } => run_postgres_sink(&cfg, stop).await,
+            Command::Sink { store: StoreName::Clickhouse } => run_clickhouse_sink(&cfg, stop).await,
+            Command::Api => riverbank_api::serve(&cfg, stop).await,
+            Command::Migrate => migrate(&cfg).await,
+            Command::Demo { count, wait_s } => riverbank::demo::run(&cfg, count, wait_s).await,
+            Command::Config => {
+                println!("{cfg:#?}");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await.context("creating topics")?;
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await.context("connecting to postgres")?;
+    riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
+    riverbank_sinks::clickhouse::create(&cfg.clickhouse).await.context("clickhouse ddl")?;
+    tracing::info!("topics, postgres and clickhouse are up to date");
+    Ok(())
+}
+
+async fn run_audit(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let processor = riverbank_processors::AuditProcessor::new(kafka::topics(&cfg.kafka));
+    riverbank_runtime::process::run(cfg, processor, stop).await
+}
+
+async fn run_postgres_sink(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await.context("connecting to postgres")?;
+    if cfg.postgres.migrate_on_start {
+        riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
+    }
+    let store = riverbank_sinks::postgres::PostgresAuditSink::new(pool);
+    riverbank_runtime::sink::run(cfg, store, stop).await
+}
+
+async fn run_clickhouse_sink(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
+    if cfg.clickhouse.create_on_start {
+        riverbank_sinks::clickhouse::create(&cfg.clickhouse).await.context("clickhouse ddl")?;
+    }
+    let store = riverbank_sinks::clickhouse::ClickHouseAuditSink::new(&cfg.clickhouse);
+    riverbank_runtime::sink::run(cfg, store, stop).await
+}
+
+/// Every component as a task; the first to fail stops the others.
+async fn run_all(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
+    migrate(cfg).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    macro_rules! component {
+        ($name:expr, |$c:ident, $s:ident| $body:expr) => {{
+            let ($c, $s) = (cfg.clone(), stop.clone());
+            tasks.spawn(async move { ($name, $body.await) });
+        }};
+    }
+    component!("ingest", |c, s| riverbank_ingest::serve(&c, s));
+    component!("processor:audit", |c, s| run_audit(&c, s));
+    component!("sink:postgres", |c, s| run_postgres_sink(&c, s));
+    component!("sink:clickhouse", |c, s| run_clickhouse_sink(&c, s));
+    component!("api", |c, s| riverbank_api::serve(&c, s));
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = joined.context("component panicked")?;
+        if let Err(e) = result {
+            tracing::error!(component = name, error = %e, "component failed; stopping the rest");
+            first_error.get_or_insert(e.context(name));
+        }
+        stop.cancel();
+    }
+    first_error.map_or(Ok(()), Err)
+}

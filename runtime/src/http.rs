@@ -45,3 +45,37 @@ impl IntoResponse for HttpError {
         resp
     }
 }
+
+/// Bound in-flight requests: past `max`, answer 503 at once instead of queueing without limit.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    retry_after_s: u64,
+}
+
+impl InFlight {
+    pub fn new(max: usize, retry_after_s: u64) -> Self {
+        InFlight { permits: std::sync::Arc::new(tokio::sync::Semaphore::new(max)), retry_after_s }
+    }
+
+    pub fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HttpError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            HttpError::unavailable("overloaded", "too many requests in flight; retry later", self.retry_after_s)
+        })
+    }
+}
+
+/// Run a handler's work within `timeout`; past it the client gets 408 with the JSON error shape.
+pub async fn within<T>(
+    timeout: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T, HttpError>>,
+) -> Result<T, HttpError> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(HttpError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("request not completed within {} ms", timeout.as_millis()),
+        )),
+    }
+}

@@ -9,6 +9,7 @@ pub mod kafka;
 pub mod process;
 pub mod shutdown;
 pub mod sink;
+pub mod stores;
 pub mod telemetry;
 
 pub use config::{Config, Secret};

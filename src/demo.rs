@@ -1,0 +1,202 @@
+//! A sender of signed webhooks (demo, end-to-end tests, load runs) and the API reads that count
+//! what landed.
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use riverbank_ingest::standard_webhooks::{self as sw, Key};
+use riverbank_runtime::Config;
+use riverbank_schemas::Environment;
+
+/// Concurrent requests a sender keeps in flight.
+pub const SEND_CONCURRENCY_MAX: usize = 32;
+
+/// One configured sender: who signs, for which tenant and environment.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub provider: String,
+    pub tenant_id: String,
+    pub environment: Environment,
+    pub key: Key,
+}
+
+/// Senders from the config's webhook secrets (the first, newest, secret of each).
+pub fn senders(cfg: &Config) -> anyhow::Result<Vec<Sender>> {
+    cfg.ingest
+        .webhooks
+        .iter()
+        .map(|w| {
+            let secret = w.secrets.first().context("webhook entry without secrets")?;
+            Ok(Sender {
+                provider: w.provider.clone(),
+                tenant_id: w.tenant_id.clone(),
+                environment: w.environment,
+                key: Key::from_secret(secret.expose()).map_err(|e| anyhow::anyhow!("{e}"))?,
+            })
+        })
+        .collect()
+}
+
+/// A realistic deposit-status callback; `seq` varies amount and id. No PII.
+pub fn deposit_body(seq: usize, tenant_id: &str) -> Vec<u8> {
+    let statuses = ["deposit.received", "deposit.processing", "deposit.completed", "payout.completed"];
+    serde_json::to_vec(&serde_json::json!({
+        "type": statuses[seq % statuses.len()],
+        "data": {
+            "deposit_id": format!("dep_{tenant_id}_{seq:08}"),
+            "amount": { "value": format!("{}.{:02}", 10 + seq % 990, seq % 100), "currency": "USD" },
+            "chain": "ethereum",
+            "confirmations": seq % 13
+        }
+    }))
+    .unwrap_or_default()
+}
+
+/// How one delivery is signed: normally with the sender's key; tests also send forged ones.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub body: Vec<u8>,
+    /// `None`: sign with the sender's key.
+    pub signature: Option<String>,
+}
+
+/// POST one webhook to `ingest_url`; returns the HTTP status.
+pub async fn send(
+    client: &reqwest::Client,
+    ingest_url: &str,
+    sender: &Sender,
+    delivery: &Delivery,
+) -> reqwest::Result<reqwest::StatusCode> {
+    let ts = chrono::Utc::now().timestamp();
+    let signature = delivery.signature.clone().unwrap_or_else(|| sender.key.sign(&delivery.id, ts, &delivery.body));
+    let resp = client
+        .post(format!("{ingest_url}/v1/webhooks/{}/{}", sender.provider, sender.tenant_id))
+        .header(sw::HEADER_ID, &delivery.id)
+        .header(sw::HEADER_TIMESTAMP, ts.to_string())
+        .header(sw::HEADER_SIGNATURE, signature)
+        .header("x-environment", sender.environment.as_str())
+        .header("content-type", "application/json")
+        .body(delivery.body.clone())
+        .send()
+        .await?;
+    Ok(resp.status())
+}
+
+/// Send many deliveries with bounded concurrency; returns the statuses in order.
+pub async fn send_all(
+    client: &reqwest::Client,
+    ingest_url: &str,
+    work: Vec<(Sender, Delivery)>,
+) -> Vec<reqwest::Result<reqwest::StatusCode>> {
+    futures::stream::iter(work)
+        .map(|(s, d)| async move { send(client, ingest_url, &s, &d).await })
+        .buffered(SEND_CONCURRENCY_MAX)
+        .collect()
+        .await
+}
+
+/// Audit rows the API returns for a tenant (all pages) and their payload byte sum.
+pub async fn audit_count(
+    client: &reqwest::Client,
+    api_url: &str,
+    tenant_id: &str,
+    env: Environment,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut rows, mut bytes, mut after) = (0u64, 0u64, None::<String>);
+    loop {
+        let mut req = client
+            .get(format!("{api_url}/v1/audit"))
+            .query(&[("tenant_id", tenant_id), ("environment", env.as_str()), ("limit", "1000")]);
+        if let Some(a) = &after {
+            req = req.query(&[("after", a)]);
+        }
+        let page: serde_json::Value = req.send().await?.error_for_status()?.json().await?;
+        let records = page["records"].as_array().context("records missing")?;
+        rows += records.len() as u64;
+        bytes += records.iter().filter_map(|r| r["payload_bytes"].as_u64()).sum::<u64>();
+        match page["next_cursor"].as_str() {
+            Some(c) => after = Some(c.to_owned()),
+            None => return Ok((rows, bytes)),
+        }
+    }
+}
+
+/// Events and payload bytes the analytics endpoint reports for a tenant, summed over hours.
+pub async fn analytics_count(
+    client: &reqwest::Client,
+    api_url: &str,
+    tenant_id: &str,
+    env: Environment,
+) -> anyhow::Result<(u64, u64)> {
+    let v: serde_json::Value = client
+        .get(format!("{api_url}/v1/analytics/audit-volume"))
+        .query(&[("tenant_id", tenant_id), ("environment", env.as_str())])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let hours = v["hours"].as_array().context("hours missing")?;
+    Ok(hours.iter().fold((0, 0), |(e, b), h| {
+        (e + h["events"].as_u64().unwrap_or(0), b + h["payload_bytes"].as_u64().unwrap_or(0))
+    }))
+}
+
+/// `riverbank demo`: send `count` signed webhooks spread over the configured senders, then wait for
+/// them in Postgres (audit API) and ClickHouse (analytics API) and print where to look.
+pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> {
+    let senders = senders(cfg)?;
+    anyhow::ensure!(!senders.is_empty(), "no [[ingest.webhooks]] senders configured; see deploy/local/riverbank.toml");
+    let ingest_url = format!("http://{}", cfg.ingest.listen_addr);
+    let api_url = format!("http://{}", cfg.api.listen_addr);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let mut before = Vec::new();
+    for s in &senders {
+        before.push(audit_count(&client, &api_url, &s.tenant_id, s.environment).await?);
+    }
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let work: Vec<(Sender, Delivery)> = (0..count)
+        .map(|i| {
+            let s = senders[i % senders.len()].clone();
+            let body = deposit_body(i, &s.tenant_id);
+            (s, Delivery { id: format!("msg_{run_id}_{i}"), body, signature: None })
+        })
+        .collect();
+    let started = Instant::now();
+    let statuses = send_all(&client, &ingest_url, work).await;
+    let accepted = statuses.iter().filter(|s| matches!(s, Ok(c) if *c == reqwest::StatusCode::ACCEPTED)).count();
+    println!("sent {count} signed webhooks in {:.2?}: {accepted} accepted (202)", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(wait_s);
+    loop {
+        let mut landed_pg = 0;
+        let mut landed_ch = 0;
+        let mut lines = Vec::new();
+        for (s, b) in senders.iter().zip(&before) {
+            let pg = audit_count(&client, &api_url, &s.tenant_id, s.environment).await?;
+            let ch = analytics_count(&client, &api_url, &s.tenant_id, s.environment).await?;
+            landed_pg += pg.0 - b.0;
+            landed_ch += ch.0;
+            lines.push(format!(
+                "  {:<12} {:<8} {:<10} postgres rows {:>7}  clickhouse events {:>7}",
+                s.tenant_id, s.environment.as_str(), s.provider, pg.0, ch.0
+            ));
+        }
+        if landed_pg >= accepted as u64 || Instant::now() > deadline {
+            println!("landed after {:.2?} (totals per tenant, this run included):", started.elapsed());
+            for l in lines {
+                println!("{l}");
+            }
+            println!("this run: {landed_pg} of {accepted} accepted webhooks are in postgres; clickhouse holds {landed_ch} events in all");
+            println!("ingest:    {ingest_url}/v1/webhooks/{{provider}}/{{tenant_id}}");
+            println!("api:       {api_url}/health");
+            for s in &senders {
+                println!("           {api_url}/v1/audit?tenant_id={}&environment={}", s.tenant_id, s.environment);
+                println!("           {api_url}/v1/analytics/audit-volume?tenant_id={}&environment={}", s.tenant_id, s.environment);
+            }
+            anyhow::ensure!(landed_pg >= accepted as u64, "not every accepted webhook landed within {wait_s} s");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

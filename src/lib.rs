@@ -1,0 +1,4 @@
+//! Pieces of the `riverbank` binary that tests and benchmarks reuse.
+#![forbid(unsafe_code)]
+
+pub mod demo;
