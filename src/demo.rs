@@ -69,7 +69,8 @@ pub async fn send(
     delivery: &Delivery,
 ) -> reqwest::Result<reqwest::StatusCode> {
     let ts = chrono::Utc::now().timestamp();
-    let signature = delivery.signature.clone().unwrap_or_else(|| sender.key.sign(&delivery.id, ts, &delivery.body));
+    let signature =
+        delivery.signature.clone().unwrap_or_else(|| sender.key.sign(&delivery.id, ts, &delivery.body));
     let resp = client
         .post(format!("{ingest_url}/v1/webhooks/{}/{}", sender.provider, sender.tenant_id))
         .header(sw::HEADER_ID, &delivery.id)
@@ -105,9 +106,11 @@ pub async fn audit_count(
 ) -> anyhow::Result<(u64, u64)> {
     let (mut rows, mut bytes, mut after) = (0u64, 0u64, None::<String>);
     loop {
-        let mut req = client
-            .get(format!("{api_url}/v1/audit"))
-            .query(&[("tenant_id", tenant_id), ("environment", env.as_str()), ("limit", "1000")]);
+        let mut req = client.get(format!("{api_url}/v1/audit")).query(&[
+            ("tenant_id", tenant_id),
+            ("environment", env.as_str()),
+            ("limit", "1000"),
+        ]);
         if let Some(a) = &after {
             req = req.query(&[("after", a)]);
         }
@@ -147,7 +150,10 @@ pub async fn analytics_count(
 /// them in Postgres (audit API) and ClickHouse (analytics API) and print where to look.
 pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> {
     let senders = senders(cfg)?;
-    anyhow::ensure!(!senders.is_empty(), "no [[ingest.webhooks]] senders configured; see deploy/local/riverbank.toml");
+    anyhow::ensure!(
+        !senders.is_empty(),
+        "no [[ingest.webhooks]] senders configured; see deploy/local/riverbank.toml"
+    );
     let ingest_url = format!("http://{}", cfg.ingest.listen_addr);
     let api_url = format!("http://{}", cfg.api.listen_addr);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
@@ -165,7 +171,8 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
         .collect();
     let started = Instant::now();
     let statuses = send_all(&client, &ingest_url, work).await;
-    let accepted = statuses.iter().filter(|s| matches!(s, Ok(c) if *c == reqwest::StatusCode::ACCEPTED)).count();
+    let accepted =
+        statuses.iter().filter(|s| matches!(s, Ok(c) if *c == reqwest::StatusCode::ACCEPTED)).count();
     println!("sent {count} signed webhooks in {:.2?}: {accepted} accepted (202)", started.elapsed());
     let deadline = Instant::now() + Duration::from_secs(wait_s);
     loop {
@@ -179,7 +186,11 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
             landed_ch += ch.0;
             lines.push(format!(
                 "  {:<12} {:<8} {:<10} postgres rows {:>7}  clickhouse events {:>7}",
-                s.tenant_id, s.environment.as_str(), s.provider, pg.0, ch.0
+                s.tenant_id,
+                s.environment.as_str(),
+                s.provider,
+                pg.0,
+                ch.0
             ));
         }
         if landed_pg >= accepted as u64 || Instant::now() > deadline {
@@ -191,10 +202,19 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
             println!("ingest:    {ingest_url}/v1/webhooks/{{provider}}/{{tenant_id}}");
             println!("api:       {api_url}/health");
             for s in &senders {
-                println!("           {api_url}/v1/audit?tenant_id={}&environment={}", s.tenant_id, s.environment);
-                println!("           {api_url}/v1/analytics/audit-volume?tenant_id={}&environment={}", s.tenant_id, s.environment);
+                println!(
+                    "           {api_url}/v1/audit?tenant_id={}&environment={}",
+                    s.tenant_id, s.environment
+                );
+                println!(
+                    "           {api_url}/v1/analytics/audit-volume?tenant_id={}&environment={}",
+                    s.tenant_id, s.environment
+                );
             }
-            anyhow::ensure!(landed_pg >= accepted as u64, "not every accepted webhook landed within {wait_s} s");
+            anyhow::ensure!(
+                landed_pg >= accepted as u64,
+                "not every accepted webhook landed within {wait_s} s"
+            );
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

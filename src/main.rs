@@ -87,7 +87,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn migrate(cfg: &Config) -> anyhow::Result<()> {
     kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await.context("creating topics")?;
-    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await.context("connecting to postgres")?;
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
+        .await
+        .context("connecting to postgres")?;
     riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
     riverbank_sinks::clickhouse::create(&cfg.clickhouse).await.context("clickhouse ddl")?;
     tracing::info!("topics, postgres and clickhouse are up to date");
@@ -100,7 +102,9 @@ async fn run_audit(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> 
 }
 
 async fn run_postgres_sink(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
-    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await.context("connecting to postgres")?;
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
+        .await
+        .context("connecting to postgres")?;
     if cfg.postgres.migrate_on_start {
         riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
     }

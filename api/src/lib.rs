@@ -5,4 +5,3 @@
 pub mod server;
 
 pub use server::serve;
-

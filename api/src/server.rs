@@ -9,8 +9,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
 use riverbank_runtime::config::{is_tenant_id, Config, KafkaConfig};
-use riverbank_runtime::stores::{clickhouse_client, postgres_pool};
 use riverbank_runtime::http::{within, HttpError, InFlight};
+use riverbank_runtime::stores::{clickhouse_client, postgres_pool};
 use riverbank_runtime::{kafka, CancellationToken};
 use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
@@ -89,7 +89,10 @@ fn check_tenant(tenant_id: &str) -> Result<(), HttpError> {
     if is_tenant_id(tenant_id) {
         Ok(())
     } else {
-        Err(HttpError::bad_request("invalid_tenant", "tenant_id must be 1-64 of ASCII letters, digits, '-', '_'"))
+        Err(HttpError::bad_request(
+            "invalid_tenant",
+            "tenant_id must be 1-64 of ASCII letters, digits, '-', '_'",
+        ))
     }
 }
 

@@ -5,4 +5,3 @@ pub mod server;
 pub mod standard_webhooks;
 
 pub use server::serve;
-

@@ -109,7 +109,12 @@ async fn health(State(s): State<Arc<Ingest>>) -> Response {
     }
 }
 
-async fn webhook(State(s): State<Arc<Ingest>>, Path(provider): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn webhook(
+    State(s): State<Arc<Ingest>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let tenant = header(&headers, "x-tenant-id").map(str::to_owned);
     handle(s, provider, tenant, headers, body).await
 }
@@ -123,7 +128,13 @@ async fn webhook_for_tenant(
     handle(s, provider, Some(tenant), headers, body).await
 }
 
-async fn handle(s: Arc<Ingest>, provider: String, tenant: Option<String>, headers: HeaderMap, body: Body) -> Response {
+async fn handle(
+    s: Arc<Ingest>,
+    provider: String,
+    tenant: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let permit = match s.in_flight.enter() {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -154,7 +165,9 @@ async fn read_body(s: &Ingest, headers: &HeaderMap, body: Body) -> Result<Bytes,
         return Err(too_large());
     }
     axum::body::to_bytes(body, s.body_bytes_max).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|src| src.is::<http_body_util_limited::LengthLimitError>()) {
+        if std::error::Error::source(&e)
+            .is_some_and(|src| src.is::<http_body_util_limited::LengthLimitError>())
+        {
             too_large()
         } else {
             HttpError::bad_request("body_unreadable", "request body could not be read")
@@ -181,17 +194,26 @@ async fn accept(
         ));
     }
     let tenant = tenant.ok_or_else(|| {
-        HttpError::bad_request("missing_tenant", "name the tenant in the path (/v1/webhooks/{provider}/{tenant_id}) or x-tenant-id")
+        HttpError::bad_request(
+            "missing_tenant",
+            "name the tenant in the path (/v1/webhooks/{provider}/{tenant_id}) or x-tenant-id",
+        )
     })?;
     if !riverbank_runtime::config::is_tenant_id(&tenant) {
-        return Err(HttpError::bad_request("invalid_tenant", "tenant id must be 1-64 of ASCII letters, digits, '-', '_'"));
+        return Err(HttpError::bad_request(
+            "invalid_tenant",
+            "tenant id must be 1-64 of ASCII letters, digits, '-', '_'",
+        ));
     }
     let env = match header(headers, "x-environment") {
         None => Environment::Live,
         Some(v) => v.parse::<Environment>().map_err(|m| HttpError::bad_request("invalid_environment", m))?,
     };
     if !s.environments.contains(&env) {
-        return Err(HttpError::bad_request("invalid_environment", format!("environment {env} is not served here")));
+        return Err(HttpError::bad_request(
+            "invalid_environment",
+            format!("environment {env} is not served here"),
+        ));
     }
     let body = read_body(s, headers, body).await?;
     // The tenant is trusted only because one of *its* secrets verifies the signature.
@@ -268,5 +290,6 @@ async fn accept(
     })?;
     tracing::debug!(tenant_id = %tenant, provider = %provider, %event_id, dead_lettered, "webhook accepted");
     let status = if dead_lettered { "dead_lettered" } else { "accepted" };
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"event_id": event_id, "status": status}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"event_id": event_id, "status": status})))
+        .into_response())
 }

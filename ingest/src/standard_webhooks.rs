@@ -56,7 +56,8 @@ impl Key {
 
     fn mac(&self, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
         // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-        let mut mac = HmacSha256::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        let mut mac =
+            HmacSha256::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.as_bytes());
@@ -89,7 +90,12 @@ pub struct Verified {
 }
 
 /// Verify `delivery` against any of `keys`. `now` is unix seconds.
-pub fn verify(keys: &[Key], delivery: &Delivery<'_>, now: i64, tolerance_s: i64) -> Result<Verified, VerifyError> {
+pub fn verify(
+    keys: &[Key],
+    delivery: &Delivery<'_>,
+    now: i64,
+    tolerance_s: i64,
+) -> Result<Verified, VerifyError> {
     let id = delivery.id.ok_or(VerifyError::MissingHeader(HEADER_ID))?;
     let ts_text = delivery.timestamp.ok_or(VerifyError::MissingHeader(HEADER_TIMESTAMP))?;
     let sigs = delivery.signature.ok_or(VerifyError::MissingHeader(HEADER_SIGNATURE))?;
@@ -141,7 +147,10 @@ mod tests {
         // The scheme's reference vector (secret, id, timestamp, body → signature).
         let k = Key::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("valid");
         let body = br#"{"test": 2432232314}"#;
-        assert_eq!(k.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", NOW, body), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert_eq!(
+            k.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", NOW, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
     }
 
     #[test]
@@ -153,17 +162,71 @@ mod tests {
         let v2 = good.replace("v1,", "v2,");
         let cases: Vec<(&str, Vec<Key>, Delivery<'_>, i64, Result<(), VerifyError>)> = vec![
             ("valid", vec![key(1)], delivery("msg_1", &ts, &good, body), NOW, Ok(())),
-            ("wrong secret", vec![key(3)], delivery("msg_1", &ts, &good, body), NOW, Err(VerifyError::NoMatch)),
-            ("rotated: new key among old", vec![key(1), key(2)], delivery("msg_1", &ts, &rotated, body), NOW, Ok(())),
-            ("tampered body", vec![key(1)], delivery("msg_1", &ts, &good, b"{\"amount\":9999}"), NOW, Err(VerifyError::NoMatch)),
-            ("tampered id", vec![key(1)], delivery("msg_2", &ts, &good, body), NOW, Err(VerifyError::NoMatch)),
-            ("tampered timestamp", vec![key(1)], delivery("msg_1", "1614265331", &good, body), NOW, Err(VerifyError::NoMatch)),
-            ("too old", vec![key(1)], delivery("msg_1", &ts, &good, body), NOW + 301, Err(VerifyError::OutsideTolerance(301, 300))),
-            ("too new", vec![key(1)], delivery("msg_1", &ts, &good, body), NOW - 301, Err(VerifyError::OutsideTolerance(301, 300))),
+            (
+                "wrong secret",
+                vec![key(3)],
+                delivery("msg_1", &ts, &good, body),
+                NOW,
+                Err(VerifyError::NoMatch),
+            ),
+            (
+                "rotated: new key among old",
+                vec![key(1), key(2)],
+                delivery("msg_1", &ts, &rotated, body),
+                NOW,
+                Ok(()),
+            ),
+            (
+                "tampered body",
+                vec![key(1)],
+                delivery("msg_1", &ts, &good, b"{\"amount\":9999}"),
+                NOW,
+                Err(VerifyError::NoMatch),
+            ),
+            (
+                "tampered id",
+                vec![key(1)],
+                delivery("msg_2", &ts, &good, body),
+                NOW,
+                Err(VerifyError::NoMatch),
+            ),
+            (
+                "tampered timestamp",
+                vec![key(1)],
+                delivery("msg_1", "1614265331", &good, body),
+                NOW,
+                Err(VerifyError::NoMatch),
+            ),
+            (
+                "too old",
+                vec![key(1)],
+                delivery("msg_1", &ts, &good, body),
+                NOW + 301,
+                Err(VerifyError::OutsideTolerance(301, 300)),
+            ),
+            (
+                "too new",
+                vec![key(1)],
+                delivery("msg_1", &ts, &good, body),
+                NOW - 301,
+                Err(VerifyError::OutsideTolerance(301, 300)),
+            ),
             ("edge of tolerance", vec![key(1)], delivery("msg_1", &ts, &good, body), NOW + 300, Ok(())),
-            ("bad timestamp", vec![key(1)], delivery("msg_1", "-5", &good, body), NOW, Err(VerifyError::BadTimestamp)),
+            (
+                "bad timestamp",
+                vec![key(1)],
+                delivery("msg_1", "-5", &good, body),
+                NOW,
+                Err(VerifyError::BadTimestamp),
+            ),
             ("v2 ignored", vec![key(1)], delivery("msg_1", &ts, &v2, body), NOW, Err(VerifyError::NoMatch)),
-            ("empty id", vec![key(1)], delivery("", &ts, &good, body), NOW, Err(VerifyError::BadId(HEADER_ID))),
+            (
+                "empty id",
+                vec![key(1)],
+                delivery("", &ts, &good, body),
+                NOW,
+                Err(VerifyError::BadId(HEADER_ID)),
+            ),
             ("no keys", vec![], delivery("msg_1", &ts, &good, body), NOW, Err(VerifyError::NoMatch)),
         ];
         for (name, keys, d, now, want) in cases {

@@ -1,7 +1,9 @@
 //! Audit: every accepted input that concerns money or identity yields one append-only audit record.
 //! Records carry ids, actions and sizes only, never payload contents (which may hold PII).
-use riverbank_runtime::process::{Emit, InputRef, Processor, Verdict};
-use riverbank_schemas::{derived_id, AuditRecord, Envelope, Environment, RawEnvelope, Topics, WebhookReceived};
+use riverbank_schemas::processor::{Emit, InputRef, Processor, Verdict};
+use riverbank_schemas::{
+    derived_id, AuditRecord, Envelope, Environment, RawEnvelope, Topics, WebhookReceived,
+};
 
 #[derive(Debug, Clone)]
 pub struct AuditProcessor {
@@ -78,7 +80,9 @@ impl Processor for AuditProcessor {
                     Err(e) => Verdict::Poison(format!("audit record does not serialize: {e}")),
                 }
             }
-            (event_type, version) => Verdict::Poison(format!("audit has no rule for {event_type} v{version}")),
+            (event_type, version) => {
+                Verdict::Poison(format!("audit has no rule for {event_type} v{version}"))
+            }
         }
     }
 }
@@ -115,13 +119,20 @@ mod tests {
     }
 
     fn at() -> InputRef<'static> {
-        InputRef { topic: "p.sandbox.ingest.webhooks", partition: 0, offset: 7, environment: Environment::Sandbox }
+        InputRef {
+            topic: "p.sandbox.ingest.webhooks",
+            partition: 0,
+            offset: 7,
+            environment: Environment::Sandbox,
+        }
     }
 
     #[test]
     fn a_webhook_yields_one_record_on_the_same_environment_and_no_payload() {
         let p = AuditProcessor::new(Topics::new("p."));
-        let Verdict::Emit(out) = p.apply(&mut (), &at(), webhook("wh_1", 321)) else { panic!("expected emit") };
+        let Verdict::Emit(out) = p.apply(&mut (), &at(), webhook("wh_1", 321)) else {
+            panic!("expected emit")
+        };
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "p.sandbox.audit.events.log");
         assert_eq!(out[0].key, "tenant-a");
@@ -140,7 +151,9 @@ mod tests {
         let p = AuditProcessor::new(Topics::new(""));
         let mut other = webhook("x", 1);
         other.event_type = "transfer.requested".into();
-        assert!(matches!(p.apply(&mut (), &at(), other), Verdict::Poison(r) if r.contains("transfer.requested")));
+        assert!(
+            matches!(p.apply(&mut (), &at(), other), Verdict::Poison(r) if r.contains("transfer.requested"))
+        );
         let mut newer = webhook("x", 1);
         newer.schema_version = 9;
         assert!(matches!(p.apply(&mut (), &at(), newer), Verdict::Poison(_)));

@@ -55,7 +55,11 @@ pub fn next_offsets(batch: &[OwnedMessage]) -> Vec<(String, i32, i64)> {
 }
 
 /// Commit offsets to the consumer group (asynchronously unless `sync`).
-pub fn commit(consumer: &Consumer, offsets: &[(String, i32, i64)], sync: bool) -> rdkafka::error::KafkaResult<()> {
+pub fn commit(
+    consumer: &Consumer,
+    offsets: &[(String, i32, i64)],
+    sync: bool,
+) -> rdkafka::error::KafkaResult<()> {
     if offsets.is_empty() {
         return Ok(());
     }

@@ -266,7 +266,9 @@ impl Config {
                 errors.push(format!("{at}.secrets must hold at least one secret"));
             }
             if !seen.insert((w.provider.clone(), w.tenant_id.clone(), w.environment)) {
-                errors.push(format!("{at} repeats provider/tenant/environment; list all its secrets in one entry"));
+                errors.push(format!(
+                    "{at} repeats provider/tenant/environment; list all its secrets in one entry"
+                ));
             }
         }
         if errors.is_empty() {
@@ -279,7 +281,8 @@ impl Config {
 
 /// Provider names: lowercase slugs (they appear in routes, topics' keys and audit actors).
 pub fn is_slug(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    (1..=64).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// Tenant ids: short, ASCII, safe in URLs, keys and SQL literals.
@@ -321,7 +324,10 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("sinks.batch_rows_max") && text.contains("ingest.body_bytes_max"), "{text}");
 
-        assert!(matches!(Config::load_from(Some(&dir.join("nope.toml")), NO_ENV), Err(ConfigError::MissingFile(_))));
+        assert!(matches!(
+            Config::load_from(Some(&dir.join("nope.toml")), NO_ENV),
+            Err(ConfigError::MissingFile(_))
+        ));
     }
 
     #[test]

@@ -24,12 +24,19 @@ impl HttpError {
     pub fn internal(detail: &dyn std::fmt::Display) -> Self {
         let trace_id = uuid::Uuid::new_v4();
         tracing::error!(%trace_id, error = %detail, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("internal error; trace id {trace_id}"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error; trace id {trace_id}"),
+        )
     }
 
     /// A dependency is down: retry later.
     pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after_s: u64) -> Self {
-        HttpError { retry_after_s: Some(retry_after_s), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message) }
+        HttpError {
+            retry_after_s: Some(retry_after_s),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
     }
 }
 
@@ -60,7 +67,11 @@ impl InFlight {
 
     pub fn enter(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HttpError> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
-            HttpError::unavailable("overloaded", "too many requests in flight; retry later", self.retry_after_s)
+            HttpError::unavailable(
+                "overloaded",
+                "too many requests in flight; retry later",
+                self.retry_after_s,
+            )
         })
     }
 }

@@ -84,7 +84,10 @@ impl ConsumerContext for WatchedContext {
 pub type Consumer = StreamConsumer<WatchedContext>;
 
 /// A group consumer that never auto-commits: callers commit only what is durably done.
-pub fn consumer(cfg: &KafkaConfig, group_id: &str) -> Result<(Consumer, Arc<RebalanceWatch>), KafkaSetupError> {
+pub fn consumer(
+    cfg: &KafkaConfig,
+    group_id: &str,
+) -> Result<(Consumer, Arc<RebalanceWatch>), KafkaSetupError> {
     let ctx = WatchedContext::default();
     let watch = ctx.watch.clone();
     let mut c = base(cfg, "consumer");
@@ -105,7 +108,9 @@ pub async fn ensure_topics(cfg: &KafkaConfig, names: &[String]) -> Result<(), Ka
     let admin: AdminClient<DefaultClientContext> = base(cfg, "admin").create()?;
     let new: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|n| NewTopic::new(n, cfg.topic_partitions, TopicReplication::Fixed(cfg.topic_replication_factor)))
+        .map(|n| {
+            NewTopic::new(n, cfg.topic_partitions, TopicReplication::Fixed(cfg.topic_replication_factor))
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_millis(cfg.admin_timeout_ms)));
     for result in admin.create_topics(new.iter(), &opts).await? {

@@ -10,49 +10,14 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+pub use riverbank_schemas::processor::{Emit, InputRef, Processor, Verdict};
 use riverbank_schemas::{derived_id, DeadLetter, Environment, RawEnvelope, Topics};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::batch;
 use crate::config::Config;
 use crate::kafka;
-
-/// One record to produce. `event_id` must be derived from the input (never random).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Emit {
-    pub topic: String,
-    pub key: String,
-    pub event_id: Uuid,
-    pub payload: Vec<u8>,
-}
-
-/// What a processor answers for one input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Outputs to produce (business rejections are outputs too).
-    Emit(Vec<Emit>),
-    /// The input is unusable; it goes to the dead-letter topic with this reason.
-    Poison(String),
-}
-
-/// Where an input came from: deterministic facts a processor may use (never the clock).
-#[derive(Debug, Clone, Copy)]
-pub struct InputRef<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub environment: Environment,
-}
-
-/// A pure state machine over its own state: no I/O, no clock, no randomness.
-pub trait Processor: Send + 'static {
-    type State: Default + Send;
-    fn name(&self) -> &'static str;
-    fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String>;
-    fn apply(&self, state: &mut Self::State, at: &InputRef<'_>, input: RawEnvelope) -> Verdict;
-}
 
 /// Header carrying the event id, so consumers can deduplicate without decoding the payload.
 pub const EVENT_ID_HEADER: &str = "riverbank-event-id";
@@ -109,13 +74,18 @@ pub async fn produce_all(producer: &FutureProducer, emits: &[Emit], timeout: Dur
 }
 
 /// Run `processor` until `shutdown`; transient failures restart the consumer from the last commit.
-pub async fn run<P: Processor>(cfg: &Config, processor: P, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run<P: Processor>(
+    cfg: &Config,
+    processor: P,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let topics = kafka::topics(&cfg.kafka);
     kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await?;
     let inputs: Vec<String> =
         cfg.kafka.environments.iter().flat_map(|&env| processor.inputs(&topics, env)).collect();
     let producer = kafka::producer(&cfg.kafka)?;
-    let mut backoff = Backoff::new(cfg.processor.retry_backoff_initial_ms, cfg.processor.retry_backoff_max_ms);
+    let mut backoff =
+        Backoff::new(cfg.processor.retry_backoff_initial_ms, cfg.processor.retry_backoff_max_ms);
     while !shutdown.is_cancelled() {
         match run_consumer(cfg, &topics, &inputs, &processor, &producer, &shutdown, &mut backoff).await {
             Ok(()) => break,
@@ -139,7 +109,8 @@ async fn run_consumer<P: Processor>(
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let (consumer, _watch) = kafka::consumer(&cfg.kafka, &topics.group(&format!("processor.{}", processor.name())))?;
+    let (consumer, _watch) =
+        kafka::consumer(&cfg.kafka, &topics.group(&format!("processor.{}", processor.name())))?;
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
     // State per input partition. Rebuilt from the stream after a restart (stateless processors keep none).
@@ -147,7 +118,8 @@ async fn run_consumer<P: Processor>(
     let linger = Duration::from_millis(cfg.processor.batch_linger_ms);
     let produce_timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
     loop {
-        let (messages, error) = batch::collect(&consumer, cfg.processor.batch_events_max, linger, shutdown).await;
+        let (messages, error) =
+            batch::collect(&consumer, cfg.processor.batch_events_max, linger, shutdown).await;
         if messages.is_empty() {
             if let Some(e) = error {
                 return Err(e.into());
@@ -159,7 +131,8 @@ async fn run_consumer<P: Processor>(
             let Some(env) = topics.environment_of(m.topic()) else {
                 anyhow::bail!("subscribed to a topic outside the prefix: {}", m.topic());
             };
-            let at = InputRef { topic: m.topic(), partition: m.partition(), offset: m.offset(), environment: env };
+            let at =
+                InputRef { topic: m.topic(), partition: m.partition(), offset: m.offset(), environment: env };
             let verdict = match serde_json::from_slice::<RawEnvelope>(m.payload().unwrap_or_default()) {
                 Err(e) => Verdict::Poison(format!("not an envelope: {e}")),
                 Ok(envelope) if envelope.environment != env => Verdict::Poison(format!(
@@ -175,7 +148,13 @@ async fn run_consumer<P: Processor>(
                 Verdict::Emit(out) => emits.extend(out),
                 Verdict::Poison(reason) => {
                     tracing::warn!(processor = processor.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "dead-lettered");
-                    emits.push(dead_letter(topics, env, &format!("processor:{}", processor.name()), m, reason));
+                    emits.push(dead_letter(
+                        topics,
+                        env,
+                        &format!("processor:{}", processor.name()),
+                        m,
+                        reason,
+                    ));
                 }
             }
         }
@@ -183,7 +162,12 @@ async fn run_consumer<P: Processor>(
         let offsets = batch::next_offsets(&messages);
         batch::commit(&consumer, &offsets, shutdown.is_cancelled())?;
         backoff.reset();
-        tracing::debug!(processor = processor.name(), inputs = messages.len(), outputs = emits.len(), "batch done");
+        tracing::debug!(
+            processor = processor.name(),
+            inputs = messages.len(),
+            outputs = emits.len(),
+            "batch done"
+        );
         if let Some(e) = error {
             return Err(e.into());
         }

@@ -38,12 +38,25 @@ pub trait SinkStore: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String>;
     /// Turn one message into rows (possibly none); `Err(reason)` dead-letters it.
-    fn decode(&self, topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Result<Vec<Self::Row>, String>;
+    fn decode(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+    ) -> Result<Vec<Self::Row>, String>;
     /// Positions this store holds for `topic` (partitions never written are absent).
-    fn load_positions(&self, topic: &str) -> impl Future<Output = Result<HashMap<i32, i64>, StoreError>> + Send;
+    fn load_positions(
+        &self,
+        topic: &str,
+    ) -> impl Future<Output = Result<HashMap<i32, i64>, StoreError>> + Send;
     /// Write `rows` and `positions` atomically (or, where the store has no transactions, rows first and
     /// positions after, with rows idempotent on their key).
-    fn write(&self, rows: &[Self::Row], positions: &[Position]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn write(
+        &self,
+        rows: &[Self::Row],
+        positions: &[Position],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Run the sink until `shutdown`. Store outages are retried with bounded backoff, forever: the sink
@@ -51,7 +64,8 @@ pub trait SinkStore: Send + Sync + 'static {
 pub async fn run<S: SinkStore>(cfg: &Config, store: S, shutdown: CancellationToken) -> anyhow::Result<()> {
     let topics = kafka::topics(&cfg.kafka);
     kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await?;
-    let inputs: Vec<String> = cfg.kafka.environments.iter().flat_map(|&env| store.inputs(&topics, env)).collect();
+    let inputs: Vec<String> =
+        cfg.kafka.environments.iter().flat_map(|&env| store.inputs(&topics, env)).collect();
     let producer = kafka::producer(&cfg.kafka)?;
     let mut backoff = Backoff::new(cfg.sinks.retry_backoff_initial_ms, cfg.sinks.retry_backoff_max_ms);
     while !shutdown.is_cancelled() {
@@ -137,7 +151,10 @@ async fn run_consumer<S: SinkStore>(
         let mut taken: Vec<OwnedMessage> = Vec::with_capacity(messages.len());
         for m in messages {
             if !tracker.loaded.contains(m.topic()) {
-                let loaded = retry(store.name(), "load positions", backoff, shutdown, || store.load_positions(m.topic())).await?;
+                let loaded = retry(store.name(), "load positions", backoff, shutdown, || {
+                    store.load_positions(m.topic())
+                })
+                .await?;
                 for (p, o) in loaded {
                     tracker.durable.insert((m.topic().to_owned(), p), o);
                 }
@@ -146,7 +163,14 @@ async fn run_consumer<S: SinkStore>(
             match tracker.admit(m.topic(), m.partition(), m.offset()) {
                 Admit::Skip => continue,
                 Admit::SeekTo(next) => {
-                    tracing::info!(sink = store.name(), topic = m.topic(), partition = m.partition(), from = m.offset(), to = next, "consumer ahead of the store; seeking back");
+                    tracing::info!(
+                        sink = store.name(),
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        from = m.offset(),
+                        to = next,
+                        "consumer ahead of the store; seeking back"
+                    );
                     consumer.seek(m.topic(), m.partition(), Offset::Offset(next), seek_timeout)?;
                     continue;
                 }
@@ -174,8 +198,10 @@ async fn run_consumer<S: SinkStore>(
             .await?;
         }
         let next = batch::next_offsets(&taken);
-        let positions: Vec<Position> =
-            next.iter().map(|(t, p, o)| Position { topic: t.clone(), partition: *p, next_offset: *o }).collect();
+        let positions: Vec<Position> = next
+            .iter()
+            .map(|(t, p, o)| Position { topic: t.clone(), partition: *p, next_offset: *o })
+            .collect();
         let (rows, positions) = (&rows, &positions);
         retry(store.name(), "write", backoff, shutdown, || store.write(rows, positions)).await?;
         for (t, p, o) in &next {

@@ -6,7 +6,8 @@ use crate::{AuditRecord, DeadLetter, Envelope, Money, WebhookReceived};
 pub fn generated() -> Vec<(&'static str, String)> {
     fn render<T: schemars::JsonSchema>() -> String {
         let schema = schemars::schema_for!(T);
-        let mut text = serde_json::to_string_pretty(&schema).unwrap_or_else(|e| panic!("schema serializes: {e}"));
+        let mut text =
+            serde_json::to_string_pretty(&schema).unwrap_or_else(|e| panic!("schema serializes: {e}"));
         text.push('\n');
         text
     }

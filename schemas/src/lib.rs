@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod events;
 pub mod json_schema;
 pub mod money;
+pub mod processor;
 pub mod topics;
 
 pub use envelope::{Envelope, Environment, RawEnvelope};

@@ -81,7 +81,9 @@ impl JsonSchema for Currency {
             instance_type: Some(schemars::schema::InstanceType::String.into()),
             enum_values: Some(CURRENCIES.iter().map(|(c, _)| serde_json::Value::from(*c)).collect()),
             metadata: Some(Box::new(schemars::schema::Metadata {
-                description: Some("ISO-4217 code or settlement token; precision is fixed per code.".to_owned()),
+                description: Some(
+                    "ISO-4217 code or settlement token; precision is fixed per code.".to_owned(),
+                ),
                 ..Default::default()
             })),
             ..Default::default()
@@ -187,7 +189,8 @@ impl Money {
         }
         let scale = 10i64.checked_pow(u32::from(currency.precision())).ok_or(MoneyError::Overflow)?;
         let int: i64 = int_part.parse().map_err(|_| MoneyError::Overflow)?;
-        let mut frac: i64 = if frac_part.is_empty() { 0 } else { frac_part.parse().map_err(|_| malformed())? };
+        let mut frac: i64 =
+            if frac_part.is_empty() { 0 } else { frac_part.parse().map_err(|_| malformed())? };
         for _ in frac_part.len()..precision {
             frac = frac.checked_mul(10).ok_or(MoneyError::Overflow)?;
         }
@@ -243,7 +246,17 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_money() {
-        for (text, code) in [("1.234", "USD"), ("1.5", "JPY"), ("1e3", "USD"), ("", "USD"), (".5", "USD"), ("5.", "USD"), ("+5", "USD"), ("1,5", "EUR"), ("99999999999999999999", "USD")] {
+        for (text, code) in [
+            ("1.234", "USD"),
+            ("1.5", "JPY"),
+            ("1e3", "USD"),
+            ("", "USD"),
+            (".5", "USD"),
+            ("5.", "USD"),
+            ("+5", "USD"),
+            ("1,5", "EUR"),
+            ("99999999999999999999", "USD"),
+        ] {
             assert!(Money::parse_major(text, c(code)).is_err(), "{text} {code} accepted");
         }
         assert_eq!(Currency::from_code("XXX"), Err(MoneyError::UnknownCurrency("XXX".into())));
@@ -254,7 +267,10 @@ mod tests {
     fn arithmetic_is_checked() {
         let usd = Money::new(i64::MAX, c("USD"));
         assert_eq!(usd.checked_add(Money::new(1, c("USD"))), Err(MoneyError::Overflow));
-        assert!(matches!(Money::new(1, c("USD")).checked_add(Money::new(1, c("EUR"))), Err(MoneyError::CurrencyMismatch(..))));
+        assert!(matches!(
+            Money::new(1, c("USD")).checked_add(Money::new(1, c("EUR"))),
+            Err(MoneyError::CurrencyMismatch(..))
+        ));
         assert_eq!(Money::new(i64::MIN, c("USD")).checked_neg(), Err(MoneyError::Overflow));
     }
 

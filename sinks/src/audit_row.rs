@@ -13,8 +13,13 @@ pub struct AuditRow {
 pub fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Result<Vec<AuditRow>, String> {
     let envelope: Envelope<AuditRecord> =
         serde_json::from_slice(payload).map_err(|e| format!("not an audit record envelope: {e}"))?;
-    if envelope.event_type != AuditRecord::EVENT_TYPE || envelope.schema_version != AuditRecord::SCHEMA_VERSION {
-        return Err(format!("unexpected {} v{} on the audit topic", envelope.event_type, envelope.schema_version));
+    if envelope.event_type != AuditRecord::EVENT_TYPE
+        || envelope.schema_version != AuditRecord::SCHEMA_VERSION
+    {
+        return Err(format!(
+            "unexpected {} v{} on the audit topic",
+            envelope.event_type, envelope.schema_version
+        ));
     }
     if envelope.event_id != envelope.payload.audit_id || envelope.tenant_id != envelope.payload.tenant_id {
         return Err("envelope and audit record disagree on id or tenant".to_owned());

@@ -1,6 +1,7 @@
 //! ClickHouse: analytics and audit search. No transactions here, so: rows first, then positions;
-//! tables are `ReplacingMergeTree` keyed so a replayed row collapses onto the original, and every query
-//! counts each key once (`FINAL`). DDL and SQL run on ClickHouse 18.16 and on current releases.
+//! tables are `ReplacingMergeTree` keyed on the event id (never on a time that a redelivery may
+//! change) so a replayed row collapses onto the original, and every query counts each key once
+//! (`FINAL`); months partition the data for time pruning. DDL and SQL run on ClickHouse 18.16 and on current releases.
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -33,10 +34,11 @@ pub fn ddl() -> Vec<&'static str> {
             payload_bytes UInt64,
             source_topic String,
             source_partition Int32,
-            source_offset Int64
-        ) ENGINE = ReplacingMergeTree()
+            source_offset Int64,
+            first_seen_rank UInt64
+        ) ENGINE = ReplacingMergeTree(first_seen_rank)
         PARTITION BY toYYYYMM(occurred_at)
-        ORDER BY (tenant_id, environment, occurred_at, event_id)",
+        ORDER BY (tenant_id, environment, event_id)",
         // The highest next_offset per key survives merges; readers take max() anyway.
         "CREATE TABLE IF NOT EXISTS sink_offsets (
             sink String,
@@ -50,7 +52,10 @@ pub fn ddl() -> Vec<&'static str> {
 
 /// Create the database and tables.
 pub async fn create(cfg: &ClickHouseConfig) -> Result<(), clickhouse::error::Error> {
-    clickhouse_server_client(cfg).query(&format!("CREATE DATABASE IF NOT EXISTS {}", cfg.database)).execute().await?;
+    clickhouse_server_client(cfg)
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {}", cfg.database))
+        .execute()
+        .await?;
     let c = clickhouse_client(cfg);
     for stmt in ddl() {
         c.query(stmt).execute().await?;
@@ -79,6 +84,9 @@ pub struct AuditEventRow {
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// Replacing version: highest for the earliest recorded copy, so when a provider redelivers an
+    /// event (same id, later attempt time) the first copy survives, as it does in Postgres.
+    pub first_seen_rank: u64,
 }
 
 fn enum8(env: Environment) -> i8 {
@@ -111,6 +119,7 @@ impl AuditEventRow {
             source_topic: r.source_topic.clone(),
             source_partition: r.source_partition,
             source_offset: r.source_offset,
+            first_seen_rank: u64::MAX - u64::try_from(a.recorded_at.timestamp_millis()).unwrap_or(0),
         })
     }
 }
@@ -130,7 +139,10 @@ pub struct ClickHouseAuditSink {
 
 impl ClickHouseAuditSink {
     pub fn new(cfg: &ClickHouseConfig) -> Self {
-        ClickHouseAuditSink { client: clickhouse_client(cfg), timeout: Duration::from_millis(cfg.request_timeout_ms) }
+        ClickHouseAuditSink {
+            client: clickhouse_client(cfg),
+            timeout: Duration::from_millis(cfg.request_timeout_ms),
+        }
     }
 
     async fn insert<T: Row + Serialize + for<'a> Row<Value<'a> = T> + clickhouse::RowWrite>(
@@ -168,7 +180,13 @@ impl SinkStore for ClickHouseAuditSink {
         vec![topics.audit_events(env)]
     }
 
-    fn decode(&self, topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Result<Vec<AuditEventRow>, String> {
+    fn decode(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+    ) -> Result<Vec<AuditEventRow>, String> {
         audit_row::decode(topic, partition, offset, payload)?.iter().map(AuditEventRow::from_audit).collect()
     }
 

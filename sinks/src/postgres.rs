@@ -1,8 +1,8 @@
 //! PostgreSQL: operational truth. Rows and the sink's positions commit in one transaction.
-use std::collections::HashMap;
 use riverbank_runtime::sink::{Position, SinkStore, StoreError};
 use riverbank_schemas::{Environment, Topics};
 use sqlx::PgPool;
+use std::collections::HashMap;
 
 use crate::audit_row::{self, AuditRow};
 
@@ -35,7 +35,13 @@ impl SinkStore for PostgresAuditSink {
         vec![topics.audit_events(env)]
     }
 
-    fn decode(&self, topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Result<Vec<AuditRow>, String> {
+    fn decode(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+    ) -> Result<Vec<AuditRow>, String> {
         audit_row::decode(topic, partition, offset, payload)
     }
 

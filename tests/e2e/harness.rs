@@ -1,0 +1,291 @@
+//! A pipeline of real `riverbank` processes over the real stack, one per test.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use riverbank::demo::{Delivery, Sender};
+use riverbank_ingest::standard_webhooks::Key;
+use riverbank_schemas::Environment;
+use tokio::process::{Child, Command};
+
+pub fn brokers() -> String {
+    std::env::var("RIVERBANK_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+pub fn pg_url() -> String {
+    std::env::var("RIVERBANK_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/postgres".into())
+}
+pub fn ch_url() -> String {
+    std::env::var("RIVERBANK_TEST_CH_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A tenant's webhook sender and the key it signs with.
+pub fn sender(tenant: &str, seed: u8) -> Sender {
+    let secret = secret_of(seed);
+    Sender {
+        provider: "acmepay".into(),
+        tenant_id: tenant.into(),
+        environment: Environment::Live,
+        key: Key::from_secret(&secret).expect("valid secret"),
+    }
+}
+
+pub fn secret_of(seed: u8) -> String {
+    use base64::Engine as _;
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([seed; 32]))
+}
+
+pub const COMPONENTS: [&[&str]; 5] =
+    [&["ingest"], &["process", "audit"], &["sink", "postgres"], &["sink", "clickhouse"], &["api"]];
+
+pub struct Pipeline {
+    pub id: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub ingest_url: String,
+    pub api_url: String,
+    pub pg_db_url: String,
+    pub ch_db: String,
+    pub body_bytes_max: usize,
+    children: HashMap<String, Child>,
+    pub http: reqwest::Client,
+}
+
+impl Pipeline {
+    /// Create databases and topics, then start every component as its own process.
+    pub async fn start(name: &str, tenants: &[(&str, u8)]) -> anyhow::Result<Pipeline> {
+        let id = format!("{name}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let dir = std::env::temp_dir().join(format!("riverbank-e2e-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let admin = sqlx::PgPool::connect(&pg_url()).await.context("connect to the test Postgres")?;
+        sqlx::query(&format!("CREATE DATABASE {id}")).execute(&admin).await?;
+        admin.close().await;
+        let base = pg_url();
+        let pg_db_url = format!("{}/{id}", base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base));
+        let (ingest_port, api_port) = (free_port(), free_port());
+        let body_bytes_max = 4096;
+        let mut toml = format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+topic_prefix = "e2e-{id}."
+environments = ["live"]
+consumer_session_timeout_ms = 6000
+[ingest]
+listen_addr = "127.0.0.1:{ingest_port}"
+body_bytes_max = {body_bytes_max}
+[api]
+listen_addr = "127.0.0.1:{api_port}"
+[postgres]
+url = "{pg_db_url}"
+[clickhouse]
+url = "{ch}"
+database = "{id}"
+[sinks]
+batch_linger_ms = 50
+[telemetry]
+log_filter = "info"
+"#,
+            brokers = brokers(),
+            ch = ch_url(),
+        );
+        for (tenant, seed) in tenants {
+            toml.push_str(&format!(
+                "[[ingest.webhooks]]\nprovider = \"acmepay\"\ntenant_id = \"{tenant}\"\nenvironment = \"live\"\nscheme = \"standard_webhooks\"\nsecrets = [\"{}\"]\n",
+                secret_of(*seed)
+            ));
+        }
+        let config = dir.join("riverbank.toml");
+        std::fs::write(&config, toml)?;
+        let mut p = Pipeline {
+            id: id.clone(),
+            dir,
+            config,
+            ingest_url: format!("http://127.0.0.1:{ingest_port}"),
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            pg_db_url,
+            ch_db: id,
+            body_bytes_max,
+            children: HashMap::new(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        };
+        let status = Command::new(env!("CARGO_BIN_EXE_riverbank"))
+            .arg("--config")
+            .arg(&p.config)
+            .arg("migrate")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(p.dir.join("migrate.log"))?)
+            .status()
+            .await?;
+        anyhow::ensure!(
+            status.success(),
+            "riverbank migrate failed; see {}",
+            p.dir.join("migrate.log").display()
+        );
+        for args in COMPONENTS {
+            p.spawn(args)?;
+        }
+        p.wait_healthy(&p.ingest_url.clone()).await?;
+        p.wait_healthy(&p.api_url.clone()).await?;
+        Ok(p)
+    }
+
+    pub fn spawn(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        let name = args.join("-");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_riverbank"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.children.insert(name, child);
+        Ok(())
+    }
+
+    /// SIGKILL a component: no shutdown hook runs, in-flight work is lost mid-way.
+    pub async fn kill(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        let name = args.join("-");
+        let mut child = self.children.remove(&name).context("no such component")?;
+        child.kill().await?;
+        Ok(())
+    }
+
+    async fn wait_healthy(&self, url: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{url}/health")).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{url} not healthy in 30 s; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// (rows, sum of payload_bytes) for a tenant, straight from Postgres.
+    pub async fn pg_counts(&self, tenant: &str) -> anyhow::Result<(i64, i64)> {
+        let pool = sqlx::PgPool::connect(&self.pg_db_url).await?;
+        let row: (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), sum(payload_bytes)::int8 FROM audit_log WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_one(&pool)
+                .await?;
+        pool.close().await;
+        Ok((row.0, row.1.unwrap_or(0)))
+    }
+
+    /// (rows, sum of payload_bytes) for a tenant, straight from ClickHouse, each event once.
+    pub async fn ch_counts(&self, tenant: &str) -> anyhow::Result<(u64, u64)> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct C {
+            n: u64,
+            bytes: u64,
+        }
+        let c = clickhouse::Client::default()
+            .with_url(ch_url())
+            .with_database(&self.ch_db)
+            .with_validation(false);
+        let r: C = c
+            .query("SELECT toUInt64(count()) AS n, toUInt64(sum(payload_bytes)) AS bytes FROM audit_events FINAL WHERE tenant_id = ?")
+            .bind(tenant)
+            .fetch_one()
+            .await?;
+        Ok((r.n, r.bytes))
+    }
+
+    /// Raw ClickHouse rows for a tenant, duplicates included (to show replays were collapsed by key).
+    pub async fn ch_distinct_ids(&self, tenant: &str) -> anyhow::Result<u64> {
+        let c = clickhouse::Client::default()
+            .with_url(ch_url())
+            .with_database(&self.ch_db)
+            .with_validation(false);
+        Ok(c.query("SELECT toUInt64(uniqExact(event_id)) FROM audit_events WHERE tenant_id = ?")
+            .bind(tenant)
+            .fetch_one::<u64>()
+            .await?)
+    }
+
+    /// Wait until both stores hold `want` (rows, bytes) for every tenant, then hold still for a moment
+    /// and check again: exactly, not at least.
+    pub async fn wait_exact(
+        &self,
+        want: &HashMap<String, (u64, u64)>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut all = true;
+            let mut seen = Vec::new();
+            for (tenant, &(rows, bytes)) in want {
+                let pg = self.pg_counts(tenant).await?;
+                let ch = self.ch_counts(tenant).await?;
+                seen.push(format!("{tenant}: pg {pg:?} ch {ch:?} want ({rows}, {bytes})"));
+                anyhow::ensure!(pg.0 as u64 <= rows && ch.0 <= rows, "more rows than accepted: {seen:?}");
+                all &= (pg.0 as u64, pg.1 as u64) == (rows, bytes) && ch == (rows, bytes);
+            }
+            if all {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "stores did not converge: {seen:?}; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Nothing more may arrive (no late duplicates).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (tenant, &(rows, bytes)) in want {
+            let pg = self.pg_counts(tenant).await?;
+            let ch = self.ch_counts(tenant).await?;
+            anyhow::ensure!(
+                (pg.0 as u64, pg.1 as u64) == (rows, bytes),
+                "{tenant}: postgres {pg:?} != ({rows}, {bytes})"
+            );
+            anyhow::ensure!(ch == (rows, bytes), "{tenant}: clickhouse {ch:?} != ({rows}, {bytes})");
+        }
+        Ok(())
+    }
+
+    /// Stop every component and drop the test's databases (left in place if the test failed earlier).
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        for (_, mut c) in self.children.drain() {
+            let _ = c.kill().await;
+        }
+        let admin = sqlx::PgPool::connect(&pg_url()).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.id)).execute(&admin).await?;
+        let c = clickhouse::Client::default().with_url(ch_url()).with_validation(false);
+        c.query(&format!("DROP DATABASE IF EXISTS {}", self.ch_db)).execute().await?;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
+/// Unique, validly signed deliveries for a sender, with their body sizes.
+pub fn deliveries(s: &Sender, tag: &str, n: usize) -> Vec<(Sender, Delivery)> {
+    (0..n)
+        .map(|i| {
+            let body = riverbank::demo::deposit_body(i, &s.tenant_id);
+            (s.clone(), Delivery { id: format!("msg_{tag}_{}_{i}", s.tenant_id), body, signature: None })
+        })
+        .collect()
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests across crates, against the real local stack (deploy/local/stack up):
+//! a Kafka-protocol broker, PostgreSQL and ClickHouse. Each test gets its own topics (prefix),
+//! consumer groups, Postgres database and ClickHouse database, so tests run in parallel.
+//!
+//! Where the stack is: RIVERBANK_TEST_BROKERS, RIVERBANK_TEST_PG_URL (a database to create others
+//! from), RIVERBANK_TEST_CH_URL; defaults are the local stack's ports.
+
+mod harness;
+mod skeleton;
+mod workspace;
