@@ -146,6 +146,19 @@ pub async fn analytics_count(
     }))
 }
 
+/// Wait until `{url}/health` answers 2xx.
+pub async fn wait_healthy(client: &reqwest::Client, url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match client.get(format!("{url}/health")).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(r) => anyhow::bail!("{url}/health answered {} after {} s", r.status(), timeout.as_secs()),
+            Err(e) => anyhow::bail!("{url}/health unreachable after {} s: {e}", timeout.as_secs()),
+        }
+    }
+}
+
 /// `riverbank demo`: send `count` signed webhooks spread over the configured senders, then wait for
 /// them in Postgres (audit API) and ClickHouse (analytics API) and print where to look.
 pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> {
@@ -157,9 +170,14 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
     let ingest_url = format!("http://{}", cfg.ingest.listen_addr);
     let api_url = format!("http://{}", cfg.api.listen_addr);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    for url in [&ingest_url, &api_url] {
+        wait_healthy(&client, url, Duration::from_secs(wait_s)).await?;
+    }
     let mut before = Vec::new();
     for s in &senders {
-        before.push(audit_count(&client, &api_url, &s.tenant_id, s.environment).await?);
+        let pg = audit_count(&client, &api_url, &s.tenant_id, s.environment).await?;
+        let ch = analytics_count(&client, &api_url, &s.tenant_id, s.environment).await?;
+        before.push((pg.0, ch.0));
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let work: Vec<(Sender, Delivery)> = (0..count)
@@ -182,8 +200,8 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
         for (s, b) in senders.iter().zip(&before) {
             let pg = audit_count(&client, &api_url, &s.tenant_id, s.environment).await?;
             let ch = analytics_count(&client, &api_url, &s.tenant_id, s.environment).await?;
-            landed_pg += pg.0 - b.0;
-            landed_ch += ch.0;
+            landed_pg += pg.0.saturating_sub(b.0);
+            landed_ch += ch.0.saturating_sub(b.1);
             lines.push(format!(
                 "  {:<12} {:<8} {:<10} postgres rows {:>7}  clickhouse events {:>7}",
                 s.tenant_id,
@@ -193,12 +211,13 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
                 ch.0
             ));
         }
-        if landed_pg >= accepted as u64 || Instant::now() > deadline {
+        let all_landed = landed_pg >= accepted as u64 && landed_ch >= accepted as u64;
+        if all_landed || Instant::now() > deadline {
             println!("landed after {:.2?} (totals per tenant, this run included):", started.elapsed());
             for l in lines {
                 println!("{l}");
             }
-            println!("this run: {landed_pg} of {accepted} accepted webhooks are in postgres; clickhouse holds {landed_ch} events in all");
+            println!("this run: {accepted} accepted; {landed_pg} landed in postgres, {landed_ch} in clickhouse");
             println!("ingest:    {ingest_url}/v1/webhooks/{{provider}}/{{tenant_id}}");
             println!("api:       {api_url}/health");
             for s in &senders {

@@ -132,8 +132,11 @@ log_filter = "info"
         for args in COMPONENTS {
             p.spawn(args)?;
         }
-        p.wait_healthy(&p.ingest_url.clone()).await?;
-        p.wait_healthy(&p.api_url.clone()).await?;
+        for url in [&p.ingest_url, &p.api_url] {
+            riverbank::demo::wait_healthy(&p.http, url, Duration::from_secs(30))
+                .await
+                .with_context(|| format!("logs in {}", p.dir.display()))?;
+        }
         Ok(p)
     }
 
@@ -162,23 +165,6 @@ log_filter = "info"
         let mut child = self.children.remove(&name).context("no such component")?;
         child.kill().await?;
         Ok(())
-    }
-
-    async fn wait_healthy(&self, url: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(format!("{url}/health")).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{url} not healthy in 30 s; logs in {}",
-                self.dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// (rows, sum of payload_bytes) for a tenant, straight from Postgres.
