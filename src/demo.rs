@@ -217,7 +217,9 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
             for l in lines {
                 println!("{l}");
             }
-            println!("this run: {accepted} accepted; {landed_pg} landed in postgres, {landed_ch} in clickhouse");
+            println!(
+                "this run: {accepted} accepted; {landed_pg} landed in postgres, {landed_ch} in clickhouse"
+            );
             println!("ingest:    {ingest_url}/v1/webhooks/{{provider}}/{{tenant_id}}");
             println!("api:       {api_url}/health");
             for s in &senders {
