@@ -153,6 +153,8 @@ mod tests {
         );
     }
 
+    type Case<'a> = (&'a str, Vec<Key>, Delivery<'a>, i64, Result<(), VerifyError>);
+
     #[test]
     fn verification_table() {
         let body = br#"{"type":"deposit.completed","amount":1200}"#;
@@ -160,7 +162,7 @@ mod tests {
         let rotated = format!("v1,AAAA {} v1,bm90LWl0", key(2).sign("msg_1", NOW, body));
         let ts = NOW.to_string();
         let v2 = good.replace("v1,", "v2,");
-        let cases: Vec<(&str, Vec<Key>, Delivery<'_>, i64, Result<(), VerifyError>)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             ("valid", vec![key(1)], delivery("msg_1", &ts, &good, body), NOW, Ok(())),
             (
                 "wrong secret",

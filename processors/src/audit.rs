@@ -62,6 +62,10 @@ impl Processor for AuditProcessor {
         vec![topics.ingest_webhooks(env)]
     }
 
+    fn checkpoints(&self) -> bool {
+        false
+    }
+
     fn apply(&self, _state: &mut (), at: &InputRef<'_>, input: RawEnvelope) -> Verdict {
         match (input.event_type.as_str(), input.schema_version) {
             (WebhookReceived::EVENT_TYPE, WebhookReceived::SCHEMA_VERSION) => {

@@ -8,6 +8,7 @@ pub mod json_schema;
 pub mod money;
 pub mod processor;
 pub mod topics;
+pub mod transfers;
 
 pub use envelope::{Envelope, Environment, RawEnvelope};
 pub use events::{AuditRecord, DeadLetter, WebhookReceived};

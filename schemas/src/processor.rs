@@ -32,9 +32,38 @@ pub struct InputRef<'a> {
 }
 
 /// A pure state machine over its own state: no I/O, no clock, no randomness.
-pub trait Processor: Send + 'static {
-    type State: Default + Send;
+pub trait Processor: Send + Sync + 'static {
+    type State: KvState + Send;
     fn name(&self) -> &'static str;
+    /// The input topics. A stateful processor has exactly one, so each partition is one totally
+    /// ordered history and a replay sees the same inputs in the same order.
     fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String>;
+    /// Whether the runtime checkpoints this processor's state (a stateless one needs no checkpoints).
+    fn checkpoints(&self) -> bool {
+        true
+    }
     fn apply(&self, state: &mut Self::State, at: &InputRef<'_>, input: RawEnvelope) -> Verdict;
+}
+
+/// Processor state as keyed entries, so the runtime can checkpoint it as a full snapshot now and
+/// then, and as the changed entries (a delta) after every batch.
+pub trait KvState: Default + Sized {
+    /// Every entry: a full snapshot.
+    fn entries(&self) -> Vec<(String, serde_json::Value)>;
+    /// Entries changed since the last call: `Some` upserted, `None` removed.
+    fn take_changes(&mut self) -> Vec<(String, Option<serde_json::Value>)>;
+    /// Rebuild from entries (a snapshot with later deltas applied).
+    fn restore(entries: Vec<(String, serde_json::Value)>) -> Result<Self, String>;
+}
+
+impl KvState for () {
+    fn entries(&self) -> Vec<(String, serde_json::Value)> {
+        Vec::new()
+    }
+    fn take_changes(&mut self) -> Vec<(String, Option<serde_json::Value>)> {
+        Vec::new()
+    }
+    fn restore(_: Vec<(String, serde_json::Value)>) -> Result<Self, String> {
+        Ok(())
+    }
 }

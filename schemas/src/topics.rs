@@ -36,6 +36,31 @@ impl Topics {
         self.name(env, "transactions.update.status")
     }
 
+    /// Every input of the transfers processor: commands, provider callbacks, risk decisions, policies.
+    pub fn transfer_inputs(&self, env: Environment) -> String {
+        self.name(env, "transfers.inputs")
+    }
+
+    /// Inputs the transfers processor refused, with the reason.
+    pub fn transfer_rejections(&self, env: Environment) -> String {
+        self.name(env, "transfers.rejections")
+    }
+
+    /// Double-entry ledger postings.
+    pub fn ledger_postings(&self, env: Environment) -> String {
+        self.name(env, "ledger.postings")
+    }
+
+    /// Account balances after each change.
+    pub fn balances(&self, env: Environment) -> String {
+        self.name(env, "ledger.balances")
+    }
+
+    /// Processor state checkpoints (snapshots and deltas), one partition per input partition.
+    pub fn checkpoints(&self, env: Environment, processor: &str) -> String {
+        self.name(env, &format!("checkpoints.{processor}"))
+    }
+
     /// Inputs that could not be processed, with the reason.
     pub fn dead_letters(&self, env: Environment) -> String {
         self.name(env, "deadletter")
@@ -47,6 +72,10 @@ impl Topics {
             self.ingest_webhooks(env),
             self.audit_events(env),
             self.transfer_status(env),
+            self.transfer_inputs(env),
+            self.transfer_rejections(env),
+            self.ledger_postings(env),
+            self.balances(env),
             self.dead_letters(env),
         ]
     }

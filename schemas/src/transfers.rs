@@ -1,0 +1,261 @@
+//! Transfer events: the commands and callbacks that drive a transfer, and what the transfers processor
+//! emits. Every input goes to one per-environment topic (`{env}.transfers.inputs`, keyed by tenant) so a
+//! partition is a single, totally ordered history: replays see inputs in the same order.
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Money;
+
+/// `INITIATED → VALIDATING → PENDING | REJECTED`; `PENDING → COMPLIANCE_CHECK → APPROVED | BLOCKED`;
+/// `APPROVED → PROCESSING → CONFIRMING → COMPLETED | FAILED`; `PROCESSING → FAILED`; `FAILED → PENDING`;
+/// `BLOCKED | REJECTED → CANCELLED`. `COMPLETED` and `CANCELLED` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TransferStatus {
+    Initiated,
+    Validating,
+    Pending,
+    Rejected,
+    ComplianceCheck,
+    Approved,
+    Blocked,
+    Processing,
+    Confirming,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TransferStatus {
+    pub fn is_final(self) -> bool {
+        matches!(self, TransferStatus::Completed | TransferStatus::Cancelled)
+    }
+
+    /// Whether `self → next` is an edge of the state machine.
+    pub fn can_move_to(self, next: TransferStatus) -> bool {
+        use TransferStatus::*;
+        matches!(
+            (self, next),
+            (Initiated, Validating)
+                | (Validating, Pending)
+                | (Validating, Rejected)
+                | (Pending, ComplianceCheck)
+                | (ComplianceCheck, Approved)
+                | (ComplianceCheck, Blocked)
+                | (Approved, Processing)
+                | (Processing, Confirming)
+                | (Processing, Failed)
+                | (Confirming, Completed)
+                | (Confirming, Failed)
+                | (Failed, Pending)
+                | (Blocked, Cancelled)
+                | (Rejected, Cancelled)
+        )
+    }
+
+    /// Whether funds are held (reserved) in this status.
+    pub fn holds_funds(self) -> bool {
+        use TransferStatus::*;
+        matches!(self, Pending | ComplianceCheck | Approved | Processing | Confirming)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferKind {
+    /// Money arrives from outside: external → destination.
+    Deposit,
+    /// Money leaves to the owner's own external account: source → external.
+    Withdrawal,
+    /// Between two accounts of the tenant.
+    Internal,
+    /// Money leaves to a third-party payee: source → external.
+    Payout,
+}
+
+/// `transfer.requested`: create a transfer. Accounts are tenant-scoped owner ids (`acct_…`); the
+/// outside world is the tenant's `external` account, which is allowed to go negative.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequested {
+    pub transfer_id: String,
+    pub kind: TransferKind,
+    pub amount: Money,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_account: Option<String>,
+    /// Pseudonymous actor id of the requester (maker).
+    pub requested_by: String,
+}
+
+/// A human decision on a transfer (maker–checker): `transfer.approved` / `transfer.approval_rejected`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferDecision {
+    pub transfer_id: String,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `transfer.cancel_requested` / `transfer.retry_requested`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferAction {
+    pub transfer_id: String,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderTransferStatus {
+    Processing,
+    Confirming,
+    Completed,
+    Failed,
+}
+
+/// `provider.transfer_status`: a provider's callback about a transfer it is executing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderStatus {
+    pub transfer_id: String,
+    pub status: ProviderTransferStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskOutcome {
+    Approve,
+    Review,
+    Block,
+}
+
+/// `risk.decided`: the screening result for a transfer (score and reasons kept for audit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RiskDecided {
+    pub transfer_id: String,
+    pub decision: RiskOutcome,
+    pub score: u32,
+    pub reasons: Vec<String>,
+    pub rule_set_version: String,
+}
+
+/// `tenant.transfer_policy_set`: per-tenant rules the transfers processor enforces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferPolicySet {
+    /// Amounts strictly above these (per currency) need an approval by someone other than the requester.
+    #[serde(default)]
+    pub approval_thresholds: Vec<Money>,
+    /// Accounts allowed to go below zero (besides `external`).
+    #[serde(default)]
+    pub overdraft_accounts: Vec<String>,
+}
+
+/// Every input the transfers processor understands, by `event_type`.
+pub mod input_types {
+    pub const REQUESTED: &str = "transfer.requested";
+    pub const APPROVED: &str = "transfer.approved";
+    pub const APPROVAL_REJECTED: &str = "transfer.approval_rejected";
+    pub const CANCEL_REQUESTED: &str = "transfer.cancel_requested";
+    pub const RETRY_REQUESTED: &str = "transfer.retry_requested";
+    pub const PROVIDER_STATUS: &str = "provider.transfer_status";
+    pub const RISK_DECIDED: &str = "risk.decided";
+    pub const POLICY_SET: &str = "tenant.transfer_policy_set";
+}
+
+/// `transfer.status_changed`: the single source of a transfer's status (topic `transactions.update.status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferStatusChanged {
+    pub transfer_id: String,
+    pub kind: TransferKind,
+    pub amount: Money,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<TransferStatus>,
+    pub status: TransferStatus,
+    /// Position in this transfer's history: 1 for INITIATED, +1 per change. Projections apply only
+    /// higher versions, so a replayed or late event never moves a row backwards.
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The input that caused the change.
+    pub cause_event_id: Uuid,
+}
+
+impl TransferStatusChanged {
+    pub const EVENT_TYPE: &'static str = "transfer.status_changed";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PostingPhase {
+    /// Funds reserved: moves between `available` and the pending columns.
+    Hold,
+    /// Funds moved for good.
+    Post,
+    /// A hold given back.
+    Release,
+}
+
+/// One leg of a double-entry posting. The legs of one posting id sum to zero per currency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerPosting {
+    pub posting_id: Uuid,
+    pub transfer_id: String,
+    pub phase: PostingPhase,
+    pub account: String,
+    /// Signed: negative debits the account, positive credits it.
+    pub amount_minor: i64,
+    pub currency: crate::Currency,
+}
+
+impl LedgerPosting {
+    pub const EVENT_TYPE: &'static str = "ledger.posting";
+}
+
+/// An account's balances after a change. `available = posted - pending_debit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceChanged {
+    pub account: String,
+    pub currency: crate::Currency,
+    pub posted_minor: i64,
+    pub pending_debit_minor: i64,
+    pub pending_credit_minor: i64,
+    pub available_minor: i64,
+    /// +1 per change of this account; projections keep the highest.
+    pub version: u64,
+}
+
+impl BalanceChanged {
+    pub const EVENT_TYPE: &'static str = "balance.changed";
+}
+
+/// `transfer.input_rejected`: an input that was not applied, and why (illegal transition, unknown
+/// transfer, insufficient funds at request time is a REJECTED status instead).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputRejected {
+    pub input_event_id: Uuid,
+    pub input_event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_id: Option<String>,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl InputRejected {
+    pub const EVENT_TYPE: &'static str = "transfer.input_rejected";
+}
