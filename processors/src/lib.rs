@@ -3,5 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod transfers;
 
 pub use audit::AuditProcessor;
+pub use transfers::{TransfersLimits, TransfersProcessor};

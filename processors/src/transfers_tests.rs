@@ -1,0 +1,657 @@
+use std::collections::HashMap;
+
+use chrono::TimeZone;
+use proptest::prelude::*;
+use riverbank_schemas::transfers::TransferStatus as S;
+
+use super::*;
+
+const TENANT: &str = "tenant-a";
+
+fn usd(minor: i64) -> Money {
+    Money::new(minor, Currency::from_code("USD").expect("USD"))
+}
+
+struct H {
+    p: TransfersProcessor,
+    state: TransfersState,
+    seq: u64,
+}
+
+/// Decoded outputs of one input.
+#[derive(Debug, Clone, PartialEq)]
+struct Outs(Vec<Emit>);
+
+impl Outs {
+    fn of<P: serde::de::DeserializeOwned>(&self, event_type: &str) -> Vec<P> {
+        self.0
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<RawEnvelope>(&e.payload).ok())
+            .filter(|e| e.event_type == event_type)
+            .map(|e| serde_json::from_value(e.payload).expect("decodes"))
+            .collect()
+    }
+    fn statuses(&self) -> Vec<S> {
+        self.of::<TransferStatusChanged>(TransferStatusChanged::EVENT_TYPE)
+            .into_iter()
+            .map(|s| s.status)
+            .collect()
+    }
+    fn rejections(&self) -> Vec<String> {
+        self.of::<InputRejected>(InputRejected::EVENT_TYPE).into_iter().map(|r| r.reason).collect()
+    }
+}
+
+fn envelope(seq: u64, event_type: &str, payload: serde_json::Value) -> RawEnvelope {
+    let t = chrono::Utc.timestamp_opt(1_790_000_000 + seq as i64, 0).single().expect("time");
+    Envelope {
+        event_id: derived_id(&["test-input", &seq.to_string()]),
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        tenant_id: TENANT.to_owned(),
+        environment: Environment::Live,
+        occurred_at: t,
+        ingested_at: t,
+        idempotency_key: None,
+        source: "api".to_owned(),
+        user_id: None,
+        customer_id: None,
+        session_id: None,
+        trace_id: None,
+        payload,
+    }
+}
+
+impl H {
+    fn new() -> H {
+        H {
+            p: TransfersProcessor::new(Topics::new(""), TransfersLimits::default()),
+            state: TransfersState::default(),
+            seq: 0,
+        }
+    }
+
+    fn apply_envelope(&mut self, e: RawEnvelope) -> Outs {
+        let at = InputRef {
+            topic: "live.transfers.inputs",
+            partition: 0,
+            offset: 0,
+            environment: Environment::Live,
+        };
+        match self.p.apply(&mut self.state, &at, e) {
+            Verdict::Emit(out) => Outs(out),
+            Verdict::Poison(r) => panic!("poison: {r}"),
+        }
+    }
+
+    fn send(&mut self, event_type: &str, payload: serde_json::Value) -> Outs {
+        self.seq += 1;
+        let e = envelope(self.seq, event_type, payload);
+        self.apply_envelope(e)
+    }
+
+    fn request(&mut self, id: &str, kind: &str, amount: i64, src: Option<&str>, dst: Option<&str>) -> Outs {
+        let mut p = serde_json::json!({"transfer_id": id, "kind": kind, "amount": {"amount_minor": amount, "currency": "USD"}, "requested_by": "maker"});
+        if let Some(s) = src {
+            p["source_account"] = s.into();
+        }
+        if let Some(d) = dst {
+            p["destination_account"] = d.into();
+        }
+        self.send(it::REQUESTED, p)
+    }
+    fn risk(&mut self, id: &str, decision: &str) -> Outs {
+        self.send(it::RISK_DECIDED, serde_json::json!({"transfer_id": id, "decision": decision, "score": 10, "reasons": ["velocity"], "rule_set_version": "r1"}))
+    }
+    fn provider(&mut self, id: &str, status: &str) -> Outs {
+        self.send(it::PROVIDER_STATUS, serde_json::json!({"transfer_id": id, "status": status}))
+    }
+    fn action(&mut self, event_type: &str, id: &str, actor: &str) -> Outs {
+        self.send(event_type, serde_json::json!({"transfer_id": id, "actor": actor}))
+    }
+    fn status_of(&self, id: &str) -> S {
+        self.state.transfers[&transfer_key(TENANT, id)].status
+    }
+    fn account(&self, account: &str) -> Account {
+        self.state.accounts.get(&account_key(TENANT, account, usd(1).currency)).cloned().unwrap_or_default()
+    }
+    fn deposit_completed(&mut self, id: &str, to: &str, amount: i64) {
+        self.request(id, "deposit", amount, None, Some(to));
+        self.risk(id, "approve");
+        self.provider(id, "completed");
+        assert_eq!(self.status_of(id), S::Completed);
+    }
+}
+
+#[test]
+fn state_machine_edges_are_exactly_the_domain_ones() {
+    use S::*;
+    let all = [
+        Initiated,
+        Validating,
+        Pending,
+        Rejected,
+        ComplianceCheck,
+        Approved,
+        Blocked,
+        Processing,
+        Confirming,
+        Completed,
+        Failed,
+        Cancelled,
+    ];
+    let legal = [
+        (Initiated, Validating),
+        (Validating, Pending),
+        (Validating, Rejected),
+        (Pending, ComplianceCheck),
+        (ComplianceCheck, Approved),
+        (ComplianceCheck, Blocked),
+        (Approved, Processing),
+        (Processing, Confirming),
+        (Processing, Failed),
+        (Confirming, Completed),
+        (Confirming, Failed),
+        (Failed, Pending),
+        (Blocked, Cancelled),
+        (Rejected, Cancelled),
+    ];
+    for a in all {
+        for b in all {
+            assert_eq!(a.can_move_to(b), legal.contains(&(a, b)), "{a:?} → {b:?}");
+        }
+        if a.is_final() {
+            assert!(all.iter().all(|&b| !a.can_move_to(b)), "{a:?} is final");
+        }
+    }
+}
+
+#[test]
+fn deposit_happy_path_holds_then_posts() {
+    let mut h = H::new();
+    let o = h.request("t1", "deposit", 5_000, None, Some("acct_1"));
+    assert_eq!(o.statuses(), vec![S::Initiated, S::Validating, S::Pending, S::ComplianceCheck]);
+    assert_eq!(
+        h.account("acct_1"),
+        Account { posted: 0, pending_debit: 0, pending_credit: 5_000, version: 1 }
+    );
+    assert_eq!(h.risk("t1", "approve").statuses(), vec![S::Approved]);
+    assert_eq!(h.provider("t1", "processing").statuses(), vec![S::Processing]);
+    assert_eq!(h.provider("t1", "confirming").statuses(), vec![S::Confirming]);
+    let o = h.provider("t1", "completed");
+    assert_eq!(o.statuses(), vec![S::Completed]);
+    let legs = o.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE);
+    assert_eq!(legs.len(), 2);
+    assert_eq!(legs.iter().map(|l| l.amount_minor).sum::<i64>(), 0, "postings sum to zero");
+    assert!(legs.iter().all(|l| l.phase == PostingPhase::Post && l.posting_id == legs[0].posting_id));
+    assert_eq!(h.account("acct_1").posted, 5_000);
+    assert_eq!(h.account(EXTERNAL_ACCOUNT).posted, -5_000);
+    assert_eq!(h.state.posted_sums()["USD"], 0);
+    let versions: Vec<u32> = h.state.transfers.values().map(|t| t.version).collect();
+    assert_eq!(versions, vec![8]);
+}
+
+#[test]
+fn transition_table() {
+    // (name, steps after a funded account exists, expected final status, expected rejection substring)
+    type Step = fn(&mut H) -> Outs;
+    let cases: Vec<(&str, Vec<Step>, S, Option<&str>)> = vec![
+        (
+            "withdrawal without funds is rejected",
+            vec![|h| h.request("w", "withdrawal", 999_999, Some("acct_1"), None)],
+            S::Rejected,
+            None,
+        ),
+        (
+            "rejected can be cancelled",
+            vec![|h| h.request("w", "withdrawal", 999_999, Some("acct_1"), None), |h| {
+                h.action(it::CANCEL_REQUESTED, "w", "maker")
+            }],
+            S::Cancelled,
+            None,
+        ),
+        (
+            "risk block blocks",
+            vec![|h| h.request("w", "withdrawal", 100, Some("acct_1"), None), |h| h.risk("w", "block")],
+            S::Blocked,
+            None,
+        ),
+        (
+            "blocked can be cancelled",
+            vec![
+                |h| h.request("w", "withdrawal", 100, Some("acct_1"), None),
+                |h| h.risk("w", "block"),
+                |h| h.action(it::CANCEL_REQUESTED, "w", "maker"),
+            ],
+            S::Cancelled,
+            None,
+        ),
+        (
+            "processing fails",
+            vec![
+                |h| h.request("w", "payout", 100, Some("acct_1"), None),
+                |h| h.risk("w", "approve"),
+                |h| h.provider("w", "processing"),
+                |h| h.provider("w", "failed"),
+            ],
+            S::Failed,
+            None,
+        ),
+        (
+            "confirming fails",
+            vec![
+                |h| h.request("w", "payout", 100, Some("acct_1"), None),
+                |h| h.risk("w", "approve"),
+                |h| h.provider("w", "confirming"),
+                |h| h.provider("w", "failed"),
+            ],
+            S::Failed,
+            None,
+        ),
+        (
+            "failed retries to compliance",
+            vec![
+                |h| h.request("w", "payout", 100, Some("acct_1"), None),
+                |h| h.risk("w", "approve"),
+                |h| h.provider("w", "failed"),
+                |h| h.action(it::RETRY_REQUESTED, "w", "maker"),
+            ],
+            S::ComplianceCheck,
+            None,
+        ),
+        (
+            "review needs a human",
+            vec![|h| h.request("w", "internal", 100, Some("acct_1"), Some("acct_2")), |h| {
+                h.risk("w", "review")
+            }],
+            S::ComplianceCheck,
+            None,
+        ),
+        (
+            "review then checker approves",
+            vec![
+                |h| h.request("w", "internal", 100, Some("acct_1"), Some("acct_2")),
+                |h| h.risk("w", "review"),
+                |h| h.action(it::APPROVED, "w", "checker"),
+            ],
+            S::Approved,
+            None,
+        ),
+        (
+            "checker rejects",
+            vec![|h| h.request("w", "internal", 100, Some("acct_1"), Some("acct_2")), |h| {
+                h.action(it::APPROVAL_REJECTED, "w", "checker")
+            }],
+            S::Blocked,
+            None,
+        ),
+        (
+            "maker cannot approve",
+            vec![
+                |h| h.request("w", "internal", 100, Some("acct_1"), Some("acct_2")),
+                |h| h.risk("w", "review"),
+                |h| h.action(it::APPROVED, "w", "maker"),
+            ],
+            S::ComplianceCheck,
+            Some("maker-checker"),
+        ),
+        (
+            "cannot cancel in flight",
+            vec![|h| h.request("w", "internal", 100, Some("acct_1"), Some("acct_2")), |h| {
+                h.action(it::CANCEL_REQUESTED, "w", "maker")
+            }],
+            S::ComplianceCheck,
+            Some("only BLOCKED or REJECTED"),
+        ),
+        (
+            "callback before approval",
+            vec![|h| h.request("w", "payout", 100, Some("acct_1"), None), |h| h.provider("w", "processing")],
+            S::ComplianceCheck,
+            Some("before approval"),
+        ),
+        (
+            "stale callback never moves back",
+            vec![
+                |h| h.request("w", "payout", 100, Some("acct_1"), None),
+                |h| h.risk("w", "approve"),
+                |h| h.provider("w", "confirming"),
+                |h| h.provider("w", "processing"),
+            ],
+            S::Confirming,
+            Some("stale"),
+        ),
+        (
+            "late callback after completion",
+            vec![
+                |h| h.request("w", "payout", 100, Some("acct_1"), None),
+                |h| h.risk("w", "approve"),
+                |h| h.provider("w", "completed"),
+                |h| h.provider("w", "failed"),
+            ],
+            S::Completed,
+            Some("stale"),
+        ),
+        (
+            "retry only when failed",
+            vec![|h| h.request("w", "payout", 100, Some("acct_1"), None), |h| {
+                h.action(it::RETRY_REQUESTED, "w", "maker")
+            }],
+            S::ComplianceCheck,
+            Some("only FAILED"),
+        ),
+        (
+            "risk after approval is refused",
+            vec![|h| h.request("w", "payout", 100, Some("acct_1"), None), |h| h.risk("w", "approve"), |h| {
+                h.risk("w", "block")
+            }],
+            S::Approved,
+            Some("needs COMPLIANCE_CHECK"),
+        ),
+        (
+            "same account both sides",
+            vec![|h| h.request("w", "internal", 100, Some("acct_1"), Some("acct_1"))],
+            S::Rejected,
+            None,
+        ),
+        ("zero amount", vec![|h| h.request("w", "deposit", 0, None, Some("acct_1"))], S::Rejected, None),
+        (
+            "transfer id reused",
+            vec![|h| h.request("w", "deposit", 10, None, Some("acct_1")), |h| {
+                h.request("w", "deposit", 20, None, Some("acct_1"))
+            }],
+            S::ComplianceCheck,
+            Some("already used"),
+        ),
+    ];
+    for (name, steps, want, rejection) in cases {
+        let mut h = H::new();
+        h.deposit_completed("funding", "acct_1", 10_000);
+        let mut last = Outs(Vec::new());
+        let mut rejections = Vec::new();
+        for step in steps {
+            last = step(&mut h);
+            rejections.extend(last.rejections());
+        }
+        assert_eq!(h.status_of("w"), want, "{name}");
+        match rejection {
+            Some(text) => assert!(rejections.iter().any(|r| r.contains(text)), "{name}: {rejections:?}"),
+            None => assert!(rejections.is_empty(), "{name}: unexpected {rejections:?}"),
+        }
+        let _ = last;
+        assert_eq!(h.state.posted_sums()["USD"], 0, "{name}: money conserved");
+        let acct = h.account("acct_1");
+        assert!(acct.available() >= 0, "{name}: {acct:?}");
+    }
+}
+
+#[test]
+fn approvals_above_the_threshold_need_a_different_actor() {
+    let mut h = H::new();
+    h.send(
+        it::POLICY_SET,
+        serde_json::json!({"approval_thresholds": [{"amount_minor": 1_000, "currency": "USD"}]}),
+    );
+    h.deposit_completed("small", "acct_1", 900);
+    h.request("big", "deposit", 5_000, None, Some("acct_1"));
+    assert!(h.risk("big", "approve").statuses().is_empty(), "waits for a checker");
+    assert_eq!(h.status_of("big"), S::ComplianceCheck);
+    assert!(h.action(it::APPROVED, "big", "maker").rejections()[0].contains("maker-checker"));
+    assert_eq!(h.action(it::APPROVED, "big", "checker").statuses(), vec![S::Approved]);
+}
+
+#[test]
+fn holds_are_released_when_blocked_and_reserved_again_on_retry() {
+    let mut h = H::new();
+    h.deposit_completed("f", "acct_1", 1_000);
+    h.request("p", "payout", 800, Some("acct_1"), None);
+    assert_eq!(h.account("acct_1").available(), 200);
+    h.request("q", "payout", 300, Some("acct_1"), None);
+    assert_eq!(h.status_of("q"), S::Rejected, "hold makes the second one fail");
+    h.risk("p", "approve");
+    h.provider("p", "failed");
+    assert_eq!(h.account("acct_1").available(), 1_000, "released");
+    h.action(it::RETRY_REQUESTED, "p", "maker");
+    assert_eq!(h.account("acct_1").available(), 200, "held again");
+    h.risk("p", "block");
+    assert_eq!(
+        h.account("acct_1"),
+        Account { posted: 1_000, pending_debit: 0, pending_credit: 0, version: 6 }
+    );
+}
+
+#[test]
+fn duplicates_emit_nothing_and_unknown_transfers_are_refused() {
+    let mut h = H::new();
+    h.seq += 1;
+    let req = envelope(
+        h.seq,
+        it::REQUESTED,
+        serde_json::json!({"transfer_id": "d", "kind": "deposit", "amount": {"amount_minor": 5, "currency": "USD"}, "destination_account": "acct_9", "requested_by": "m"}),
+    );
+    assert_eq!(h.apply_envelope(req.clone()).statuses().len(), 4);
+    assert!(h.apply_envelope(req).0.is_empty(), "duplicate request");
+    h.seq += 1;
+    let risk = envelope(
+        h.seq,
+        it::RISK_DECIDED,
+        serde_json::json!({"transfer_id": "d", "decision": "approve", "score": 1, "reasons": [], "rule_set_version": "r1"}),
+    );
+    assert_eq!(h.apply_envelope(risk.clone()).statuses(), vec![S::Approved]);
+    assert!(h.apply_envelope(risk).0.is_empty(), "duplicate decision");
+    assert!(h.provider("nope", "completed").rejections()[0].contains("unknown transfer"));
+}
+
+#[test]
+fn malformed_inputs_are_poison() {
+    let mut h = H::new();
+    let at = InputRef { topic: "x", partition: 0, offset: 0, environment: Environment::Live };
+    let bad = envelope(1, it::REQUESTED, serde_json::json!({"transfer_id": 5}));
+    assert!(matches!(h.p.apply(&mut h.state, &at, bad), Verdict::Poison(r) if r.contains("schema")));
+    let unknown = envelope(2, "transfer.teleported", serde_json::json!({}));
+    assert!(matches!(h.p.apply(&mut h.state, &at, unknown), Verdict::Poison(_)));
+    let mut v2 = envelope(3, it::RISK_DECIDED, serde_json::json!({}));
+    v2.schema_version = 2;
+    assert!(matches!(h.p.apply(&mut h.state, &at, v2), Verdict::Poison(r) if r.contains("v2")));
+}
+
+#[test]
+fn final_transfers_are_forgotten_after_retention() {
+    let mut h = H::new();
+    h.p = TransfersProcessor::new(
+        Topics::new(""),
+        TransfersLimits { final_retention_ms: 10_000, final_retained_max: 100 },
+    );
+    h.deposit_completed("old", "acct_1", 10);
+    assert!(h.state.transfers.contains_key(&transfer_key(TENANT, "old")));
+    h.seq += 20; // event time moves on 20 s
+    h.request("new", "deposit", 10, None, Some("acct_1"));
+    assert!(!h.state.transfers.contains_key(&transfer_key(TENANT, "old")));
+    assert_eq!(h.account("acct_1").posted, 10, "balances stay");
+}
+
+// ---- properties over random sequences ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Request { id: u8, kind: u8, amount: i64, a: u8, b: u8 },
+    Risk { id: u8, outcome: u8 },
+    Decide { id: u8, approve: bool, by_maker: bool },
+    Cancel(u8),
+    Retry(u8),
+    Provider { id: u8, status: u8 },
+    Policy { threshold: i64, overdraft: u8 },
+    Duplicate(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6, 0u8..4, 1i64..5_000, 0u8..4, 0u8..4).prop_map(|(id, kind, amount, a, b)| Op::Request { id, kind, amount, a, b }),
+        3 => (0u8..6, 0u8..3).prop_map(|(id, outcome)| Op::Risk { id, outcome }),
+        2 => (0u8..6, any::<bool>(), any::<bool>()).prop_map(|(id, approve, by_maker)| Op::Decide { id, approve, by_maker }),
+        1 => (0u8..6).prop_map(Op::Cancel),
+        1 => (0u8..6).prop_map(Op::Retry),
+        4 => (0u8..6, 0u8..4).prop_map(|(id, status)| Op::Provider { id, status }),
+        1 => (1i64..3_000, 0u8..5).prop_map(|(threshold, overdraft)| Op::Policy { threshold, overdraft }),
+        2 => (0usize..64).prop_map(Op::Duplicate),
+    ]
+}
+
+fn inputs_for(ops: &[Op]) -> Vec<RawEnvelope> {
+    let mut out: Vec<RawEnvelope> = Vec::new();
+    for (i, o) in ops.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let id = |n: &u8| format!("t{n}");
+        let acct = |n: &u8| format!("acct_{n}");
+        let e = match o {
+            Op::Request { id: n, kind, amount, a, b } => {
+                let kind = ["deposit", "withdrawal", "internal", "payout"][*kind as usize];
+                envelope(
+                    seq,
+                    it::REQUESTED,
+                    serde_json::json!({"transfer_id": id(n), "kind": kind, "amount": {"amount_minor": amount, "currency": "USD"}, "source_account": acct(a), "destination_account": acct(b), "requested_by": "maker"}),
+                )
+            }
+            Op::Risk { id: n, outcome } => {
+                let decision = ["approve", "review", "block"][*outcome as usize];
+                envelope(
+                    seq,
+                    it::RISK_DECIDED,
+                    serde_json::json!({"transfer_id": id(n), "decision": decision, "score": 1, "reasons": [], "rule_set_version": "r"}),
+                )
+            }
+            Op::Decide { id: n, approve, by_maker } => envelope(
+                seq,
+                if *approve { it::APPROVED } else { it::APPROVAL_REJECTED },
+                serde_json::json!({"transfer_id": id(n), "actor": if *by_maker { "maker" } else { "checker" }}),
+            ),
+            Op::Cancel(n) => envelope(
+                seq,
+                it::CANCEL_REQUESTED,
+                serde_json::json!({"transfer_id": id(n), "actor": "maker"}),
+            ),
+            Op::Retry(n) => envelope(
+                seq,
+                it::RETRY_REQUESTED,
+                serde_json::json!({"transfer_id": id(n), "actor": "maker"}),
+            ),
+            Op::Provider { id: n, status } => {
+                let status = ["processing", "confirming", "completed", "failed"][*status as usize];
+                envelope(
+                    seq,
+                    it::PROVIDER_STATUS,
+                    serde_json::json!({"transfer_id": id(n), "status": status}),
+                )
+            }
+            Op::Policy { threshold, overdraft } => {
+                let overdraft: Vec<String> = if *overdraft < 4 { vec![acct(overdraft)] } else { vec![] };
+                envelope(
+                    seq,
+                    it::POLICY_SET,
+                    serde_json::json!({"approval_thresholds": [{"amount_minor": threshold, "currency": "USD"}], "overdraft_accounts": overdraft}),
+                )
+            }
+            Op::Duplicate(k) if !out.is_empty() => out[k % out.len()].clone(),
+            Op::Duplicate(_) => continue,
+        };
+        out.push(e);
+    }
+    out
+}
+
+fn run(inputs: &[RawEnvelope]) -> (Vec<Outs>, TransfersState) {
+    let mut h = H::new();
+    let outs = inputs.iter().map(|e| h.apply_envelope(e.clone())).collect();
+    (outs, h.state)
+}
+
+/// `ever_overdraft`: accounts that were allowed to overdraw at some point (a later policy change does not
+/// undo a negative balance it allowed).
+fn check_invariants(state: &TransfersState, ever_overdraft: &BTreeSet<String>) -> Result<(), TestCaseError> {
+    for (currency, sum) in state.posted_sums() {
+        prop_assert_eq!(sum, 0, "posted balances sum to zero in {}", currency);
+    }
+    let debit: i64 = state.accounts.values().map(|a| a.pending_debit).sum();
+    let credit: i64 = state.accounts.values().map(|a| a.pending_credit).sum();
+    prop_assert_eq!(debit, credit, "every hold has two sides");
+    for (k, a) in &state.accounts {
+        let account = k.split('/').nth(2).unwrap_or_default();
+        let allowed = account == EXTERNAL_ACCOUNT || ever_overdraft.contains(account);
+        prop_assert!(allowed || a.available() >= 0, "{} went negative: {:?}", k, a);
+        prop_assert!(a.pending_debit >= 0 && a.pending_credit >= 0);
+    }
+    let held: i64 =
+        state.transfers.values().filter(|t| t.status.holds_funds()).map(|t| t.amount.amount_minor).sum();
+    prop_assert_eq!(held, debit, "holds equal the amounts of transfers in flight");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn money_is_conserved_and_finals_happen_once(ops in proptest::collection::vec(op(), 1..80)) {
+        let inputs = inputs_for(&ops);
+        let mut h = H::new();
+        let mut finals: HashMap<String, u32> = HashMap::new();
+        let mut ever_overdraft = BTreeSet::new();
+        for e in &inputs {
+            let o = h.apply_envelope(e.clone());
+            for p in h.state.policies.values() {
+                ever_overdraft.extend(p.overdraft_accounts.iter().cloned());
+            }
+            for s in o.of::<TransferStatusChanged>(TransferStatusChanged::EVENT_TYPE) {
+                if s.status.is_final() {
+                    *finals.entry(s.transfer_id.clone()).or_default() += 1;
+                }
+            }
+            for legs in o.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE).chunks(2) {
+                prop_assert_eq!(legs.iter().map(|l| l.amount_minor).sum::<i64>(), 0);
+            }
+            check_invariants(&h.state, &ever_overdraft)?;
+        }
+        prop_assert!(finals.values().all(|&n| n == 1), "{:?}", finals);
+    }
+
+    #[test]
+    fn same_inputs_same_outputs_and_duplicates_change_nothing(ops in proptest::collection::vec(op(), 1..60)) {
+        let inputs = inputs_for(&ops);
+        let (a, sa) = run(&inputs);
+        let (b, sb) = run(&inputs);
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(sa.entries(), sb.entries());
+        // Feeding every input twice in a row: the second copy never emits anything.
+        let doubled: Vec<RawEnvelope> = inputs.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
+        let (d, sd) = run(&doubled);
+        let firsts: Vec<Outs> = d.iter().step_by(2).cloned().collect();
+        prop_assert_eq!(&firsts, &a);
+        for (i, o) in d.iter().enumerate().skip(1).step_by(2) {
+            prop_assert!(o.0.iter().all(|e| a[i / 2].0.contains(e)), "second copy emitted something new");
+        }
+        prop_assert_eq!(sd.entries(), sa.entries());
+    }
+
+    #[test]
+    fn checkpoint_and_restore_anywhere_continues_identically(ops in proptest::collection::vec(op(), 2..60), cut in 0usize..60) {
+        let inputs = inputs_for(&ops);
+        let cut = cut % inputs.len().max(1);
+        let (whole, _) = run(&inputs);
+        // Run to `cut` keeping a snapshot at the start and deltas after each input, then restore
+        // from snapshot + deltas and continue.
+        let mut h = H::new();
+        let mut kv: BTreeMap<String, serde_json::Value> = h.state.entries().into_iter().collect();
+        for e in &inputs[..cut] {
+            h.apply_envelope(e.clone());
+            for (k, v) in h.state.take_changes() {
+                match v { Some(v) => { kv.insert(k, v); } None => { kv.remove(&k); } }
+            }
+        }
+        let restored = TransfersState::restore(kv.into_iter().collect()).map_err(TestCaseError::fail)?;
+        let mut fresh = TransfersState::restore(h.state.entries()).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(restored.entries(), fresh.entries());
+        let mut h2 = H { p: h.p.clone(), state: restored, seq: 0 };
+        for (i, e) in inputs.iter().enumerate().skip(cut) {
+            prop_assert_eq!(&h2.apply_envelope(e.clone()), &whole[i]);
+        }
+        let _ = fresh.take_changes();
+    }
+}
