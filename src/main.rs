@@ -53,6 +53,7 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum ProcessorName {
     Audit,
+    Transfers,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             Command::Run => run_all(&cfg, stop).await,
             Command::Ingest => riverbank_ingest::serve(&cfg, stop).await,
             Command::Process { processor: ProcessorName::Audit } => run_audit(&cfg, stop).await,
+            Command::Process { processor: ProcessorName::Transfers } => run_transfers(&cfg, stop).await,
             Command::Sink { store: StoreName::Postgres } => run_postgres_sink(&cfg, stop).await,
             Command::Sink { store: StoreName::Clickhouse } => run_clickhouse_sink(&cfg, stop).await,
             Command::Api => riverbank_api::serve(&cfg, stop).await,
@@ -98,6 +100,15 @@ async fn migrate(cfg: &Config) -> anyhow::Result<()> {
 
 async fn run_audit(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
     let processor = riverbank_processors::AuditProcessor::new(kafka::topics(&cfg.kafka));
+    riverbank_runtime::process::run(cfg, processor, stop).await
+}
+
+async fn run_transfers(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let limits = riverbank_processors::TransfersLimits {
+        final_retention_ms: cfg.transfers.final_retention_s.saturating_mul(1000),
+        final_retained_max: cfg.transfers.final_retained_max,
+    };
+    let processor = riverbank_processors::TransfersProcessor::new(kafka::topics(&cfg.kafka), limits);
     riverbank_runtime::process::run(cfg, processor, stop).await
 }
 
@@ -132,6 +143,7 @@ async fn run_all(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
     }
     component!("ingest", |c, s| riverbank_ingest::serve(&c, s));
     component!("processor:audit", |c, s| run_audit(&c, s));
+    component!("processor:transfers", |c, s| run_transfers(&c, s));
     component!("sink:postgres", |c, s| run_postgres_sink(&c, s));
     component!("sink:clickhouse", |c, s| run_clickhouse_sink(&c, s));
     component!("api", |c, s| riverbank_api::serve(&c, s));

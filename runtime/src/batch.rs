@@ -1,4 +1,5 @@
 //! Collecting bounded batches from a consumer, shared by the processor and sink loops.
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer as _};
@@ -68,4 +69,60 @@ pub fn commit(
         tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
     }
     consumer.commit(&tpl, if sync { CommitMode::Sync } else { CommitMode::Async })
+}
+
+/// Where the authority (a sink's store, a processor's checkpoint) says each partition stands, and
+/// whether the consumer has been moved there yet.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    /// Next offset per (topic, partition) known durable in the store.
+    pub durable: HashMap<(String, i32), i64>,
+    /// Topics whose positions were loaded since the last rebalance.
+    pub loaded: HashSet<String>,
+    /// Partitions seen since the last load; their first message is checked against `durable`.
+    pub checked: HashSet<(String, i32)>,
+}
+
+pub enum Admit {
+    /// Already durable in the store: skip.
+    Skip,
+    /// Ahead of the store (the group committed further than the store holds): seek back, skip.
+    SeekTo(i64),
+    Take,
+}
+
+impl Tracker {
+    pub fn admit(&mut self, topic: &str, partition: i32, offset: i64) -> Admit {
+        let key = (topic.to_owned(), partition);
+        let first = self.checked.insert(key.clone());
+        match self.durable.get(&key) {
+            Some(&next) if offset < next => Admit::Skip,
+            Some(&next) if first && offset > next => {
+                self.checked.remove(&key);
+                Admit::SeekTo(next)
+            }
+            _ => Admit::Take,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_skips_durable_and_seeks_back_once() {
+        let mut t = Tracker::default();
+        t.durable.insert(("a".into(), 0), 10);
+        assert!(matches!(t.admit("a", 0, 5), Admit::Skip));
+        assert!(matches!(t.admit("a", 0, 10), Admit::Take));
+        let mut t = Tracker::default();
+        t.durable.insert(("a".into(), 0), 10);
+        assert!(matches!(t.admit("a", 0, 12), Admit::SeekTo(10)));
+        // After the seek the first message at or past the position is taken (gaps are allowed).
+        assert!(matches!(t.admit("a", 0, 10), Admit::Take));
+        assert!(matches!(t.admit("a", 0, 14), Admit::Take));
+        // A partition with no known position is taken from wherever the group starts.
+        assert!(matches!(t.admit("b", 3, 7), Admit::Take));
+    }
 }

@@ -36,6 +36,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub ingest: IngestConfig,
     pub processor: ProcessorConfig,
+    pub transfers: TransfersConfig,
     pub sinks: SinksConfig,
     pub postgres: PostgresConfig,
     pub clickhouse: ClickHouseConfig,
@@ -105,6 +106,17 @@ pub struct ProcessorConfig {
     pub batch_linger_ms: u64,
     pub retry_backoff_initial_ms: u64,
     pub retry_backoff_max_ms: u64,
+    pub checkpoint_snapshot_every_batches: u32,
+    pub checkpoint_record_bytes_max: usize,
+    pub restore_window_records: i64,
+    pub restore_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransfersConfig {
+    pub final_retention_s: i64,
+    pub final_retained_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,6 +229,12 @@ impl Config {
         positive("ingest.produce_timeout_ms", i.produce_timeout_ms);
         positive("processor.batch_events_max", self.processor.batch_events_max as u64);
         positive("processor.retry_backoff_initial_ms", self.processor.retry_backoff_initial_ms);
+        positive(
+            "processor.checkpoint_snapshot_every_batches",
+            u64::from(self.processor.checkpoint_snapshot_every_batches),
+        );
+        positive("processor.restore_timeout_ms", self.processor.restore_timeout_ms);
+        positive("transfers.final_retained_max", self.transfers.final_retained_max as u64);
         positive("sinks.batch_rows_max", self.sinks.batch_rows_max as u64);
         positive("sinks.retry_backoff_initial_ms", self.sinks.retry_backoff_initial_ms);
         positive("postgres.pool_connections_max", u64::from(self.postgres.pool_connections_max));
@@ -226,6 +244,15 @@ impl Config {
         positive("api.request_timeout_ms", self.api.request_timeout_ms);
         positive("api.in_flight_requests_max", self.api.in_flight_requests_max as u64);
         positive("api.page_rows_max", u64::from(self.api.page_rows_max));
+        if !(4096..=1_000_000).contains(&self.processor.checkpoint_record_bytes_max) {
+            errors.push("processor.checkpoint_record_bytes_max must be 4096..=1000000 (under the broker's message limit)".into());
+        }
+        if self.processor.restore_window_records < 1 {
+            errors.push("processor.restore_window_records must be at least 1".into());
+        }
+        if self.transfers.final_retention_s < 0 {
+            errors.push("transfers.final_retention_s must not be negative".into());
+        }
         if k.brokers.trim().is_empty() {
             errors.push("kafka.brokers must name at least one broker".into());
         }

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod http;
 pub mod kafka;

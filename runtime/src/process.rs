@@ -1,21 +1,25 @@
-//! The processor loop: consume → apply (pure) → produce → commit.
+//! The processor loop: consume → apply (pure) → produce outputs → checkpoint state → commit.
 //!
-//! Delivery: at-least-once with deterministic output ids. Offsets are committed only after every
-//! output of the batch was acknowledged by the broker (acks=all). A crash before the commit replays
-//! the batch; the processor is deterministic, so replayed outputs carry the same event ids and bytes,
-//! and every consumer (next processor, sinks) deduplicates on event id. No Kafka transactions needed.
-use std::collections::HashMap;
-use std::time::Duration;
+//! Delivery: effectively once without Kafka transactions. Outputs carry ids derived from their input;
+//! a batch's outputs are acknowledged (acks=all) before its checkpoint (state + next offset, one record
+//! per partition) is written, and the checkpoint before the group commit. On (re)assignment a partition's
+//! state is restored from its checkpoint and consumption resumes at the checkpoint's offset, so a crash at
+//! any point replays inputs into identical outputs, which consumers deduplicate by event id.
+//! Stateless processors (no checkpoints) use the group's committed offsets as their position.
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-pub use riverbank_schemas::processor::{Emit, InputRef, Processor, Verdict};
+use rdkafka::Offset;
+pub use riverbank_schemas::processor::{Emit, InputRef, KvState, Processor, Verdict};
 use riverbank_schemas::{derived_id, DeadLetter, Environment, RawEnvelope, Topics};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::batch;
+use crate::batch::{self, Admit, Tracker};
+use crate::checkpoint::{self, Writer};
 use crate::config::Config;
 use crate::kafka;
 
@@ -59,10 +63,23 @@ pub fn dead_letter(
 /// Produce every emit and wait until all are acknowledged. Sends are pipelined; the producer's queue
 /// bounds memory (a full queue makes `send` wait, which is the backpressure).
 pub async fn produce_all(producer: &FutureProducer, emits: &[Emit], timeout: Duration) -> Result<(), String> {
-    let sends = emits.iter().map(|e| {
+    let items: Vec<(Option<i32>, &Emit)> = emits.iter().map(|e| (None, e)).collect();
+    produce_at(producer, &items, timeout).await
+}
+
+/// As `produce_all`, with an explicit partition where one is given (checkpoints).
+pub async fn produce_at(
+    producer: &FutureProducer,
+    items: &[(Option<i32>, &Emit)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let sends = items.iter().map(|(partition, e)| {
         let id = e.event_id.to_string();
         let headers = OwnedHeaders::new().insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });
-        let record = FutureRecord::to(&e.topic).key(&e.key).payload(&e.payload).headers(headers);
+        let mut record = FutureRecord::to(&e.topic).key(&e.key).payload(&e.payload).headers(headers);
+        if let Some(p) = partition {
+            record = record.partition(*p);
+        }
         producer.send(record, timeout)
     });
     for result in futures::future::join_all(sends).await {
@@ -73,14 +90,18 @@ pub async fn produce_all(producer: &FutureProducer, emits: &[Emit], timeout: Dur
     Ok(())
 }
 
-/// Run `processor` until `shutdown`; transient failures restart the consumer from the last commit.
+/// Run `processor` until `shutdown`; transient failures restart the consumer from the last checkpoint.
 pub async fn run<P: Processor>(
     cfg: &Config,
     processor: P,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topics = kafka::topics(&cfg.kafka);
-    kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await?;
+    let mut all = kafka::all_topics(&cfg.kafka);
+    if processor.checkpoints() {
+        all.extend(cfg.kafka.environments.iter().map(|&env| topics.checkpoints(env, processor.name())));
+    }
+    kafka::ensure_topics(&cfg.kafka, &all).await?;
     let inputs: Vec<String> =
         cfg.kafka.environments.iter().flat_map(|&env| processor.inputs(&topics, env)).collect();
     let producer = kafka::producer(&cfg.kafka)?;
@@ -91,13 +112,77 @@ pub async fn run<P: Processor>(
             Ok(()) => break,
             Err(e) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(processor = processor.name(), error = %e, attempts = backoff.attempts(), ?delay, "processor loop failed; restarting from the last commit");
+                tracing::warn!(processor = processor.name(), error = %e, attempts = backoff.attempts(), ?delay, "processor loop failed; restarting from the last checkpoint");
                 tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
             }
         }
     }
     tracing::info!(processor = processor.name(), "processor stopped");
     Ok(())
+}
+
+/// One input partition's state and its checkpoint writer.
+struct Part<S> {
+    state: S,
+    writer: Writer,
+}
+
+fn limits(cfg: &Config) -> checkpoint::Limits {
+    checkpoint::Limits {
+        snapshot_every_batches: cfg.processor.checkpoint_snapshot_every_batches,
+        record_bytes_max: cfg.processor.checkpoint_record_bytes_max,
+        restore_window_records: cfg.processor.restore_window_records,
+        restore_timeout: Duration::from_millis(cfg.processor.restore_timeout_ms),
+    }
+}
+
+/// Restore one partition: its state and the offset to resume from (the input's start when it has no
+/// checkpoint yet, so a stateful processor never starts mid-history with empty state).
+async fn restore_part<P: Processor>(
+    cfg: &Config,
+    processor: &P,
+    consumer: &kafka::Consumer,
+    checkpoint_topic: String,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<(Part<P::State>, i64)> {
+    let started = Instant::now();
+    let (kcfg, l, input) = (cfg.kafka.clone(), limits(cfg), topic.to_owned());
+    let ct = checkpoint_topic.clone();
+    let restored =
+        tokio::task::spawn_blocking(move || checkpoint::restore(&kcfg, &l, &ct, &input, partition)).await?;
+    let restored = restored.map_err(anyhow::Error::msg)?;
+    match restored {
+        Some(r) => {
+            let (records, seq, next) = (r.records_read, r.snapshot_seq, r.next_offset);
+            let state = P::State::restore(r.entries).map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                processor = processor.name(),
+                topic,
+                partition,
+                next_offset = next,
+                records,
+                restore_ms = started.elapsed().as_millis() as u64,
+                "state restored from checkpoint"
+            );
+            Ok((Part { state, writer: Writer::new(seq) }, next))
+        }
+        None => {
+            let (low, _) = consumer.fetch_watermarks(
+                topic,
+                partition,
+                Duration::from_millis(cfg.kafka.metadata_timeout_ms),
+            )?;
+            tracing::info!(
+                processor = processor.name(),
+                topic,
+                partition,
+                from = low,
+                "no checkpoint: processing from the start of the input"
+            );
+            Ok((Part { state: P::State::default(), writer: Writer::new(0) }, low))
+        }
+    }
 }
 
 async fn run_consumer<P: Processor>(
@@ -109,28 +194,69 @@ async fn run_consumer<P: Processor>(
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let (consumer, _watch) =
+    let (consumer, watch) =
         kafka::consumer(&cfg.kafka, &topics.group(&format!("processor.{}", processor.name())))?;
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
-    // State per input partition. Rebuilt from the stream after a restart (stateless processors keep none).
-    let mut states: HashMap<(String, i32), P::State> = HashMap::new();
+    let stateful = processor.checkpoints();
+    let mut generation = watch.generation();
+    let mut parts: HashMap<(String, i32), Part<P::State>> = HashMap::new();
+    let mut tracker = Tracker::default();
     let linger = Duration::from_millis(cfg.processor.batch_linger_ms);
     let produce_timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
+    let seek_timeout = Duration::from_millis(cfg.kafka.commit_timeout_ms);
+    let checkpoint_limits = limits(cfg);
     loop {
         let (messages, error) =
             batch::collect(&consumer, cfg.processor.batch_events_max, linger, shutdown).await;
         if messages.is_empty() {
-            if let Some(e) = error {
-                return Err(e.into());
-            }
-            return Ok(()); // shutdown with nothing in flight
+            return match error {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            };
+        }
+        if watch.generation() != generation {
+            // Partitions may have moved: forget them all and restore from checkpoints as they come.
+            generation = watch.generation();
+            parts.clear();
+            tracker = Tracker::default();
         }
         let mut emits = Vec::new();
+        let mut taken: Vec<&OwnedMessage> = Vec::with_capacity(messages.len());
+        let mut touched: BTreeSet<(String, i32)> = BTreeSet::new();
         for m in &messages {
             let Some(env) = topics.environment_of(m.topic()) else {
                 anyhow::bail!("subscribed to a topic outside the prefix: {}", m.topic());
             };
+            let key = (m.topic().to_owned(), m.partition());
+            if !parts.contains_key(&key) {
+                let part = if stateful {
+                    let ct = topics.checkpoints(env, processor.name());
+                    let (part, next) =
+                        restore_part(cfg, processor, &consumer, ct, m.topic(), m.partition()).await?;
+                    tracker.durable.insert(key.clone(), next);
+                    part
+                } else {
+                    Part { state: P::State::default(), writer: Writer::new(0) }
+                };
+                parts.insert(key.clone(), part);
+            }
+            match tracker.admit(m.topic(), m.partition(), m.offset()) {
+                Admit::Skip => continue,
+                Admit::SeekTo(next) => {
+                    tracing::info!(
+                        processor = processor.name(),
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        from = m.offset(),
+                        to = next,
+                        "resuming at the checkpoint's offset"
+                    );
+                    consumer.seek(m.topic(), m.partition(), Offset::Offset(next), seek_timeout)?;
+                    continue;
+                }
+                Admit::Take => {}
+            }
             let at =
                 InputRef { topic: m.topic(), partition: m.partition(), offset: m.offset(), environment: env };
             let verdict = match serde_json::from_slice::<RawEnvelope>(m.payload().unwrap_or_default()) {
@@ -139,10 +265,10 @@ async fn run_consumer<P: Processor>(
                     "envelope says environment {} on a {} topic",
                     envelope.environment, env
                 )),
-                Ok(envelope) => {
-                    let state = states.entry((m.topic().to_owned(), m.partition())).or_default();
-                    processor.apply(state, &at, envelope)
-                }
+                Ok(envelope) => match parts.get_mut(&key) {
+                    Some(part) => processor.apply(&mut part.state, &at, envelope),
+                    None => anyhow::bail!("partition state vanished"),
+                },
             };
             match verdict {
                 Verdict::Emit(out) => emits.extend(out),
@@ -157,14 +283,53 @@ async fn run_consumer<P: Processor>(
                     ));
                 }
             }
+            touched.insert(key);
+            taken.push(m);
+        }
+        if taken.is_empty() {
+            continue;
         }
         produce_all(producer, &emits, produce_timeout).await.map_err(anyhow::Error::msg)?;
-        let offsets = batch::next_offsets(&messages);
-        batch::commit(&consumer, &offsets, shutdown.is_cancelled())?;
+        let owned: Vec<OwnedMessage> = taken.iter().map(|m| (*m).clone()).collect();
+        let next = batch::next_offsets(&owned);
+        if stateful {
+            let started = Instant::now();
+            let mut records = Vec::new();
+            for (topic, partition, next_offset) in &next {
+                let env = topics.environment_of(topic).unwrap_or(Environment::Live);
+                let Some(part) = parts.get_mut(&(topic.clone(), *partition)) else { continue };
+                let changes = part.state.take_changes();
+                let state = &part.state;
+                records.extend(checkpoint::records_for_batch(
+                    &mut part.writer,
+                    &checkpoint_limits,
+                    &topics.checkpoints(env, processor.name()),
+                    topic,
+                    *partition,
+                    *next_offset,
+                    || state.entries(),
+                    changes,
+                ));
+            }
+            let items: Vec<(Option<i32>, &Emit)> = records.iter().map(|(p, e)| (Some(*p), e)).collect();
+            produce_at(producer, &items, produce_timeout).await.map_err(anyhow::Error::msg)?;
+            let bytes: usize = records.iter().map(|(_, e)| e.payload.len()).sum();
+            tracing::debug!(
+                processor = processor.name(),
+                records = records.len(),
+                bytes,
+                checkpoint_ms = started.elapsed().as_millis() as u64,
+                "checkpoint written"
+            );
+        }
+        for (t, p, o) in &next {
+            tracker.durable.insert((t.clone(), *p), *o);
+        }
+        batch::commit(&consumer, &next, shutdown.is_cancelled())?;
         backoff.reset();
         tracing::debug!(
             processor = processor.name(),
-            inputs = messages.len(),
+            inputs = taken.len(),
             outputs = emits.len(),
             "batch done"
         );

@@ -4,7 +4,7 @@
 //! with the next offset per (topic, partition), and on (re)assignment it resumes from the offsets the
 //! store holds. Consumer-group commits happen afterwards and only for lag monitoring. Rows are keyed on
 //! event id, so a batch written twice (crash between store commit and group commit, or a replay) lands once.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use riverbank_schemas::{Environment, Topics};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::batch;
+use crate::batch::{self, Admit, Tracker};
 use crate::config::Config;
 use crate::kafka;
 use crate::process::{dead_letter, produce_all, Emit};
@@ -80,40 +80,6 @@ pub async fn run<S: SinkStore>(cfg: &Config, store: S, shutdown: CancellationTok
     }
     tracing::info!(sink = store.name(), "sink stopped");
     Ok(())
-}
-
-/// Where the store says a partition stands, and whether the consumer has been moved there yet.
-#[derive(Debug, Default)]
-struct Tracker {
-    /// Next offset per (topic, partition) known durable in the store.
-    durable: HashMap<(String, i32), i64>,
-    /// Topics whose positions were loaded since the last rebalance.
-    loaded: HashSet<String>,
-    /// Partitions seen since the last load; their first message is checked against `durable`.
-    checked: HashSet<(String, i32)>,
-}
-
-enum Admit {
-    /// Already durable in the store: skip.
-    Skip,
-    /// Ahead of the store (the group committed further than the store holds): seek back, skip.
-    SeekTo(i64),
-    Take,
-}
-
-impl Tracker {
-    fn admit(&mut self, topic: &str, partition: i32, offset: i64) -> Admit {
-        let key = (topic.to_owned(), partition);
-        let first = self.checked.insert(key.clone());
-        match self.durable.get(&key) {
-            Some(&next) if offset < next => Admit::Skip,
-            Some(&next) if first && offset > next => {
-                self.checked.remove(&key);
-                Admit::SeekTo(next)
-            }
-            _ => Admit::Take,
-        }
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -248,26 +214,5 @@ where
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tracker_skips_durable_and_seeks_back_once() {
-        let mut t = Tracker::default();
-        t.durable.insert(("a".into(), 0), 10);
-        assert!(matches!(t.admit("a", 0, 5), Admit::Skip));
-        assert!(matches!(t.admit("a", 0, 10), Admit::Take));
-        let mut t = Tracker::default();
-        t.durable.insert(("a".into(), 0), 10);
-        assert!(matches!(t.admit("a", 0, 12), Admit::SeekTo(10)));
-        // After the seek the first message at or past the position is taken (gaps are allowed).
-        assert!(matches!(t.admit("a", 0, 10), Admit::Take));
-        assert!(matches!(t.admit("a", 0, 14), Admit::Take));
-        // A partition the store has never seen is taken from wherever the group starts.
-        assert!(matches!(t.admit("b", 3, 7), Admit::Take));
     }
 }

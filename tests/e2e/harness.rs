@@ -49,6 +49,7 @@ pub struct Pipeline {
     pub id: String,
     pub dir: PathBuf,
     pub config: PathBuf,
+    pub topic_prefix: String,
     pub ingest_url: String,
     pub api_url: String,
     pub pg_db_url: String,
@@ -61,6 +62,17 @@ pub struct Pipeline {
 impl Pipeline {
     /// Create databases and topics, then start every component as its own process.
     pub async fn start(name: &str, tenants: &[(&str, u8)]) -> anyhow::Result<Pipeline> {
+        Self::start_with(name, tenants, &COMPONENTS, "").await
+    }
+
+    /// Start only `components` (each an argument list of `riverbank`).
+    /// `extra_toml` is appended to the generated config (sections not generated here).
+    pub async fn start_with(
+        name: &str,
+        tenants: &[(&str, u8)],
+        components: &[&[&str]],
+        extra_toml: &str,
+    ) -> anyhow::Result<Pipeline> {
         let id = format!("{name}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let dir = std::env::temp_dir().join(format!("riverbank-e2e-{id}"));
         std::fs::create_dir_all(&dir)?;
@@ -96,6 +108,7 @@ log_filter = "info"
             brokers = brokers(),
             ch = ch_url(),
         );
+        toml.push_str(extra_toml);
         for (tenant, seed) in tenants {
             toml.push_str(&format!(
                 "[[ingest.webhooks]]\nprovider = \"acmepay\"\ntenant_id = \"{tenant}\"\nenvironment = \"live\"\nscheme = \"standard_webhooks\"\nsecrets = [\"{}\"]\n",
@@ -108,6 +121,7 @@ log_filter = "info"
             id: id.clone(),
             dir,
             config,
+            topic_prefix: format!("e2e-{id}."),
             ingest_url: format!("http://127.0.0.1:{ingest_port}"),
             api_url: format!("http://127.0.0.1:{api_port}"),
             pg_db_url,
@@ -129,10 +143,17 @@ log_filter = "info"
             "riverbank migrate failed; see {}",
             p.dir.join("migrate.log").display()
         );
-        for args in COMPONENTS {
+        for args in components {
             p.spawn(args)?;
         }
-        for url in [&p.ingest_url, &p.api_url] {
+        let mut urls = Vec::new();
+        if components.contains(&&["ingest"][..]) {
+            urls.push(p.ingest_url.clone());
+        }
+        if components.contains(&&["api"][..]) {
+            urls.push(p.api_url.clone());
+        }
+        for url in &urls {
             riverbank::demo::wait_healthy(&p.http, url, Duration::from_secs(30))
                 .await
                 .with_context(|| format!("logs in {}", p.dir.display()))?;
@@ -141,7 +162,12 @@ log_filter = "info"
     }
 
     pub fn spawn(&mut self, args: &[&str]) -> anyhow::Result<()> {
-        let name = args.join("-");
+        self.spawn_named(&args.join("-"), args)
+    }
+
+    /// Spawn a component under a name of its own (a second instance of the same component).
+    pub fn spawn_named(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
+        let name = name.to_owned();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -159,10 +185,18 @@ log_filter = "info"
         Ok(())
     }
 
+    /// Whether a component process is still running.
+    pub fn running(&mut self, args: &[&str]) -> bool {
+        self.children.get_mut(&args.join("-")).is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// SIGKILL a component: no shutdown hook runs, in-flight work is lost mid-way.
     pub async fn kill(&mut self, args: &[&str]) -> anyhow::Result<()> {
-        let name = args.join("-");
-        let mut child = self.children.remove(&name).context("no such component")?;
+        self.kill_named(&args.join("-")).await
+    }
+
+    pub async fn kill_named(&mut self, name: &str) -> anyhow::Result<()> {
+        let mut child = self.children.remove(name).context("no such component")?;
         child.kill().await?;
         Ok(())
     }

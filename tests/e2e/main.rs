@@ -7,4 +7,5 @@
 
 mod harness;
 mod skeleton;
+mod transfers;
 mod workspace;

@@ -1,0 +1,435 @@
+//! Processor state checkpoints in Kafka: per input partition, a full snapshot now and then (in chunks)
+//! and the changed entries after every batch (a delta), each record carrying the next input offset it
+//! reflects. State and offset are one record, so they are written atomically.
+//!
+//! Restore reads only the tail of the checkpoint partition: the newest complete snapshot plus the deltas
+//! its writer appended after it. A snapshot is written at least every `snapshot_every_batches` batches,
+//! so restore time is bounded by that, not by history. A snapshot left incomplete by a crash is ignored
+//! (the previous one and its deltas are used). Records from another writer (a zombie) are ignored unless
+//! they hold the newest complete snapshot — and any checkpoint is a correct state for its offset,
+//! because processors are deterministic, so at worst some inputs are replayed into identical outputs.
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::KafkaConfig;
+use crate::process::Emit;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Snapshot {
+        input_topic: String,
+        partition: i32,
+        writer: Uuid,
+        snapshot_seq: u64,
+        chunk: u32,
+        chunks: u32,
+        next_offset: i64,
+        entries: Vec<(String, serde_json::Value)>,
+    },
+    Delta {
+        input_topic: String,
+        partition: i32,
+        writer: Uuid,
+        snapshot_seq: u64,
+        delta_seq: u64,
+        next_offset: i64,
+        changes: Vec<(String, Option<serde_json::Value>)>,
+    },
+}
+
+/// What a restore found: entries and the next input offset they reflect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored {
+    pub entries: Vec<(String, serde_json::Value)>,
+    pub next_offset: i64,
+    pub snapshot_seq: u64,
+    pub records_read: usize,
+}
+
+/// Where a writer stands for one input partition.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    pub writer: Uuid,
+    pub snapshot_seq: u64,
+    pub delta_seq: u64,
+    pub batches_since_snapshot: u32,
+    /// A new writer must start with a snapshot: its deltas need a base of its own.
+    pub needs_snapshot: bool,
+}
+
+impl Writer {
+    pub fn new(after_snapshot_seq: u64) -> Self {
+        Writer {
+            writer: Uuid::new_v4(),
+            snapshot_seq: after_snapshot_seq,
+            delta_seq: 0,
+            batches_since_snapshot: 0,
+            needs_snapshot: true,
+        }
+    }
+}
+
+/// Limits for checkpoint records.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub snapshot_every_batches: u32,
+    pub record_bytes_max: usize,
+    pub restore_window_records: i64,
+    pub restore_timeout: Duration,
+}
+
+fn record_key(input_topic: &str, partition: i32) -> String {
+    format!("{input_topic}/{partition}")
+}
+
+/// The checkpoint records for one batch of one partition.
+#[allow(clippy::too_many_arguments)]
+pub fn records_for_batch(
+    w: &mut Writer,
+    limits: &Limits,
+    checkpoint_topic: &str,
+    input_topic: &str,
+    partition: i32,
+    next_offset: i64,
+    snapshot: impl FnOnce() -> Vec<(String, serde_json::Value)>,
+    changes: Vec<(String, Option<serde_json::Value>)>,
+) -> Vec<(i32, Emit)> {
+    let key = record_key(input_topic, partition);
+    let emit = |payload: Vec<u8>| {
+        (
+            partition,
+            Emit { topic: checkpoint_topic.to_owned(), key: key.clone(), event_id: Uuid::nil(), payload },
+        )
+    };
+    let snapshot_due = w.needs_snapshot || w.batches_since_snapshot + 1 >= limits.snapshot_every_batches;
+    if !snapshot_due {
+        w.delta_seq += 1;
+        w.batches_since_snapshot += 1;
+        let r = Record::Delta {
+            input_topic: input_topic.to_owned(),
+            partition,
+            writer: w.writer,
+            snapshot_seq: w.snapshot_seq,
+            delta_seq: w.delta_seq,
+            next_offset,
+            changes,
+        };
+        let bytes = serde_json::to_vec(&r).unwrap_or_default();
+        if bytes.len() <= limits.record_bytes_max {
+            return vec![emit(bytes)];
+        }
+        // Too large for one record: a snapshot (in chunks) replaces it.
+        w.delta_seq -= 1;
+    }
+    let entries = snapshot();
+    w.snapshot_seq += 1;
+    w.delta_seq = 0;
+    w.batches_since_snapshot = 0;
+    w.needs_snapshot = false;
+    // Chunk by serialized size.
+    let mut chunks: Vec<Vec<(String, serde_json::Value)>> = vec![Vec::new()];
+    let mut size = 0usize;
+    for e in entries {
+        let n = e.0.len() + serde_json::to_vec(&e.1).map(|v| v.len()).unwrap_or(0) + 8;
+        if size + n > limits.record_bytes_max / 2 && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        if let Some(last) = chunks.last_mut() {
+            last.push(e);
+        }
+    }
+    let total = chunks.len() as u32;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, entries)| {
+            let r = Record::Snapshot {
+                input_topic: input_topic.to_owned(),
+                partition,
+                writer: w.writer,
+                snapshot_seq: w.snapshot_seq,
+                chunk: i as u32,
+                chunks: total,
+                next_offset,
+                entries,
+            };
+            emit(serde_json::to_vec(&r).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Rebuild from records in log order (the tail of a checkpoint partition). `None`: no complete snapshot.
+pub fn rebuild(records: &[Record], input_topic: &str, partition: i32) -> Option<Restored> {
+    // Complete snapshots, by (writer, seq): chunk count and the position of their last chunk.
+    let mut seen: HashMap<(Uuid, u64), (u32, u32, usize)> = HashMap::new();
+    let mut best: Option<(usize, Uuid, u64)> = None;
+    for (pos, r) in records.iter().enumerate() {
+        if let Record::Snapshot { input_topic: t, partition: p, writer, snapshot_seq, chunks, .. } = r {
+            if t != input_topic || *p != partition {
+                continue;
+            }
+            let e = seen.entry((*writer, *snapshot_seq)).or_insert((0, *chunks, pos));
+            e.0 += 1;
+            e.2 = pos;
+            if e.0 == e.1 && best.is_none_or(|(b, _, _)| pos > b) {
+                best = Some((pos, *writer, *snapshot_seq));
+            }
+        }
+    }
+    let (_, writer, seq) = best?;
+    let mut kv: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut next_offset = 0;
+    let mut first_snapshot_pos = usize::MAX;
+    for (pos, r) in records.iter().enumerate() {
+        if let Record::Snapshot {
+            writer: w,
+            snapshot_seq: s,
+            entries,
+            next_offset: n,
+            input_topic: t,
+            partition: p,
+            ..
+        } = r
+        {
+            if *w == writer && *s == seq && t == input_topic && *p == partition {
+                first_snapshot_pos = first_snapshot_pos.min(pos);
+                kv.extend(entries.iter().cloned());
+                next_offset = *n;
+            }
+        }
+    }
+    let mut expected_delta = 1;
+    for r in records.iter().skip(first_snapshot_pos) {
+        if let Record::Delta {
+            writer: w,
+            snapshot_seq: s,
+            delta_seq,
+            next_offset: n,
+            changes,
+            input_topic: t,
+            partition: p,
+        } = r
+        {
+            if *w != writer || *s != seq || t != input_topic || *p != partition {
+                continue;
+            }
+            if *delta_seq != expected_delta {
+                break; // a gap: stop at the last contiguous delta
+            }
+            expected_delta += 1;
+            for (k, v) in changes {
+                match v {
+                    Some(v) => {
+                        kv.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        kv.remove(k);
+                    }
+                }
+            }
+            debug_assert!(*n >= next_offset, "checkpoint offsets only grow");
+            next_offset = *n;
+        }
+    }
+    Some(Restored {
+        entries: kv.into_iter().collect(),
+        next_offset,
+        snapshot_seq: seq,
+        records_read: records.len(),
+    })
+}
+
+/// Read the tail of a checkpoint partition and rebuild. Blocking: run it on a blocking thread.
+pub fn restore(
+    cfg: &KafkaConfig,
+    limits: &Limits,
+    checkpoint_topic: &str,
+    input_topic: &str,
+    partition: i32,
+) -> Result<Option<Restored>, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", format!("{}-restore", cfg.client_id))
+        .set("group.id", format!("{}-restore-unused", cfg.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("log_level", "4")
+        .create()
+        .map_err(|e| format!("restore consumer: {e}"))?;
+    let deadline = Instant::now() + limits.restore_timeout;
+    let (low, high) = consumer
+        .fetch_watermarks(checkpoint_topic, partition, limits.restore_timeout)
+        .map_err(|e| format!("checkpoint watermarks of {checkpoint_topic}/{partition}: {e}"))?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut window = limits.restore_window_records.max(1);
+    loop {
+        let start = (high - window).max(low);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(checkpoint_topic, partition, Offset::Offset(start))
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let mut records = Vec::with_capacity((high - start) as usize);
+        let mut last = start - 1;
+        while last < high - 1 {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(format!(
+                    "restoring {checkpoint_topic}/{partition} took over {:?}",
+                    limits.restore_timeout
+                ));
+            }
+            match consumer.poll(remaining.min(Duration::from_millis(500))) {
+                None => continue,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(format!("reading checkpoints: {e}")),
+                Some(Ok(m)) => {
+                    last = m.offset();
+                    if last >= high {
+                        break;
+                    }
+                    let r: Record = serde_json::from_slice(m.payload().unwrap_or_default()).map_err(|e| {
+                        format!("checkpoint record at {checkpoint_topic}/{partition}@{last}: {e}")
+                    })?;
+                    records.push(r);
+                }
+            }
+        }
+        if let Some(mut restored) = rebuild(&records, input_topic, partition) {
+            restored.records_read = records.len();
+            return Ok(Some(restored));
+        }
+        if start == low {
+            return Ok(None);
+        }
+        window = window.saturating_mul(4);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(bytes: usize) -> Limits {
+        Limits {
+            snapshot_every_batches: 3,
+            record_bytes_max: bytes,
+            restore_window_records: 16,
+            restore_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn decode(emits: Vec<(i32, Emit)>) -> Vec<Record> {
+        emits.into_iter().map(|(_, e)| serde_json::from_slice(&e.payload).expect("record")).collect()
+    }
+
+    fn kv(pairs: &[(&str, i64)]) -> Vec<(String, serde_json::Value)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect()
+    }
+
+    #[test]
+    fn snapshot_then_deltas_then_snapshot_rebuild_the_latest_state() {
+        let l = limits(1 << 20);
+        let mut w = Writer::new(0);
+        let mut log = Vec::new();
+        log.extend(decode(records_for_batch(&mut w, &l, "c", "in", 0, 10, || kv(&[("a", 1)]), vec![])));
+        log.extend(decode(records_for_batch(
+            &mut w,
+            &l,
+            "c",
+            "in",
+            0,
+            20,
+            || unreachable!(),
+            vec![("b".into(), Some(2.into()))],
+        )));
+        log.extend(decode(records_for_batch(
+            &mut w,
+            &l,
+            "c",
+            "in",
+            0,
+            30,
+            || unreachable!(),
+            vec![("a".into(), None)],
+        )));
+        assert!(
+            matches!(log[0], Record::Snapshot { .. }) && matches!(log[2], Record::Delta { delta_seq: 2, .. })
+        );
+        let r = rebuild(&log, "in", 0).expect("restorable");
+        assert_eq!((r.entries.clone(), r.next_offset), (kv(&[("b", 2)]), 30));
+        // Third batch since the snapshot: a new snapshot.
+        log.extend(decode(records_for_batch(
+            &mut w,
+            &l,
+            "c",
+            "in",
+            0,
+            40,
+            || kv(&[("b", 2), ("c", 3)]),
+            vec![],
+        )));
+        assert!(matches!(log[3], Record::Snapshot { snapshot_seq: 2, .. }));
+        let r = rebuild(&log, "in", 0).expect("restorable");
+        assert_eq!((r.entries, r.next_offset), (kv(&[("b", 2), ("c", 3)]), 40));
+        assert_eq!(rebuild(&log, "in", 1), None, "another partition has none");
+    }
+
+    #[test]
+    fn incomplete_snapshots_and_foreign_writers_are_ignored() {
+        let l = limits(200);
+        let mut w = Writer::new(0);
+        let big: Vec<(String, serde_json::Value)> =
+            (0..20).map(|i| (format!("k{i:02}"), serde_json::Value::from(i))).collect();
+        let mut log = decode(records_for_batch(&mut w, &l, "c", "in", 0, 5, || big.clone(), vec![]));
+        assert!(log.len() > 2, "chunked: {}", log.len());
+        let full = rebuild(&log, "in", 0).expect("complete");
+        assert_eq!(full.entries, big);
+        // A crash mid-snapshot: the second snapshot lacks its last chunk; the first still counts.
+        let mut w2 = Writer::new(1);
+        let mut partial = decode(records_for_batch(&mut w2, &l, "c", "in", 0, 9, || big.clone(), vec![]));
+        partial.pop();
+        log.extend(partial);
+        assert_eq!(rebuild(&log, "in", 0).expect("previous").next_offset, 5);
+        // A zombie's delta on top of someone else's snapshot is not applied.
+        let mut zombie = Writer::new(7);
+        zombie.needs_snapshot = false;
+        log.extend(decode(records_for_batch(
+            &mut zombie,
+            &limits(1 << 20),
+            "c",
+            "in",
+            0,
+            99,
+            || unreachable!(),
+            vec![("k00".into(), None)],
+        )));
+        let r = rebuild(&log, "in", 0).expect("restorable");
+        assert_eq!((r.entries.len(), r.next_offset), (20, 5));
+    }
+
+    #[test]
+    fn oversized_deltas_become_snapshots() {
+        let l = limits(300);
+        let mut w = Writer::new(0);
+        records_for_batch(&mut w, &l, "c", "in", 0, 1, Vec::new, vec![]);
+        let changes: Vec<(String, Option<serde_json::Value>)> =
+            (0..30).map(|i| (format!("key-{i}"), Some(i.into()))).collect();
+        let snap: Vec<(String, serde_json::Value)> =
+            changes.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())).collect();
+        let recs = decode(records_for_batch(&mut w, &l, "c", "in", 0, 2, || snap.clone(), changes));
+        assert!(recs.iter().all(|r| matches!(r, Record::Snapshot { snapshot_seq: 2, .. })));
+        assert_eq!(rebuild(&recs, "in", 0).expect("complete").entries.len(), 30);
+    }
+}
