@@ -1,4 +1,6 @@
 //! Pieces of the `riverbank` binary that tests and benchmarks reuse.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod demo;
+pub mod workload;

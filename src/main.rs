@@ -46,6 +46,11 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         wait_s: u64,
     },
+    /// Benchmarks: print figures for one workload (never used as a test).
+    Bench {
+        #[command(subcommand)]
+        which: BenchName,
+    },
     /// Print the effective config (secrets redacted) after validating it.
     Config,
 }
@@ -54,6 +59,21 @@ enum Command {
 enum ProcessorName {
     Audit,
     Transfers,
+}
+
+#[derive(Subcommand)]
+enum BenchName {
+    /// apply alone; the transfers processor on the broker with checkpoints; a passthrough ceiling.
+    Transfers {
+        #[arg(long, default_value_t = 8)]
+        tenants: usize,
+        /// Transfers per tenant (each is 3-7 inputs).
+        #[arg(long, default_value_t = 2_000)]
+        per_tenant: usize,
+        /// Input rate for the latency phase.
+        #[arg(long, default_value_t = 2_000)]
+        rate_per_s: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,6 +99,9 @@ fn main() -> anyhow::Result<()> {
             Command::Api => riverbank_api::serve(&cfg, stop).await,
             Command::Migrate => migrate(&cfg).await,
             Command::Demo { count, wait_s } => riverbank::demo::run(&cfg, count, wait_s).await,
+            Command::Bench { which: BenchName::Transfers { tenants, per_tenant, rate_per_s } } => {
+                riverbank::bench::transfers(&cfg, tenants, per_tenant, rate_per_s).await
+            }
             Command::Config => {
                 println!("{cfg:#?}");
                 Ok(())
