@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let stop = shutdown::on_signals();
+        telemetry::install_metrics(&cfg.telemetry)?;
         match cli.command {
             Command::Run => run_all(&cfg, stop).await,
             Command::Ingest => riverbank_ingest::serve(&cfg, stop).await,
@@ -142,7 +143,7 @@ async fn run_postgres_sink(cfg: &Config, stop: CancellationToken) -> anyhow::Res
     if cfg.postgres.migrate_on_start {
         riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
     }
-    let store = riverbank_sinks::postgres::PostgresAuditSink::new(pool);
+    let store = riverbank_sinks::postgres::PostgresSink::new(pool);
     riverbank_runtime::sink::run(cfg, store, stop).await
 }
 
@@ -150,7 +151,7 @@ async fn run_clickhouse_sink(cfg: &Config, stop: CancellationToken) -> anyhow::R
     if cfg.clickhouse.create_on_start {
         riverbank_sinks::clickhouse::create(&cfg.clickhouse).await.context("clickhouse ddl")?;
     }
-    let store = riverbank_sinks::clickhouse::ClickHouseAuditSink::new(&cfg.clickhouse);
+    let store = riverbank_sinks::clickhouse::ClickHouseSink::new(&cfg.clickhouse);
     riverbank_runtime::sink::run(cfg, store, stop).await
 }
 

@@ -64,6 +64,7 @@ pub struct KafkaConfig {
     pub consumer_fetch_wait_max_ms: u64,
     pub consumer_queued_kbytes_max: u64,
     pub commit_timeout_ms: u64,
+    pub statistics_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +172,7 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
     pub log_filter: String,
+    pub metrics_listen_addr: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +254,10 @@ impl Config {
         }
         if self.transfers.final_retention_s < 0 {
             errors.push("transfers.final_retention_s must not be negative".into());
+        }
+        let m = &self.telemetry.metrics_listen_addr;
+        if !m.is_empty() && m.parse::<SocketAddr>().is_err() {
+            errors.push(format!("telemetry.metrics_listen_addr must be empty or host:port, got '{m}'"));
         }
         if k.brokers.trim().is_empty() {
             errors.push("kafka.brokers must name at least one broker".into());

@@ -62,13 +62,26 @@ impl RebalanceWatch {
     }
 }
 
-/// Consumer context: logs assignments and bumps the rebalance generation.
+/// Consumer context: logs assignments, bumps the rebalance generation, reports consumer lag.
 #[derive(Debug, Clone, Default)]
 pub struct WatchedContext {
     pub watch: Arc<RebalanceWatch>,
+    /// The consumer group, the lag metric's only label.
+    pub group: String,
 }
 
-impl ClientContext for WatchedContext {}
+impl ClientContext for WatchedContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        metrics::gauge!("riverbank_consumer_lag_messages", "group" => self.group.clone()).set(lag as f64);
+    }
+}
 
 impl ConsumerContext for WatchedContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -88,7 +101,7 @@ pub fn consumer(
     cfg: &KafkaConfig,
     group_id: &str,
 ) -> Result<(Consumer, Arc<RebalanceWatch>), KafkaSetupError> {
-    let ctx = WatchedContext::default();
+    let ctx = WatchedContext { group: group_id.to_owned(), ..WatchedContext::default() };
     let watch = ctx.watch.clone();
     let mut c = base(cfg, "consumer");
     c.set("group.id", group_id)
@@ -98,7 +111,8 @@ pub fn consumer(
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", cfg.consumer_session_timeout_ms.to_string())
         .set("fetch.wait.max.ms", cfg.consumer_fetch_wait_max_ms.to_string())
-        .set("queued.max.messages.kbytes", cfg.consumer_queued_kbytes_max.to_string());
+        .set("queued.max.messages.kbytes", cfg.consumer_queued_kbytes_max.to_string())
+        .set("statistics.interval.ms", cfg.statistics_interval_ms.to_string());
     let consumer: Consumer = c.create_with_context(ctx)?;
     Ok((consumer, watch))
 }

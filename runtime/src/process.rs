@@ -274,6 +274,8 @@ async fn run_consumer<P: Processor>(
                 Verdict::Emit(out) => emits.extend(out),
                 Verdict::Poison(reason) => {
                     tracing::warn!(processor = processor.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "dead-lettered");
+                    metrics::counter!("riverbank_dead_letters_total", "component" => processor.name())
+                        .increment(1);
                     emits.push(dead_letter(
                         topics,
                         env,
@@ -314,6 +316,11 @@ async fn run_consumer<P: Processor>(
             let items: Vec<(Option<i32>, &Emit)> = records.iter().map(|(p, e)| (Some(*p), e)).collect();
             produce_at(producer, &items, produce_timeout).await.map_err(anyhow::Error::msg)?;
             let bytes: usize = records.iter().map(|(_, e)| e.payload.len()).sum();
+            let name = processor.name();
+            metrics::histogram!("riverbank_processor_checkpoint_seconds", "processor" => name)
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("riverbank_processor_checkpoint_bytes", "processor" => name)
+                .record(bytes as f64);
             tracing::debug!(
                 processor = processor.name(),
                 records = records.len(),

@@ -29,6 +29,9 @@ pub struct Position {
     pub topic: String,
     pub partition: i32,
     pub next_offset: i64,
+    /// The latest ingestion time (ms) of an event landed in this partition so far, if any: every event
+    /// of this partition ingested before it has landed (the complete-through watermark's input).
+    pub landed_through_ms: Option<i64>,
 }
 
 /// A store a sink writes to. Implementations live in `sinks/`; this loop knows nothing of SQL.
@@ -37,14 +40,15 @@ pub trait SinkStore: Send + Sync + 'static {
     /// `postgres`, `clickhouse`: names the consumer group and the positions the store keeps.
     fn name(&self) -> &'static str;
     fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String>;
-    /// Turn one message into rows (possibly none); `Err(reason)` dead-letters it.
+    /// Turn one message into rows (possibly none) and its ingestion time (ms); `Err(reason)`
+    /// dead-letters it.
     fn decode(
         &self,
         topic: &str,
         partition: i32,
         offset: i64,
         payload: &[u8],
-    ) -> Result<Vec<Self::Row>, String>;
+    ) -> Result<(Vec<Self::Row>, i64), String>;
     /// Positions this store holds for `topic` (partitions never written are absent).
     fn load_positions(
         &self,
@@ -115,6 +119,7 @@ async fn run_consumer<S: SinkStore>(
         let mut rows = Vec::with_capacity(messages.len());
         let mut dead = Vec::new();
         let mut taken: Vec<OwnedMessage> = Vec::with_capacity(messages.len());
+        let mut landed: HashMap<(String, i32), i64> = HashMap::new();
         for m in messages {
             if !tracker.loaded.contains(m.topic()) {
                 let loaded = retry(store.name(), "load positions", backoff, shutdown, || {
@@ -143,10 +148,16 @@ async fn run_consumer<S: SinkStore>(
                 Admit::Take => {}
             }
             match store.decode(m.topic(), m.partition(), m.offset(), m.payload().unwrap_or_default()) {
-                Ok(r) => rows.extend(r),
+                Ok((r, ingested_ms)) => {
+                    rows.extend(r);
+                    let e = landed.entry((m.topic().to_owned(), m.partition())).or_insert(ingested_ms);
+                    *e = (*e).max(ingested_ms);
+                }
                 Err(reason) => {
                     let env = topics.environment_of(m.topic()).unwrap_or(Environment::Live);
                     tracing::warn!(sink = store.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "dead-lettered");
+                    metrics::counter!("riverbank_dead_letters_total", "component" => store.name())
+                        .increment(1);
                     dead.push(dead_letter(topics, env, &format!("sink:{}", store.name()), &m, reason));
                 }
             }
@@ -166,10 +177,21 @@ async fn run_consumer<S: SinkStore>(
         let next = batch::next_offsets(&taken);
         let positions: Vec<Position> = next
             .iter()
-            .map(|(t, p, o)| Position { topic: t.clone(), partition: *p, next_offset: *o })
+            .map(|(t, p, o)| Position {
+                topic: t.clone(),
+                partition: *p,
+                next_offset: *o,
+                landed_through_ms: landed.get(&(t.clone(), *p)).copied(),
+            })
             .collect();
         let (rows, positions) = (&rows, &positions);
+        let started = std::time::Instant::now();
         retry(store.name(), "write", backoff, shutdown, || store.write(rows, positions)).await?;
+        let sink = store.name();
+        metrics::histogram!("riverbank_sink_write_seconds", "sink" => sink)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("riverbank_sink_rows_total", "sink" => sink).increment(rows.len() as u64);
+        metrics::counter!("riverbank_sink_messages_total", "sink" => sink).increment(taken.len() as u64);
         for (t, p, o) in &next {
             let entry = tracker.durable.entry((t.clone(), *p)).or_insert(*o);
             *entry = (*entry).max(*o);
@@ -208,6 +230,8 @@ where
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(sink, what, error = %e, attempts = backoff.attempts(), ?delay, "store unavailable; retrying");
+                metrics::counter!("riverbank_sink_store_errors_total", "sink" => sink.to_owned())
+                    .increment(1);
                 tokio::select! {
                     _ = shutdown.cancelled() => anyhow::bail!("shutdown while retrying {what}: {e}"),
                     _ = tokio::time::sleep(delay) => {}

@@ -12,3 +12,15 @@ pub fn init(cfg: &TelemetryConfig) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Serve Prometheus metrics on `telemetry.metrics_listen_addr` (if set). Call inside the tokio runtime.
+/// Metric names: `riverbank_<thing>_<unit>[_total]`, labels bounded (component names, never ids).
+pub fn install_metrics(cfg: &TelemetryConfig) -> anyhow::Result<()> {
+    if cfg.metrics_listen_addr.is_empty() {
+        return Ok(());
+    }
+    let addr: std::net::SocketAddr = cfg.metrics_listen_addr.parse()?;
+    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()?;
+    tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    Ok(())
+}

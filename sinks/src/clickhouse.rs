@@ -12,7 +12,9 @@ use riverbank_runtime::stores::{clickhouse_client, clickhouse_server_client};
 use riverbank_schemas::{Environment, Topics};
 use serde::{Deserialize, Serialize};
 
-use crate::audit_row::{self, AuditRow};
+use crate::rows::{self, Meta, Row as Decoded};
+use riverbank_schemas::transfers::{LedgerPosting, PostingPhase, TransferStatusChanged};
+use riverbank_schemas::AuditRecord;
 
 pub const SINK_NAME: &str = "clickhouse";
 
@@ -39,12 +41,45 @@ pub fn ddl() -> Vec<&'static str> {
         ) ENGINE = ReplacingMergeTree(first_seen_rank)
         PARTITION BY toYYYYMM(occurred_at)
         ORDER BY (tenant_id, environment, event_id)",
+        // One row per status change, with amounts: volumes per tenant, currency, status, hour.
+        "CREATE TABLE IF NOT EXISTS transfer_facts (
+            event_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            transfer_id String,
+            kind String,
+            previous String,
+            status String,
+            version UInt32,
+            amount_minor Int64,
+            currency String,
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
+        "CREATE TABLE IF NOT EXISTS ledger_postings (
+            event_id UUID,
+            posting_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            transfer_id String,
+            phase Enum8('hold' = 1, 'post' = 2, 'release' = 3),
+            account String,
+            amount_minor Int64,
+            currency String,
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
         // The highest next_offset per key survives merges; readers take max() anyway.
         "CREATE TABLE IF NOT EXISTS sink_offsets (
             sink String,
             topic String,
             partition Int32,
-            next_offset Int64
+            next_offset Int64,
+            landed_through_ms Int64
         ) ENGINE = ReplacingMergeTree(next_offset)
         ORDER BY (sink, topic, partition)",
     ]
@@ -101,8 +136,7 @@ fn unix_seconds(t: chrono::DateTime<chrono::Utc>) -> Result<u32, String> {
 }
 
 impl AuditEventRow {
-    pub fn from_audit(r: &AuditRow) -> Result<Self, String> {
-        let a = &r.record;
+    pub fn from_audit(m: &Meta, a: &AuditRecord) -> Result<Self, String> {
         Ok(AuditEventRow {
             event_id: a.audit_id,
             tenant_id: a.tenant_id.clone(),
@@ -116,12 +150,111 @@ impl AuditEventRow {
             occurred_ms: u16::try_from(a.occurred_at.timestamp_subsec_millis()).unwrap_or(999),
             recorded_at: unix_seconds(a.recorded_at)?,
             payload_bytes: a.payload_bytes,
-            source_topic: r.source_topic.clone(),
-            source_partition: r.source_partition,
-            source_offset: r.source_offset,
+            source_topic: m.source_topic.clone(),
+            source_partition: m.source_partition,
+            source_offset: m.source_offset,
             first_seen_rank: u64::MAX - u64::try_from(a.recorded_at.timestamp_millis()).unwrap_or(0),
         })
     }
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct TransferFactRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub environment: i8,
+    pub transfer_id: String,
+    pub kind: String,
+    pub previous: String,
+    pub status: String,
+    pub version: u32,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct PostingRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub posting_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub environment: i8,
+    pub transfer_id: String,
+    /// Enum8: 1 hold, 2 post, 3 release.
+    pub phase: i8,
+    pub account: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+}
+
+fn text<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn millis(t: chrono::DateTime<chrono::Utc>) -> u16 {
+    u16::try_from(t.timestamp_subsec_millis()).unwrap_or(999)
+}
+
+/// A decoded message as the ClickHouse rows it becomes (balances are Postgres-only).
+#[derive(Debug, Clone)]
+pub enum ChRow {
+    Audit(AuditEventRow),
+    Fact(TransferFactRow),
+    Posting(PostingRow),
+}
+
+impl ChRow {
+    pub fn from_row(r: &Decoded) -> Result<Option<ChRow>, String> {
+        Ok(Some(match r {
+            Decoded::Audit(m, a) => ChRow::Audit(AuditEventRow::from_audit(m, a)?),
+            Decoded::Status(m, s) => ChRow::Fact(fact(m, s)?),
+            Decoded::Posting(m, p) => ChRow::Posting(posting(m, p)?),
+            Decoded::Balance(..) => return Ok(None),
+        }))
+    }
+}
+
+fn fact(m: &Meta, s: &TransferStatusChanged) -> Result<TransferFactRow, String> {
+    Ok(TransferFactRow {
+        event_id: m.event_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        transfer_id: s.transfer_id.clone(),
+        kind: text(&s.kind),
+        previous: s.previous.map(|p| text(&p)).unwrap_or_default(),
+        status: text(&s.status),
+        version: s.version,
+        amount_minor: s.amount.amount_minor,
+        currency: s.amount.currency.code().to_owned(),
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
+}
+
+fn posting(m: &Meta, p: &LedgerPosting) -> Result<PostingRow, String> {
+    Ok(PostingRow {
+        event_id: m.event_id,
+        posting_id: p.posting_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        transfer_id: p.transfer_id.clone(),
+        phase: match p.phase {
+            PostingPhase::Hold => 1,
+            PostingPhase::Post => 2,
+            PostingPhase::Release => 3,
+        },
+        account: p.account.clone(),
+        amount_minor: p.amount_minor,
+        currency: p.currency.code().to_owned(),
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -130,16 +263,18 @@ struct OffsetRow {
     topic: String,
     partition: i32,
     next_offset: i64,
+    /// -1 when unknown.
+    landed_through_ms: i64,
 }
 
-pub struct ClickHouseAuditSink {
+pub struct ClickHouseSink {
     client: Client,
     timeout: Duration,
 }
 
-impl ClickHouseAuditSink {
+impl ClickHouseSink {
     pub fn new(cfg: &ClickHouseConfig) -> Self {
-        ClickHouseAuditSink {
+        ClickHouseSink {
             client: clickhouse_client(cfg),
             timeout: Duration::from_millis(cfg.request_timeout_ms),
         }
@@ -169,15 +304,15 @@ async fn within<T, E: Into<StoreError>>(
     }
 }
 
-impl SinkStore for ClickHouseAuditSink {
-    type Row = AuditEventRow;
+impl SinkStore for ClickHouseSink {
+    type Row = ChRow;
 
     fn name(&self) -> &'static str {
         SINK_NAME
     }
 
     fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String> {
-        vec![topics.audit_events(env)]
+        rows::inputs(topics, env)
     }
 
     fn decode(
@@ -186,8 +321,13 @@ impl SinkStore for ClickHouseAuditSink {
         partition: i32,
         offset: i64,
         payload: &[u8],
-    ) -> Result<Vec<AuditEventRow>, String> {
-        audit_row::decode(topic, partition, offset, payload)?.iter().map(AuditEventRow::from_audit).collect()
+    ) -> Result<(Vec<ChRow>, i64), String> {
+        let (rows, ingested_ms) = rows::decode(topic, partition, offset, payload)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.extend(ChRow::from_row(r)?);
+        }
+        Ok((out, ingested_ms))
     }
 
     async fn load_positions(&self, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {
@@ -205,9 +345,25 @@ impl SinkStore for ClickHouseAuditSink {
         Ok(rows.into_iter().map(|p| (p.partition, p.next_offset)).collect())
     }
 
-    async fn write(&self, rows: &[AuditEventRow], positions: &[Position]) -> Result<(), StoreError> {
-        if !rows.is_empty() {
-            within(self.timeout, "insert audit_events", self.insert("audit_events", rows)).await?;
+    async fn write(&self, rows: &[ChRow], positions: &[Position]) -> Result<(), StoreError> {
+        let (mut audit, mut facts, mut postings) = (Vec::new(), Vec::new(), Vec::new());
+        for r in rows {
+            match r {
+                ChRow::Audit(a) => audit.push(a.clone()),
+                ChRow::Fact(f) => facts.push(f.clone()),
+                ChRow::Posting(p) => postings.push(p.clone()),
+            }
+        }
+        // Rows first; a crash before the positions below re-inserts them, and the tables collapse
+        // duplicates by event id.
+        if !audit.is_empty() {
+            within(self.timeout, "insert audit_events", self.insert("audit_events", &audit)).await?;
+        }
+        if !facts.is_empty() {
+            within(self.timeout, "insert transfer_facts", self.insert("transfer_facts", &facts)).await?;
+        }
+        if !postings.is_empty() {
+            within(self.timeout, "insert ledger_postings", self.insert("ledger_postings", &postings)).await?;
         }
         let offsets: Vec<OffsetRow> = positions
             .iter()
@@ -216,6 +372,7 @@ impl SinkStore for ClickHouseAuditSink {
                 topic: p.topic.clone(),
                 partition: p.partition,
                 next_offset: p.next_offset,
+                landed_through_ms: p.landed_through_ms.unwrap_or(-1),
             })
             .collect();
         if !offsets.is_empty() {

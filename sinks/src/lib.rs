@@ -1,8 +1,8 @@
 //! Sinks: the only writers to PostgreSQL and ClickHouse. Each implements `runtime::sink::SinkStore`.
 #![forbid(unsafe_code)]
 
-pub mod audit_row;
 pub mod clickhouse;
 pub mod postgres;
+pub mod rows;
 
-pub use audit_row::AuditRow;
+pub use rows::Row;

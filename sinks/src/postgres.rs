@@ -1,10 +1,15 @@
-//! PostgreSQL: operational truth. Rows and the sink's positions commit in one transaction.
-use riverbank_runtime::sink::{Position, SinkStore, StoreError};
-use riverbank_schemas::{Environment, Topics};
-use sqlx::PgPool;
-use std::collections::HashMap;
+//! PostgreSQL: operational truth. A batch's rows (every kind) and the sink's positions commit in one
+//! transaction. Append-only tables are idempotent on event id; "current" projections move forward only.
+use std::collections::{BTreeMap, HashMap};
 
-use crate::audit_row::{self, AuditRow};
+use chrono::{DateTime, Utc};
+use riverbank_runtime::sink::{Position, SinkStore, StoreError};
+use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, PostingPhase, TransferStatusChanged};
+use riverbank_schemas::{AuditRecord, Environment, Topics};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::rows::{self, Meta, Row};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -12,27 +17,27 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
-pub struct PostgresAuditSink {
+pub const SINK_NAME: &str = "postgres";
+
+pub struct PostgresSink {
     pool: PgPool,
 }
 
-impl PostgresAuditSink {
+impl PostgresSink {
     pub fn new(pool: PgPool) -> Self {
-        PostgresAuditSink { pool }
+        PostgresSink { pool }
     }
 }
 
-pub const SINK_NAME: &str = "postgres";
-
-impl SinkStore for PostgresAuditSink {
-    type Row = AuditRow;
+impl SinkStore for PostgresSink {
+    type Row = Row;
 
     fn name(&self) -> &'static str {
         SINK_NAME
     }
 
     fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String> {
-        vec![topics.audit_events(env)]
+        rows::inputs(topics, env)
     }
 
     fn decode(
@@ -41,8 +46,8 @@ impl SinkStore for PostgresAuditSink {
         partition: i32,
         offset: i64,
         payload: &[u8],
-    ) -> Result<Vec<AuditRow>, String> {
-        audit_row::decode(topic, partition, offset, payload)
+    ) -> Result<(Vec<Row>, i64), String> {
+        rows::decode(topic, partition, offset, payload)
     }
 
     async fn load_positions(&self, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {
@@ -55,66 +60,66 @@ impl SinkStore for PostgresAuditSink {
         Ok(rows.into_iter().collect())
     }
 
-    async fn write(&self, rows: &[AuditRow], positions: &[Position]) -> Result<(), StoreError> {
+    async fn write(&self, rows: &[Row], positions: &[Position]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        if !rows.is_empty() {
-            let mut cols = AuditColumns::with_capacity(rows.len());
-            for r in rows {
-                cols.push(r);
+        let (mut audit, mut status, mut postings, mut balances) = (vec![], vec![], vec![], vec![]);
+        for r in rows {
+            match r {
+                Row::Audit(m, a) => audit.push((m, a)),
+                Row::Status(m, s) => status.push((m, s)),
+                Row::Posting(m, p) => postings.push((m, p)),
+                Row::Balance(m, b) => balances.push((m, b)),
             }
-            sqlx::query(
-                "INSERT INTO audit_log (event_id, tenant_id, environment, actor, action, resource_type, resource_id,
-                     source_event_id, occurred_at, recorded_at, trace_id, payload_bytes, source_topic,
-                     source_partition, source_offset)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::uuid[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::int8[],
-                     $13::text[], $14::int4[], $15::int8[])
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(&cols.event_id)
-            .bind(&cols.tenant_id)
-            .bind(&cols.environment)
-            .bind(&cols.actor)
-            .bind(&cols.action)
-            .bind(&cols.resource_type)
-            .bind(&cols.resource_id)
-            .bind(&cols.source_event_id)
-            .bind(&cols.occurred_at)
-            .bind(&cols.recorded_at)
-            .bind(&cols.trace_id)
-            .bind(&cols.payload_bytes)
-            .bind(&cols.source_topic)
-            .bind(&cols.source_partition)
-            .bind(&cols.source_offset)
-            .execute(&mut *tx)
-            .await?;
         }
+        insert_audit(&mut tx, &audit).await?;
+        insert_status(&mut tx, &status).await?;
+        insert_postings(&mut tx, &postings).await?;
+        upsert_balances(&mut tx, &balances).await?;
         store_positions(&mut tx, SINK_NAME, positions).await?;
         tx.commit().await?;
         Ok(())
     }
 }
 
-/// Upsert positions; a position only moves forward (a stale writer never moves it back).
-pub async fn store_positions(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    sink: &str,
-    positions: &[Position],
-) -> Result<(), sqlx::Error> {
-    if positions.is_empty() {
+type Tx<'a> = Transaction<'a, Postgres>;
+
+async fn insert_audit(tx: &mut Tx<'_>, rows: &[(&Meta, &AuditRecord)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
         return Ok(());
     }
-    let topics: Vec<&str> = positions.iter().map(|p| p.topic.as_str()).collect();
-    let partitions: Vec<i32> = positions.iter().map(|p| p.partition).collect();
-    let offsets: Vec<i64> = positions.iter().map(|p| p.next_offset).collect();
+    let col = |f: fn(&(&Meta, &AuditRecord)) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let ids: Vec<Uuid> = rows.iter().map(|(_, a)| a.audit_id).collect();
+    let source_ids: Vec<Uuid> = rows.iter().map(|(_, a)| a.source_event_id).collect();
+    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|(_, a)| a.occurred_at).collect();
+    let recorded: Vec<DateTime<Utc>> = rows.iter().map(|(_, a)| a.recorded_at).collect();
+    let trace: Vec<Option<String>> = rows.iter().map(|(_, a)| a.trace_id.clone()).collect();
+    // Checked in decode: fits in i64.
+    let bytes: Vec<i64> =
+        rows.iter().map(|(_, a)| i64::try_from(a.payload_bytes).unwrap_or(i64::MAX)).collect();
+    let partitions: Vec<i32> = rows.iter().map(|(m, _)| m.source_partition).collect();
+    let offsets: Vec<i64> = rows.iter().map(|(m, _)| m.source_offset).collect();
     sqlx::query(
-        "INSERT INTO sink_offsets (sink, topic, partition, next_offset)
-         SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[])
-         ON CONFLICT (sink, topic, partition) DO UPDATE
-         SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+        "INSERT INTO audit_log (event_id, tenant_id, environment, actor, action, resource_type, resource_id,
+             source_event_id, occurred_at, recorded_at, trace_id, payload_bytes, source_topic,
+             source_partition, source_offset)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+             $7::text[], $8::uuid[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::int8[],
+             $13::text[], $14::int4[], $15::int8[])
+         ON CONFLICT (event_id) DO NOTHING",
     )
-    .bind(sink)
-    .bind(&topics)
+    .bind(&ids)
+    .bind(col(|(_, a)| a.tenant_id.clone()))
+    .bind(col(|(_, a)| a.environment.as_str().to_owned()))
+    .bind(col(|(_, a)| a.actor.clone()))
+    .bind(col(|(_, a)| a.action.clone()))
+    .bind(col(|(_, a)| a.resource_type.clone()))
+    .bind(col(|(_, a)| a.resource_id.clone()))
+    .bind(&source_ids)
+    .bind(&occurred)
+    .bind(&recorded)
+    .bind(&trace)
+    .bind(&bytes)
+    .bind(col(|(m, _)| m.source_topic.clone()))
     .bind(&partitions)
     .bind(&offsets)
     .execute(&mut **tx)
@@ -122,63 +127,171 @@ pub async fn store_positions(
     Ok(())
 }
 
-/// Column arrays for one UNNEST insert.
-struct AuditColumns {
-    event_id: Vec<uuid::Uuid>,
-    tenant_id: Vec<String>,
-    environment: Vec<&'static str>,
-    actor: Vec<String>,
-    action: Vec<String>,
-    resource_type: Vec<String>,
-    resource_id: Vec<String>,
-    source_event_id: Vec<uuid::Uuid>,
-    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
-    recorded_at: Vec<chrono::DateTime<chrono::Utc>>,
-    trace_id: Vec<Option<String>>,
-    payload_bytes: Vec<i64>,
-    source_topic: Vec<String>,
-    source_partition: Vec<i32>,
-    source_offset: Vec<i64>,
+fn status_text(s: riverbank_schemas::transfers::TransferStatus) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-impl AuditColumns {
-    fn with_capacity(n: usize) -> Self {
-        AuditColumns {
-            event_id: Vec::with_capacity(n),
-            tenant_id: Vec::with_capacity(n),
-            environment: Vec::with_capacity(n),
-            actor: Vec::with_capacity(n),
-            action: Vec::with_capacity(n),
-            resource_type: Vec::with_capacity(n),
-            resource_id: Vec::with_capacity(n),
-            source_event_id: Vec::with_capacity(n),
-            occurred_at: Vec::with_capacity(n),
-            recorded_at: Vec::with_capacity(n),
-            trace_id: Vec::with_capacity(n),
-            payload_bytes: Vec::with_capacity(n),
-            source_topic: Vec::with_capacity(n),
-            source_partition: Vec::with_capacity(n),
-            source_offset: Vec::with_capacity(n),
+fn snake<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+async fn insert_status(tx: &mut Tx<'_>, rows: &[(&Meta, &TransferStatusChanged)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|(m, _)| m.event_id).collect();
+    let tenants: Vec<String> = rows.iter().map(|(m, _)| m.tenant_id.clone()).collect();
+    let envs: Vec<String> = rows.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect();
+    let transfers: Vec<String> = rows.iter().map(|(_, s)| s.transfer_id.clone()).collect();
+    let previous: Vec<Option<String>> = rows.iter().map(|(_, s)| s.previous.map(status_text)).collect();
+    let statuses: Vec<String> = rows.iter().map(|(_, s)| status_text(s.status)).collect();
+    let versions: Vec<i32> = rows.iter().map(|(_, s)| i32::try_from(s.version).unwrap_or(i32::MAX)).collect();
+    let reasons: Vec<Option<String>> = rows.iter().map(|(_, s)| s.reason.clone()).collect();
+    let causes: Vec<Uuid> = rows.iter().map(|(_, s)| s.cause_event_id).collect();
+    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|(m, _)| m.occurred_at).collect();
+    sqlx::query(
+        "INSERT INTO transfer_status_history (event_id, tenant_id, environment, transfer_id, previous, status,
+             version, reason, cause_event_id, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[],
+             $8::text[], $9::uuid[], $10::timestamptz[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&envs)
+    .bind(&transfers)
+    .bind(&previous)
+    .bind(&statuses)
+    .bind(&versions)
+    .bind(&reasons)
+    .bind(&causes)
+    .bind(&occurred)
+    .execute(&mut **tx)
+    .await?;
+    // Current status: the highest version per transfer in this batch, applied only if newer than stored.
+    let mut latest: BTreeMap<(&str, &str, &str), (&Meta, &TransferStatusChanged)> = BTreeMap::new();
+    for (m, s) in rows {
+        let key = (m.tenant_id.as_str(), m.environment.as_str(), s.transfer_id.as_str());
+        if latest.get(&key).is_none_or(|(_, old)| old.version < s.version) {
+            latest.insert(key, (m, s));
         }
     }
+    let cur: Vec<(&Meta, &TransferStatusChanged)> = latest.into_values().collect();
+    sqlx::query(
+        "INSERT INTO transfers (tenant_id, environment, transfer_id, kind, amount_minor, currency, status, version,
+             reason, last_event_id, updated_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[],
+             $8::int4[], $9::text[], $10::uuid[], $11::timestamptz[])
+         ON CONFLICT (tenant_id, environment, transfer_id) DO UPDATE
+         SET status = EXCLUDED.status, version = EXCLUDED.version, reason = EXCLUDED.reason,
+             last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+         WHERE transfers.version < EXCLUDED.version",
+    )
+    .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, s)| s.transfer_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, s)| snake(&s.kind)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, s)| s.amount.amount_minor).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, s)| s.amount.currency.code().to_owned()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, s)| status_text(s.status)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, s)| i32::try_from(s.version).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, s)| s.reason.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
-    fn push(&mut self, r: &AuditRow) {
-        let a = &r.record;
-        self.event_id.push(a.audit_id);
-        self.tenant_id.push(a.tenant_id.clone());
-        self.environment.push(a.environment.as_str());
-        self.actor.push(a.actor.clone());
-        self.action.push(a.action.clone());
-        self.resource_type.push(a.resource_type.clone());
-        self.resource_id.push(a.resource_id.clone());
-        self.source_event_id.push(a.source_event_id);
-        self.occurred_at.push(a.occurred_at);
-        self.recorded_at.push(a.recorded_at);
-        self.trace_id.push(a.trace_id.clone());
-        // Checked in decode: fits in i64.
-        self.payload_bytes.push(i64::try_from(a.payload_bytes).unwrap_or(i64::MAX));
-        self.source_topic.push(r.source_topic.clone());
-        self.source_partition.push(r.source_partition);
-        self.source_offset.push(r.source_offset);
+async fn insert_postings(tx: &mut Tx<'_>, rows: &[(&Meta, &LedgerPosting)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
     }
+    let phase = |p: PostingPhase| snake(&p);
+    sqlx::query(
+        "INSERT INTO ledger_postings (event_id, posting_id, tenant_id, environment, transfer_id, phase, account,
+             amount_minor, currency, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+             $8::int8[], $9::text[], $10::timestamptz[])
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, p)| p.posting_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, p)| p.transfer_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, p)| phase(p.phase)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, p)| p.account.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, p)| p.amount_minor).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, p)| p.currency.code().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_balances(tx: &mut Tx<'_>, rows: &[(&Meta, &BalanceChanged)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut latest: BTreeMap<(&str, &str, &str, &str), (&Meta, &BalanceChanged)> = BTreeMap::new();
+    for (m, b) in rows {
+        let key = (m.tenant_id.as_str(), m.environment.as_str(), b.account.as_str(), b.currency.code());
+        if latest.get(&key).is_none_or(|(_, old)| old.version < b.version) {
+            latest.insert(key, (m, b));
+        }
+    }
+    let cur: Vec<(&Meta, &BalanceChanged)> = latest.into_values().collect();
+    sqlx::query(
+        "INSERT INTO account_balances (tenant_id, environment, account, currency, posted_minor, pending_debit_minor,
+             pending_credit_minor, available_minor, version, updated_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[],
+             $8::int8[], $9::int8[], $10::timestamptz[])
+         ON CONFLICT (tenant_id, environment, account, currency) DO UPDATE
+         SET posted_minor = EXCLUDED.posted_minor, pending_debit_minor = EXCLUDED.pending_debit_minor,
+             pending_credit_minor = EXCLUDED.pending_credit_minor, available_minor = EXCLUDED.available_minor,
+             version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+         WHERE account_balances.version < EXCLUDED.version",
+    )
+    .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, b)| b.account.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, b)| b.currency.code().to_owned()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, b)| b.posted_minor).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, b)| b.pending_debit_minor).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, b)| b.pending_credit_minor).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, b)| b.available_minor).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, b)| i64::try_from(b.version).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Upsert positions; a position only moves forward (a stale writer never moves it back).
+pub async fn store_positions(tx: &mut Tx<'_>, sink: &str, positions: &[Position]) -> Result<(), sqlx::Error> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = positions.iter().map(|p| p.topic.as_str()).collect();
+    let partitions: Vec<i32> = positions.iter().map(|p| p.partition).collect();
+    let offsets: Vec<i64> = positions.iter().map(|p| p.next_offset).collect();
+    let landed: Vec<Option<DateTime<Utc>>> =
+        positions.iter().map(|p| p.landed_through_ms.and_then(DateTime::from_timestamp_millis)).collect();
+    sqlx::query(
+        "INSERT INTO sink_offsets (sink, topic, partition, next_offset, landed_through)
+         SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::timestamptz[])
+         ON CONFLICT (sink, topic, partition) DO UPDATE
+         SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset),
+             landed_through = GREATEST(sink_offsets.landed_through, EXCLUDED.landed_through),
+             updated_at = now()",
+    )
+    .bind(sink)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .bind(&landed)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
