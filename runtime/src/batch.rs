@@ -9,19 +9,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::kafka::Consumer;
 
-/// Wait for the first message (or shutdown), then take more until `max` messages or `linger` elapsed.
-/// Returns an empty batch only on shutdown. Consumer errors end the batch early and are returned
-/// after the messages already taken, so nothing taken is dropped.
+/// Wait for the first message, then take more until `max` messages or `linger` elapsed.
+/// Returns an empty batch on shutdown, on a rebalance (`wake`) and after `idle` without messages.
+/// Consumer errors end the batch early and are returned after the messages already taken, so nothing
+/// taken is dropped.
 pub async fn collect(
     consumer: &Consumer,
     max: usize,
     linger: Duration,
     shutdown: &CancellationToken,
+    wake: &tokio::sync::Notify,
+    idle: Duration,
 ) -> (Vec<OwnedMessage>, Option<rdkafka::error::KafkaError>) {
     let mut batch = Vec::with_capacity(max.min(4096));
     let first = tokio::select! {
         biased;
         _ = shutdown.cancelled() => return (batch, None),
+        _ = wake.notified() => return (batch, None),
+        _ = tokio::time::sleep(idle) => return (batch, None),
         m = consumer.recv() => m,
     };
     match first {
@@ -75,18 +80,27 @@ pub fn commit(
 /// whether the consumer has been moved there yet.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    /// Next offset per (topic, partition) known durable in the store.
+    /// Next offset per (topic, partition) known durable.
     pub durable: HashMap<(String, i32), i64>,
     /// Topics whose positions were loaded since the last rebalance.
     pub loaded: HashSet<String>,
-    /// Partitions seen since the last load; their first message is checked against `durable`.
-    pub checked: HashSet<(String, i32)>,
+    /// Partitions already positioned: sought to their durable offset, or found at or before it.
+    pub positioned: HashMap<(String, i32), Positioned>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positioned {
+    /// A seek to the durable offset was issued: the next message at or past it is the right one, even
+    /// if the log has a gap there.
+    Sought,
+    /// Messages are flowing from the right place.
+    Flowing,
 }
 
 pub enum Admit {
-    /// Already durable in the store: skip.
+    /// Already durable: skip.
     Skip,
-    /// Ahead of the store (the group committed further than the store holds): seek back, skip.
+    /// Ahead of the durable offset (the group committed further than the authority holds): seek back.
     SeekTo(i64),
     Take,
 }
@@ -94,14 +108,21 @@ pub enum Admit {
 impl Tracker {
     pub fn admit(&mut self, topic: &str, partition: i32, offset: i64) -> Admit {
         let key = (topic.to_owned(), partition);
-        let first = self.checked.insert(key.clone());
-        match self.durable.get(&key) {
-            Some(&next) if offset < next => Admit::Skip,
-            Some(&next) if first && offset > next => {
-                self.checked.remove(&key);
+        let Some(&next) = self.durable.get(&key) else {
+            return Admit::Take; // nothing durable yet: take from wherever the group starts
+        };
+        if offset < next {
+            return Admit::Skip;
+        }
+        match self.positioned.get(&key) {
+            None if offset > next => {
+                self.positioned.insert(key, Positioned::Sought);
                 Admit::SeekTo(next)
             }
-            _ => Admit::Take,
+            _ => {
+                self.positioned.insert(key, Positioned::Flowing);
+                Admit::Take
+            }
         }
     }
 }
@@ -119,8 +140,10 @@ mod tests {
         let mut t = Tracker::default();
         t.durable.insert(("a".into(), 0), 10);
         assert!(matches!(t.admit("a", 0, 12), Admit::SeekTo(10)));
-        // After the seek the first message at or past the position is taken (gaps are allowed).
-        assert!(matches!(t.admit("a", 0, 10), Admit::Take));
+        // After the seek the first message at or past the position is taken, even past a gap in the
+        // log (compaction, transaction markers): no second seek, no loop.
+        assert!(matches!(t.admit("a", 0, 9), Admit::Skip));
+        assert!(matches!(t.admit("a", 0, 12), Admit::Take));
         assert!(matches!(t.admit("a", 0, 14), Admit::Take));
         // A partition with no known position is taken from wherever the group starts.
         assert!(matches!(t.admit("b", 3, 7), Admit::Take));

@@ -111,6 +111,7 @@ pub struct ProcessorConfig {
     pub checkpoint_record_bytes_max: usize,
     pub restore_window_records: i64,
     pub restore_timeout_ms: u64,
+    pub idle_wake_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +126,7 @@ pub struct TransfersConfig {
 pub struct SinksConfig {
     pub batch_rows_max: usize,
     pub batch_linger_ms: u64,
+    pub idle_watermark_ms: u64,
     pub retry_backoff_initial_ms: u64,
     pub retry_backoff_max_ms: u64,
 }
@@ -236,6 +238,8 @@ impl Config {
             u64::from(self.processor.checkpoint_snapshot_every_batches),
         );
         positive("processor.restore_timeout_ms", self.processor.restore_timeout_ms);
+        positive("processor.idle_wake_ms", self.processor.idle_wake_ms);
+        positive("sinks.idle_watermark_ms", self.sinks.idle_watermark_ms);
         positive("transfers.final_retained_max", self.transfers.final_retained_max as u64);
         positive("sinks.batch_rows_max", self.sinks.batch_rows_max as u64);
         positive("sinks.retry_backoff_initial_ms", self.sinks.retry_backoff_initial_ms);

@@ -54,11 +54,19 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, KafkaSetupError> {
 #[derive(Debug, Default)]
 pub struct RebalanceWatch {
     generation: AtomicU64,
+    /// Partitions assigned by the latest rebalance.
+    assigned: std::sync::Mutex<Vec<(String, i32)>>,
+    /// Wakes a loop waiting for messages, so it can position newly assigned partitions at once.
+    pub changed: tokio::sync::Notify,
 }
 
 impl RebalanceWatch {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn assigned(&self) -> Vec<(String, i32)> {
+        self.assigned.lock().map(|a| a.clone()).unwrap_or_default()
     }
 }
 
@@ -85,7 +93,14 @@ impl ClientContext for WatchedContext {
 
 impl ConsumerContext for WatchedContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+            if let Ok(mut a) = self.watch.assigned.lock() {
+                *a = parts;
+            }
+        }
         self.watch.generation.fetch_add(1, Ordering::AcqRel);
+        self.watch.changed.notify_one();
         match rebalance {
             Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
             Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),

@@ -206,14 +206,17 @@ async fn run_consumer<P: Processor>(
     let produce_timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
     let seek_timeout = Duration::from_millis(cfg.kafka.commit_timeout_ms);
     let checkpoint_limits = limits(cfg);
+    let idle = Duration::from_millis(cfg.processor.idle_wake_ms);
     loop {
         let (messages, error) =
-            batch::collect(&consumer, cfg.processor.batch_events_max, linger, shutdown).await;
+            batch::collect(&consumer, cfg.processor.batch_events_max, linger, shutdown, &watch.changed, idle)
+                .await;
         if messages.is_empty() {
-            return match error {
-                Some(e) => Err(e.into()),
-                None => Ok(()),
-            };
+            match error {
+                Some(e) => return Err(e.into()),
+                None if shutdown.is_cancelled() => return Ok(()),
+                None => continue, // idle or rebalanced: partitions are restored as their inputs come
+            }
         }
         if watch.generation() != generation {
             // Partitions may have moved: forget them all and restore from checkpoints as they come.

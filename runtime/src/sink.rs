@@ -104,17 +104,39 @@ async fn run_consumer<S: SinkStore>(
     let linger = Duration::from_millis(cfg.sinks.batch_linger_ms);
     let produce_timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
     let seek_timeout = Duration::from_millis(cfg.kafka.commit_timeout_ms);
+    let idle = Duration::from_millis(cfg.sinks.idle_watermark_ms);
+    // An event is stamped `ingested_at` before it is produced, and may take up to this long to be acked.
+    let margin_ms =
+        i64::try_from(cfg.kafka.message_timeout_ms.max(cfg.ingest.produce_timeout_ms)).unwrap_or(i64::MAX);
     loop {
-        let (messages, error) = batch::collect(&consumer, cfg.sinks.batch_rows_max, linger, shutdown).await;
-        if messages.is_empty() {
-            return match error {
-                Some(e) => Err(e.into()),
-                None => Ok(()),
-            };
-        }
         if watch.generation() != generation {
+            // New assignment: position every assigned partition at the store's offset now, so a store
+            // that is behind the group (a replay, a restored backup) is caught up even with no new input.
             generation = watch.generation();
             tracker = Tracker::default();
+            position_assigned(
+                store,
+                &consumer,
+                &watch.assigned(),
+                &mut tracker,
+                backoff,
+                shutdown,
+                seek_timeout,
+            )
+            .await?;
+        }
+        let (messages, error) =
+            batch::collect(&consumer, cfg.sinks.batch_rows_max, linger, shutdown, &watch.changed, idle).await;
+        if messages.is_empty() {
+            match error {
+                Some(e) => return Err(e.into()),
+                None if shutdown.is_cancelled() => return Ok(()),
+                None => {
+                    reposition_behind(store, &consumer, &mut tracker, seek_timeout)?;
+                    refresh_idle_watermarks(store, &consumer, &tracker, margin_ms, backoff, shutdown).await?;
+                    continue;
+                }
+            }
         }
         let mut rows = Vec::with_capacity(messages.len());
         let mut dead = Vec::new();
@@ -130,6 +152,15 @@ async fn run_consumer<S: SinkStore>(
                     tracker.durable.insert((m.topic().to_owned(), p), o);
                 }
                 tracker.loaded.insert(m.topic().to_owned());
+            }
+            if let std::collections::hash_map::Entry::Vacant(e) =
+                tracker.durable.entry((m.topic().to_owned(), m.partition()))
+            {
+                // No position in the store: nothing landed, read from the start of the log.
+                let (low, _) = tokio::task::block_in_place(|| {
+                    consumer.fetch_watermarks(m.topic(), m.partition(), seek_timeout)
+                })?;
+                e.insert(low);
             }
             match tracker.admit(m.topic(), m.partition(), m.offset()) {
                 Admit::Skip => continue,
@@ -204,6 +235,127 @@ async fn run_consumer<S: SinkStore>(
             return Err(e.into());
         }
     }
+}
+
+/// Attempts, and the pause between them, to seek a just-assigned partition.
+const SEEK_ATTEMPTS_MAX: u32 = 50;
+const SEEK_RETRY_MS: u64 = 100;
+
+/// Load the store's positions for the assigned partitions and seek each one there.
+async fn position_assigned<S: SinkStore>(
+    store: &S,
+    consumer: &kafka::Consumer,
+    assigned: &[(String, i32)],
+    tracker: &mut Tracker,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+    seek_timeout: Duration,
+) -> anyhow::Result<()> {
+    let topics: std::collections::BTreeSet<&str> = assigned.iter().map(|(t, _)| t.as_str()).collect();
+    for topic in topics {
+        let loaded =
+            retry(store.name(), "load positions", backoff, shutdown, || store.load_positions(topic)).await?;
+        for (t, p) in assigned.iter().filter(|(t, _)| t == topic) {
+            // The store is the authority: a partition it has no position for has landed nothing, so it
+            // is read from the start of the log (a wiped or new store is rebuilt, not skipped).
+            let next = match loaded.get(p) {
+                Some(&next) => Some(next),
+                None => tokio::task::block_in_place(|| consumer.fetch_watermarks(t, *p, seek_timeout))
+                    .ok()
+                    .map(|(low, _)| low),
+            };
+            if let Some(next) = next {
+                tracker.durable.insert((t.clone(), *p), next);
+                // Right after an assignment the partition may not be fetching yet ("erroneous state"):
+                // retry briefly; if it still fails, `admit` positions it on its first message.
+                let mut sought = false;
+                for _ in 0..SEEK_ATTEMPTS_MAX {
+                    match consumer.seek(t, *p, Offset::Offset(next), seek_timeout) {
+                        Ok(()) => {
+                            sought = true;
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(SEEK_RETRY_MS)).await,
+                    }
+                }
+                if sought {
+                    tracker.positioned.insert((t.clone(), *p), batch::Positioned::Sought);
+                } else {
+                    tracing::warn!(sink = store.name(), topic = t, partition = p, "could not seek to the store's position on assignment; positioning on the first message");
+                }
+            }
+        }
+        tracker.loaded.insert(topic.to_owned());
+    }
+    Ok(())
+}
+
+/// While idle: if the consumer stands past the store's position (the group's committed offset was
+/// ahead of a store that was reset or restored), seek back to the store's position. Right after an
+/// assignment the group's offset can override an early seek, so this check is repeated while idle.
+fn reposition_behind<S: SinkStore>(
+    store: &S,
+    consumer: &kafka::Consumer,
+    tracker: &mut Tracker,
+    seek_timeout: Duration,
+) -> anyhow::Result<()> {
+    let positions = consumer.position()?;
+    for e in positions.elements() {
+        let key = (e.topic().to_owned(), e.partition());
+        let (Offset::Offset(at), Some(&next)) = (e.offset(), tracker.durable.get(&key)) else { continue };
+        if at > next {
+            tracing::info!(
+                sink = store.name(),
+                topic = e.topic(),
+                partition = e.partition(),
+                from = at,
+                to = next,
+                "consumer ahead of the store; seeking back"
+            );
+            consumer.seek(e.topic(), e.partition(), Offset::Offset(next), seek_timeout)?;
+            tracker.positioned.insert(key, batch::Positioned::Sought);
+        }
+    }
+    Ok(())
+}
+
+/// While idle: a partition whose store position has reached the log's end has landed everything
+/// ingested before now (less the produce-time margin); record that so the watermark keeps moving.
+async fn refresh_idle_watermarks<S: SinkStore>(
+    store: &S,
+    consumer: &kafka::Consumer,
+    tracker: &Tracker,
+    margin_ms: i64,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let now_ms = chrono_now_ms();
+    let mut positions = Vec::new();
+    for ((topic, partition), &next) in &tracker.durable {
+        let high = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, *partition, Duration::from_secs(2))
+        });
+        if matches!(high, Ok((_, h)) if h <= next) {
+            positions.push(Position {
+                topic: topic.clone(),
+                partition: *partition,
+                next_offset: next,
+                landed_through_ms: Some(now_ms - margin_ms),
+            });
+        }
+    }
+    if !positions.is_empty() {
+        let positions = &positions;
+        retry(store.name(), "watermark", backoff, shutdown, || store.write(&[], positions)).await?;
+    }
+    Ok(())
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Retry a store operation with bounded backoff until it succeeds or shutdown is requested.

@@ -54,6 +54,7 @@ pub struct Pipeline {
     pub api_url: String,
     pub pg_db_url: String,
     pub ch_db: String,
+    pub ch_url: String,
     pub body_bytes_max: usize,
     children: HashMap<String, Child>,
     pub http: reqwest::Client,
@@ -65,13 +66,24 @@ impl Pipeline {
         Self::start_with(name, tenants, &COMPONENTS, "").await
     }
 
-    /// Start only `components` (each an argument list of `riverbank`).
-    /// `extra_toml` is appended to the generated config (sections not generated here).
     pub async fn start_with(
         name: &str,
         tenants: &[(&str, u8)],
         components: &[&[&str]],
         extra_toml: &str,
+    ) -> anyhow::Result<Pipeline> {
+        Self::start_on(name, tenants, components, extra_toml, &ch_url()).await
+    }
+
+    /// Start only `components` (each an argument list of `riverbank`).
+    /// `extra_toml` is appended to the generated config (sections not generated here); `ch` is the
+    /// ClickHouse server to use.
+    pub async fn start_on(
+        name: &str,
+        tenants: &[(&str, u8)],
+        components: &[&[&str]],
+        extra_toml: &str,
+        ch: &str,
     ) -> anyhow::Result<Pipeline> {
         let id = format!("{name}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let dir = std::env::temp_dir().join(format!("riverbank-e2e-{id}"));
@@ -100,15 +112,15 @@ url = "{pg_db_url}"
 [clickhouse]
 url = "{ch}"
 database = "{id}"
-[sinks]
-batch_linger_ms = 50
 [telemetry]
 log_filter = "info"
 "#,
             brokers = brokers(),
-            ch = ch_url(),
         );
         toml.push_str(extra_toml);
+        if !extra_toml.contains("[sinks]") {
+            toml.push_str("[sinks]\nbatch_linger_ms = 50\n");
+        }
         for (tenant, seed) in tenants {
             toml.push_str(&format!(
                 "[[ingest.webhooks]]\nprovider = \"acmepay\"\ntenant_id = \"{tenant}\"\nenvironment = \"live\"\nscheme = \"standard_webhooks\"\nsecrets = [\"{}\"]\n",
@@ -126,6 +138,7 @@ log_filter = "info"
             api_url: format!("http://127.0.0.1:{api_port}"),
             pg_db_url,
             ch_db: id,
+            ch_url: ch.to_owned(),
             body_bytes_max,
             children: HashMap::new(),
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
@@ -201,6 +214,14 @@ log_filter = "info"
         Ok(())
     }
 
+    pub fn ch(&self) -> clickhouse::Client {
+        clickhouse::Client::default().with_url(&self.ch_url).with_database(&self.ch_db).with_validation(false)
+    }
+
+    pub async fn pg(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::PgPool::connect(&self.pg_db_url).await?)
+    }
+
     /// (rows, sum of payload_bytes) for a tenant, straight from Postgres.
     pub async fn pg_counts(&self, tenant: &str) -> anyhow::Result<(i64, i64)> {
         let pool = sqlx::PgPool::connect(&self.pg_db_url).await?;
@@ -220,10 +241,7 @@ log_filter = "info"
             n: u64,
             bytes: u64,
         }
-        let c = clickhouse::Client::default()
-            .with_url(ch_url())
-            .with_database(&self.ch_db)
-            .with_validation(false);
+        let c = self.ch();
         let r: C = c
             .query("SELECT toUInt64(count()) AS n, toUInt64(sum(payload_bytes)) AS bytes FROM audit_events FINAL WHERE tenant_id = ?")
             .bind(tenant)
@@ -234,10 +252,7 @@ log_filter = "info"
 
     /// Raw ClickHouse rows for a tenant, duplicates included (to show replays were collapsed by key).
     pub async fn ch_distinct_ids(&self, tenant: &str) -> anyhow::Result<u64> {
-        let c = clickhouse::Client::default()
-            .with_url(ch_url())
-            .with_database(&self.ch_db)
-            .with_validation(false);
+        let c = self.ch();
         Ok(c.query("SELECT toUInt64(uniqExact(event_id)) FROM audit_events WHERE tenant_id = ?")
             .bind(tenant)
             .fetch_one::<u64>()
@@ -293,7 +308,7 @@ log_filter = "info"
         }
         let admin = sqlx::PgPool::connect(&pg_url()).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.id)).execute(&admin).await?;
-        let c = clickhouse::Client::default().with_url(ch_url()).with_validation(false);
+        let c = clickhouse::Client::default().with_url(&self.ch_url).with_validation(false);
         c.query(&format!("DROP DATABASE IF EXISTS {}", self.ch_db)).execute().await?;
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
