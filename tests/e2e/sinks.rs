@@ -15,6 +15,11 @@ const COMPONENTS: [&[&str]; 3] = [&["process", "transfers"], &["sink", "postgres
 const SINKS: [&[&str]; 2] = [&["sink", "postgres"], &["sink", "clickhouse"]];
 const SMALL_BATCHES: &str = "[sinks]\nbatch_rows_max = 200\nbatch_linger_ms = 20\n";
 
+/// (tenant, account, currency)
+type AccountKey = (String, String, String);
+/// (posted, pending debit, pending credit, version)
+type BalanceRow = (i64, i64, i64, i64);
+
 /// What the stores must hold, from the pure processor over the same inputs.
 #[derive(Debug, Default, PartialEq)]
 struct Landed {
@@ -24,8 +29,7 @@ struct Landed {
     postings: u64,
     /// Sum of the credit legs (the debit legs mirror them).
     credits: i64,
-    /// (tenant, account, currency) → (posted, pending debit, pending credit, version)
-    balances: BTreeMap<(String, String, String), (i64, i64, i64, i64)>,
+    balances: BTreeMap<AccountKey, BalanceRow>,
 }
 
 fn text<T: serde::Serialize>(v: &T) -> String {
@@ -86,6 +90,7 @@ async fn postgres_landed(p: &Pipeline) -> anyhow::Result<Landed> {
     )
     .fetch_one(&pool)
     .await?;
+    #[allow(clippy::type_complexity)]
     let balances: Vec<(String, String, String, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT tenant_id, account, currency, posted_minor, pending_debit_minor, pending_credit_minor, version
          FROM account_balances",
