@@ -284,3 +284,289 @@ pub async fn transfers(
     println!("    passthrough latency at {rate_per_s}/s: p50 {p50:.0} ms, p99 {p99:.0} ms ({k} events)");
     Ok(())
 }
+
+/// Messages a sink has made durable: the sum of its stored next offsets (fresh topics start at 0).
+async fn pg_landed(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    let n: Option<i64> =
+        sqlx::query_scalar("SELECT sum(next_offset)::int8 FROM sink_offsets").fetch_one(pool).await?;
+    Ok(n.unwrap_or(0))
+}
+
+async fn ch_landed(ch: &clickhouse::Client) -> anyhow::Result<i64> {
+    Ok(ch
+        .query("SELECT toInt64(sum(m)) FROM (SELECT max(next_offset) AS m FROM sink_offsets GROUP BY topic, partition)")
+        .fetch_one::<i64>()
+        .await?)
+}
+
+/// Run a sink until `landed()` reaches `expected`; seconds from its first landed message to the last.
+async fn drain_sink<S, F, Fut>(cfg: &Config, store: S, expected: i64, landed: F) -> anyhow::Result<f64>
+where
+    S: riverbank_runtime::sink::SinkStore,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<i64>>,
+{
+    let stop = CancellationToken::new();
+    let (c, s) = (cfg.clone(), stop.clone());
+    let task = tokio::spawn(async move { riverbank_runtime::sink::run(&c, store, s).await });
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<Instant> = None;
+    loop {
+        let n = landed().await.unwrap_or(0);
+        if n > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if n >= expected {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {n} of {expected} landed after 600 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    stop.cancel();
+    task.await??;
+    Ok(secs)
+}
+
+fn status_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn csv_field(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `riverbank bench sinks`: rows/s through each sink vs the bare rate for the same rows, and
+/// produce → queryable latency at a steady rate.
+pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: u64) -> anyhow::Result<()> {
+    use riverbank_sinks::clickhouse::{ChRow, ClickHouseSink};
+    use riverbank_sinks::postgres::PostgresSink;
+
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut cfg = cfg.clone();
+    cfg.kafka.topic_prefix = format!("benchsink-{id}.");
+    cfg.kafka.environments = vec![Environment::Live];
+    let topics = riverbank_runtime::kafka::topics(&cfg.kafka);
+    // The processor's outputs for a workload, produced straight onto the sinks' input topics.
+    let outputs = |seed: u64, per: usize| -> Vec<Emit> {
+        let names: Vec<String> = (0..tenants).map(|i| format!("bench-tenant-{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let p = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
+        let at = InputRef { topic: "bench", partition: 0, offset: 0, environment: Environment::Live };
+        let mut state = Default::default();
+        let mut out = Vec::new();
+        for e in transfer_inputs(&refs, per, seed) {
+            if let Verdict::Emit(o) = p.apply(&mut state, &at, e) {
+                out.extend(
+                    o.into_iter().filter(|x| x.topic != topics.transfer_rejections(Environment::Live)),
+                );
+            }
+        }
+        out
+    };
+    let emits = outputs(1, per_tenant);
+    let n = emits.len() as i64;
+
+    // Fresh databases for the run.
+    let admin = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await.context("postgres")?;
+    let db = format!("riverbank_bench_{id}");
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await?;
+    let base = cfg.postgres.url.expose().clone();
+    let url = match base.rsplit_once('/') {
+        Some((b, _)) => format!("{b}/{db}"),
+        None => anyhow::bail!("postgres.url has no database part"),
+    };
+    cfg.postgres.url = riverbank_runtime::Secret::new(url);
+    cfg.clickhouse.database = format!("riverbank_bench_{id}");
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await?;
+    riverbank_sinks::postgres::migrate(&pool).await?;
+    riverbank_sinks::clickhouse::create(&cfg.clickhouse).await?;
+    let ch = riverbank_runtime::stores::clickhouse_client(&cfg.clickhouse);
+    riverbank_runtime::kafka::ensure_topics(&cfg.kafka, &riverbank_runtime::kafka::all_topics(&cfg.kafka))
+        .await?;
+    let producer = riverbank_runtime::kafka::producer(&cfg.kafka)?;
+    produce_all(&producer, &emits, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
+    println!(
+        "workload: {n} processor outputs (status events, ledger legs, balances) from {tenants} tenants; sinks.batch_rows_max = {}, batch_linger_ms = {}",
+        cfg.sinks.batch_rows_max, cfg.sinks.batch_linger_ms
+    );
+
+    let t_pg = drain_sink(&cfg, PostgresSink::new(pool.clone()), n, || pg_landed(&pool)).await?;
+    let t_ch = drain_sink(&cfg, ClickHouseSink::new(&cfg.clickhouse), n, || ch_landed(&ch)).await?;
+
+    // Bare rates for the same rows: COPY into same-shaped tables; the ClickHouse inserter with
+    // pre-built rows into same-shaped tables.
+    let mut rows = Vec::new();
+    let mut ch_rows = Vec::new();
+    for e in &emits {
+        let (decoded, _) =
+            riverbank_sinks::rows::decode(&e.topic, 0, 0, &e.payload).map_err(anyhow::Error::msg)?;
+        for r in decoded {
+            if let Some(c) = ChRow::from_row(&r).map_err(anyhow::Error::msg)? {
+                ch_rows.push(c);
+            }
+            rows.push(r);
+        }
+    }
+    let (mut status_csv, mut posting_csv, mut balance_csv) = (String::new(), String::new(), String::new());
+    for r in &rows {
+        use riverbank_sinks::rows::Row;
+        match r {
+            Row::Status(m, s) => status_csv.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{}\n",
+                m.event_id,
+                csv_field(&m.tenant_id),
+                m.environment,
+                csv_field(&s.transfer_id),
+                s.previous.map(|p| status_text(&p)).unwrap_or_default(),
+                status_text(&s.status),
+                s.version,
+                s.reason.as_deref().map(csv_field).unwrap_or_default(),
+                s.cause_event_id,
+                m.occurred_at.to_rfc3339()
+            )),
+            Row::Posting(m, p) => posting_csv.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{}\n",
+                m.event_id,
+                p.posting_id,
+                csv_field(&m.tenant_id),
+                m.environment,
+                csv_field(&p.transfer_id),
+                status_text(&p.phase),
+                csv_field(&p.account),
+                p.amount_minor,
+                p.currency,
+                m.occurred_at.to_rfc3339()
+            )),
+            Row::Balance(m, b) => balance_csv.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{}\n",
+                csv_field(&m.tenant_id),
+                m.environment,
+                csv_field(&b.account),
+                b.currency,
+                b.posted_minor,
+                b.pending_debit_minor,
+                b.pending_credit_minor,
+                b.available_minor,
+                b.version,
+                m.occurred_at.to_rfc3339()
+            )),
+            Row::Audit(..) => {}
+        }
+    }
+    let mut conn = pool.acquire().await?;
+    for (t, like) in [
+        ("bare_status", "transfer_status_history"),
+        ("bare_postings", "ledger_postings"),
+        ("bare_balances", "account_balances"),
+    ] {
+        sqlx::query(&format!("CREATE TABLE {t} (LIKE {like})")).execute(&mut *conn).await?;
+    }
+    let started = Instant::now();
+    for (t, csv) in
+        [("bare_status", &status_csv), ("bare_postings", &posting_csv), ("bare_balances", &balance_csv)]
+    {
+        let mut copy = conn.copy_in_raw(&format!("COPY {t} FROM STDIN (FORMAT csv)")).await?;
+        copy.send(csv.as_bytes()).await?;
+        copy.finish().await?;
+    }
+    let t_copy = started.elapsed().as_secs_f64();
+    drop(conn);
+    for (t, like) in [("bare_facts", "transfer_facts"), ("bare_postings", "ledger_postings")] {
+        ch.query(&format!("CREATE TABLE {t} AS {like}")).execute().await?;
+    }
+    let (facts, postings): (Vec<_>, Vec<_>) = ch_rows.iter().partition(|r| matches!(r, ChRow::Fact(_)));
+    let facts: Vec<_> = facts
+        .into_iter()
+        .filter_map(|r| if let ChRow::Fact(f) = r { Some(f.clone()) } else { None })
+        .collect();
+    let postings: Vec<_> = postings
+        .into_iter()
+        .filter_map(|r| if let ChRow::Posting(p) = r { Some(p.clone()) } else { None })
+        .collect();
+    let started = Instant::now();
+    let mut insert = ch.insert::<riverbank_sinks::clickhouse::TransferFactRow>("bare_facts").await?;
+    for f in &facts {
+        insert.write(f).await?;
+    }
+    insert.end().await?;
+    let mut insert = ch.insert::<riverbank_sinks::clickhouse::PostingRow>("bare_postings").await?;
+    for p in &postings {
+        insert.write(p).await?;
+    }
+    insert.end().await?;
+    let t_bare_ch = started.elapsed().as_secs_f64();
+    let ch_n = (facts.len() + postings.len()) as f64;
+
+    let (pg_rate, copy_rate) = (n as f64 / t_pg, rows.len() as f64 / t_copy);
+    let (ch_rate, bare_ch_rate) = (ch_n / t_ch, ch_n / t_bare_ch);
+    println!("postgres:   sink {pg_rate:>9.0} rows/s ({n} rows in {t_pg:.2} s)   COPY {copy_rate:>9.0} rows/s   ratio {:.2}", pg_rate / copy_rate);
+    println!("clickhouse: sink {ch_rate:>9.0} rows/s ({ch_n} rows in {t_ch:.2} s)   bare insert {bare_ch_rate:>9.0} rows/s   ratio {:.2}", ch_rate / bare_ch_rate);
+
+    // Latency at a steady rate: both sinks running, messages produced in order at `rate_per_s`;
+    // message k is queryable once a store's landed count reaches k.
+    let paced = outputs(2, (rate_per_s as usize * 10 / tenants / 15).max(1));
+    let stop = CancellationToken::new();
+    let (c1, s1, p1) = (cfg.clone(), stop.clone(), pool.clone());
+    let pg_task =
+        tokio::spawn(async move { riverbank_runtime::sink::run(&c1, PostgresSink::new(p1), s1).await });
+    let (c2, s2) = (cfg.clone(), stop.clone());
+    let ch_cfg = cfg.clickhouse.clone();
+    let ch_task =
+        tokio::spawn(
+            async move { riverbank_runtime::sink::run(&c2, ClickHouseSink::new(&ch_cfg), s2).await },
+        );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let base = n;
+    let per_tick = (rate_per_s / 100).max(1) as usize;
+    let mut sent_at: Vec<Instant> = Vec::with_capacity(paced.len());
+    let (mut pg_seen, mut ch_seen): (Vec<Option<Instant>>, Vec<Option<Instant>>) =
+        (vec![None; paced.len()], vec![None; paced.len()]);
+    let mark = |seen: &mut Vec<Option<Instant>>, landed: i64| {
+        let upto = usize::try_from(landed - base).unwrap_or(0).min(seen.len());
+        for s in seen.iter_mut().take(upto) {
+            s.get_or_insert_with(Instant::now);
+        }
+    };
+    for chunk in paced.chunks(per_tick) {
+        let t0 = Instant::now();
+        sent_at.extend(std::iter::repeat_n(Instant::now(), chunk.len()));
+        produce_all(&producer, chunk, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+        mark(&mut pg_seen, pg_landed(&pool).await?);
+        mark(&mut ch_seen, ch_landed(&ch).await?);
+        tokio::time::sleep(Duration::from_millis(10).saturating_sub(t0.elapsed())).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (pg_seen.iter().any(Option::is_none) || ch_seen.iter().any(Option::is_none))
+        && Instant::now() < deadline
+    {
+        mark(&mut pg_seen, pg_landed(&pool).await?);
+        mark(&mut ch_seen, ch_landed(&ch).await?);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    pg_task.await??;
+    ch_task.await??;
+    for (name, seen) in [("postgres", &pg_seen), ("clickhouse", &ch_seen)] {
+        let mut ms: Vec<f64> = seen
+            .iter()
+            .zip(&sent_at)
+            .filter_map(|(s, t)| s.map(|s| s.saturating_duration_since(*t).as_secs_f64() * 1000.0))
+            .collect();
+        ms.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "{name:<10}  produce → queryable at {rate_per_s} msg/s: p50 {:.0} ms, p99 {:.0} ms ({} messages)",
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            ms.len()
+        );
+    }
+    // Clean up the run's databases.
+    pool.close().await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await?;
+    riverbank_runtime::stores::clickhouse_server_client(&cfg.clickhouse)
+        .query(&format!("DROP DATABASE IF EXISTS {}", cfg.clickhouse.database))
+        .execute()
+        .await?;
+    Ok(())
+}

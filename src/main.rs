@@ -74,6 +74,16 @@ enum BenchName {
         #[arg(long, default_value_t = 2_000)]
         rate_per_s: u64,
     },
+    /// Rows/s through each sink vs the bare COPY / inserter rate; produce → queryable latency.
+    Sinks {
+        #[arg(long, default_value_t = 8)]
+        tenants: usize,
+        #[arg(long, default_value_t = 2_000)]
+        per_tenant: usize,
+        /// Message rate for the latency phase.
+        #[arg(long, default_value_t = 2_000)]
+        rate_per_s: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,6 +112,9 @@ fn main() -> anyhow::Result<()> {
             Command::Demo { count, wait_s } => riverbank::demo::run(&cfg, count, wait_s).await,
             Command::Bench { which: BenchName::Transfers { tenants, per_tenant, rate_per_s } } => {
                 riverbank::bench::transfers(&cfg, tenants, per_tenant, rate_per_s).await
+            }
+            Command::Bench { which: BenchName::Sinks { tenants, per_tenant, rate_per_s } } => {
+                riverbank::bench::sinks(&cfg, tenants, per_tenant, rate_per_s).await
             }
             Command::Config => {
                 println!("{cfg:#?}");
