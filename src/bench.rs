@@ -266,13 +266,15 @@ pub async fn transfers(
     println!("(3) passthrough on broker:  {r_pass:>10.0} inputs/s (steady state over {t_pass:.2} s)");
     println!("    ratio (2)/(3):          {:>10.2}", r_proc / r_pass);
 
-    // Latency at a steady rate, fresh inputs (new ids) on the same topic.
-    let paced = transfer_inputs(&refs, (rate_per_s as usize * 10 / tenants / 5).max(1), 2);
+    // Latency at a steady rate: fresh tenants (new transfers, new ids) on the same topic.
+    let paced_names: Vec<String> = (0..tenants).map(|i| format!("paced-tenant-{i}")).collect();
+    let paced_refs: Vec<&str> = paced_names.iter().map(String::as_str).collect();
+    let paced = transfer_inputs(&paced_refs, (rate_per_s as usize * 10 / tenants / 5).max(1), 2);
     let transfers = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
     let (p50, p99, k) =
         paced_latency(&cfg, transfers, &paced, &input_topic, &status_topic, rate_per_s, status_cause).await?;
     println!("    transfers latency at {rate_per_s}/s: p50 {p50:.0} ms, p99 {p99:.0} ms (input produced → status event produced; {k} events)");
-    let paced = transfer_inputs(&refs, (rate_per_s as usize * 10 / tenants / 5).max(1), 3);
+    let paced = transfer_inputs(&paced_refs, (rate_per_s as usize * 10 / tenants / 5).max(1), 3);
     let (p50, p99, k) = paced_latency(
         &cfg,
         Passthrough { output: passthrough_topic.clone() },

@@ -43,6 +43,9 @@ pub fn router(state: Arc<Api>) -> Router {
     Router::new()
         .route("/v1/audit", get(audit))
         .route("/v1/analytics/audit-volume", get(audit_volume))
+        .route("/v1/analytics/transfer-volume", get(transfer_volume))
+        .route("/v1/transfers/{transfer_id}", get(transfer))
+        .route("/v1/balances", get(balances))
         .route("/health", get(health))
         .with_state(state)
 }
@@ -200,7 +203,34 @@ pub struct HourVolume {
 pub struct Volume {
     tenant_id: String,
     environment: Environment,
+    /// Every event ingested before this instant has landed in ClickHouse: hours ending before it are
+    /// complete; later ones may still grow. Absent until the sink has landed something.
+    complete_through: Option<DateTime<Utc>>,
     hours: Vec<HourVolume>,
+}
+
+/// The ClickHouse sink's complete-through watermark for `topics`: the least, over their partitions, of
+/// the time through which each partition has landed.
+async fn complete_through(
+    ch: &clickhouse::Client,
+    topics: &[String],
+) -> Result<Option<DateTime<Utc>>, HttpError> {
+    let mut least: Option<i64> = None;
+    for topic in topics {
+        let ms: i64 = ch
+            .query(
+                "SELECT toInt64(min(l)) FROM (SELECT max(landed_through_ms) AS l FROM sink_offsets
+                 WHERE sink = 'clickhouse' AND topic = ? GROUP BY partition HAVING l >= 0)",
+            )
+            .bind(topic)
+            .fetch_one()
+            .await
+            .map_err(|e| database_error("clickhouse", &e))?;
+        if ms > 0 {
+            least = Some(least.map_or(ms, |l: i64| l.min(ms)));
+        }
+    }
+    Ok(least.and_then(DateTime::from_timestamp_millis))
 }
 
 async fn audit_volume(State(s): State<Arc<Api>>, Query(q): Query<VolumeQuery>) -> Response {
@@ -230,7 +260,182 @@ async fn audit_volume(State(s): State<Arc<Api>>, Query(q): Query<VolumeQuery>) -
                 payload_bytes: r.payload_bytes,
             })
             .collect();
-        Ok(Volume { tenant_id: q.tenant_id, environment: q.environment, hours })
+        let topics = kafka::topics(&s2.kafka);
+        let complete_through = complete_through(&s2.ch, &[topics.audit_events(q.environment)]).await?;
+        Ok(Volume { tenant_id: q.tenant_id, environment: q.environment, complete_through, hours })
+    })
+    .await
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct TransferHourRow {
+    hour: u32,
+    currency: String,
+    status: String,
+    transfers: u64,
+    amount_minor: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TransferHour {
+    hour: DateTime<Utc>,
+    currency: String,
+    status: String,
+    transfers: u64,
+    /// Integer minor units of `currency`.
+    amount_minor: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TransferVolume {
+    tenant_id: String,
+    environment: Environment,
+    complete_through: Option<DateTime<Utc>>,
+    hours: Vec<TransferHour>,
+}
+
+/// Transfers reaching each status per hour and currency, with amounts (each status change counted once).
+async fn transfer_volume(State(s): State<Arc<Api>>, Query(q): Query<VolumeQuery>) -> Response {
+    let s2 = s.clone();
+    guarded(&s, async move {
+        check_tenant(&q.tenant_id)?;
+        let rows: Vec<TransferHourRow> = s2
+            .ch
+            .query(
+                "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, currency, status,
+                        toUInt64(count()) AS transfers, toInt64(sum(amount_minor)) AS amount_minor
+                 FROM transfer_facts FINAL
+                 WHERE tenant_id = ? AND environment = ?
+                 GROUP BY hour, currency, status ORDER BY hour, currency, status",
+            )
+            .bind(&q.tenant_id)
+            .bind(q.environment.as_str())
+            .fetch_all()
+            .await
+            .map_err(|e| database_error("clickhouse", &e))?;
+        let topics = kafka::topics(&s2.kafka);
+        let complete_through = complete_through(&s2.ch, &[topics.transfer_status(q.environment)]).await?;
+        let hours = rows
+            .into_iter()
+            .map(|r| TransferHour {
+                hour: DateTime::from_timestamp(i64::from(r.hour), 0).unwrap_or_default(),
+                currency: r.currency,
+                status: r.status,
+                transfers: r.transfers,
+                amount_minor: r.amount_minor,
+            })
+            .collect();
+        Ok(TransferVolume { tenant_id: q.tenant_id, environment: q.environment, complete_through, hours })
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeQuery {
+    tenant_id: String,
+    #[serde(default = "live")]
+    environment: Environment,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct TransferView {
+    transfer_id: String,
+    kind: String,
+    amount_minor: i64,
+    currency: String,
+    status: String,
+    version: i32,
+    reason: Option<String>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct StatusChange {
+    previous: Option<String>,
+    status: String,
+    version: i32,
+    reason: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TransferWithHistory {
+    #[serde(flatten)]
+    transfer: TransferView,
+    history: Vec<StatusChange>,
+}
+
+/// One transfer's current status (Postgres projection) and its status history.
+async fn transfer(
+    State(s): State<Arc<Api>>,
+    axum::extract::Path(transfer_id): axum::extract::Path<String>,
+    Query(q): Query<ScopeQuery>,
+) -> Response {
+    let s2 = s.clone();
+    guarded(&s, async move {
+        check_tenant(&q.tenant_id)?;
+        let current: Option<TransferView> = sqlx::query_as(
+            "SELECT transfer_id, kind, amount_minor, currency, status, version, reason, updated_at
+             FROM transfers WHERE tenant_id = $1 AND environment = $2 AND transfer_id = $3",
+        )
+        .bind(&q.tenant_id)
+        .bind(q.environment.as_str())
+        .bind(&transfer_id)
+        .fetch_optional(&s2.pg)
+        .await
+        .map_err(|e| database_error("postgres", &e))?;
+        let Some(transfer) = current else {
+            return Err(HttpError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such transfer for this tenant",
+            ));
+        };
+        let history: Vec<StatusChange> = sqlx::query_as(
+            "SELECT previous, status, version, reason, occurred_at FROM transfer_status_history
+             WHERE tenant_id = $1 AND environment = $2 AND transfer_id = $3 ORDER BY version",
+        )
+        .bind(&q.tenant_id)
+        .bind(q.environment.as_str())
+        .bind(&transfer_id)
+        .fetch_all(&s2.pg)
+        .await
+        .map_err(|e| database_error("postgres", &e))?;
+        Ok(TransferWithHistory { transfer, history })
+    })
+    .await
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct BalanceView {
+    account: String,
+    currency: String,
+    posted_minor: i64,
+    pending_debit_minor: i64,
+    pending_credit_minor: i64,
+    available_minor: i64,
+    updated_at: DateTime<Utc>,
+}
+
+/// Every account balance of a tenant (at most `page_rows_max`).
+async fn balances(State(s): State<Arc<Api>>, Query(q): Query<ScopeQuery>) -> Response {
+    let s2 = s.clone();
+    guarded(&s, async move {
+        check_tenant(&q.tenant_id)?;
+        let rows: Vec<BalanceView> = sqlx::query_as(
+            "SELECT account, currency, posted_minor, pending_debit_minor, pending_credit_minor, available_minor,
+                    updated_at
+             FROM account_balances WHERE tenant_id = $1 AND environment = $2
+             ORDER BY account, currency LIMIT $3",
+        )
+        .bind(&q.tenant_id)
+        .bind(q.environment.as_str())
+        .bind(i64::from(s2.page_rows_max))
+        .fetch_all(&s2.pg)
+        .await
+        .map_err(|e| database_error("postgres", &e))?;
+        Ok(serde_json::json!({ "tenant_id": q.tenant_id, "environment": q.environment, "balances": rows }))
     })
     .await
 }

@@ -208,6 +208,30 @@ async fn run_consumer<P: Processor>(
     let checkpoint_limits = limits(cfg);
     let idle = Duration::from_millis(cfg.processor.idle_wake_ms);
     loop {
+        if watch.generation() != generation {
+            // Partitions may have moved: forget them all, and restore every assigned one from its
+            // checkpoint now (in parallel), before its inputs arrive.
+            generation = watch.generation();
+            parts.clear();
+            tracker = Tracker::default();
+            if stateful {
+                let assigned = watch.assigned();
+                let consumer = &consumer;
+                let restores = assigned.iter().filter_map(|(topic, partition)| {
+                    let env = topics.environment_of(topic)?;
+                    let ct = topics.checkpoints(env, processor.name());
+                    Some(async move {
+                        let r = restore_part(cfg, processor, consumer, ct, topic, *partition).await;
+                        ((topic.clone(), *partition), r)
+                    })
+                });
+                for (key, restored) in futures::future::join_all(restores).await {
+                    let (part, next) = restored?;
+                    tracker.durable.insert(key.clone(), next);
+                    parts.insert(key, part);
+                }
+            }
+        }
         let (messages, error) =
             batch::collect(&consumer, cfg.processor.batch_events_max, linger, shutdown, &watch.changed, idle)
                 .await;
@@ -217,12 +241,6 @@ async fn run_consumer<P: Processor>(
                 None if shutdown.is_cancelled() => return Ok(()),
                 None => continue, // idle or rebalanced: partitions are restored as their inputs come
             }
-        }
-        if watch.generation() != generation {
-            // Partitions may have moved: forget them all and restore from checkpoints as they come.
-            generation = watch.generation();
-            parts.clear();
-            tracker = Tracker::default();
         }
         let mut emits = Vec::new();
         let mut taken: Vec<&OwnedMessage> = Vec::with_capacity(messages.len());
