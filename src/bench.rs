@@ -97,7 +97,6 @@ async fn paced_latency<P: Processor>(
     cfg: &Config,
     p: P,
     inputs: &[RawEnvelope],
-    input_topic: &str,
     output_topic: &str,
     rate_per_s: u64,
     cause: fn(&[u8]) -> Option<uuid::Uuid>,
@@ -113,15 +112,11 @@ async fn paced_latency<P: Processor>(
     let mut sent_at: HashMap<uuid::Uuid, i64> = HashMap::new();
     for chunk in inputs.chunks(per_tick) {
         let t0 = Instant::now();
-        let emits: Vec<Emit> = chunk
-            .iter()
-            .map(|e| Emit {
-                topic: input_topic.to_owned(),
-                key: e.tenant_id.clone(),
-                event_id: e.event_id,
-                payload: serde_json::to_vec(e).unwrap_or_default(),
-            })
-            .collect();
+        let emits = crate::workload::input_emits(
+            &riverbank_runtime::kafka::topics(&cfg.kafka),
+            Environment::Live,
+            chunk,
+        );
         let now_ms = chrono::Utc::now().timestamp_millis();
         for e in chunk {
             sent_at.entry(e.event_id).or_insert(now_ms);
@@ -230,21 +225,12 @@ pub async fn transfers(
     cfg.kafka.topic_prefix = format!("bench-{}.", uuid::Uuid::new_v4().simple());
     cfg.kafka.environments = vec![Environment::Live];
     let topics = riverbank_runtime::kafka::topics(&cfg.kafka);
-    let input_topic = topics.transfer_inputs(Environment::Live);
     let passthrough_topic = format!("{}live.bench.passthrough", cfg.kafka.topic_prefix);
     let mut all = riverbank_runtime::kafka::all_topics(&cfg.kafka);
     all.push(passthrough_topic.clone());
     riverbank_runtime::kafka::ensure_topics(&cfg.kafka, &all).await.context("creating bench topics")?;
     let producer = riverbank_runtime::kafka::producer(&cfg.kafka)?;
-    let emits: Vec<Emit> = inputs
-        .iter()
-        .map(|e| Emit {
-            topic: input_topic.clone(),
-            key: e.tenant_id.clone(),
-            event_id: e.event_id,
-            payload: serde_json::to_vec(e).unwrap_or_default(),
-        })
-        .collect();
+    let emits = crate::workload::input_emits(&topics, Environment::Live, &inputs);
     produce_all(&producer, &emits, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
     let transfers = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
     let status_topic = topics.transfer_status(Environment::Live);
@@ -272,14 +258,13 @@ pub async fn transfers(
     let paced = transfer_inputs(&paced_refs, (rate_per_s as usize * 10 / tenants / 5).max(1), 2);
     let transfers = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
     let (p50, p99, k) =
-        paced_latency(&cfg, transfers, &paced, &input_topic, &status_topic, rate_per_s, status_cause).await?;
+        paced_latency(&cfg, transfers, &paced, &status_topic, rate_per_s, status_cause).await?;
     println!("    transfers latency at {rate_per_s}/s: p50 {p50:.0} ms, p99 {p99:.0} ms (input produced → status event produced; {k} events)");
     let paced = transfer_inputs(&paced_refs, (rate_per_s as usize * 10 / tenants / 5).max(1), 3);
     let (p50, p99, k) = paced_latency(
         &cfg,
         Passthrough { output: passthrough_topic.clone() },
         &paced,
-        &input_topic,
         &passthrough_topic,
         rate_per_s,
         passthrough_cause,
@@ -332,10 +317,6 @@ where
     stop.cancel();
     task.await??;
     Ok((expected - n0, secs))
-}
-
-fn status_text<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn csv_field(s: &str) -> String {
@@ -410,9 +391,7 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
         let (decoded, _) =
             riverbank_sinks::rows::decode(&e.topic, 0, 0, &e.payload).map_err(anyhow::Error::msg)?;
         for r in decoded {
-            if let Some(c) = ChRow::from_row(&r).map_err(anyhow::Error::msg)? {
-                ch_rows.push(c);
-            }
+            ch_rows.extend(ChRow::from_row(&r).map_err(anyhow::Error::msg)?);
             rows.push(r);
         }
     }
@@ -426,8 +405,8 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
                 csv_field(&m.tenant_id),
                 m.environment,
                 csv_field(&s.transfer_id),
-                s.previous.map(|p| status_text(&p)).unwrap_or_default(),
-                status_text(&s.status),
+                s.previous.map(|p| p.as_str()).unwrap_or_default(),
+                s.status.as_str(),
                 s.version,
                 s.reason.as_deref().map(csv_field).unwrap_or_default(),
                 s.cause_event_id,
@@ -440,7 +419,7 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
                 csv_field(&m.tenant_id),
                 m.environment,
                 csv_field(&p.transfer_id),
-                status_text(&p.phase),
+                p.phase.as_str(),
                 csv_field(&p.account),
                 p.amount_minor,
                 p.currency,
@@ -480,33 +459,22 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
     }
     let t_copy = started.elapsed().as_secs_f64();
     drop(conn);
-    for (t, like) in [("bare_facts", "transfer_facts"), ("bare_postings", "ledger_postings")] {
+    for (t, like) in [
+        ("bare_events", "events"),
+        ("bare_transfer_facts", "transfer_facts"),
+        ("bare_ledger_postings", "ledger_postings"),
+    ] {
         ch.query(&format!("CREATE TABLE {t} AS {like}")).execute().await?;
     }
-    let (facts, postings): (Vec<_>, Vec<_>) = ch_rows.iter().partition(|r| matches!(r, ChRow::Fact(_)));
-    let facts: Vec<_> = facts
-        .into_iter()
-        .filter_map(|r| if let ChRow::Fact(f) = r { Some(f.clone()) } else { None })
-        .collect();
-    let postings: Vec<_> = postings
-        .into_iter()
-        .filter_map(|r| if let ChRow::Posting(p) = r { Some(p.clone()) } else { None })
-        .collect();
     let started = Instant::now();
-    let mut insert = ch.insert::<riverbank_sinks::clickhouse::TransferFactRow>("bare_facts").await?;
-    for f in &facts {
-        insert.write(f).await?;
-    }
-    insert.end().await?;
-    let mut insert = ch.insert::<riverbank_sinks::clickhouse::PostingRow>("bare_postings").await?;
-    for p in &postings {
-        insert.write(p).await?;
-    }
-    insert.end().await?;
+    riverbank_sinks::clickhouse::insert_rows(&ch, &ch_rows, "bare_", Duration::from_secs(300))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let t_bare_ch = started.elapsed().as_secs_f64();
-    let ch_n = (facts.len() + postings.len()) as f64;
+    let ch_n = ch_rows.len() as f64;
 
-    // Every message is one Postgres row; ClickHouse keeps facts and postings (not balances).
+    // Every message is one Postgres row; in ClickHouse one `events` row plus one typed row (none for
+    // balances).
     let ch_share = ch_n / n as f64;
     let (pg_rate, copy_rate) = (pg_measured as f64 / t_pg, rows.len() as f64 / t_copy);
     let (ch_rate, bare_ch_rate) = (ch_measured as f64 * ch_share / t_ch, ch_n / t_bare_ch);

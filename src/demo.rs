@@ -232,10 +232,84 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
                     s.tenant_id, s.environment
                 );
             }
-            anyhow::ensure!(
-                landed_pg >= accepted as u64,
-                "not every accepted webhook landed within {wait_s} s"
+            anyhow::ensure!(all_landed, "not every accepted webhook landed in both stores within {wait_s} s");
+            return transfers(cfg, &client, &api_url, &run_id, wait_s).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The second half of the demo: a stream of transfer commands, provider callbacks and risk decisions for
+/// a fresh tenant goes to the transfers processor; the API then shows its balances and volumes.
+async fn transfers(
+    cfg: &Config,
+    client: &reqwest::Client,
+    api_url: &str,
+    run_id: &str,
+    wait_s: u64,
+) -> anyhow::Result<()> {
+    use riverbank_schemas::processor::{InputRef, Processor, Verdict};
+    let env = Environment::Live;
+    let tenant = format!("demo-{}", &run_id[..8]);
+    let inputs = crate::workload::transfer_inputs(&[&tenant], 100, 7);
+    let topics = riverbank_runtime::kafka::topics(&cfg.kafka);
+    // What the processor will emit, to know when it has all landed.
+    let reference = riverbank_processors::TransfersProcessor::new(topics.clone(), Default::default());
+    let at = InputRef { topic: "demo", partition: 0, offset: 0, environment: env };
+    let mut state = Default::default();
+    let mut status_events = 0u64;
+    for e in &inputs {
+        if let Verdict::Emit(out) = reference.apply(&mut state, &at, e.clone()) {
+            status_events += out.iter().filter(|o| o.topic == topics.transfer_status(env)).count() as u64;
+        }
+    }
+    let started = Instant::now();
+    crate::workload::produce_inputs(&cfg.kafka, &inputs).await?;
+    println!(
+        "sent {} transfer inputs (requests, risk decisions, provider callbacks) for tenant {tenant}",
+        inputs.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(wait_s);
+    loop {
+        let v: serde_json::Value = client
+            .get(format!("{api_url}/v1/analytics/transfer-volume"))
+            .query(&[("tenant_id", tenant.as_str()), ("environment", env.as_str())])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let hours = v["hours"].as_array().cloned().unwrap_or_default();
+        let landed: u64 = hours.iter().filter_map(|h| h["transfers"].as_u64()).sum();
+        if landed >= status_events || Instant::now() > deadline {
+            let b: serde_json::Value = client
+                .get(format!("{api_url}/v1/balances"))
+                .query(&[("tenant_id", tenant.as_str()), ("environment", env.as_str())])
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let balances = b["balances"].as_array().cloned().unwrap_or_default();
+            let posted: i64 = balances.iter().filter_map(|a| a["posted_minor"].as_i64()).sum();
+            let completed: u64 = hours
+                .iter()
+                .filter(|h| h["status"] == "COMPLETED")
+                .filter_map(|h| h["transfers"].as_u64())
+                .sum();
+            println!(
+                "landed after {:.2?}: {landed} of {status_events} status changes in clickhouse; {completed} transfers completed; {} account balances in postgres, posted balances sum to {posted} (double entry)",
+                started.elapsed(),
+                balances.len()
             );
+            println!("           {api_url}/v1/balances?tenant_id={tenant}");
+            println!("           {api_url}/v1/transfers/t-0?tenant_id={tenant}");
+            println!("           {api_url}/v1/analytics/transfer-volume?tenant_id={tenant}");
+            anyhow::ensure!(
+                landed >= status_events,
+                "not every transfer status change landed within {wait_s} s"
+            );
+            anyhow::ensure!(posted == 0, "posted balances must sum to zero");
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -1,6 +1,10 @@
 //! Deterministic workloads shared by the end-to-end tests and the benchmarks.
+use std::time::Duration;
+
+use riverbank_runtime::config::KafkaConfig;
+use riverbank_runtime::process::{produce_all, Emit};
 use riverbank_schemas::transfers::input_types as it;
-use riverbank_schemas::{derived_id, Envelope, Environment, RawEnvelope};
+use riverbank_schemas::{derived_id, Envelope, Environment, RawEnvelope, Topics};
 
 /// A small deterministic generator (no randomness crate needed, same sequence every run).
 pub struct Lcg(pub u64);
@@ -132,4 +136,25 @@ pub fn transfer_inputs(tenants: &[&str], transfers_per_tenant: usize, seed: u64)
         out.push(e);
     }
     out
+}
+
+/// Transfer inputs as records for the environment's inputs topic, keyed by tenant.
+pub fn input_emits(topics: &Topics, env: Environment, inputs: &[RawEnvelope]) -> Vec<Emit> {
+    inputs
+        .iter()
+        .map(|e| Emit {
+            topic: topics.transfer_inputs(env),
+            key: e.tenant_id.clone(),
+            event_id: e.event_id,
+            payload: serde_json::to_vec(e).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Produce transfer inputs to the live inputs topic and wait for the broker's acknowledgements.
+pub async fn produce_inputs(kafka: &KafkaConfig, inputs: &[RawEnvelope]) -> anyhow::Result<()> {
+    let topics = riverbank_runtime::kafka::topics(kafka);
+    let producer = riverbank_runtime::kafka::producer(kafka)?;
+    let emits = input_emits(&topics, Environment::Live, inputs);
+    produce_all(&producer, &emits, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)
 }

@@ -376,6 +376,7 @@ where
                 if backoff.attempts() > 0 {
                     tracing::info!(sink, what, "store healthy again");
                 }
+                metrics::gauge!("riverbank_sink_healthy", "sink" => sink.to_owned()).set(1.0);
                 backoff.reset();
                 return Ok(v);
             }

@@ -1,5 +1,9 @@
 //! JSON Schema files generated from the types. `schemas/json/*.json` are checked in and a test keeps
 //! them equal to what the types generate (regenerate with `RIVERBANK_BLESS=1 cargo test -p riverbank-schemas`).
+use crate::transfers::{
+    BalanceChanged, InputRejected, LedgerPosting, ProviderStatus, RiskDecided, TransferAction,
+    TransferDecision, TransferPolicySet, TransferRequested, TransferStatusChanged,
+};
 use crate::{AuditRecord, DeadLetter, Envelope, Money, WebhookReceived};
 
 /// (file name, pretty JSON) for every published schema.
@@ -16,6 +20,16 @@ pub fn generated() -> Vec<(&'static str, String)> {
         ("envelope.audit_recorded.v1.json", render::<Envelope<AuditRecord>>()),
         ("dead_letter.v1.json", render::<DeadLetter>()),
         ("money.json", render::<Money>()),
+        ("envelope.transfer_requested.v1.json", render::<Envelope<TransferRequested>>()),
+        ("envelope.transfer_decision.v1.json", render::<Envelope<TransferDecision>>()),
+        ("envelope.transfer_action.v1.json", render::<Envelope<TransferAction>>()),
+        ("envelope.provider_transfer_status.v1.json", render::<Envelope<ProviderStatus>>()),
+        ("envelope.risk_decided.v1.json", render::<Envelope<RiskDecided>>()),
+        ("envelope.transfer_policy_set.v1.json", render::<Envelope<TransferPolicySet>>()),
+        ("envelope.transfer_status_changed.v1.json", render::<Envelope<TransferStatusChanged>>()),
+        ("envelope.ledger_posting.v1.json", render::<Envelope<LedgerPosting>>()),
+        ("envelope.balance_changed.v1.json", render::<Envelope<BalanceChanged>>()),
+        ("envelope.transfer_input_rejected.v1.json", render::<Envelope<InputRejected>>()),
     ]
 }
 

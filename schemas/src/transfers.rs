@@ -29,6 +29,25 @@ pub enum TransferStatus {
 }
 
 impl TransferStatus {
+    /// The wire name (as serialized), e.g. `COMPLIANCE_CHECK`.
+    pub fn as_str(self) -> &'static str {
+        use TransferStatus::*;
+        match self {
+            Initiated => "INITIATED",
+            Validating => "VALIDATING",
+            Pending => "PENDING",
+            Rejected => "REJECTED",
+            ComplianceCheck => "COMPLIANCE_CHECK",
+            Approved => "APPROVED",
+            Blocked => "BLOCKED",
+            Processing => "PROCESSING",
+            Confirming => "CONFIRMING",
+            Completed => "COMPLETED",
+            Failed => "FAILED",
+            Cancelled => "CANCELLED",
+        }
+    }
+
     pub fn is_final(self) -> bool {
         matches!(self, TransferStatus::Completed | TransferStatus::Cancelled)
     }
@@ -73,6 +92,18 @@ pub enum TransferKind {
     Internal,
     /// Money leaves to a third-party payee: source → external.
     Payout,
+}
+
+impl TransferKind {
+    /// The wire name (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::Deposit => "deposit",
+            TransferKind::Withdrawal => "withdrawal",
+            TransferKind::Internal => "internal",
+            TransferKind::Payout => "payout",
+        }
+    }
 }
 
 /// `transfer.requested`: create a transfer. Accounts are tenant-scoped owner ids (`acct_…`); the
@@ -207,6 +238,17 @@ pub enum PostingPhase {
     Release,
 }
 
+impl PostingPhase {
+    /// The wire name (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PostingPhase::Hold => "hold",
+            PostingPhase::Post => "post",
+            PostingPhase::Release => "release",
+        }
+    }
+}
+
 /// One leg of a double-entry posting. The legs of one posting id sum to zero per currency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -258,4 +300,38 @@ pub struct InputRejected {
 
 impl InputRejected {
     pub const EVENT_TYPE: &'static str = "transfer.input_rejected";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_match_serde() {
+        use TransferStatus::*;
+        for s in [
+            Initiated,
+            Validating,
+            Pending,
+            Rejected,
+            ComplianceCheck,
+            Approved,
+            Blocked,
+            Processing,
+            Confirming,
+            Completed,
+            Failed,
+            Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(s).expect("serializes"), s.as_str());
+        }
+        for k in
+            [TransferKind::Deposit, TransferKind::Withdrawal, TransferKind::Internal, TransferKind::Payout]
+        {
+            assert_eq!(serde_json::to_value(k).expect("serializes"), k.as_str());
+        }
+        for p in [PostingPhase::Hold, PostingPhase::Post, PostingPhase::Release] {
+            assert_eq!(serde_json::to_value(p).expect("serializes"), p.as_str());
+        }
+    }
 }

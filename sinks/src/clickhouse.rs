@@ -41,6 +41,18 @@ pub fn ddl() -> Vec<&'static str> {
         ) ENGINE = ReplacingMergeTree(first_seen_rank)
         PARTITION BY toYYYYMM(occurred_at)
         ORDER BY (tenant_id, environment, event_id)",
+        // Every event the sink reads (metadata only, never payloads): volumes per tenant, type, hour.
+        "CREATE TABLE IF NOT EXISTS events (
+            event_id UUID,
+            event_type String,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16,
+            source_topic String
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
         // One row per status change, with amounts: volumes per tenant, currency, status, hour.
         "CREATE TABLE IF NOT EXISTS transfer_facts (
             event_id UUID,
@@ -193,30 +205,60 @@ pub struct PostingRow {
     pub occurred_ms: u16,
 }
 
-fn text<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
 fn millis(t: chrono::DateTime<chrono::Utc>) -> u16 {
     u16::try_from(t.timestamp_subsec_millis()).unwrap_or(999)
 }
 
-/// A decoded message as the ClickHouse rows it becomes (balances are Postgres-only).
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct EventRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub tenant_id: String,
+    pub environment: i8,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+    pub source_topic: String,
+}
+
+impl EventRow {
+    fn of(m: &Meta, event_type: &str) -> Result<Self, String> {
+        Ok(EventRow {
+            event_id: m.event_id,
+            event_type: event_type.to_owned(),
+            tenant_id: m.tenant_id.clone(),
+            environment: enum8(m.environment),
+            occurred_at: unix_seconds(m.occurred_at)?,
+            occurred_ms: millis(m.occurred_at),
+            source_topic: m.source_topic.clone(),
+        })
+    }
+}
+
+/// A decoded message as the ClickHouse rows it becomes (balances are Postgres-only beyond `events`).
 #[derive(Debug, Clone)]
 pub enum ChRow {
+    Event(EventRow),
     Audit(AuditEventRow),
     Fact(TransferFactRow),
     Posting(PostingRow),
 }
 
 impl ChRow {
-    pub fn from_row(r: &Decoded) -> Result<Option<ChRow>, String> {
-        Ok(Some(match r {
-            Decoded::Audit(m, a) => ChRow::Audit(AuditEventRow::from_audit(m, a)?),
-            Decoded::Status(m, s) => ChRow::Fact(fact(m, s)?),
-            Decoded::Posting(m, p) => ChRow::Posting(posting(m, p)?),
-            Decoded::Balance(..) => return Ok(None),
-        }))
+    /// The `events` row and the typed row (if the type has a table) for one decoded message.
+    pub fn from_row(r: &Decoded) -> Result<Vec<ChRow>, String> {
+        use riverbank_schemas::transfers::BalanceChanged;
+        let (event_type, typed) = match r {
+            Decoded::Audit(m, a) => {
+                (AuditRecord::EVENT_TYPE, Some(ChRow::Audit(AuditEventRow::from_audit(m, a)?)))
+            }
+            Decoded::Status(m, s) => (TransferStatusChanged::EVENT_TYPE, Some(ChRow::Fact(fact(m, s)?))),
+            Decoded::Posting(m, p) => (LedgerPosting::EVENT_TYPE, Some(ChRow::Posting(posting(m, p)?))),
+            Decoded::Balance(..) => (BalanceChanged::EVENT_TYPE, None),
+        };
+        let mut out = vec![ChRow::Event(EventRow::of(r.meta(), event_type)?)];
+        out.extend(typed);
+        Ok(out)
     }
 }
 
@@ -226,9 +268,9 @@ fn fact(m: &Meta, s: &TransferStatusChanged) -> Result<TransferFactRow, String> 
         tenant_id: m.tenant_id.clone(),
         environment: enum8(m.environment),
         transfer_id: s.transfer_id.clone(),
-        kind: text(&s.kind),
-        previous: s.previous.map(|p| text(&p)).unwrap_or_default(),
-        status: text(&s.status),
+        kind: s.kind.as_str().to_owned(),
+        previous: s.previous.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        status: s.status.as_str().to_owned(),
         version: s.version,
         amount_minor: s.amount.amount_minor,
         currency: s.amount.currency.code().to_owned(),
@@ -279,18 +321,50 @@ impl ClickHouseSink {
             timeout: Duration::from_millis(cfg.request_timeout_ms),
         }
     }
+}
 
-    async fn insert<T: Row + Serialize + for<'a> Row<Value<'a> = T> + clickhouse::RowWrite>(
-        &self,
-        table: &str,
-        rows: &[T],
-    ) -> Result<(), clickhouse::error::Error> {
-        let mut insert = self.client.insert::<T>(table).await?;
-        for row in rows {
-            insert.write(row).await?;
-        }
-        insert.end().await
+async fn insert<T: Row + Serialize + for<'a> Row<Value<'a> = T> + clickhouse::RowWrite>(
+    client: &Client,
+    table: &str,
+    rows: &[T],
+) -> Result<(), clickhouse::error::Error> {
+    let mut insert = client.insert::<T>(table).await?;
+    for row in rows {
+        insert.write(row).await?;
     }
+    insert.end().await
+}
+
+/// Insert decoded rows, one RowBinary insert per table (`{table_prefix}events`, …), each within `timeout`.
+pub async fn insert_rows(
+    client: &Client,
+    rows: &[ChRow],
+    table_prefix: &str,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let (mut events, mut audit, mut facts, mut postings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in rows {
+        match r {
+            ChRow::Event(e) => events.push(e.clone()),
+            ChRow::Audit(a) => audit.push(a.clone()),
+            ChRow::Fact(f) => facts.push(f.clone()),
+            ChRow::Posting(p) => postings.push(p.clone()),
+        }
+    }
+    let t = |name: &str| format!("{table_prefix}{name}");
+    if !events.is_empty() {
+        within(timeout, "insert events", insert(client, &t("events"), &events)).await?;
+    }
+    if !audit.is_empty() {
+        within(timeout, "insert audit_events", insert(client, &t("audit_events"), &audit)).await?;
+    }
+    if !facts.is_empty() {
+        within(timeout, "insert transfer_facts", insert(client, &t("transfer_facts"), &facts)).await?;
+    }
+    if !postings.is_empty() {
+        within(timeout, "insert ledger_postings", insert(client, &t("ledger_postings"), &postings)).await?;
+    }
+    Ok(())
 }
 
 async fn within<T, E: Into<StoreError>>(
@@ -346,25 +420,9 @@ impl SinkStore for ClickHouseSink {
     }
 
     async fn write(&self, rows: &[ChRow], positions: &[Position]) -> Result<(), StoreError> {
-        let (mut audit, mut facts, mut postings) = (Vec::new(), Vec::new(), Vec::new());
-        for r in rows {
-            match r {
-                ChRow::Audit(a) => audit.push(a.clone()),
-                ChRow::Fact(f) => facts.push(f.clone()),
-                ChRow::Posting(p) => postings.push(p.clone()),
-            }
-        }
         // Rows first; a crash before the positions below re-inserts them, and the tables collapse
         // duplicates by event id.
-        if !audit.is_empty() {
-            within(self.timeout, "insert audit_events", self.insert("audit_events", &audit)).await?;
-        }
-        if !facts.is_empty() {
-            within(self.timeout, "insert transfer_facts", self.insert("transfer_facts", &facts)).await?;
-        }
-        if !postings.is_empty() {
-            within(self.timeout, "insert ledger_postings", self.insert("ledger_postings", &postings)).await?;
-        }
+        insert_rows(&self.client, rows, "", self.timeout).await?;
         let offsets: Vec<OffsetRow> = positions
             .iter()
             .map(|p| OffsetRow {
@@ -376,7 +434,8 @@ impl SinkStore for ClickHouseSink {
             })
             .collect();
         if !offsets.is_empty() {
-            within(self.timeout, "insert sink_offsets", self.insert("sink_offsets", &offsets)).await?;
+            within(self.timeout, "insert sink_offsets", insert(&self.client, "sink_offsets", &offsets))
+                .await?;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use riverbank_runtime::sink::{Position, SinkStore, StoreError};
-use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, PostingPhase, TransferStatusChanged};
+use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{AuditRecord, Environment, Topics};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -127,14 +127,6 @@ async fn insert_audit(tx: &mut Tx<'_>, rows: &[(&Meta, &AuditRecord)]) -> Result
     Ok(())
 }
 
-fn status_text(s: riverbank_schemas::transfers::TransferStatus) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
-fn snake<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
 async fn insert_status(tx: &mut Tx<'_>, rows: &[(&Meta, &TransferStatusChanged)]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
@@ -143,8 +135,9 @@ async fn insert_status(tx: &mut Tx<'_>, rows: &[(&Meta, &TransferStatusChanged)]
     let tenants: Vec<String> = rows.iter().map(|(m, _)| m.tenant_id.clone()).collect();
     let envs: Vec<String> = rows.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect();
     let transfers: Vec<String> = rows.iter().map(|(_, s)| s.transfer_id.clone()).collect();
-    let previous: Vec<Option<String>> = rows.iter().map(|(_, s)| s.previous.map(status_text)).collect();
-    let statuses: Vec<String> = rows.iter().map(|(_, s)| status_text(s.status)).collect();
+    let previous: Vec<Option<String>> =
+        rows.iter().map(|(_, s)| s.previous.map(|p| p.as_str().to_owned())).collect();
+    let statuses: Vec<String> = rows.iter().map(|(_, s)| s.status.as_str().to_owned()).collect();
     let versions: Vec<i32> = rows.iter().map(|(_, s)| i32::try_from(s.version).unwrap_or(i32::MAX)).collect();
     let reasons: Vec<Option<String>> = rows.iter().map(|(_, s)| s.reason.clone()).collect();
     let causes: Vec<Uuid> = rows.iter().map(|(_, s)| s.cause_event_id).collect();
@@ -190,10 +183,10 @@ async fn insert_status(tx: &mut Tx<'_>, rows: &[(&Meta, &TransferStatusChanged)]
     .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
     .bind(cur.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
     .bind(cur.iter().map(|(_, s)| s.transfer_id.clone()).collect::<Vec<_>>())
-    .bind(cur.iter().map(|(_, s)| snake(&s.kind)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, s)| s.kind.as_str().to_owned()).collect::<Vec<_>>())
     .bind(cur.iter().map(|(_, s)| s.amount.amount_minor).collect::<Vec<_>>())
     .bind(cur.iter().map(|(_, s)| s.amount.currency.code().to_owned()).collect::<Vec<_>>())
-    .bind(cur.iter().map(|(_, s)| status_text(s.status)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, s)| s.status.as_str().to_owned()).collect::<Vec<_>>())
     .bind(cur.iter().map(|(_, s)| i32::try_from(s.version).unwrap_or(i32::MAX)).collect::<Vec<_>>())
     .bind(cur.iter().map(|(_, s)| s.reason.clone()).collect::<Vec<_>>())
     .bind(cur.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
@@ -207,7 +200,6 @@ async fn insert_postings(tx: &mut Tx<'_>, rows: &[(&Meta, &LedgerPosting)]) -> R
     if rows.is_empty() {
         return Ok(());
     }
-    let phase = |p: PostingPhase| snake(&p);
     sqlx::query(
         "INSERT INTO ledger_postings (event_id, posting_id, tenant_id, environment, transfer_id, phase, account,
              amount_minor, currency, occurred_at)
@@ -220,7 +212,7 @@ async fn insert_postings(tx: &mut Tx<'_>, rows: &[(&Meta, &LedgerPosting)]) -> R
     .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, p)| p.transfer_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, p)| phase(p.phase)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, p)| p.phase.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, p)| p.account.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, p)| p.amount_minor).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, p)| p.currency.code().to_owned()).collect::<Vec<_>>())

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use riverbank::workload::{transfer_inputs, Lcg};
+use riverbank::workload::{produce_inputs, transfer_inputs, Lcg};
 use riverbank_processors::{TransfersLimits, TransfersProcessor};
-use riverbank_runtime::process::{produce_all, Emit, InputRef, Processor, Verdict};
+use riverbank_runtime::process::{InputRef, Processor, Verdict};
 use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{Environment, RawEnvelope, Topics};
 
@@ -32,10 +32,6 @@ struct Landed {
     balances: BTreeMap<AccountKey, BalanceRow>,
 }
 
-fn text<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
 fn reference(topics: &Topics, inputs: &[RawEnvelope]) -> Landed {
     let p = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
     let at = InputRef { topic: "x", partition: 0, offset: 0, environment: Environment::Live };
@@ -53,7 +49,7 @@ fn reference(topics: &Topics, inputs: &[RawEnvelope]) -> Landed {
                     let v = i64::from(s.version);
                     let cur = l.current.entry((tenant, s.transfer_id)).or_insert((String::new(), 0));
                     if cur.1 < v {
-                        *cur = (text(&s.status), v);
+                        *cur = (s.status.as_str().to_owned(), v);
                     }
                 }
                 LedgerPosting::EVENT_TYPE => {
@@ -194,19 +190,7 @@ async fn converge(p: &Pipeline, want: &Landed, ch: bool, timeout: Duration) -> a
 }
 
 async fn produce(p: &Pipeline, inputs: &[RawEnvelope]) -> anyhow::Result<()> {
-    let cfg = riverbank_runtime::Config::load(Some(&p.config))?;
-    let topics = Topics::new(p.topic_prefix.clone());
-    let producer = riverbank_runtime::kafka::producer(&cfg.kafka)?;
-    let emits: Vec<Emit> = inputs
-        .iter()
-        .map(|e| Emit {
-            topic: topics.transfer_inputs(Environment::Live),
-            key: e.tenant_id.clone(),
-            event_id: e.event_id,
-            payload: serde_json::to_vec(e).expect("serializes"),
-        })
-        .collect();
-    produce_all(&producer, &emits, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)
+    produce_inputs(&riverbank_runtime::Config::load(Some(&p.config))?.kafka, inputs).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,11 +8,11 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use riverbank_processors::{TransfersLimits, TransfersProcessor};
 use riverbank_runtime::config::KafkaConfig;
-use riverbank_runtime::process::{produce_all, Emit, InputRef, Processor, Verdict};
+use riverbank_runtime::process::{InputRef, Processor, Verdict};
 use riverbank_schemas::transfers::{BalanceChanged, TransferStatusChanged};
 use riverbank_schemas::{Environment, RawEnvelope, Topics};
 
-use riverbank::workload::{transfer_inputs, Lcg};
+use riverbank::workload::{produce_inputs, transfer_inputs, Lcg};
 
 use crate::harness::Pipeline;
 
@@ -131,20 +131,6 @@ fn read_outputs(kcfg: &KafkaConfig, topics: &Topics) -> (Outputs, usize) {
     (out, dups)
 }
 
-async fn produce_inputs(kcfg: &KafkaConfig, topics: &Topics, inputs: &[RawEnvelope]) -> anyhow::Result<()> {
-    let producer = riverbank_runtime::kafka::producer(kcfg)?;
-    let emits: Vec<Emit> = inputs
-        .iter()
-        .map(|e| Emit {
-            topic: topics.transfer_inputs(Environment::Live),
-            key: e.tenant_id.clone(),
-            event_id: e.event_id,
-            payload: serde_json::to_vec(e).expect("serializes"),
-        })
-        .collect();
-    produce_all(&producer, &emits, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)
-}
-
 async fn wait_and_compare(p: &Pipeline, want: &Outputs) -> anyhow::Result<usize> {
     let kcfg = kafka_config(p);
     let topics = Topics::new(p.topic_prefix.clone());
@@ -185,7 +171,7 @@ async fn sigkill_at_random_points_changes_no_status_and_no_balance() -> anyhow::
     let mut rng = Lcg(7);
     let mut kills = 0;
     for chunk in all.chunks(all.len() / 5 + 1) {
-        produce_inputs(&kcfg, &topics, chunk).await?;
+        produce_inputs(&kcfg, chunk).await?;
         // Wait until outputs are flowing, then kill it at a random point mid-stream.
         wait_busy(&kcfg, &topics, 1 + rng.below(1_500) as i64, Duration::from_secs(30)).await;
         anyhow::ensure!(p.running(PROCESSOR), "processor exited by itself; logs in {}", p.dir.display());
@@ -213,11 +199,11 @@ async fn two_instances_and_a_rebalance_change_nothing() -> anyhow::Result<()> {
     let (first_half, second_half) = all.split_at(all.len() / 2);
     // A second instance joins: the group rebalances and partitions move mid-stream.
     p.spawn_named("second", PROCESSOR)?;
-    produce_inputs(&kcfg, &topics, first_half).await?;
+    produce_inputs(&kcfg, first_half).await?;
     wait_busy(&kcfg, &topics, 2_000, Duration::from_secs(30)).await;
     // One instance dies hard mid-stream; the survivor takes its partitions from their checkpoints.
     p.kill_named("second").await?;
-    produce_inputs(&kcfg, &topics, second_half).await?;
+    produce_inputs(&kcfg, second_half).await?;
     let dups = wait_and_compare(&p, &want).await?;
     eprintln!(
         "{} inputs over two instances and a rebalance, {dups} duplicate deliveries deduplicated",
