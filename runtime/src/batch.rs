@@ -84,6 +84,8 @@ pub struct Tracker {
     pub durable: HashMap<(String, i32), i64>,
     /// Topics whose positions were loaded since the last rebalance.
     pub loaded: HashSet<String>,
+    /// Partitions whose resume offset was checked against the log's bounds.
+    pub resolved: HashSet<(String, i32)>,
     /// Partitions already positioned: sought to their durable offset, or found at or before it.
     pub positioned: HashMap<(String, i32), Positioned>,
 }

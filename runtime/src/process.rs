@@ -152,6 +152,17 @@ async fn restore_part<P: Processor>(
     let restored =
         tokio::task::spawn_blocking(move || checkpoint::restore(&kcfg, &l, &ct, &input, partition)).await?;
     let restored = restored.map_err(anyhow::Error::msg)?;
+    let (low, high) =
+        consumer.fetch_watermarks(topic, partition, Duration::from_millis(cfg.kafka.metadata_timeout_ms))?;
+    let restored = match restored {
+        Some(r) if r.next_offset > high => {
+            // The checkpoint names offsets this log never had: the input topic was recreated. Its state
+            // belongs to another history; start over from this log's beginning.
+            tracing::warn!(processor = processor.name(), topic, partition, checkpoint_offset = r.next_offset, log_end = high, "checkpoint is past the input's end (topic recreated?); processing from the start with fresh state");
+            None
+        }
+        other => other,
+    };
     match restored {
         Some(r) => {
             let (records, seq, next) = (r.records_read, r.snapshot_seq, r.next_offset);
@@ -168,11 +179,6 @@ async fn restore_part<P: Processor>(
             Ok((Part { state, writer: Writer::new(seq) }, next))
         }
         None => {
-            let (low, _) = consumer.fetch_watermarks(
-                topic,
-                partition,
-                Duration::from_millis(cfg.kafka.metadata_timeout_ms),
-            )?;
             tracing::info!(
                 processor = processor.name(),
                 topic,

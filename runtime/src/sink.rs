@@ -153,14 +153,15 @@ async fn run_consumer<S: SinkStore>(
                 }
                 tracker.loaded.insert(m.topic().to_owned());
             }
-            if let std::collections::hash_map::Entry::Vacant(e) =
-                tracker.durable.entry((m.topic().to_owned(), m.partition()))
-            {
-                // No position in the store: nothing landed, read from the start of the log.
-                let (low, _) = tokio::task::block_in_place(|| {
-                    consumer.fetch_watermarks(m.topic(), m.partition(), seek_timeout)
-                })?;
-                e.insert(low);
+            let key = (m.topic().to_owned(), m.partition());
+            if !tracker.resolved.contains(&key) {
+                let stored = tracker.durable.get(&key).copied();
+                if let Some(next) =
+                    resume_at(store.name(), &consumer, m.topic(), m.partition(), stored, seek_timeout)
+                {
+                    tracker.durable.insert(key.clone(), next);
+                }
+                tracker.resolved.insert(key);
             }
             match tracker.admit(m.topic(), m.partition(), m.offset()) {
                 Admit::Skip => continue,
@@ -234,6 +235,45 @@ async fn run_consumer<S: SinkStore>(
         if let Some(e) = error {
             return Err(e.into());
         }
+    }
+}
+
+/// Where to resume a partition, given the store's position. The store is the authority: with no
+/// position it has landed nothing, so the partition is read from the start of the log (a wiped or new
+/// store is rebuilt, not skipped). A position past the log's end means the topic was recreated (a new
+/// cluster, a wiped dev broker): its offsets name other records, so the log is read from its start and
+/// event-id deduplication keeps anything already landed from counting twice. `None` only when the
+/// broker cannot be asked; the group's position is then used until the next assignment.
+fn resume_at(
+    sink: &str,
+    consumer: &kafka::Consumer,
+    topic: &str,
+    partition: i32,
+    stored: Option<i64>,
+    timeout: Duration,
+) -> Option<i64> {
+    let (low, high) =
+        match tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, partition, timeout)) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(sink, topic, partition, error = %e, "cannot read the log's bounds");
+                return stored;
+            }
+        };
+    match stored {
+        Some(next) if next > high => {
+            tracing::warn!(
+                sink,
+                topic,
+                partition,
+                stored = next,
+                log_end = high,
+                "store position is past the log's end (topic recreated?); reading the log from its start"
+            );
+            Some(low)
+        }
+        Some(next) => Some(next),
+        None => Some(low),
     }
 }
 
