@@ -261,13 +261,16 @@ async fn transfers(
     // What the processor will emit, to know when it has all landed.
     let reference = riverbank_processors::TransfersProcessor::new(topics.clone(), Default::default());
     let at = InputRef { topic: "demo", partition: 0, offset: 0, environment: env };
-    let mut state = Default::default();
+    let mut state = riverbank_processors::transfers::TransfersState::default();
     let mut status_events = 0u64;
     for e in &inputs {
         if let Verdict::Emit(out) = reference.apply(&mut state, &at, e.clone()) {
             status_events += out.iter().filter(|o| o.topic == topics.transfer_status(env)).count() as u64;
         }
     }
+    let accounts = state.accounts.len();
+    // Money held in the tenant's own accounts once everything has landed (the outside world holds -it).
+    let held: i64 = state.accounts.values().map(|a| a.posted.max(0)).sum();
     let started = Instant::now();
     crate::workload::produce_inputs(&cfg.kafka, &inputs).await?;
     println!(
@@ -286,17 +289,20 @@ async fn transfers(
             .await?;
         let hours = v["hours"].as_array().cloned().unwrap_or_default();
         let landed: u64 = hours.iter().filter_map(|h| h["transfers"].as_u64()).sum();
-        if landed >= status_events || Instant::now() > deadline {
-            let b: serde_json::Value = client
-                .get(format!("{api_url}/v1/balances"))
-                .query(&[("tenant_id", tenant.as_str()), ("environment", env.as_str())])
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            let balances = b["balances"].as_array().cloned().unwrap_or_default();
-            let posted: i64 = balances.iter().filter_map(|a| a["posted_minor"].as_i64()).sum();
+        let b: serde_json::Value = client
+            .get(format!("{api_url}/v1/balances"))
+            .query(&[("tenant_id", tenant.as_str()), ("environment", env.as_str())])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let balances = b["balances"].as_array().cloned().unwrap_or_default();
+        let posted: i64 = balances.iter().filter_map(|a| a["posted_minor"].as_i64()).sum();
+        let held_landed: i64 =
+            balances.iter().filter_map(|a| a["posted_minor"].as_i64()).map(|p| p.max(0)).sum();
+        let done = landed >= status_events && balances.len() >= accounts && held_landed == held;
+        if done || Instant::now() > deadline {
             let completed: u64 = hours
                 .iter()
                 .filter(|h| h["status"] == "COMPLETED")
