@@ -132,18 +132,21 @@ pub async fn analytics_count(
     tenant_id: &str,
     env: Environment,
 ) -> anyhow::Result<(u64, u64)> {
-    let v: serde_json::Value = client
-        .get(format!("{api_url}/v1/analytics/audit-volume"))
-        .query(&[("tenant_id", tenant_id), ("environment", env.as_str())])
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let scope = [("tenant_id", tenant_id), ("environment", env.as_str())];
+    let v = get_json(client, &format!("{api_url}/v1/analytics/audit-volume"), &scope).await?;
     let hours = v["hours"].as_array().context("hours missing")?;
     Ok(hours.iter().fold((0, 0), |(e, b), h| {
         (e + h["events"].as_u64().unwrap_or(0), b + h["payload_bytes"].as_u64().unwrap_or(0))
     }))
+}
+
+/// GET a JSON document; a non-2xx answer is an error.
+pub async fn get_json(
+    client: &reqwest::Client,
+    url: &str,
+    query: &[(&str, &str)],
+) -> anyhow::Result<serde_json::Value> {
+    Ok(client.get(url).query(query).send().await?.error_for_status()?.json().await?)
 }
 
 /// Wait until `{url}/health` answers 2xx.
@@ -279,24 +282,11 @@ async fn transfers(
     );
     let deadline = Instant::now() + Duration::from_secs(wait_s);
     loop {
-        let v: serde_json::Value = client
-            .get(format!("{api_url}/v1/analytics/transfer-volume"))
-            .query(&[("tenant_id", tenant.as_str()), ("environment", env.as_str())])
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let scope = [("tenant_id", tenant.as_str()), ("environment", env.as_str())];
+        let v = get_json(client, &format!("{api_url}/v1/analytics/transfer-volume"), &scope).await?;
         let hours = v["hours"].as_array().cloned().unwrap_or_default();
         let landed: u64 = hours.iter().filter_map(|h| h["transfers"].as_u64()).sum();
-        let b: serde_json::Value = client
-            .get(format!("{api_url}/v1/balances"))
-            .query(&[("tenant_id", tenant.as_str()), ("environment", env.as_str())])
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let b = get_json(client, &format!("{api_url}/v1/balances"), &scope).await?;
         let balances = b["balances"].as_array().cloned().unwrap_or_default();
         let posted: i64 = balances.iter().filter_map(|a| a["posted_minor"].as_i64()).sum();
         let held_landed: i64 =

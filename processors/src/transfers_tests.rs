@@ -126,20 +126,7 @@ impl H {
 #[test]
 fn state_machine_edges_are_exactly_the_domain_ones() {
     use S::*;
-    let all = [
-        Initiated,
-        Validating,
-        Pending,
-        Rejected,
-        ComplianceCheck,
-        Approved,
-        Blocked,
-        Processing,
-        Confirming,
-        Completed,
-        Failed,
-        Cancelled,
-    ];
+    let all = S::ALL;
     let legal = [
         (Initiated, Validating),
         (Validating, Pending),

@@ -29,6 +29,24 @@ pub enum TransferStatus {
 }
 
 impl TransferStatus {
+    pub const ALL: [TransferStatus; 12] = {
+        use TransferStatus::*;
+        [
+            Initiated,
+            Validating,
+            Pending,
+            Rejected,
+            ComplianceCheck,
+            Approved,
+            Blocked,
+            Processing,
+            Confirming,
+            Completed,
+            Failed,
+            Cancelled,
+        ]
+    };
+
     /// The wire name (as serialized), e.g. `COMPLIANCE_CHECK`.
     pub fn as_str(self) -> &'static str {
         use TransferStatus::*;
@@ -308,21 +326,7 @@ mod tests {
 
     #[test]
     fn wire_names_match_serde() {
-        use TransferStatus::*;
-        for s in [
-            Initiated,
-            Validating,
-            Pending,
-            Rejected,
-            ComplianceCheck,
-            Approved,
-            Blocked,
-            Processing,
-            Confirming,
-            Completed,
-            Failed,
-            Cancelled,
-        ] {
+        for s in TransferStatus::ALL {
             assert_eq!(serde_json::to_value(s).expect("serializes"), s.as_str());
         }
         for k in
