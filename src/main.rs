@@ -99,7 +99,13 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let stop = shutdown::on_signals();
-        telemetry::install_metrics(&cfg.telemetry)?;
+        // Only the long-running components serve metrics (one-shot commands would take their port).
+        if matches!(
+            cli.command,
+            Command::Run | Command::Ingest | Command::Process { .. } | Command::Sink { .. } | Command::Api
+        ) {
+            telemetry::install_metrics(&cfg.telemetry)?;
+        }
         match cli.command {
             Command::Run => run_all(&cfg, stop).await,
             Command::Ingest => riverbank_ingest::serve(&cfg, stop).await,

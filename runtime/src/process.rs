@@ -167,6 +167,8 @@ async fn restore_part<P: Processor>(
         Some(r) => {
             let (records, seq, next) = (r.records_read, r.snapshot_seq, r.next_offset);
             let state = P::State::restore(r.entries).map_err(anyhow::Error::msg)?;
+            metrics::histogram!("riverbank_processor_restore_seconds", "processor" => processor.name())
+                .record(started.elapsed().as_secs_f64());
             tracing::info!(
                 processor = processor.name(),
                 topic,
@@ -361,6 +363,13 @@ async fn run_consumer<P: Processor>(
         }
         batch::commit(&consumer, &next, shutdown.is_cancelled())?;
         backoff.reset();
+        let name = processor.name();
+        metrics::counter!("riverbank_processor_events_in_total", "processor" => name)
+            .increment(taken.len() as u64);
+        metrics::counter!("riverbank_processor_events_out_total", "processor" => name)
+            .increment(emits.len() as u64);
+        metrics::histogram!("riverbank_processor_batch_events", "processor" => name)
+            .record(taken.len() as f64);
         tracing::debug!(
             processor = processor.name(),
             inputs = taken.len(),
