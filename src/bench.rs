@@ -548,3 +548,157 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
         .await?;
     Ok(())
 }
+
+/// CPU time (user + system) this process has used, in seconds (Linux `/proc/self/stat`, 100 ticks/s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Load {
+    ok: u64,
+    failed: u64,
+    latencies_ms: Vec<f64>,
+    seconds: f64,
+    cpu_percent: f64,
+}
+
+/// `concurrency` workers send requests back to back for `seconds`; `send(worker, n)` performs one.
+async fn load<F, Fut>(seconds: u64, concurrency: usize, send: F) -> Load
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let send = send.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    if send(w, n).await {
+                        ok += 1;
+                        lat.push(started.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        failed += 1;
+                    }
+                    n += 1;
+                }
+                (ok, failed, lat)
+            })
+        })
+        .collect();
+    let mut out = Load { ok: 0, failed: 0, latencies_ms: Vec::new(), seconds: 0.0, cpu_percent: 0.0 };
+    for w in workers {
+        if let Ok((ok, failed, lat)) = w.await {
+            out.ok += ok;
+            out.failed += failed;
+            out.latencies_ms.extend(lat);
+        }
+    }
+    out.seconds = t0.elapsed().as_secs_f64();
+    out.cpu_percent = (cpu_seconds() - cpu0) / out.seconds * 100.0;
+    out.latencies_ms.sort_by(|a, b| a.total_cmp(b));
+    out
+}
+
+fn report(name: &str, l: &Load) -> f64 {
+    let rate = l.ok as f64 / l.seconds;
+    println!(
+        "{name:<22} {rate:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   {} ok, {} failed   CPU {:>4.0}% (of one core; load generator included)",
+        percentile(&l.latencies_ms, 0.5),
+        percentile(&l.latencies_ms, 0.99),
+        l.ok,
+        l.failed,
+        l.cpu_percent
+    );
+    rate
+}
+
+fn free_local_addr() -> anyhow::Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// `riverbank bench ingest`: signed webhooks over HTTP on loopback at full speed (202 only after the
+/// broker's acknowledgement), and an axum hello-world in the same run as the ceiling.
+pub async fn ingest(cfg: &Config, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use riverbank_runtime::config::{WebhookScheme, WebhookSecretConfig};
+
+    let mut cfg = cfg.clone();
+    cfg.kafka.topic_prefix = format!("benchingest-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    cfg.kafka.environments = vec![Environment::Live];
+    cfg.ingest.listen_addr = free_local_addr()?;
+    cfg.ingest.in_flight_requests_max = cfg.ingest.in_flight_requests_max.max(concurrency * 2);
+    let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+    cfg.ingest.webhooks = vec![WebhookSecretConfig {
+        provider: "benchpay".into(),
+        tenant_id: "bench-tenant".into(),
+        environment: Environment::Live,
+        scheme: WebhookScheme::StandardWebhooks,
+        secrets: vec![riverbank_runtime::Secret::new(secret)],
+    }];
+    let senders = crate::demo::senders(&cfg)?;
+    let sender = senders.first().context("bench sender")?.clone();
+    let stop = CancellationToken::new();
+    let (c, s) = (cfg.clone(), stop.clone());
+    let server = tokio::spawn(async move { riverbank_ingest::serve(&c, s).await });
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let ingest_url = format!("http://{}", cfg.ingest.listen_addr);
+    crate::demo::wait_healthy(&client, &ingest_url, Duration::from_secs(30)).await?;
+    println!("{concurrency} concurrent clients for {seconds} s each, on loopback; server and load generator share this process");
+
+    let (cl, url, snd) = (client.clone(), ingest_url.clone(), sender.clone());
+    let signed = load(seconds, concurrency, move |w, n| {
+        let (cl, url, snd) = (cl.clone(), url.clone(), snd.clone());
+        async move {
+            let d = crate::demo::Delivery {
+                id: format!("msg_{w}_{n}"),
+                body: crate::demo::deposit_body(n as usize, "bench-tenant"),
+                signature: None,
+            };
+            matches!(crate::demo::send(&cl, &url, &snd, &d).await, Ok(s) if s == reqwest::StatusCode::ACCEPTED)
+        }
+    })
+    .await;
+    stop.cancel();
+    server.await??;
+
+    // The ceiling: axum answering 202 with a small JSON body, nothing else.
+    let addr = free_local_addr()?;
+    let hello = axum::Router::new().route(
+        "/",
+        axum::routing::post(|| async {
+            (axum::http::StatusCode::ACCEPTED, axum::Json(serde_json::json!({"status": "accepted"})))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let hello_server = tokio::spawn(async move {
+        axum::serve(listener, hello).with_graceful_shutdown(s.cancelled_owned()).await
+    });
+    let (cl, url) = (client.clone(), format!("http://{addr}/"));
+    let plain = load(seconds, concurrency, move |_, n| {
+        let (cl, url) = (cl.clone(), url.clone());
+        async move {
+            let body = crate::demo::deposit_body(n as usize, "bench-tenant");
+            matches!(cl.post(&url).body(body).send().await, Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED)
+        }
+    })
+    .await;
+    stop.cancel();
+    hello_server.await??;
+
+    let r1 = report("signed webhooks", &signed);
+    let r2 = report("axum hello-world", &plain);
+    println!("ratio (ingest / hello-world): {:.2}", r1 / r2);
+    Ok(())
+}

@@ -74,6 +74,13 @@ enum BenchName {
         #[arg(long, default_value_t = 2_000)]
         rate_per_s: u64,
     },
+    /// Signed webhooks over loopback at full speed vs an axum hello-world (the ceiling).
+    Ingest {
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Rows/s through each sink vs the bare COPY / inserter rate; produce → queryable latency.
     Sinks {
         #[arg(long, default_value_t = 8)]
@@ -118,6 +125,9 @@ fn main() -> anyhow::Result<()> {
             Command::Demo { count, wait_s } => riverbank::demo::run(&cfg, count, wait_s).await,
             Command::Bench { which: BenchName::Transfers { tenants, per_tenant, rate_per_s } } => {
                 riverbank::bench::transfers(&cfg, tenants, per_tenant, rate_per_s).await
+            }
+            Command::Bench { which: BenchName::Ingest { seconds, concurrency } } => {
+                riverbank::bench::ingest(&cfg, seconds, concurrency).await
             }
             Command::Bench { which: BenchName::Sinks { tenants, per_tenant, rate_per_s } } => {
                 riverbank::bench::sinks(&cfg, tenants, per_tenant, rate_per_s).await
