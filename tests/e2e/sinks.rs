@@ -250,17 +250,10 @@ async fn sink_kills_and_a_replay_land_every_row_exactly_once() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_down_for_a_minute_stalls_nothing_else_and_catches_up() -> anyhow::Result<()> {
-    // A private ClickHouse, so stopping it disturbs no other test.
-    let state = std::env::temp_dir().join(format!("riverbank-ch-outage-{}", uuid::Uuid::new_v4().simple()));
-    let (http, tcp) = (free_port(), free_port());
-    let stack = |cmd: &str| {
-        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/stack"))
-            .arg(cmd)
-            .env("RIVERBANK_STATE_DIR", &state)
-            .env("RIVERBANK_CH_HTTP_PORT", http.to_string())
-            .env("RIVERBANK_CH_TCP_PORT", tcp.to_string())
-            .status()
-    };
+    // A private ClickHouse, so stopping it disturbs no other test; stopped on drop, pass or fail.
+    let private = PrivateClickHouse::new();
+    let stack = |cmd: &str| private.stack(cmd);
+    let http = private.http;
     anyhow::ensure!(stack("clickhouse-up")?.success(), "private clickhouse did not start");
     let ch = format!("http://127.0.0.1:{http}");
     let p = Pipeline::start_on("sinks_ch_outage", &[], &COMPONENTS, SMALL_BATCHES, &ch).await?;
@@ -289,10 +282,38 @@ async fn clickhouse_down_for_a_minute_stalls_nothing_else_and_catches_up() -> an
 
     anyhow::ensure!(stack("clickhouse-up")?.success(), "private clickhouse did not restart");
     converge(&p, &reference(&topics, &inputs), true, Duration::from_secs(120)).await?;
-    p.finish().await?;
-    let _ = stack("clickhouse-down");
-    let _ = std::fs::remove_dir_all(&state);
-    Ok(())
+    p.finish().await
+}
+
+/// A ClickHouse server of one test's own, started and stopped by the project's stack script.
+struct PrivateClickHouse {
+    state: std::path::PathBuf,
+    http: u16,
+    tcp: u16,
+}
+
+impl PrivateClickHouse {
+    fn new() -> Self {
+        let state =
+            std::env::temp_dir().join(format!("riverbank-ch-outage-{}", uuid::Uuid::new_v4().simple()));
+        PrivateClickHouse { state, http: free_port(), tcp: free_port() }
+    }
+
+    fn stack(&self, cmd: &str) -> std::io::Result<std::process::ExitStatus> {
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/stack"))
+            .arg(cmd)
+            .env("RIVERBANK_STATE_DIR", &self.state)
+            .env("RIVERBANK_CH_HTTP_PORT", self.http.to_string())
+            .env("RIVERBANK_CH_TCP_PORT", self.tcp.to_string())
+            .status()
+    }
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        let _ = self.stack("clickhouse-down");
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
 }
 
 async fn pg_position_sum(p: &Pipeline) -> anyhow::Result<i64> {
