@@ -129,9 +129,40 @@ impl Tracker {
     }
 }
 
+/// The highest offset a batch has taken per partition, so redeliveries within one batch are dropped.
+#[derive(Debug, Default)]
+pub struct InBatch {
+    last: HashMap<(String, i32), i64>,
+}
+
+impl InBatch {
+    /// Whether this batch already took `offset` or a later one from this partition.
+    pub fn seen(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.last.get(&(topic.to_owned(), partition)).is_some_and(|&last| offset <= last)
+    }
+
+    /// Record a taken message.
+    pub fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.last.insert((topic.to_owned(), partition), offset);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redeliveries_within_a_batch_are_dropped() {
+        let mut b = InBatch::default();
+        for o in [100, 101] {
+            assert!(!b.seen("a", 0, o));
+            b.record("a", 0, o);
+        }
+        assert!(!b.seen("a", 1, 5));
+        // A rebalance restarted partition 0 from its committed offset.
+        assert!(b.seen("a", 0, 100) && b.seen("a", 0, 101));
+        assert!(!b.seen("a", 0, 102));
+    }
 
     #[test]
     fn tracker_skips_durable_and_seeks_back_once() {

@@ -253,6 +253,7 @@ async fn run_consumer<P: Processor>(
         let mut emits = Vec::new();
         let mut taken: Vec<&OwnedMessage> = Vec::with_capacity(messages.len());
         let mut touched: BTreeSet<(String, i32)> = BTreeSet::new();
+        let mut batch_order = batch::InBatch::default();
         for m in &messages {
             let Some(env) = topics.environment_of(m.topic()) else {
                 anyhow::bail!("subscribed to a topic outside the prefix: {}", m.topic());
@@ -269,6 +270,11 @@ async fn run_consumer<P: Processor>(
                     Part { state: P::State::default(), writer: Writer::new(0) }
                 };
                 parts.insert(key.clone(), part);
+            }
+            // A rebalance inside a batch can redeliver a partition from its committed offset: anything
+            // not past what this batch already took from that partition is a redelivery; skip it.
+            if batch_order.seen(m.topic(), m.partition(), m.offset()) {
+                continue;
             }
             match tracker.admit(m.topic(), m.partition(), m.offset()) {
                 Admit::Skip => continue,
@@ -315,6 +321,7 @@ async fn run_consumer<P: Processor>(
                 }
             }
             touched.insert(key);
+            batch_order.record(m.topic(), m.partition(), m.offset());
             taken.push(m);
         }
         if taken.is_empty() {

@@ -142,6 +142,7 @@ async fn run_consumer<S: SinkStore>(
         let mut dead = Vec::new();
         let mut taken: Vec<OwnedMessage> = Vec::with_capacity(messages.len());
         let mut landed: HashMap<(String, i32), i64> = HashMap::new();
+        let mut batch_order = batch::InBatch::default();
         for m in messages {
             if !tracker.loaded.contains(m.topic()) {
                 let loaded = retry(store.name(), "load positions", backoff, shutdown, || {
@@ -162,6 +163,11 @@ async fn run_consumer<S: SinkStore>(
                     tracker.durable.insert(key.clone(), next);
                 }
                 tracker.resolved.insert(key);
+            }
+            // A rebalance inside a batch can redeliver a partition from its committed offset: anything
+            // not past what this batch already took from that partition is a redelivery; skip it.
+            if batch_order.seen(m.topic(), m.partition(), m.offset()) {
+                continue;
             }
             match tracker.admit(m.topic(), m.partition(), m.offset()) {
                 Admit::Skip => continue,
@@ -193,6 +199,7 @@ async fn run_consumer<S: SinkStore>(
                     dead.push(dead_letter(topics, env, &format!("sink:{}", store.name()), &m, reason));
                 }
             }
+            batch_order.record(m.topic(), m.partition(), m.offset());
             taken.push(m);
         }
         if taken.is_empty() {
