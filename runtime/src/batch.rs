@@ -147,6 +147,38 @@ impl InBatch {
     }
 }
 
+/// Whether to process `m` now: drops redeliveries within the batch (a rebalance mid-batch can restart a
+/// partition from its committed offset) and what the authority already holds, and seeks the consumer
+/// back when it stands past the authority's position. `who` names the loop in the log.
+pub fn take(
+    consumer: &Consumer,
+    tracker: &mut Tracker,
+    in_batch: &InBatch,
+    m: &OwnedMessage,
+    seek_timeout: Duration,
+    who: &str,
+) -> rdkafka::error::KafkaResult<bool> {
+    if in_batch.seen(m.topic(), m.partition(), m.offset()) {
+        return Ok(false);
+    }
+    match tracker.admit(m.topic(), m.partition(), m.offset()) {
+        Admit::Skip => Ok(false),
+        Admit::SeekTo(next) => {
+            tracing::info!(
+                who,
+                topic = m.topic(),
+                partition = m.partition(),
+                from = m.offset(),
+                to = next,
+                "consumer ahead of the durable position; seeking back"
+            );
+            consumer.seek(m.topic(), m.partition(), Offset::Offset(next), seek_timeout)?;
+            Ok(false)
+        }
+        Admit::Take => Ok(true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Offset;
 pub use riverbank_schemas::processor::{Emit, InputRef, KvState, Processor, Verdict};
 use riverbank_schemas::{derived_id, DeadLetter, Environment, RawEnvelope, Topics};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::batch::{self, Admit, Tracker};
+use crate::batch::{self, Tracker};
 use crate::checkpoint::{self, Writer};
 use crate::config::Config;
 use crate::kafka;
@@ -271,26 +270,8 @@ async fn run_consumer<P: Processor>(
                 };
                 parts.insert(key.clone(), part);
             }
-            // A rebalance inside a batch can redeliver a partition from its committed offset: anything
-            // not past what this batch already took from that partition is a redelivery; skip it.
-            if batch_order.seen(m.topic(), m.partition(), m.offset()) {
+            if !batch::take(&consumer, &mut tracker, &batch_order, m, seek_timeout, processor.name())? {
                 continue;
-            }
-            match tracker.admit(m.topic(), m.partition(), m.offset()) {
-                Admit::Skip => continue,
-                Admit::SeekTo(next) => {
-                    tracing::info!(
-                        processor = processor.name(),
-                        topic = m.topic(),
-                        partition = m.partition(),
-                        from = m.offset(),
-                        to = next,
-                        "resuming at the checkpoint's offset"
-                    );
-                    consumer.seek(m.topic(), m.partition(), Offset::Offset(next), seek_timeout)?;
-                    continue;
-                }
-                Admit::Take => {}
             }
             let at =
                 InputRef { topic: m.topic(), partition: m.partition(), offset: m.offset(), environment: env };

@@ -16,7 +16,7 @@ use riverbank_schemas::{Environment, Topics};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::batch::{self, Admit, Tracker};
+use crate::batch::{self, Tracker};
 use crate::config::Config;
 use crate::kafka;
 use crate::process::{dead_letter, produce_all, Emit};
@@ -164,26 +164,8 @@ async fn run_consumer<S: SinkStore>(
                 }
                 tracker.resolved.insert(key);
             }
-            // A rebalance inside a batch can redeliver a partition from its committed offset: anything
-            // not past what this batch already took from that partition is a redelivery; skip it.
-            if batch_order.seen(m.topic(), m.partition(), m.offset()) {
+            if !batch::take(&consumer, &mut tracker, &batch_order, &m, seek_timeout, store.name())? {
                 continue;
-            }
-            match tracker.admit(m.topic(), m.partition(), m.offset()) {
-                Admit::Skip => continue,
-                Admit::SeekTo(next) => {
-                    tracing::info!(
-                        sink = store.name(),
-                        topic = m.topic(),
-                        partition = m.partition(),
-                        from = m.offset(),
-                        to = next,
-                        "consumer ahead of the store; seeking back"
-                    );
-                    consumer.seek(m.topic(), m.partition(), Offset::Offset(next), seek_timeout)?;
-                    continue;
-                }
-                Admit::Take => {}
             }
             match store.decode(m.topic(), m.partition(), m.offset(), m.payload().unwrap_or_default()) {
                 Ok((r, ingested_ms)) => {
