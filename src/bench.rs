@@ -630,7 +630,7 @@ fn free_local_addr() -> anyhow::Result<std::net::SocketAddr> {
 /// broker's acknowledgement), and an axum hello-world in the same run as the ceiling.
 pub async fn ingest(cfg: &Config, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
     use base64::Engine as _;
-    use riverbank_runtime::config::{WebhookScheme, WebhookSecretConfig};
+    use riverbank_runtime::config::WebhookSecretConfig;
 
     let mut cfg = cfg.clone();
     cfg.kafka.topic_prefix = format!("benchingest-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -639,10 +639,9 @@ pub async fn ingest(cfg: &Config, seconds: u64, concurrency: usize) -> anyhow::R
     cfg.ingest.in_flight_requests_max = cfg.ingest.in_flight_requests_max.max(concurrency * 2);
     let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
     cfg.ingest.webhooks = vec![WebhookSecretConfig {
-        provider: "benchpay".into(),
+        provider: "acmepay".into(),
         tenant_id: "bench-tenant".into(),
         environment: Environment::Live,
-        scheme: WebhookScheme::StandardWebhooks,
         secrets: vec![riverbank_runtime::Secret::new(secret)],
     }];
     let senders = crate::demo::senders(&cfg)?;
@@ -662,7 +661,6 @@ pub async fn ingest(cfg: &Config, seconds: u64, concurrency: usize) -> anyhow::R
             let d = crate::demo::Delivery {
                 id: format!("msg_{w}_{n}"),
                 body: crate::demo::deposit_body(n as usize, "bench-tenant"),
-                signature: None,
             };
             matches!(crate::demo::send(&cl, &url, &snd, &d).await, Ok(s) if s == reqwest::StatusCode::ACCEPTED)
         }

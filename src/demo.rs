@@ -4,46 +4,57 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use riverbank_ingest::standard_webhooks::{self as sw, Key};
+use riverbank_ingest::core::schemes::sign::{self, Signer};
+use riverbank_ingest::core::schemes::Scheme;
 use riverbank_runtime::Config;
 use riverbank_schemas::Environment;
 
 /// Concurrent requests a sender keeps in flight.
 pub const SEND_CONCURRENCY_MAX: usize = 32;
 
-/// One configured sender: who signs, for which tenant and environment.
+/// One configured sender: who signs, how (the provider's scheme), for which tenant and environment.
 #[derive(Debug, Clone)]
 pub struct Sender {
     pub provider: String,
     pub tenant_id: String,
     pub environment: Environment,
-    pub key: Key,
+    pub scheme: Scheme,
+    pub signer: Signer,
 }
 
-/// Senders from the config's webhook secrets (the first, newest, secret of each).
+/// Senders from the config's webhook secrets (the first, newest, secret of each) for providers with a
+/// shared-secret scheme (an asymmetric provider's private key is not ours to hold).
 pub fn senders(cfg: &Config) -> anyhow::Result<Vec<Sender>> {
-    cfg.ingest
-        .webhooks
-        .iter()
-        .map(|w| {
-            let secret = w.secrets.first().context("webhook entry without secrets")?;
-            Ok(Sender {
-                provider: w.provider.clone(),
-                tenant_id: w.tenant_id.clone(),
-                environment: w.environment,
-                key: Key::from_secret(secret.expose()).map_err(|e| anyhow::anyhow!("{e}"))?,
-            })
-        })
-        .collect()
+    let providers = riverbank_ingest::server::load_providers(&cfg.ingest.providers_dir)?;
+    let mut out = Vec::new();
+    for w in &cfg.ingest.webhooks {
+        let def = providers.get(&w.provider).with_context(|| format!("no provider {}", w.provider))?;
+        if matches!(def.signature, Scheme::Ed25519 { .. }) {
+            continue;
+        }
+        let secret = w.secrets.first().context("webhook entry without secrets")?;
+        out.push(Sender {
+            provider: w.provider.clone(),
+            tenant_id: w.tenant_id.clone(),
+            environment: w.environment,
+            scheme: def.signature.clone(),
+            signer: Signer::Secret(secret.expose().clone()),
+        });
+    }
+    Ok(out)
 }
 
-/// A realistic deposit-status callback; `seq` varies amount and id. No PII.
+/// A realistic deposit / payout status callback in the `acmepay` provider's shape; `seq` varies amount,
+/// status and id. No PII.
 pub fn deposit_body(seq: usize, tenant_id: &str) -> Vec<u8> {
     let statuses = ["deposit.received", "deposit.processing", "deposit.completed", "payout.completed"];
     serde_json::to_vec(&serde_json::json!({
         "type": statuses[seq % statuses.len()],
+        "api_version": "2024-06-01",
+        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "data": {
-            "deposit_id": format!("dep_{tenant_id}_{seq:08}"),
+            "object": "deposit",
+            "id": format!("dep_{tenant_id}_{seq:08}"),
             "amount": { "value": format!("{}.{:02}", 10 + seq % 990, seq % 100), "currency": "USD" },
             "chain": "ethereum",
             "confirmations": seq % 13
@@ -52,13 +63,11 @@ pub fn deposit_body(seq: usize, tenant_id: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// How one delivery is signed: normally with the sender's key; tests also send forged ones.
+/// One delivery: its id (where the scheme carries one) and raw body.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: String,
     pub body: Vec<u8>,
-    /// `None`: sign with the sender's key.
-    pub signature: Option<String>,
 }
 
 /// POST one webhook to `ingest_url`; returns the HTTP status.
@@ -69,13 +78,11 @@ pub async fn send(
     delivery: &Delivery,
 ) -> reqwest::Result<reqwest::StatusCode> {
     let ts = chrono::Utc::now().timestamp();
-    let signature =
-        delivery.signature.clone().unwrap_or_else(|| sender.key.sign(&delivery.id, ts, &delivery.body));
-    let resp = client
-        .post(format!("{ingest_url}/v1/webhooks/{}/{}", sender.provider, sender.tenant_id))
-        .header(sw::HEADER_ID, &delivery.id)
-        .header(sw::HEADER_TIMESTAMP, ts.to_string())
-        .header(sw::HEADER_SIGNATURE, signature)
+    let mut req = client.post(format!("{ingest_url}/v1/webhooks/{}/{}", sender.provider, sender.tenant_id));
+    for (k, v) in sign::headers(&sender.scheme, &sender.signer, &delivery.id, ts, &delivery.body) {
+        req = req.header(k, v);
+    }
+    let resp = req
         .header("x-environment", sender.environment.as_str())
         .header("content-type", "application/json")
         .body(delivery.body.clone())
@@ -188,7 +195,7 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
         .map(|i| {
             let s = senders[i % senders.len()].clone();
             let body = deposit_body(i, &s.tenant_id);
-            (s, Delivery { id: format!("msg_{run_id}_{i}"), body, signature: None })
+            (s, Delivery { id: format!("msg_{run_id}_{i}"), body })
         })
         .collect();
     let started = Instant::now();

@@ -21,7 +21,7 @@ struct Cli {
 enum Command {
     /// Run every component in one process: ingest, processors, sinks, api.
     Run,
-    /// The HTTP edge for provider webhooks.
+    /// The HTTP edge: provider webhooks and tenant API commands.
     Ingest,
     /// A stream processor.
     Process {
@@ -51,8 +51,73 @@ enum Command {
         #[command(subcommand)]
         which: BenchName,
     },
+    /// Tenant API keys (stored hashed; the token is shown once, at creation).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Dead letters: inputs that could not be processed, with the reason.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Print the effective config (secrets redacted) after validating it.
     Config,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key and print its token (once).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = parse_env)]
+        env: riverbank_schemas::Environment,
+        /// admin, operator, viewer or rates_publisher.
+        #[arg(long, value_parser = parse_role)]
+        role: riverbank_ingest::core::commands::Role,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Revoke a key by id (`k…`); ingest refuses it within `ingest.api_key_cache_ttl_ms`.
+    Revoke { key_id: String },
+    /// List keys (never their secrets), newest first.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Show dead letters (all configured environments, or one).
+    List {
+        #[arg(long, value_parser = parse_env)]
+        env: Option<riverbank_schemas::Environment>,
+        /// One JSON object per line, raw input included.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay dead letters after a fix: by id, or every one with --all.
+    Redrive {
+        ids: Vec<uuid::Uuid>,
+        #[arg(long)]
+        all: bool,
+        /// Say what would happen; produce nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn parse_env(s: &str) -> Result<riverbank_schemas::Environment, String> {
+    s.parse()
+}
+
+fn parse_role(s: &str) -> Result<riverbank_ingest::core::commands::Role, String> {
+    riverbank_ingest::core::commands::Role::parse(s)
+        .ok_or_else(|| "one of admin, operator, viewer, rates_publisher".to_owned())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -132,6 +197,14 @@ fn main() -> anyhow::Result<()> {
             Command::Bench { which: BenchName::Sinks { tenants, per_tenant, rate_per_s } } => {
                 riverbank::bench::sinks(&cfg, tenants, per_tenant, rate_per_s).await
             }
+            Command::Keys { action } => keys(&cfg, action).await,
+            Command::Dlq { action: DlqAction::List { env, json } } => {
+                riverbank::dlq::list(&cfg, env, json).await
+            }
+            Command::Dlq { action: DlqAction::Redrive { ids, all, dry_run } } => {
+                anyhow::ensure!(all == ids.is_empty(), "name dead letter ids, or --all (not both)");
+                riverbank::dlq::redrive(&cfg, &ids, dry_run).await.map(|_| ())
+            }
             Command::Config => {
                 println!("{cfg:#?}");
                 Ok(())
@@ -146,8 +219,54 @@ async fn migrate(cfg: &Config) -> anyhow::Result<()> {
         .await
         .context("connecting to postgres")?;
     riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
+    riverbank_ingest::store::migrate(&pool).await.context("ingest schema")?;
     riverbank_sinks::clickhouse::create(&cfg.clickhouse).await.context("clickhouse ddl")?;
     tracing::info!("topics, postgres and clickhouse are up to date");
+    Ok(())
+}
+
+async fn keys(cfg: &Config, action: KeysAction) -> anyhow::Result<()> {
+    use riverbank_ingest::store;
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
+        .await
+        .context("connecting to postgres")?;
+    store::migrate(&pool).await.context("ingest schema")?;
+    match action {
+        KeysAction::Create { tenant, env, role, label } => {
+            anyhow::ensure!(
+                riverbank_runtime::config::is_tenant_id(&tenant),
+                "tenant id must be 1-64 of ASCII letters, digits, '-', '_'"
+            );
+            let (key, token) = store::create_key(&pool, &tenant, env, role, &label).await?;
+            eprintln!(
+                "created {} for tenant {} ({}, role {}); the token below is shown only now:",
+                key.key_id,
+                key.tenant_id,
+                key.environment,
+                key.role.as_str()
+            );
+            println!("{token}");
+        }
+        KeysAction::Revoke { key_id } => {
+            anyhow::ensure!(store::revoke_key(&pool, &key_id).await?, "no live key {key_id}");
+            println!("revoked {key_id}");
+        }
+        KeysAction::List { tenant, limit } => {
+            for k in store::list_keys(&pool, tenant.as_deref(), limit).await? {
+                println!(
+                    "{}  {:<16} {:<8} {:<16} {}  {}  {}",
+                    k.key_id,
+                    k.tenant_id,
+                    k.environment.as_str(),
+                    k.role.as_str(),
+                    k.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    k.revoked_at
+                        .map_or("live".to_owned(), |t| format!("revoked {}", t.format("%Y-%m-%dT%H:%M:%SZ"))),
+                    k.label
+                );
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,7 +1,12 @@
-//! The HTTP edge: provider webhooks (and, later, tenant API commands) → Kafka.
+//! The HTTP edge: provider webhooks (declared adapters) and tenant API commands → Kafka. The pure part
+//! (schemes, definitions, command decoding) lives in `riverbank-ingest-core`; this crate adds HTTP,
+//! Postgres (deduplication, idempotency, API keys) and Kafka.
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod server;
-pub mod standard_webhooks;
+pub mod store;
+pub mod webhooks;
 
+pub use riverbank_ingest_core as core;
 pub use server::serve;

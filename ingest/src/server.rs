@@ -1,88 +1,317 @@
-//! The HTTP edge for provider webhooks: verify, wrap in an envelope, produce, then answer.
-//! 202 is sent only after the broker acknowledged the event (acks=all, idempotent producer).
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+//! The HTTP edge: provider webhooks and tenant API commands → Kafka. Shared here: state, limits, the
+//! claim → produce → answer step both paths use, and serving. 2xx is sent only after the broker
+//! acknowledged the event (acks=all, idempotent producer).
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use rdkafka::producer::FutureProducer;
-use riverbank_runtime::config::{Config, WebhookScheme};
+use riverbank_ingest_core::provider::{self, ProviderDef};
+use riverbank_ingest_core::schemes::Key;
+use riverbank_runtime::config::Config;
 use riverbank_runtime::http::{within, HttpError, InFlight};
 use riverbank_runtime::process::{produce_all, Emit};
 use riverbank_runtime::{kafka, CancellationToken};
-use riverbank_schemas::{derived_id, DeadLetter, Envelope, Environment, Topics, WebhookReceived};
+use riverbank_schemas::{Environment, Topics};
+use sqlx::PgPool;
 
-use crate::standard_webhooks::{self as sw, Key};
+use crate::store::{self, Claim, RequestKey};
+use crate::{commands, webhooks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestSetupError {
-    #[error("ingest.webhooks[{index}]: {source}")]
-    Secret { index: usize, source: sw::BadSecret },
+    #[error(
+        "ingest.webhooks[{index}]: provider '{provider}' has no definition (built-in or in providers_dir)"
+    )]
+    UnknownProvider { index: usize, provider: String },
+    #[error("ingest.webhooks[{index}].secrets[{secret}]: {message}")]
+    Secret { index: usize, secret: usize, message: &'static str },
     #[error("ingest.webhooks[{index}]: environment {env} is not in kafka.environments")]
     Environment { index: usize, env: Environment },
+    #[error(transparent)]
+    Definition(#[from] provider::DefinitionError),
+    #[error("ingest.providers_dir {dir}: {error}")]
+    ProvidersDir { dir: String, error: std::io::Error },
 }
 
-type SenderKey = (String, String, Environment);
+/// One tenant's configured key for a provider in an environment.
+#[derive(Debug, Clone)]
+pub struct TenantKey {
+    pub tenant_id: String,
+    pub key: Key,
+}
 
 pub struct Ingest {
-    producer: FutureProducer,
-    topics: Topics,
-    environments: Vec<Environment>,
-    keys: HashMap<SenderKey, Vec<Key>>,
-    body_bytes_max: usize,
+    pub(crate) producer: FutureProducer,
+    pub(crate) pool: PgPool,
+    pub(crate) topics: Topics,
+    pub(crate) environments: Vec<Environment>,
+    pub(crate) providers: BTreeMap<String, ProviderDef>,
+    /// (provider, environment) → every tenant's keys, in config order.
+    pub(crate) keys: HashMap<(String, Environment), Vec<TenantKey>>,
+    pub(crate) body_bytes_max: usize,
     headers_count_max: usize,
     request_timeout: Duration,
     produce_timeout: Duration,
-    retry_after_s: u64,
-    tolerance_s: i64,
+    pub(crate) retry_after_s: u64,
+    pub(crate) idempotency_lease: Duration,
+    pub(crate) idempotency_wait: Duration,
     in_flight: InFlight,
     kafka: riverbank_runtime::config::KafkaConfig,
+    pub(crate) key_cache: Mutex<HashMap<String, (store::ApiKey, Instant)>>,
+    pub(crate) key_cache_ttl: Duration,
+    pub(crate) key_cache_entries_max: usize,
+}
+
+/// Provider definitions: the built-ins plus every `*.toml` in `dir` (when set).
+pub fn load_providers(dir: &str) -> Result<BTreeMap<String, ProviderDef>, IngestSetupError> {
+    let mut extra = Vec::new();
+    if !dir.is_empty() {
+        let err = |error| IngestSetupError::ProvidersDir { dir: dir.to_owned(), error };
+        let mut paths: Vec<_> =
+            std::fs::read_dir(dir).map_err(err)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths.into_iter().filter(|p| p.extension().is_some_and(|x| x == "toml")) {
+            let text = std::fs::read_to_string(&p).map_err(err)?;
+            extra.push((p.display().to_string(), text));
+        }
+    }
+    Ok(provider::load(&extra)?)
 }
 
 impl Ingest {
-    pub fn new(cfg: &Config, producer: FutureProducer) -> Result<Ingest, IngestSetupError> {
-        let mut keys = HashMap::new();
+    pub fn new(cfg: &Config, producer: FutureProducer, pool: PgPool) -> Result<Ingest, IngestSetupError> {
+        let providers = load_providers(&cfg.ingest.providers_dir)?;
+        let mut keys: HashMap<(String, Environment), Vec<TenantKey>> = HashMap::new();
         for (index, w) in cfg.ingest.webhooks.iter().enumerate() {
             if !cfg.kafka.environments.contains(&w.environment) {
                 return Err(IngestSetupError::Environment { index, env: w.environment });
             }
-            let parsed = match w.scheme {
-                WebhookScheme::StandardWebhooks => w
-                    .secrets
-                    .iter()
-                    .map(|s| Key::from_secret(s.expose()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|source| IngestSetupError::Secret { index, source })?,
-            };
-            keys.insert((w.provider.clone(), w.tenant_id.clone(), w.environment), parsed);
+            let def = providers
+                .get(&w.provider)
+                .ok_or_else(|| IngestSetupError::UnknownProvider { index, provider: w.provider.clone() })?;
+            let entry = keys.entry((w.provider.clone(), w.environment)).or_default();
+            for (secret, s) in w.secrets.iter().enumerate() {
+                let key = def.signature.key(s.expose()).map_err(|e| IngestSetupError::Secret {
+                    index,
+                    secret,
+                    message: e.0,
+                })?;
+                entry.push(TenantKey { tenant_id: w.tenant_id.clone(), key });
+            }
         }
         let i = &cfg.ingest;
         Ok(Ingest {
             producer,
+            pool,
             topics: kafka::topics(&cfg.kafka),
             environments: cfg.kafka.environments.clone(),
+            providers,
             keys,
             body_bytes_max: i.body_bytes_max,
             headers_count_max: i.headers_count_max,
             request_timeout: Duration::from_millis(i.request_timeout_ms),
             produce_timeout: Duration::from_millis(i.produce_timeout_ms),
             retry_after_s: i.retry_after_s,
-            tolerance_s: i.timestamp_tolerance_s,
+            idempotency_lease: Duration::from_millis(i.idempotency_lease_ms),
+            idempotency_wait: Duration::from_millis(i.idempotency_wait_ms),
             in_flight: InFlight::new(i.in_flight_requests_max, i.retry_after_s),
             kafka: cfg.kafka.clone(),
+            key_cache: Mutex::new(HashMap::new()),
+            key_cache_ttl: Duration::from_millis(i.api_key_cache_ttl_ms),
+            key_cache_entries_max: i.api_key_cache_entries_max,
         })
     }
+
+    /// Run `work` under the in-flight limit, the header-count limit and the request timeout (408).
+    pub(crate) async fn guarded<F>(&self, headers: &HeaderMap, work: F) -> Response
+    where
+        F: std::future::Future<Output = Result<Response, HttpError>>,
+    {
+        let _permit = match self.in_flight.enter() {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        if headers.len() > self.headers_count_max {
+            return HttpError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too_many_headers",
+                format!("at most {} headers allowed", self.headers_count_max),
+            )
+            .into_response();
+        }
+        match within(self.request_timeout, work).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    /// The environment a request names in `x-environment` (default live), if this deployment serves it.
+    pub(crate) fn environment(&self, headers: &HeaderMap) -> Result<Environment, HttpError> {
+        let env = match header(headers, "x-environment") {
+            None => Environment::Live,
+            Some(v) => {
+                v.parse::<Environment>().map_err(|m| HttpError::bad_request("invalid_environment", m))?
+            }
+        };
+        if !self.environments.contains(&env) {
+            return Err(HttpError::bad_request(
+                "invalid_environment",
+                format!("environment {env} is not served here"),
+            ));
+        }
+        Ok(env)
+    }
+
+    /// Read the body up to `body_bytes_max` (413 past it; a declared length past it is refused unread).
+    pub(crate) async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, HttpError> {
+        let too_large = || {
+            HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("body exceeds {} bytes", self.body_bytes_max),
+            )
+        };
+        let declared = header(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.body_bytes_max as u64) {
+            return Err(too_large());
+        }
+        axum::body::to_bytes(body, self.body_bytes_max).await.map_err(|e| {
+            if std::error::Error::source(&e).is_some_and(|src| src.is::<http_body_util::LengthLimitError>()) {
+                too_large()
+            } else {
+                HttpError::bad_request("body_unreadable", "request body could not be read")
+            }
+        })
+    }
+
+    /// Claim `key` (when given), produce `emit`, record and return the answer. A request whose key was
+    /// answered before gets that answer again (with `idempotent-replayed: true`) and produces nothing.
+    pub(crate) async fn claim_produce_answer(
+        &self,
+        key: Option<(RequestKey<'_>, &[u8], bool)>,
+        emit: Emit,
+        status: StatusCode,
+        response: serde_json::Value,
+    ) -> Result<Response, HttpError> {
+        let db_down = |e: sqlx::Error| {
+            tracing::warn!(error = %e, "idempotency store unavailable");
+            metrics::counter!("riverbank_ingest_store_errors_total").increment(1);
+            HttpError::unavailable(
+                "store_unavailable",
+                "request not accepted; retry later",
+                self.retry_after_s,
+            )
+        };
+        if let Some((k, hash, check_hash)) = &key {
+            match store::claim(
+                &self.pool,
+                k,
+                hash,
+                emit.event_id,
+                *check_hash,
+                self.idempotency_lease,
+                self.idempotency_wait,
+            )
+            .await
+            .map_err(db_down)?
+            {
+                Claim::Owned => {}
+                Claim::Done { status, response, .. } => {
+                    metrics::counter!("riverbank_ingest_duplicates_total", "scope" => scope_label(k.scope))
+                        .increment(1);
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                    let mut resp = (status, Json(response)).into_response();
+                    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    return Ok(resp);
+                }
+                Claim::Mismatch => {
+                    return Err(HttpError::new(
+                        StatusCode::CONFLICT,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used for a different request (method, path or body); \
+                         use a new key for a new request",
+                    ))
+                }
+                Claim::InFlight => {
+                    return Err(HttpError {
+                        retry_after_s: Some(1),
+                        ..HttpError::new(
+                            StatusCode::CONFLICT,
+                            "request_in_progress",
+                            "a request with this Idempotency-Key is still being processed; retry shortly",
+                        )
+                    })
+                }
+            }
+        }
+        if let Err(e) = produce_all(&self.producer, std::slice::from_ref(&emit), self.produce_timeout).await {
+            tracing::warn!(topic = %emit.topic, error = %e, "broker did not acknowledge");
+            metrics::counter!("riverbank_ingest_broker_unavailable_total").increment(1);
+            if let Some((k, ..)) = &key {
+                if let Err(e) = store::release(&self.pool, k).await {
+                    // The lease expires by itself; a retry then takes the key over.
+                    tracing::warn!(error = %e, "could not release idempotency claim");
+                }
+            }
+            return Err(HttpError::unavailable(
+                "broker_unavailable",
+                "event not accepted; retry later",
+                self.retry_after_s,
+            ));
+        }
+        if let Some((k, ..)) = &key {
+            // The event is accepted; if recording the answer fails, the lease expires and a retry
+            // re-produces the same event id, which consumers deduplicate.
+            if let Err(e) = store::complete(&self.pool, k, status.as_u16(), &response).await {
+                tracing::warn!(error = %e, "could not record the answer of an accepted request");
+            }
+        }
+        Ok((status, Json(response)).into_response())
+    }
+}
+
+fn scope_label(scope: &str) -> &'static str {
+    if scope == "api" {
+        "api"
+    } else {
+        "webhook"
+    }
+}
+
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `x-trace-id` when it is sane (at most 128 printable ASCII bytes).
+pub(crate) fn trace_id(headers: &HeaderMap) -> Option<String> {
+    header(headers, "x-trace-id")
+        .filter(|t| !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| (0x21..0x7f).contains(&b)))
+        .map(str::to_owned)
 }
 
 pub fn router(state: Arc<Ingest>) -> Router {
     Router::new()
-        .route("/v1/webhooks/{provider}", post(webhook))
-        .route("/v1/webhooks/{provider}/{tenant_id}", post(webhook_for_tenant))
+        .route("/v1/webhooks/{provider}", post(webhooks::webhook))
+        .route("/v1/webhooks/{provider}/{tenant_id}", post(webhooks::webhook_for_tenant))
+        .route("/v1/transfers", post(commands::create_transfer))
+        .route("/v1/transfers/{id}/approve", post(commands::approve_transfer))
+        .route("/v1/transfers/{id}/reject", post(commands::reject_transfer))
+        .route("/v1/transfers/{id}/cancel", post(commands::cancel_transfer))
+        .route("/v1/fx/quotes", post(commands::fx_quote))
+        .route("/v1/fx/conversions", post(commands::fx_conversion))
+        .route("/v1/fx/rates", post(commands::fx_rates))
+        .route("/v1/fees/{id}", put(commands::fee_config))
+        .route("/v1/kyc/users/{id}/freeze", post(commands::kyc_freeze))
+        .route("/v1/kyc/users/{id}/unfreeze", post(commands::kyc_unfreeze))
+        .route("/v1/kyc/users/{id}/close", post(commands::kyc_close))
+        .route("/v1/kyc/cases/{id}/decision", post(commands::kyc_review))
         .route("/health", get(health))
         .with_state(state)
 }
@@ -90,206 +319,58 @@ pub fn router(state: Arc<Ingest>) -> Router {
 /// Serve until `shutdown`; in-flight requests finish first.
 pub async fn serve(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await?;
-    let state = Arc::new(Ingest::new(cfg, kafka::producer(&cfg.kafka)?)?);
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await?;
+    store::migrate(&pool).await?;
+    let state = Arc::new(Ingest::new(cfg, kafka::producer(&cfg.kafka)?, pool.clone())?);
+    tokio::spawn(sweep_loop(
+        pool,
+        Duration::from_secs(cfg.ingest.retention_sweep_interval_s),
+        Duration::from_secs(cfg.ingest.webhook_dedupe_retention_h * 3600),
+        Duration::from_secs(cfg.ingest.idempotency_retention_h * 3600),
+        cfg.ingest.retention_sweep_rows_max,
+        shutdown.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(cfg.ingest.listen_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "ingest listening");
+    tracing::info!(addr = %listener.local_addr()?, providers = state.providers.len(), "ingest listening");
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }
 
+async fn sweep_loop(
+    pool: PgPool,
+    every: Duration,
+    webhook_retention: Duration,
+    api_retention: Duration,
+    rows_max: i64,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match store::sweep(&pool, webhook_retention, api_retention, rows_max).await {
+            Ok(n) => metrics::counter!("riverbank_ingest_swept_rows_total").increment(n),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; next pass retries"),
+        }
+    }
+}
+
 async fn health(State(s): State<Arc<Ingest>>) -> Response {
-    match kafka::ping(&s.kafka).await {
-        Ok(brokers) => Json(serde_json::json!({"status": "ok", "broker": {"status": "ok", "brokers": brokers}}))
-            .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "unavailable", "broker": {"status": "down", "error": e.to_string()}})),
-        )
-            .into_response(),
-    }
-}
-
-async fn webhook(
-    State(s): State<Arc<Ingest>>,
-    Path(provider): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let tenant = header(&headers, "x-tenant-id").map(str::to_owned);
-    handle(s, provider, tenant, headers, body).await
-}
-
-async fn webhook_for_tenant(
-    State(s): State<Arc<Ingest>>,
-    Path((provider, tenant)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(s, provider, Some(tenant), headers, body).await
-}
-
-async fn handle(
-    s: Arc<Ingest>,
-    provider: String,
-    tenant: Option<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let permit = match s.in_flight.enter() {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let timeout = s.request_timeout;
-    let result = within(timeout, accept(&s, provider, tenant, &headers, body)).await;
-    drop(permit);
-    match result {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-async fn read_body(s: &Ingest, headers: &HeaderMap, body: Body) -> Result<Bytes, HttpError> {
-    let too_large = || {
-        HttpError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("body exceeds {} bytes", s.body_bytes_max),
-        )
-    };
-    let declared = header(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > s.body_bytes_max as u64) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, s.body_bytes_max).await.map_err(|e| {
-        if std::error::Error::source(&e)
-            .is_some_and(|src| src.is::<http_body_util_limited::LengthLimitError>())
-        {
-            too_large()
-        } else {
-            HttpError::bad_request("body_unreadable", "request body could not be read")
-        }
-    })
-}
-
-mod http_body_util_limited {
-    pub use http_body_util::LengthLimitError;
-}
-
-async fn accept(
-    s: &Ingest,
-    provider: String,
-    tenant: Option<String>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, HttpError> {
-    if headers.len() > s.headers_count_max {
-        return Err(HttpError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "too_many_headers",
-            format!("at most {} headers allowed", s.headers_count_max),
-        ));
-    }
-    let tenant = tenant.ok_or_else(|| {
-        HttpError::bad_request(
-            "missing_tenant",
-            "name the tenant in the path (/v1/webhooks/{provider}/{tenant_id}) or x-tenant-id",
-        )
-    })?;
-    if !riverbank_runtime::config::is_tenant_id(&tenant) {
-        return Err(HttpError::bad_request(
-            "invalid_tenant",
-            "tenant id must be 1-64 of ASCII letters, digits, '-', '_'",
-        ));
-    }
-    let env = match header(headers, "x-environment") {
-        None => Environment::Live,
-        Some(v) => v.parse::<Environment>().map_err(|m| HttpError::bad_request("invalid_environment", m))?,
-    };
-    if !s.environments.contains(&env) {
-        return Err(HttpError::bad_request(
-            "invalid_environment",
-            format!("environment {env} is not served here"),
-        ));
-    }
-    let body = read_body(s, headers, body).await?;
-    // The tenant is trusted only because one of *its* secrets verifies the signature.
-    let keys = s.keys.get(&(provider.clone(), tenant.clone(), env)).map(Vec::as_slice).unwrap_or(&[]);
-    let delivery = sw::Delivery {
-        id: header(headers, sw::HEADER_ID),
-        timestamp: header(headers, sw::HEADER_TIMESTAMP),
-        signature: header(headers, sw::HEADER_SIGNATURE),
-        body: &body,
-    };
-    let now = chrono::Utc::now();
-    let verified = sw::verify(keys, &delivery, now.timestamp(), s.tolerance_s).map_err(|e| {
-        let (status, code) = match e {
-            sw::VerifyError::MissingHeader(_) | sw::VerifyError::BadId(_) | sw::VerifyError::BadTimestamp => {
-                (StatusCode::BAD_REQUEST, "invalid_webhook_headers")
-            }
-            sw::VerifyError::OutsideTolerance(..) => (StatusCode::UNAUTHORIZED, "timestamp_out_of_tolerance"),
-            sw::VerifyError::NoMatch => (StatusCode::UNAUTHORIZED, "invalid_signature"),
-        };
-        HttpError::new(status, code, e.to_string())
-    })?;
-    let event_id = derived_id(&["webhook", env.as_str(), &tenant, &provider, &verified.id]);
-    let body_len = body.len() as u64;
-    let emit = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(json) => {
-            let occurred_at = chrono::DateTime::from_timestamp(verified.timestamp, 0).unwrap_or(now);
-            let envelope = Envelope {
-                event_id,
-                event_type: WebhookReceived::EVENT_TYPE.to_owned(),
-                schema_version: WebhookReceived::SCHEMA_VERSION,
-                tenant_id: tenant.clone(),
-                environment: env,
-                occurred_at,
-                ingested_at: now,
-                idempotency_key: None,
-                source: provider.clone(),
-                user_id: None,
-                customer_id: None,
-                session_id: None,
-                trace_id: header(headers, "x-trace-id").filter(|t| t.len() <= 128).map(str::to_owned),
-                payload: WebhookReceived {
-                    provider: provider.clone(),
-                    provider_event_id: verified.id.clone(),
-                    provider_event_type: json.get("type").and_then(|t| t.as_str()).map(str::to_owned),
-                    body_bytes: body_len,
-                    body: json,
-                },
-            };
-            let payload = serde_json::to_vec(&envelope).map_err(|e| HttpError::internal(&e))?;
-            Emit { topic: s.topics.ingest_webhooks(env), key: tenant.clone(), event_id, payload }
-        }
-        Err(e) => {
-            // Authentic but unusable: park it raw with the reason so the provider stops retrying
-            // and an operator can redrive it after a fix.
-            use base64::Engine as _;
-            let letter = DeadLetter {
-                dead_letter_id: event_id,
-                rejected_by: "ingest".to_owned(),
-                reason: format!("body is not JSON: {e}"),
-                source_topic: None,
-                source_partition: None,
-                source_offset: None,
-                tenant_id: Some(tenant.clone()),
-                raw_base64: base64::engine::general_purpose::STANDARD.encode(&body),
-            };
-            let payload = serde_json::to_vec(&letter).map_err(|e| HttpError::internal(&e))?;
-            Emit { topic: s.topics.dead_letters(env), key: tenant.clone(), event_id, payload }
-        }
-    };
-    let dead_lettered = emit.topic == s.topics.dead_letters(env);
-    produce_all(&s.producer, std::slice::from_ref(&emit), s.produce_timeout).await.map_err(|e| {
-        tracing::warn!(tenant_id = %tenant, provider = %provider, error = %e, "broker did not acknowledge");
-        HttpError::unavailable("broker_unavailable", "event not accepted; retry later", s.retry_after_s)
-    })?;
-    tracing::debug!(tenant_id = %tenant, provider = %provider, %event_id, dead_lettered, "webhook accepted");
-    let status = if dead_lettered { "dead_lettered" } else { "accepted" };
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"event_id": event_id, "status": status})))
-        .into_response())
+    let broker = kafka::ping(&s.kafka).await;
+    let db = sqlx::query("SELECT 1").execute(&s.pool).await;
+    let ok = broker.is_ok() && db.is_ok();
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "broker": match &broker {
+            Ok(brokers) => serde_json::json!({"status": "ok", "brokers": brokers}),
+            Err(e) => serde_json::json!({"status": "down", "error": e.to_string()}),
+        },
+        "postgres": match &db {
+            Ok(_) => serde_json::json!({"status": "ok"}),
+            Err(_) => serde_json::json!({"status": "down"}),
+        },
+    });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
 }

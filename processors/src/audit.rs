@@ -23,7 +23,12 @@ impl AuditProcessor {
             tenant_id: input.tenant_id.clone(),
             environment: input.environment,
             actor: format!("provider:{}", input.payload.provider),
-            action: WebhookReceived::EVENT_TYPE.to_owned(),
+            // The mapped riverbank type (`kyc.case_approved`, …) when the provider definition gave one.
+            action: input
+                .payload
+                .event_type
+                .clone()
+                .unwrap_or_else(|| WebhookReceived::EVENT_TYPE.to_owned()),
             resource_type: "webhook".to_owned(),
             resource_id: input.payload.provider_event_id.clone(),
             source_event_id: input.event_id,

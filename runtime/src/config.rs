@@ -77,7 +77,24 @@ pub struct IngestConfig {
     pub in_flight_requests_max: usize,
     pub produce_timeout_ms: u64,
     pub retry_after_s: u64,
-    pub timestamp_tolerance_s: i64,
+    /// Extra provider definitions (`*.toml`), beside the built-in ones; empty: built-ins only.
+    pub providers_dir: String,
+    /// Webhook deliveries are recognised as duplicates for this long (providers retry for days).
+    pub webhook_dedupe_retention_h: u64,
+    /// An `Idempotency-Key` answers with its first response for this long.
+    pub idempotency_retention_h: u64,
+    /// How long a claimed key stays reserved for the request that claimed it; past this a crashed
+    /// claimant's key may be taken over (the event id is the same, so consumers deduplicate).
+    pub idempotency_lease_ms: u64,
+    /// A request whose key is in flight elsewhere waits this long for the first answer, then gets 409.
+    pub idempotency_wait_ms: u64,
+    /// Expired dedupe and idempotency rows are deleted this often, at most this many per pass.
+    pub retention_sweep_interval_s: u64,
+    pub retention_sweep_rows_max: i64,
+    /// API keys are looked up in Postgres and cached this long (so a revocation takes at most this
+    /// long to bite), at most this many.
+    pub api_key_cache_ttl_ms: u64,
+    pub api_key_cache_entries_max: usize,
     pub webhooks: Vec<WebhookSecretConfig>,
 }
 
@@ -89,15 +106,9 @@ pub struct WebhookSecretConfig {
     pub provider: String,
     pub tenant_id: String,
     pub environment: Environment,
-    pub scheme: WebhookScheme,
+    /// Shared secrets, or public keys for an asymmetric scheme, in the form the provider's scheme takes
+    /// (its definition says which).
     pub secrets: Vec<Secret<String>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookScheme {
-    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`, `whsec_` secrets.
-    StandardWebhooks,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,8 +295,22 @@ impl Config {
         if self.sinks.retry_backoff_max_ms < self.sinks.retry_backoff_initial_ms {
             errors.push("sinks.retry_backoff_max_ms must be at least retry_backoff_initial_ms".into());
         }
-        if !(1..=86_400).contains(&i.timestamp_tolerance_s) {
-            errors.push("ingest.timestamp_tolerance_s must be between 1 and 86400".into());
+        if i.idempotency_lease_ms <= i.request_timeout_ms {
+            errors.push(
+                "ingest.idempotency_lease_ms must exceed ingest.request_timeout_ms (a live request keeps its key)"
+                    .into(),
+            );
+        }
+        if i.idempotency_wait_ms >= i.request_timeout_ms {
+            errors.push("ingest.idempotency_wait_ms must be below ingest.request_timeout_ms".into());
+        }
+        if i.webhook_dedupe_retention_h == 0 || i.idempotency_retention_h == 0 {
+            errors.push("ingest.*_retention_h must be at least 1".into());
+        }
+        if i.retention_sweep_rows_max < 1 || i.api_key_cache_entries_max == 0 {
+            errors.push(
+                "ingest.retention_sweep_rows_max and api_key_cache_entries_max must be at least 1".into(),
+            );
         }
         if !self.clickhouse.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             errors.push("clickhouse.database may hold only ASCII letters, digits and '_'".into());
@@ -383,7 +408,7 @@ mod tests {
         let f = dir.join("s.toml");
         std::fs::write(
             &f,
-            "[postgres]\nurl = \"postgres://u:hunter2@h/db\"\n[[ingest.webhooks]]\nprovider = \"acme\"\ntenant_id = \"t1\"\nenvironment = \"live\"\nscheme = \"standard_webhooks\"\nsecrets = [\"whsec_c2VjcmV0LXNlY3JldA==\"]\n",
+            "[postgres]\nurl = \"postgres://u:hunter2@h/db\"\n[[ingest.webhooks]]\nprovider = \"acme\"\ntenant_id = \"t1\"\nenvironment = \"live\"\nsecrets = [\"whsec_c2VjcmV0LXNlY3JldA==\"]\n",
         )
         .expect("write");
         let c = Config::load_from(Some(&f), NO_ENV).expect("valid");

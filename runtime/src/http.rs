@@ -9,15 +9,27 @@ pub struct HttpError {
     pub code: &'static str,
     pub message: String,
     pub retry_after_s: Option<u64>,
+    /// For validation errors: the field at fault and the rule it breaks.
+    pub field: Option<(String, &'static str)>,
 }
 
 impl HttpError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        HttpError { status, code, message: message.into(), retry_after_s: None }
+        HttpError { status, code, message: message.into(), retry_after_s: None, field: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 422: a request that parsed but breaks a rule; names the field and the rule.
+    pub fn invalid_field(field: impl Into<String>, rule: &'static str, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = format!("{field}: {}", message.into());
+        HttpError {
+            field: Some((field, rule)),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+        }
     }
 
     /// A server-side failure: the detail goes to the log under a fresh trace id, the client gets the id.
@@ -42,7 +54,12 @@ impl HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some((field, rule)) = &self.field {
+            error["field"] = serde_json::json!(field);
+            error["rule"] = serde_json::json!(rule);
+        }
+        let body = serde_json::json!({ "error": error });
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after_s {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {

@@ -177,3 +177,79 @@ pub async fn ping(cfg: &KafkaConfig) -> Result<usize, KafkaSetupError> {
     .await
     .map_err(|e| KafkaSetupError::Metadata(e.to_string()))?
 }
+
+/// One record read by [`read_all`].
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Read every partition of `topic` from its start to the high watermark seen on entry, at most
+/// `records_max` records, within `timeout`. No consumer group; for tools (dead-letter listing) and tests.
+/// Blocking: run it on a blocking thread.
+pub fn read_all(
+    cfg: &KafkaConfig,
+    topic: &str,
+    records_max: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<ReadRecord>, String> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let deadline = std::time::Instant::now() + timeout;
+    let consumer: BaseConsumer = base(cfg, "reader")
+        .set("group.id", format!("{}-reader-unused", cfg.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| format!("reader: {e}"))?;
+    let metadata =
+        consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let partitions: Vec<i32> =
+        metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low)).map_err(|e| e.to_string())?;
+            ends.insert(p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut done = std::collections::HashSet::new();
+    while done.len() < ends.len() && out.len() < records_max {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        if remaining.is_zero() {
+            return Err(format!("reading {topic} took over {timeout:?}"));
+        }
+        match consumer.poll(remaining.min(std::time::Duration::from_millis(500))) {
+            None => continue,
+            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+            Some(Ok(m)) => {
+                use rdkafka::Message as _;
+                let end = ends.get(&m.partition()).copied().unwrap_or(0);
+                if m.offset() < end {
+                    out.push(ReadRecord {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                    });
+                }
+                if m.offset() >= end - 1 {
+                    done.insert(m.partition());
+                }
+            }
+        }
+    }
+    Ok(out)
+}

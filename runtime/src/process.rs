@@ -49,6 +49,10 @@ pub fn dead_letter(
         source_partition: Some(message.partition()),
         source_offset: Some(message.offset()),
         tenant_id: None,
+        source: None,
+        environment: Some(env),
+        received_at: None,
+        headers: Default::default(),
         raw_base64: base64::engine::general_purpose::STANDARD.encode(message.payload().unwrap_or_default()),
     };
     Emit {

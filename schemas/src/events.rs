@@ -13,11 +13,21 @@ use crate::Environment;
 #[serde(deny_unknown_fields)]
 pub struct WebhookReceived {
     pub provider: String,
-    /// The provider's delivery id (`webhook-id`), the deduplication key.
+    /// The deduplication key: the provider's event id, or `sha256:<hex>` of the raw body when the
+    /// provider gives none.
     pub provider_event_id: String,
     /// The provider's own event type, when its payload names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_event_type: Option<String>,
+    /// The riverbank event type it maps to (the provider definition's `event.types`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// The entity whose events stay in order (also the Kafka key, after the tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_key: Option<String>,
+    /// The provider's schema version, when its definition declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_schema_version: Option<String>,
     /// Size of the raw body as received, in bytes.
     pub body_bytes: u64,
     pub body: serde_json::Value,
@@ -74,6 +84,16 @@ pub struct DeadLetter {
     pub source_offset: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
+    /// Who sent the input: a provider name, or `api`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<DateTime<Utc>>,
+    /// The signed headers of a webhook, which its mapping may read (never secrets): what a redrive needs.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
     /// The input as received, base64 (standard alphabet).
     pub raw_base64: String,
 }

@@ -1,5 +1,9 @@
 //! JSON Schema files generated from the types. `schemas/json/*.json` are checked in and a test keeps
 //! them equal to what the types generate (regenerate with `RIVERBANK_BLESS=1 cargo test -p riverbank-schemas`).
+use crate::commands::{
+    FeeConfigUpserted, FxConversionRequested, FxQuoteRequested, FxRatesPublished, KycReviewDecided,
+    KycUserActionRequested,
+};
 use crate::transfers::{
     BalanceChanged, InputRejected, LedgerPosting, ProviderStatus, RiskDecided, TransferAction,
     TransferDecision, TransferPolicySet, TransferRequested, TransferStatusChanged,
@@ -30,6 +34,12 @@ pub fn generated() -> Vec<(&'static str, String)> {
         ("envelope.ledger_posting.v1.json", render::<Envelope<LedgerPosting>>()),
         ("envelope.balance_changed.v1.json", render::<Envelope<BalanceChanged>>()),
         ("envelope.transfer_input_rejected.v1.json", render::<Envelope<InputRejected>>()),
+        ("envelope.fx_quote_requested.v1.json", render::<Envelope<FxQuoteRequested>>()),
+        ("envelope.fx_conversion_requested.v1.json", render::<Envelope<FxConversionRequested>>()),
+        ("envelope.fx_rates_published.v1.json", render::<Envelope<FxRatesPublished>>()),
+        ("envelope.fee_config_upserted.v1.json", render::<Envelope<FeeConfigUpserted>>()),
+        ("envelope.kyc_user_action_requested.v1.json", render::<Envelope<KycUserActionRequested>>()),
+        ("envelope.kyc_review_decided.v1.json", render::<Envelope<KycReviewDecided>>()),
     ]
 }
 

@@ -2,6 +2,7 @@
 //! No I/O lives here: no tokio, no Kafka, no databases.
 #![forbid(unsafe_code)]
 
+pub mod commands;
 pub mod envelope;
 pub mod events;
 pub mod json_schema;
@@ -14,6 +15,7 @@ pub use envelope::{Envelope, Environment, RawEnvelope};
 pub use events::{AuditRecord, DeadLetter, WebhookReceived};
 pub use money::{Currency, Money, MoneyError};
 pub use topics::Topics;
+pub use transfers::TransferKind;
 
 /// Namespace for deterministic (UUIDv5) event ids. Fixed forever: changing it changes every derived id.
 pub const RIVERBANK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7a1f_3c2e_9b4d_4e0a_8c61_5d2f_0e9a_b3c7);

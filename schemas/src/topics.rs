@@ -66,6 +66,21 @@ impl Topics {
         self.name(env, "deadletter")
     }
 
+    /// FX commands from tenants and rate publishers (quotes, conversions, rates).
+    pub fn fx_commands(&self, env: Environment) -> String {
+        self.name(env, "fx.commands")
+    }
+
+    /// Billing commands (fee configuration).
+    pub fn billing_commands(&self, env: Environment) -> String {
+        self.name(env, "billing.commands")
+    }
+
+    /// KYC admin commands and mapped KYC provider results.
+    pub fn kyc_commands(&self, env: Environment) -> String {
+        self.name(env, "kyc.commands")
+    }
+
     /// Every topic riverbank owns in one environment.
     pub fn all(&self, env: Environment) -> Vec<String> {
         vec![
@@ -77,6 +92,9 @@ impl Topics {
             self.ledger_postings(env),
             self.balances(env),
             self.dead_letters(env),
+            self.fx_commands(env),
+            self.billing_commands(env),
+            self.kyc_commands(env),
         ]
     }
 

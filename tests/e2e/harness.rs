@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use riverbank::demo::{Delivery, Sender};
-use riverbank_ingest::standard_webhooks::Key;
+use riverbank_ingest::core::schemes::sign::Signer;
+use riverbank_ingest::core::schemes::Scheme;
 use riverbank_schemas::Environment;
 use tokio::process::{Child, Command};
 
@@ -33,8 +34,14 @@ pub fn sender(tenant: &str, seed: u8) -> Sender {
         provider: "acmepay".into(),
         tenant_id: tenant.into(),
         environment: Environment::Live,
-        key: Key::from_secret(&secret).expect("valid secret"),
+        scheme: acmepay_scheme(),
+        signer: Signer::Secret(secret),
     }
+}
+
+pub fn acmepay_scheme() -> Scheme {
+    let providers = riverbank_ingest::core::provider::load(&[]).expect("built-in providers");
+    providers["acmepay"].signature.clone()
 }
 
 pub fn secret_of(seed: u8) -> String {
@@ -123,7 +130,7 @@ log_filter = "info"
         }
         for (tenant, seed) in tenants {
             toml.push_str(&format!(
-                "[[ingest.webhooks]]\nprovider = \"acmepay\"\ntenant_id = \"{tenant}\"\nenvironment = \"live\"\nscheme = \"standard_webhooks\"\nsecrets = [\"{}\"]\n",
+                "[[ingest.webhooks]]\nprovider = \"acmepay\"\ntenant_id = \"{tenant}\"\nenvironment = \"live\"\nsecrets = [\"{}\"]\n",
                 secret_of(*seed)
             ));
         }
@@ -320,7 +327,7 @@ pub fn deliveries(s: &Sender, tag: &str, n: usize) -> Vec<(Sender, Delivery)> {
     (0..n)
         .map(|i| {
             let body = riverbank::demo::deposit_body(i, &s.tenant_id);
-            (s.clone(), Delivery { id: format!("msg_{tag}_{}_{i}", s.tenant_id), body, signature: None })
+            (s.clone(), Delivery { id: format!("msg_{tag}_{}_{i}", s.tenant_id), body })
         })
         .collect()
 }

@@ -35,7 +35,7 @@ async fn signed_webhooks_land_exactly_once_and_rejected_ones_never() -> anyhow::
     for i in 0..50 {
         let impostor = if i % 2 == 0 { sender("tenant-a", 99) } else { sender("tenant-b", 1) };
         let body = riverbank::demo::deposit_body(10_000 + i, "forged");
-        forged.push((impostor, Delivery { id: format!("msg_forged_{i}"), body, signature: None }));
+        forged.push((impostor, Delivery { id: format!("msg_forged_{i}"), body }));
     }
     // 5 oversized, validly signed.
     let oversized: Vec<(Sender, Delivery)> = (0..5)
@@ -43,7 +43,7 @@ async fn signed_webhooks_land_exactly_once_and_rejected_ones_never() -> anyhow::
             let mut body = br#"{"type":"deposit.completed","pad":""#.to_vec();
             body.extend(std::iter::repeat_n(b'x', p.body_bytes_max + 1));
             body.extend(br#""}"#);
-            (a.clone(), Delivery { id: format!("msg_big_{i}"), body, signature: None })
+            (a.clone(), Delivery { id: format!("msg_big_{i}"), body })
         })
         .collect();
     // 20 redeliveries of accepted webhooks (same id, same body): accepted again, stored once.

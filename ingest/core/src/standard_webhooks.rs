@@ -16,19 +16,7 @@ pub const ID_BYTES_MAX: usize = 256;
 /// Most signatures considered in one header (rotation needs a few, not hundreds).
 pub const SIGNATURES_MAX: usize = 8;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    #[error("missing header {0}")]
-    MissingHeader(&'static str),
-    #[error("{0} must be 1-256 printable ASCII characters")]
-    BadId(&'static str),
-    #[error("webhook-timestamp must be unix seconds")]
-    BadTimestamp,
-    #[error("webhook-timestamp is {0} s away from now; at most {1} s allowed")]
-    OutsideTolerance(i64, i64),
-    #[error("no v1 signature in webhook-signature matches")]
-    NoMatch,
-}
+pub use crate::schemes::VerifyError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("webhook secret must be 'whsec_' followed by base64 of at least 16 bytes")]
@@ -96,32 +84,38 @@ pub fn verify(
     now: i64,
     tolerance_s: i64,
 ) -> Result<Verified, VerifyError> {
-    let id = delivery.id.ok_or(VerifyError::MissingHeader(HEADER_ID))?;
-    let ts_text = delivery.timestamp.ok_or(VerifyError::MissingHeader(HEADER_TIMESTAMP))?;
-    let sigs = delivery.signature.ok_or(VerifyError::MissingHeader(HEADER_SIGNATURE))?;
+    let indexed: Vec<(usize, &Key)> = keys.iter().enumerate().collect();
+    verify_indexed(&indexed, delivery, now, tolerance_s).map(|(_, v)| v)
+}
+
+/// As [`verify`], over keys that carry their caller's index; returns the index of the key that matched.
+pub fn verify_indexed(
+    keys: &[(usize, &Key)],
+    delivery: &Delivery<'_>,
+    now: i64,
+    tolerance_s: i64,
+) -> Result<(usize, Verified), VerifyError> {
+    let missing = |h: &str| VerifyError::MissingHeader(h.to_owned());
+    let id = delivery.id.ok_or_else(|| missing(HEADER_ID))?;
+    let ts_text = delivery.timestamp.ok_or_else(|| missing(HEADER_TIMESTAMP))?;
+    let sigs = delivery.signature.ok_or_else(|| missing(HEADER_SIGNATURE))?;
     if id.is_empty() || id.len() > ID_BYTES_MAX || !id.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         return Err(VerifyError::BadId(HEADER_ID));
     }
-    if ts_text.is_empty() || ts_text.len() > 12 || !ts_text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(VerifyError::BadTimestamp);
-    }
-    let timestamp: i64 = ts_text.parse().map_err(|_| VerifyError::BadTimestamp)?;
-    let skew = now.saturating_sub(timestamp).saturating_abs();
-    if skew > tolerance_s {
-        return Err(VerifyError::OutsideTolerance(skew, tolerance_s));
-    }
+    let timestamp = crate::schemes::unix_seconds(ts_text)?;
+    crate::schemes::within_tolerance(timestamp, now, tolerance_s)?;
     let candidates: Vec<Vec<u8>> = sigs
         .split(' ')
         .filter_map(|s| s.strip_prefix("v1,"))
         .take(SIGNATURES_MAX)
         .filter_map(|b64| STANDARD.decode(b64).ok())
         .collect();
-    for key in keys {
+    for (index, key) in keys {
         let tag = key.mac(id, ts_text, delivery.body);
         for c in &candidates {
             // `verify_slice` compares in constant time.
             if tag.clone().verify_slice(c).is_ok() {
-                return Ok(Verified { id: id.to_owned(), timestamp });
+                return Ok((*index, Verified { id: id.to_owned(), timestamp }));
             }
         }
     }
@@ -241,7 +235,7 @@ mod tests {
             (Delivery { signature: None, ..delivery("msg_1", &ts, &good, body) }, HEADER_SIGNATURE),
         ];
         for (d, header) in missing {
-            assert_eq!(verify(&[key(1)], &d, NOW, 300), Err(VerifyError::MissingHeader(header)));
+            assert_eq!(verify(&[key(1)], &d, NOW, 300), Err(VerifyError::MissingHeader(header.to_owned())));
         }
     }
 

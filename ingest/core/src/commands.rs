@@ -1,0 +1,809 @@
+//! Tenant API commands: decode a request body, validate it (amount > 0, known currency, precision,
+//! well-formed ids), and say which event it becomes, on which topic, and which roles may send it.
+//! Errors name the field and the rule, so a 4xx tells the caller exactly what to fix.
+use chrono::{DateTime, Utc};
+use riverbank_schemas::commands::{
+    command_types as ct, parse_rate_e9, FeeConfigUpserted, FeeTier, FxConversionRequested, FxQuoteRequested,
+    FxRate, FxRatesPublished, KycReviewDecided, KycUserActionRequested, ReviewDecision,
+};
+use riverbank_schemas::transfers::{input_types as it, TransferAction, TransferDecision, TransferRequested};
+use riverbank_schemas::{Currency, Money, MoneyError, TransferKind};
+
+pub use riverbank_schemas::commands::KycUserAction;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Longest reason text, in bytes.
+pub const REASON_BYTES_MAX: usize = 500;
+/// Most rates in one publication.
+pub const RATES_PER_REQUEST_MAX: usize = 500;
+/// Most fee tiers in one config.
+pub const FEE_TIERS_MAX: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads only; sends no command.
+    Viewer,
+    /// Day-to-day money movement: create and cancel transfers, FX quotes and conversions.
+    Operator,
+    /// Everything an operator does, plus approvals, fee configs, KYC admin actions and rates.
+    Admin,
+    /// A rates feed: may only publish FX rates.
+    RatesPublisher,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::RatesPublisher => "rates_publisher",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// Which stream a command goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Transfers,
+    Fx,
+    Billing,
+    Kyc,
+}
+
+/// One endpoint of the command API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    CreateTransfer,
+    ApproveTransfer,
+    RejectTransfer,
+    CancelTransfer,
+    FxQuote,
+    FxConversion,
+    FxRates,
+    FeeConfig,
+    KycUser(KycUserAction),
+    KycReviewDecision,
+}
+
+impl Endpoint {
+    /// Roles allowed to call this endpoint.
+    pub fn roles(self) -> &'static [Role] {
+        use Endpoint::*;
+        match self {
+            CreateTransfer | CancelTransfer | FxQuote | FxConversion => &[Role::Operator, Role::Admin],
+            ApproveTransfer | RejectTransfer | FeeConfig | KycUser(_) | KycReviewDecision => &[Role::Admin],
+            FxRates => &[Role::RatesPublisher, Role::Admin],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        use Endpoint::*;
+        match self {
+            CreateTransfer => "create_transfer",
+            ApproveTransfer => "approve_transfer",
+            RejectTransfer => "reject_transfer",
+            CancelTransfer => "cancel_transfer",
+            FxQuote => "fx_quote",
+            FxConversion => "fx_conversion",
+            FxRates => "fx_rates",
+            FeeConfig => "fee_config",
+            KycUser(KycUserAction::Freeze) => "kyc_freeze",
+            KycUser(KycUserAction::Unfreeze) => "kyc_unfreeze",
+            KycUser(KycUserAction::Close) => "kyc_close",
+            KycReviewDecision => "kyc_review_decision",
+        }
+    }
+}
+
+/// A validated command, ready to wrap in an envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub event_type: &'static str,
+    pub stream: Stream,
+    /// Keeps one entity's commands in order (a transfer, a quote, a user, a case).
+    pub entity_key: String,
+    pub payload: serde_json::Value,
+}
+
+/// A 4xx answer naming the field and the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub rule: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &str, rule: &'static str, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.to_owned(), rule, message: message.into() }
+}
+
+/// Ids: 1–64 of ASCII letters, digits, `_`, `-`, `.`, `:`.
+pub fn check_id(field: &str, value: &str) -> Result<(), FieldError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, "id_format", "must be 1-64 of ASCII letters, digits, '_', '-', '.', ':'"))
+    }
+}
+
+fn check_reason(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.len() > REASON_BYTES_MAX || value.chars().any(char::is_control) {
+        return Err(invalid(field, "text_format", "must be at most 500 bytes, without control characters"));
+    }
+    Ok(())
+}
+
+fn currency(field: &str, code: &str) -> Result<Currency, FieldError> {
+    Currency::from_code(code)
+        .map_err(|_| invalid(field, "known_currency", format!("'{code}' is not a known currency")))
+}
+
+/// A positive amount in major units ("250.00") of `currency`, within its precision.
+fn amount(field: &str, text: &str, currency: Currency) -> Result<Money, FieldError> {
+    let m = Money::parse_major(text, currency).map_err(|e| match e {
+        MoneyError::TooPrecise { .. } => invalid(field, "precision", e.to_string()),
+        MoneyError::Overflow => invalid(field, "range", e.to_string()),
+        _ => invalid(field, "decimal", format!("'{text}' is not a decimal amount like \"12.34\"")),
+    })?;
+    if m.amount_minor <= 0 {
+        return Err(invalid(field, "positive", "must be greater than 0"));
+    }
+    Ok(m)
+}
+
+/// An amount that may be zero (fees).
+fn non_negative_amount(field: &str, text: &str, currency: Currency) -> Result<Money, FieldError> {
+    match amount(field, text, currency) {
+        Err(e)
+            if e.rule == "positive"
+                && Money::parse_major(text, currency).is_ok_and(|m| m.amount_minor == 0) =>
+        {
+            Ok(Money::zero(currency))
+        }
+        r => r,
+    }
+}
+
+fn bps(field: &str, v: u32) -> Result<u32, FieldError> {
+    if v > 10_000 {
+        return Err(invalid(field, "range", "basis points are 0-10000"));
+    }
+    Ok(v)
+}
+
+/// Decode JSON into `T`, naming the field that failed.
+fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        let (field, rule) = if let Some(f) = backticked(&msg, "unknown field `") {
+            (f, "unknown_field")
+        } else if let Some(f) = backticked(&msg, "missing field `") {
+            (if path == "." { f } else { format!("{path}.{f}") }, "required")
+        } else if inner.is_syntax() || inner.is_eof() {
+            ("body".to_owned(), "json")
+        } else {
+            (if path == "." { "body".to_owned() } else { path }, "type")
+        };
+        FieldError { field, rule, message: msg }
+    })
+}
+
+fn backticked(msg: &str, prefix: &str) -> Option<String> {
+    let rest = msg.split(prefix).nth(1)?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTransferBody {
+    transfer_id: String,
+    kind: TransferKind,
+    amount: String,
+    currency: String,
+    #[serde(default)]
+    source_account: Option<String>,
+    #[serde(default)]
+    destination_account: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequiredReasonBody {
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FxQuoteBody {
+    quote_id: String,
+    sell_currency: String,
+    buy_currency: String,
+    #[serde(default)]
+    sell_amount: Option<String>,
+    #[serde(default)]
+    buy_amount: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FxConversionBody {
+    conversion_id: String,
+    quote_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FxRateBody {
+    base: String,
+    quote: String,
+    rate: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FxRatesBody {
+    as_of: DateTime<Utc>,
+    rates: Vec<FxRateBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeeTierBody {
+    monthly_volume_from: String,
+    bps: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeeConfigBody {
+    currency: String,
+    fixed: String,
+    bps: u32,
+    #[serde(default)]
+    min: Option<String>,
+    #[serde(default)]
+    max: Option<String>,
+    #[serde(default)]
+    tiers: Vec<FeeTierBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewBody {
+    decision: ReviewDecision,
+    #[serde(default)]
+    tier: Option<u8>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_else(|e| unreachable!("command payloads serialize: {e}"))
+}
+
+/// Decode and validate one request. `path_id` is the `{id}` of the route (transfer, fee kind, user,
+/// case); `actor` is who acts (from the API key, or `x-user-id`).
+pub fn decode(
+    endpoint: Endpoint,
+    path_id: Option<&str>,
+    body: &[u8],
+    actor: &str,
+) -> Result<Command, FieldError> {
+    use Endpoint::*;
+    let path = |field: &str| -> Result<String, FieldError> {
+        let id = path_id.ok_or_else(|| invalid(field, "required", "missing from the path"))?;
+        check_id(field, id)?;
+        Ok(id.to_owned())
+    };
+    match endpoint {
+        CreateTransfer => {
+            let b: CreateTransferBody = json(body)?;
+            check_id("transfer_id", &b.transfer_id)?;
+            let cur = currency("currency", &b.currency)?;
+            let amount = amount("amount", &b.amount, cur)?;
+            for (field, v) in
+                [("source_account", &b.source_account), ("destination_account", &b.destination_account)]
+            {
+                if let Some(v) = v {
+                    check_id(field, v)?;
+                    if v == "external" {
+                        return Err(invalid(
+                            field,
+                            "not_external",
+                            "'external' is the outside world, not an account",
+                        ));
+                    }
+                }
+            }
+            let (needs_source, needs_destination) = match b.kind {
+                TransferKind::Deposit => (false, true),
+                TransferKind::Withdrawal | TransferKind::Payout => (true, false),
+                TransferKind::Internal => (true, true),
+            };
+            for (field, needed, v) in [
+                ("source_account", needs_source, &b.source_account),
+                ("destination_account", needs_destination, &b.destination_account),
+            ] {
+                if needed && v.is_none() {
+                    return Err(invalid(field, "required", format!("a {} needs it", b.kind.as_str())));
+                }
+                if !needed && v.is_some() {
+                    return Err(invalid(field, "not_allowed", format!("a {} has none", b.kind.as_str())));
+                }
+            }
+            if b.kind == TransferKind::Internal && b.source_account == b.destination_account {
+                return Err(invalid("destination_account", "distinct", "must differ from source_account"));
+            }
+            let payload = TransferRequested {
+                transfer_id: b.transfer_id.clone(),
+                kind: b.kind,
+                amount,
+                source_account: b.source_account,
+                destination_account: b.destination_account,
+                requested_by: actor.to_owned(),
+            };
+            Ok(Command {
+                event_type: it::REQUESTED,
+                stream: Stream::Transfers,
+                entity_key: b.transfer_id,
+                payload: to_value(&payload),
+            })
+        }
+        ApproveTransfer | RejectTransfer => {
+            let transfer_id = path("transfer_id")?;
+            let b: ReasonBody = json(body)?;
+            if let Some(r) = &b.reason {
+                check_reason("reason", r)?;
+            }
+            let payload = TransferDecision {
+                transfer_id: transfer_id.clone(),
+                actor: actor.to_owned(),
+                reason: b.reason,
+            };
+            let event_type = if endpoint == ApproveTransfer { it::APPROVED } else { it::APPROVAL_REJECTED };
+            Ok(Command {
+                event_type,
+                stream: Stream::Transfers,
+                entity_key: transfer_id,
+                payload: to_value(&payload),
+            })
+        }
+        CancelTransfer => {
+            let transfer_id = path("transfer_id")?;
+            let b: ReasonBody = json(body)?;
+            if let Some(r) = &b.reason {
+                check_reason("reason", r)?;
+            }
+            let payload = TransferAction { transfer_id: transfer_id.clone(), actor: actor.to_owned() };
+            Ok(Command {
+                event_type: it::CANCEL_REQUESTED,
+                stream: Stream::Transfers,
+                entity_key: transfer_id,
+                payload: to_value(&payload),
+            })
+        }
+        FxQuote => {
+            let b: FxQuoteBody = json(body)?;
+            check_id("quote_id", &b.quote_id)?;
+            let sell = currency("sell_currency", &b.sell_currency)?;
+            let buy = currency("buy_currency", &b.buy_currency)?;
+            if sell == buy {
+                return Err(invalid("buy_currency", "distinct", "must differ from sell_currency"));
+            }
+            let (sell_amount, buy_amount) = match (&b.sell_amount, &b.buy_amount) {
+                (Some(s), None) => (Some(amount("sell_amount", s, sell)?), None),
+                (None, Some(v)) => (None, Some(amount("buy_amount", v, buy)?)),
+                _ => {
+                    return Err(invalid(
+                        "sell_amount",
+                        "exactly_one",
+                        "give exactly one of sell_amount or buy_amount",
+                    ))
+                }
+            };
+            let payload = FxQuoteRequested {
+                quote_id: b.quote_id.clone(),
+                sell_currency: sell,
+                buy_currency: buy,
+                sell_amount,
+                buy_amount,
+                requested_by: actor.to_owned(),
+            };
+            Ok(Command {
+                event_type: ct::FX_QUOTE_REQUESTED,
+                stream: Stream::Fx,
+                entity_key: b.quote_id,
+                payload: to_value(&payload),
+            })
+        }
+        FxConversion => {
+            let b: FxConversionBody = json(body)?;
+            check_id("conversion_id", &b.conversion_id)?;
+            check_id("quote_id", &b.quote_id)?;
+            let payload = FxConversionRequested {
+                conversion_id: b.conversion_id,
+                quote_id: b.quote_id.clone(),
+                requested_by: actor.to_owned(),
+            };
+            Ok(Command {
+                event_type: ct::FX_CONVERSION_REQUESTED,
+                stream: Stream::Fx,
+                // Keyed by quote: a conversion follows its quote.
+                entity_key: b.quote_id,
+                payload: to_value(&payload),
+            })
+        }
+        FxRates => {
+            let b: FxRatesBody = json(body)?;
+            if b.rates.is_empty() || b.rates.len() > RATES_PER_REQUEST_MAX {
+                return Err(invalid("rates", "count", "give 1-500 rates"));
+            }
+            let mut rates = Vec::with_capacity(b.rates.len());
+            for (i, r) in b.rates.iter().enumerate() {
+                let base = currency(&format!("rates[{i}].base"), &r.base)?;
+                let quote = currency(&format!("rates[{i}].quote"), &r.quote)?;
+                if base == quote {
+                    return Err(invalid(&format!("rates[{i}].quote"), "distinct", "must differ from base"));
+                }
+                let rate_e9 = parse_rate_e9(&r.rate).ok_or_else(|| {
+                    invalid(
+                        &format!("rates[{i}].rate"),
+                        "decimal",
+                        "a positive decimal with at most 9 places, e.g. \"1.0845\"",
+                    )
+                })?;
+                rates.push(FxRate { base, quote, rate_e9 });
+            }
+            let payload = FxRatesPublished { as_of: b.as_of, rates, published_by: actor.to_owned() };
+            Ok(Command {
+                event_type: ct::FX_RATES_PUBLISHED,
+                stream: Stream::Fx,
+                entity_key: "rates".to_owned(),
+                payload: to_value(&payload),
+            })
+        }
+        FeeConfig => {
+            let kind_text = path("transfer_kind")?;
+            let kind: TransferKind = serde_json::from_value(serde_json::Value::String(kind_text.clone()))
+                .map_err(|_| invalid("transfer_kind", "one_of", "deposit, withdrawal, internal or payout"))?;
+            let b: FeeConfigBody = json(body)?;
+            let cur = currency("currency", &b.currency)?;
+            let fixed = non_negative_amount("fixed", &b.fixed, cur)?;
+            let base_bps = bps("bps", b.bps)?;
+            let min = b.min.as_deref().map(|t| non_negative_amount("min", t, cur)).transpose()?;
+            let max = b.max.as_deref().map(|t| amount("max", t, cur)).transpose()?;
+            if let (Some(lo), Some(hi)) = (min, max) {
+                if lo.amount_minor > hi.amount_minor {
+                    return Err(invalid("min", "at_most_max", "must not exceed max"));
+                }
+            }
+            if b.tiers.len() > FEE_TIERS_MAX {
+                return Err(invalid("tiers", "count", "at most 16 tiers"));
+            }
+            let mut tiers = Vec::with_capacity(b.tiers.len());
+            for (i, t) in b.tiers.iter().enumerate() {
+                let from = non_negative_amount(
+                    &format!("tiers[{i}].monthly_volume_from"),
+                    &t.monthly_volume_from,
+                    cur,
+                )?;
+                if tiers
+                    .last()
+                    .is_some_and(|prev: &FeeTier| prev.monthly_volume_from.amount_minor >= from.amount_minor)
+                {
+                    return Err(invalid(
+                        &format!("tiers[{i}].monthly_volume_from"),
+                        "ascending",
+                        "tiers must ascend",
+                    ));
+                }
+                tiers.push(FeeTier {
+                    monthly_volume_from: from,
+                    bps: bps(&format!("tiers[{i}].bps"), t.bps)?,
+                });
+            }
+            let payload = FeeConfigUpserted {
+                transfer_kind: kind,
+                fixed,
+                bps: base_bps,
+                min,
+                max,
+                tiers,
+                changed_by: actor.to_owned(),
+            };
+            Ok(Command {
+                event_type: ct::FEE_CONFIG_UPSERTED,
+                stream: Stream::Billing,
+                entity_key: kind_text,
+                payload: to_value(&payload),
+            })
+        }
+        KycUser(action) => {
+            let user_id = path("user_id")?;
+            let b: RequiredReasonBody = json(body)?;
+            check_reason("reason", &b.reason)?;
+            if b.reason.trim().is_empty() {
+                return Err(invalid("reason", "required", "say why"));
+            }
+            let payload = KycUserActionRequested {
+                user_id: user_id.clone(),
+                action,
+                reason: b.reason,
+                actor: actor.to_owned(),
+            };
+            Ok(Command {
+                event_type: ct::KYC_USER_ACTION_REQUESTED,
+                stream: Stream::Kyc,
+                entity_key: user_id,
+                payload: to_value(&payload),
+            })
+        }
+        KycReviewDecision => {
+            let case_id = path("case_id")?;
+            let b: ReviewBody = json(body)?;
+            if let Some(r) = &b.reason {
+                check_reason("reason", r)?;
+            }
+            match (b.decision, b.tier) {
+                (_, Some(t)) if t > 3 => return Err(invalid("tier", "range", "KYC tiers are 0-3")),
+                (ReviewDecision::Rejected, Some(_)) => {
+                    return Err(invalid("tier", "not_allowed", "a rejection grants no tier"))
+                }
+                _ => {}
+            }
+            let payload = KycReviewDecided {
+                case_id: case_id.clone(),
+                decision: b.decision,
+                tier: b.tier,
+                reason: b.reason,
+                actor: actor.to_owned(),
+            };
+            Ok(Command {
+                event_type: ct::KYC_REVIEW_DECIDED,
+                stream: Stream::Kyc,
+                entity_key: case_id,
+                payload: to_value(&payload),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(endpoint: Endpoint, path: Option<&str>, body: &str) -> (String, &'static str) {
+        let e = decode(endpoint, path, body.as_bytes(), "user:u1").expect_err(body);
+        (e.field, e.rule)
+    }
+
+    #[test]
+    fn a_valid_transfer_becomes_transfer_requested() {
+        let c = decode(
+            Endpoint::CreateTransfer,
+            None,
+            br#"{"transfer_id":"tr_1","kind":"payout","amount":"250.00","currency":"USD","source_account":"acct_a"}"#,
+            "user:u1",
+        )
+        .expect("valid");
+        assert_eq!(c.event_type, "transfer.requested");
+        assert_eq!(c.stream, Stream::Transfers);
+        assert_eq!(c.entity_key, "tr_1");
+        assert_eq!(c.payload["amount"]["amount_minor"], 25000);
+        assert_eq!(c.payload["requested_by"], "user:u1");
+    }
+
+    #[test]
+    fn validation_errors_name_the_field_and_the_rule() {
+        use Endpoint::*;
+        let t = |rest: &str| format!(r#"{{"transfer_id":"tr_1","kind":"deposit",{rest}}}"#);
+        let cases: Vec<(Endpoint, Option<&str>, String, &str, &str)> = vec![
+            (
+                CreateTransfer,
+                None,
+                t(r#""amount":"0","currency":"USD","destination_account":"a""#),
+                "amount",
+                "positive",
+            ),
+            (
+                CreateTransfer,
+                None,
+                t(r#""amount":"-5","currency":"USD","destination_account":"a""#),
+                "amount",
+                "positive",
+            ),
+            (
+                CreateTransfer,
+                None,
+                t(r#""amount":"1.234","currency":"USD","destination_account":"a""#),
+                "amount",
+                "precision",
+            ),
+            (
+                CreateTransfer,
+                None,
+                t(r#""amount":"1","currency":"XXX","destination_account":"a""#),
+                "currency",
+                "known_currency",
+            ),
+            (
+                CreateTransfer,
+                None,
+                t(r#""amount":"1e3","currency":"USD","destination_account":"a""#),
+                "amount",
+                "decimal",
+            ),
+            (CreateTransfer, None, t(r#""amount":"1","currency":"USD""#), "destination_account", "required"),
+            (
+                CreateTransfer,
+                None,
+                t(r#""amount":"1","currency":"USD","destination_account":"a b""#),
+                "destination_account",
+                "id_format",
+            ),
+            (
+                CreateTransfer,
+                None,
+                t(r#""amount":"1","currency":"USD","destination_account":"a","x":1"#),
+                "x",
+                "unknown_field",
+            ),
+            (
+                CreateTransfer,
+                None,
+                r#"{"kind":"deposit","amount":"1","currency":"USD"}"#.to_owned(),
+                "transfer_id",
+                "required",
+            ),
+            (
+                CreateTransfer,
+                None,
+                t(r#""amount":1,"currency":"USD","destination_account":"a""#),
+                "amount",
+                "type",
+            ),
+            (CreateTransfer, None, "{not json".to_owned(), "body", "json"),
+            (ApproveTransfer, Some("bad id!"), "{}".to_owned(), "transfer_id", "id_format"),
+            (
+                FxQuote,
+                None,
+                r#"{"quote_id":"q","sell_currency":"USD","buy_currency":"USD","sell_amount":"1"}"#.to_owned(),
+                "buy_currency",
+                "distinct",
+            ),
+            (
+                FxQuote,
+                None,
+                r#"{"quote_id":"q","sell_currency":"USD","buy_currency":"EUR"}"#.to_owned(),
+                "sell_amount",
+                "exactly_one",
+            ),
+            (
+                FxQuote,
+                None,
+                r#"{"quote_id":"q","sell_currency":"JPY","buy_currency":"EUR","sell_amount":"1.5"}"#
+                    .to_owned(),
+                "sell_amount",
+                "precision",
+            ),
+            (
+                FxRates,
+                None,
+                r#"{"as_of":"2026-11-22T07:00:00Z","rates":[{"base":"EUR","quote":"USD","rate":"-1"}]}"#
+                    .to_owned(),
+                "rates[0].rate",
+                "decimal",
+            ),
+            (FxRates, None, r#"{"as_of":"2026-11-22T07:00:00Z","rates":[]}"#.to_owned(), "rates", "count"),
+            (
+                FeeConfig,
+                Some("payout"),
+                r#"{"currency":"USD","fixed":"0.30","bps":20000}"#.to_owned(),
+                "bps",
+                "range",
+            ),
+            (
+                FeeConfig,
+                Some("payout"),
+                r#"{"currency":"USD","fixed":"0.30","bps":20,"min":"5","max":"1"}"#.to_owned(),
+                "min",
+                "at_most_max",
+            ),
+            (
+                FeeConfig,
+                Some("lunch"),
+                r#"{"currency":"USD","fixed":"0.30","bps":20}"#.to_owned(),
+                "transfer_kind",
+                "one_of",
+            ),
+            (KycUser(KycUserAction::Freeze), Some("usr_1"), "{}".to_owned(), "reason", "required"),
+            (
+                KycReviewDecision,
+                Some("case_1"),
+                r#"{"decision":"approved","tier":4}"#.to_owned(),
+                "tier",
+                "range",
+            ),
+            (KycReviewDecision, Some("case_1"), r#"{"decision":"maybe"}"#.to_owned(), "decision", "type"),
+        ];
+        for (endpoint, path, body, field, rule) in cases {
+            assert_eq!(err(endpoint, path, &body), (field.to_owned(), rule), "{body}");
+        }
+    }
+
+    #[test]
+    fn every_endpoint_accepts_a_well_formed_request() {
+        use Endpoint::*;
+        let ok: Vec<(Endpoint, Option<&str>, &str, &str)> = vec![
+            (ApproveTransfer, Some("tr_1"), r#"{"reason":"checked"}"#, "transfer.approved"),
+            (RejectTransfer, Some("tr_1"), "", "transfer.approval_rejected"),
+            (CancelTransfer, Some("tr_1"), "{}", "transfer.cancel_requested"),
+            (
+                FxQuote,
+                None,
+                r#"{"quote_id":"q1","sell_currency":"USD","buy_currency":"EUR","buy_amount":"100"}"#,
+                "fx.quote_requested",
+            ),
+            (FxConversion, None, r#"{"conversion_id":"c1","quote_id":"q1"}"#, "fx.conversion_requested"),
+            (
+                FxRates,
+                None,
+                r#"{"as_of":"2026-11-22T07:00:00Z","rates":[{"base":"EUR","quote":"USD","rate":"1.0845"}]}"#,
+                "fx.rates_published",
+            ),
+            (
+                FeeConfig,
+                Some("payout"),
+                r#"{"currency":"USD","fixed":"0","bps":25,"min":"0.50","max":"25","tiers":[{"monthly_volume_from":"0","bps":25},{"monthly_volume_from":"100000","bps":15}]}"#,
+                "billing.fee_config_upserted",
+            ),
+            (
+                KycUser(KycUserAction::Close),
+                Some("usr_1"),
+                r#"{"reason":"customer request"}"#,
+                "kyc.user_action_requested",
+            ),
+            (KycReviewDecision, Some("case_1"), r#"{"decision":"approved","tier":2}"#, "kyc.review_decided"),
+        ];
+        for (endpoint, path, body, event_type) in ok {
+            let c =
+                decode(endpoint, path, body.as_bytes(), "key:k1").unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(c.event_type, event_type);
+        }
+    }
+
+    #[test]
+    fn roles_gate_endpoints() {
+        assert!(!Endpoint::CreateTransfer.roles().contains(&Role::Viewer));
+        assert!(!Endpoint::ApproveTransfer.roles().contains(&Role::Operator));
+        assert!(Endpoint::FxRates.roles().contains(&Role::RatesPublisher));
+        assert!(!Endpoint::CreateTransfer.roles().contains(&Role::RatesPublisher));
+        for r in [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Every shipped provider definition against its own fixtures, signed the way the provider signs: valid,
+//! wrong secret, rotated secret, tampered body, tampered timestamp, outside tolerance, missing headers,
+//! duplicate delivery and replay with a stripped id.
+use std::path::PathBuf;
+
+use riverbank_ingest_core::provider::{self, ProviderDef};
+use riverbank_ingest_core::schemes::sign::{self, Signer};
+use riverbank_ingest_core::schemes::{Key, Scheme, VerifyError};
+use riverbank_ingest_core::Headers;
+
+/// 2026-11-22T07:31:00Z, the time the fixtures were "sent".
+const NOW: i64 = 1_795_332_660;
+
+fn fixtures(provider: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(provider);
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let p = e.expect("dir entry").path();
+            (p.file_name().expect("name").to_string_lossy().into_owned(), std::fs::read(&p).expect("read"))
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "{provider} has fixtures");
+    out
+}
+
+/// Key material for seed `n`: what the provider signs with, and what riverbank is configured with.
+fn keypair(scheme: &Scheme, n: u8) -> (Signer, Key) {
+    use base64::Engine as _;
+    let (signer, configured) = match scheme {
+        Scheme::StandardWebhooks { .. } => {
+            let s = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([n; 24]));
+            (Signer::Secret(s.clone()), s)
+        }
+        Scheme::HmacSha256 { .. } | Scheme::PayloadDigest { .. } => {
+            let s = format!("shared-secret-{n:02}-0123456789");
+            (Signer::Secret(s.clone()), s)
+        }
+        Scheme::Ed25519 { .. } => {
+            let k = ed25519_dalek::SigningKey::from_bytes(&[n; 32]);
+            let public = hex::encode(k.verifying_key().to_bytes());
+            (Signer::Ed25519(k), public)
+        }
+    };
+    (signer, scheme.key(&configured).expect("valid key"))
+}
+
+struct Delivery {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Delivery {
+    fn view(&self) -> Vec<(&str, &str)> {
+        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+    fn without(&self, header: &str) -> Delivery {
+        Delivery {
+            headers: self.headers.iter().filter(|(k, _)| k != header).cloned().collect(),
+            body: self.body.clone(),
+        }
+    }
+}
+
+fn deliver(def: &ProviderDef, signer: &Signer, id: &str, at: i64, body: &[u8]) -> Delivery {
+    Delivery { headers: sign::headers(&def.signature, signer, id, at, body), body: body.to_vec() }
+}
+
+fn accept(
+    def: &ProviderDef,
+    keys: &[Key],
+    d: &Delivery,
+    now: i64,
+) -> Result<provider::Accepted, VerifyError> {
+    let view = d.view();
+    def.accept(keys, &view.as_slice(), &d.body, now)
+}
+
+fn timestamp_header(scheme: &Scheme) -> Option<&str> {
+    match scheme {
+        Scheme::StandardWebhooks { .. } => Some("webhook-timestamp"),
+        Scheme::Ed25519 { timestamp_header, .. } => Some(timestamp_header),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_provider_and_scheme_holds_up() {
+    let all = provider::load(&[]).expect("definitions valid");
+    for def in all.values() {
+        let name = &def.name;
+        let (s1, k1) = keypair(&def.signature, 1);
+        let (s2, k2) = keypair(&def.signature, 2);
+        let (_, k3) = keypair(&def.signature, 3);
+        for (file, body) in fixtures(name) {
+            let case = format!("{name}/{file}");
+            let good = deliver(def, &s1, "msg_1", NOW, &body);
+
+            // Valid, and what it maps to (the fixtures named unknown_* / future_* must dead-letter).
+            let ok =
+                accept(def, std::slice::from_ref(&k1), &good, NOW).unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(ok.key_index, 0, "{case}");
+            let expect_mapped = !(file.starts_with("unknown_") || file.starts_with("future_"));
+            assert_eq!(ok.mapping.result.is_ok(), expect_mapped, "{case}: {:?}", ok.mapping.result);
+
+            // Wrong secret.
+            assert_eq!(
+                accept(def, std::slice::from_ref(&k3), &good, NOW).map(|_| ()),
+                Err(VerifyError::NoMatch),
+                "{case}"
+            );
+
+            // Rotated: the provider signs with the new key while both are configured.
+            let rotated = deliver(def, &s2, "msg_1", NOW, &body);
+            let r = accept(def, &[k1.clone(), k2.clone()], &rotated, NOW).expect("rotated key verifies");
+            assert_eq!(r.key_index, 1, "{case}");
+            assert_eq!(r.mapping.dedupe_key, ok.mapping.dedupe_key, "{case}: same event, same key");
+
+            // Tampered body: one byte changed (a digit, so the body stays JSON).
+            let mut tampered = good.body.clone();
+            let at = tampered.iter().position(u8::is_ascii_digit).expect("fixture has a digit");
+            tampered[at] = if tampered[at] == b'9' { b'8' } else { tampered[at] + 1 };
+            let t = Delivery { headers: good.headers.clone(), body: tampered };
+            assert_eq!(
+                accept(def, std::slice::from_ref(&k1), &t, NOW).map(|_| ()),
+                Err(VerifyError::NoMatch),
+                "{case}"
+            );
+
+            // Tampered timestamp: the signed timestamp header, or the time inside the signed body.
+            match timestamp_header(&def.signature) {
+                Some(h) => {
+                    let mut t = good.without(h);
+                    t.headers.push((h.to_owned(), (NOW + 1).to_string()));
+                    assert_eq!(
+                        accept(def, std::slice::from_ref(&k1), &t, NOW).map(|_| ()),
+                        Err(VerifyError::NoMatch),
+                        "{case}"
+                    );
+                }
+                None => {
+                    let mut json: serde_json::Value = serde_json::from_slice(&body).expect("fixture JSON");
+                    let pointer =
+                        def.event.occurred_at.as_ref().and_then(|s| s.pointer.clone()).expect("time pointer");
+                    *json.pointer_mut(&pointer).expect("time present") =
+                        serde_json::json!("2020-01-01T00:00:00Z");
+                    let t = Delivery {
+                        headers: good.headers.clone(),
+                        body: serde_json::to_vec(&json).expect("json"),
+                    };
+                    assert_eq!(
+                        accept(def, std::slice::from_ref(&k1), &t, NOW).map(|_| ()),
+                        Err(VerifyError::NoMatch),
+                        "{case}"
+                    );
+                }
+            }
+
+            // Outside tolerance: 301 s late, against a 300 s window where the definition has one.
+            let late = match timestamp_header(&def.signature) {
+                Some(_) => {
+                    accept(def, std::slice::from_ref(&k1), &deliver(def, &s1, "msg_1", NOW - 301, &body), NOW)
+                }
+                None => accept(def, std::slice::from_ref(&k1), &good, NOW + 301 + 600),
+            };
+            let has_window =
+                timestamp_header(&def.signature).is_some() || def.signature.body_time_tolerance_s().is_some();
+            if has_window && expect_mapped {
+                assert!(matches!(late, Err(VerifyError::OutsideTolerance(_, 300))), "{case}: {late:?}");
+            } else if !has_window {
+                assert!(late.is_ok(), "{case}: no window declared, late deliveries are deduplicated instead");
+            }
+
+            // Missing headers, each in turn.
+            for h in def.signature.required_headers() {
+                let d = good.without(h);
+                assert_eq!(
+                    accept(def, std::slice::from_ref(&k1), &d, NOW).map(|_| ()),
+                    Err(VerifyError::MissingHeader(h.to_owned())),
+                    "{case} without {h}"
+                );
+            }
+
+            // Duplicate delivery (re-signed later, as providers retry): the same deduplication key.
+            let again = deliver(def, &s1, "msg_1", NOW + 5, &body);
+            let dup = accept(def, std::slice::from_ref(&k1), &again, NOW + 5).expect("redelivery verifies");
+            assert_eq!(dup.mapping.dedupe_key, ok.mapping.dedupe_key, "{case}");
+
+            // Replay with the id stripped: refused where the id is signed; where there is no id, the body
+            // hash still recognises it.
+            match def.event.id.as_ref() {
+                Some(src) if src.header.is_some() => {
+                    let h = src.header.as_deref().expect("header");
+                    let d = good.without(h);
+                    assert_eq!(
+                        accept(def, std::slice::from_ref(&k1), &d, NOW).map(|_| ()),
+                        Err(VerifyError::MissingHeader(h.to_owned())),
+                        "{case}"
+                    );
+                }
+                Some(src) => {
+                    let mut json: serde_json::Value = serde_json::from_slice(&body).expect("fixture JSON");
+                    let pointer = src.pointer.as_deref().expect("pointer");
+                    let (parent, leaf) = pointer.rsplit_once('/').expect("pointer");
+                    let obj = if parent.is_empty() { Some(&mut json) } else { json.pointer_mut(parent) };
+                    obj.and_then(|o| o.as_object_mut()).expect("object").remove(leaf);
+                    let d = Delivery {
+                        headers: good.headers.clone(),
+                        body: serde_json::to_vec(&json).expect("json"),
+                    };
+                    assert_eq!(
+                        accept(def, std::slice::from_ref(&k1), &d, NOW).map(|_| ()),
+                        Err(VerifyError::NoMatch),
+                        "{case}"
+                    );
+                }
+                None => {
+                    assert!(ok.mapping.dedupe_key.starts_with("sha256:"), "{case}");
+                    let replay = deliver(def, &s1, "other-delivery", NOW + 60, &body);
+                    let r = accept(def, std::slice::from_ref(&k1), &replay, NOW + 60).expect("verifies");
+                    assert_eq!(r.mapping.dedupe_key, ok.mapping.dedupe_key, "{case}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn provider_secrets_are_checked_per_scheme() {
+    let all = provider::load(&[]).expect("definitions valid");
+    assert!(all["acmepay"].signature.key("not-a-whsec").is_err());
+    assert!(all["kycflow"].signature.key("short").is_err());
+    assert!(all["chainwatch"].signature.key("00").is_err());
+    assert!(all["chainwatch"].signature.key(&"zz".repeat(32)).is_err());
+}
+
+#[test]
+fn sha1_digests_are_refused() {
+    let def = &provider::load(&[]).expect("valid")["idcheck"];
+    let (s1, k1) = keypair(&def.signature, 1);
+    let (_, body) = fixtures("idcheck").remove(0);
+    let mut d = deliver(def, &s1, "x", NOW, &body);
+    d = d.without("x-payload-digest-alg");
+    d.headers.push(("x-payload-digest-alg".into(), "HMAC_SHA1_HEX".into()));
+    assert_eq!(accept(def, &[k1], &d, NOW).map(|_| ()), Err(VerifyError::UnsupportedAlgorithm));
+    let view: &[(&str, &str)] = &[];
+    assert_eq!(Headers::get(&view, "x"), None);
+}

@@ -1,0 +1,235 @@
+//! Tenant API commands. A request is authenticated by a tenant API key (`Authorization: Bearer rbk_…`);
+//! the tenant comes from the key, never from the request; `x-environment` must be the key's environment
+//! (a sandbox key can never write to live); the key's role must allow the endpoint. The body is decoded
+//! and validated by `riverbank_ingest_core::commands`, wrapped in an envelope and produced; with an
+//! `Idempotency-Key`, the same request gets the same answer and produces one event, on any instance.
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use chrono::Utc;
+use riverbank_ingest_core::commands::{self as core, check_id, Endpoint, KycUserAction, Stream};
+use riverbank_runtime::http::HttpError;
+use riverbank_runtime::process::Emit;
+use riverbank_schemas::{derived_id, Envelope, Environment};
+use sha2::{Digest as _, Sha256};
+
+use crate::server::{header, trace_id, Ingest};
+use crate::store::{self, ApiKey, RequestKey};
+
+/// Longest `Idempotency-Key`, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+fn unauthorized(code: &'static str, message: &str) -> HttpError {
+    HttpError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// The key behind `Authorization: Bearer rbk_…`, from the cache or Postgres.
+async fn authenticate(s: &Ingest, headers: &HeaderMap) -> Result<ApiKey, HttpError> {
+    let auth = header(headers, "authorization")
+        .ok_or_else(|| unauthorized("missing_api_key", "send Authorization: Bearer <api key>"))?;
+    let token = auth.strip_prefix("Bearer ").unwrap_or("").trim();
+    let invalid =
+        || unauthorized("invalid_api_key", "the API key is not valid (malformed, unknown or revoked)");
+    let (token_env, key_id, secret) = store::parse_token(token).ok_or_else(invalid)?;
+    let cached = {
+        let cache = s.key_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(key_id).filter(|(_, at)| at.elapsed() < s.key_cache_ttl).map(|(k, _)| k.clone())
+    };
+    let key = match cached {
+        Some(k) => k,
+        None => {
+            let found = store::find_key(&s.pool, key_id).await.map_err(|e| {
+                tracing::warn!(error = %e, "API key lookup failed");
+                HttpError::unavailable(
+                    "store_unavailable",
+                    "request not accepted; retry later",
+                    s.retry_after_s,
+                )
+            })?;
+            let k = found.ok_or_else(invalid)?;
+            let mut cache = s.key_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= s.key_cache_entries_max {
+                cache.retain(|_, (_, at)| at.elapsed() < s.key_cache_ttl);
+                if cache.len() >= s.key_cache_entries_max {
+                    cache.clear();
+                }
+            }
+            cache.insert(key_id.to_owned(), (k.clone(), Instant::now()));
+            k
+        }
+    };
+    if key.revoked_at.is_some() || key.environment != token_env || !key.secret_matches(secret) {
+        return Err(invalid());
+    }
+    Ok(key)
+}
+
+fn stream_topic(s: &Ingest, stream: Stream, env: Environment) -> String {
+    match stream {
+        Stream::Transfers => s.topics.transfer_inputs(env),
+        Stream::Fx => s.topics.fx_commands(env),
+        Stream::Billing => s.topics.billing_commands(env),
+        Stream::Kyc => s.topics.kyc_commands(env),
+    }
+}
+
+struct Request {
+    endpoint: Endpoint,
+    path_id: Option<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+}
+
+async fn command(s: Arc<Ingest>, r: Request) -> Response {
+    let headers = r.headers.clone();
+    s.clone().guarded(&headers, handle(s, r)).await
+}
+
+async fn handle(s: Arc<Ingest>, r: Request) -> Result<Response, HttpError> {
+    let key = authenticate(&s, &r.headers).await?;
+    let env = s.environment(&r.headers)?;
+    if env != key.environment {
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_environment",
+            format!("this key is for {}; it can never act on {env}", key.environment),
+        ));
+    }
+    if !r.endpoint.roles().contains(&key.role) {
+        let allowed: Vec<&str> = r.endpoint.roles().iter().map(|r| r.as_str()).collect();
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_role",
+            format!(
+                "role {} may not {}; allowed: {}",
+                key.role.as_str(),
+                r.endpoint.name(),
+                allowed.join(", ")
+            ),
+        ));
+    }
+    let user_id = match header(&r.headers, "x-user-id") {
+        Some(u) => {
+            check_id("x-user-id", u).map_err(|e| HttpError::invalid_field(e.field, e.rule, e.message))?;
+            Some(u.to_owned())
+        }
+        None => None,
+    };
+    let idempotency_key =
+        match header(&r.headers, "idempotency-key").or_else(|| header(&r.headers, "x-idempotency-key")) {
+            Some(k)
+                if k.is_empty()
+                    || k.len() > IDEMPOTENCY_KEY_BYTES_MAX
+                    || !k.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+            {
+                return Err(HttpError::invalid_field(
+                    "Idempotency-Key",
+                    "format",
+                    "must be 1-255 printable ASCII characters",
+                ))
+            }
+            k => k.map(str::to_owned),
+        };
+    let body = s.read_body(&r.headers, r.body).await?;
+    // Maker–checker needs a person: `x-user-id` when the tenant's backend names one, else the key.
+    let actor = match &user_id {
+        Some(u) => format!("user:{u}"),
+        None => format!("key:{}", key.key_id),
+    };
+    let cmd = core::decode(r.endpoint, r.path_id.as_deref(), &body, &actor)
+        .map_err(|e| HttpError::invalid_field(e.field, e.rule, e.message))?;
+    let event_id = match &idempotency_key {
+        Some(k) => derived_id(&["api", env.as_str(), &key.tenant_id, k]),
+        None => uuid::Uuid::new_v4(),
+    };
+    let now = Utc::now();
+    let envelope = Envelope {
+        event_id,
+        event_type: cmd.event_type.to_owned(),
+        schema_version: 1,
+        tenant_id: key.tenant_id.clone(),
+        environment: env,
+        occurred_at: now,
+        ingested_at: now,
+        idempotency_key: idempotency_key.clone(),
+        source: "api".to_owned(),
+        user_id,
+        customer_id: None,
+        session_id: None,
+        trace_id: trace_id(&r.headers),
+        payload: cmd.payload,
+    };
+    let payload = serde_json::to_vec(&envelope).map_err(|e| HttpError::internal(&e))?;
+    // Keyed by tenant: the transfers processor needs one tenant's inputs in one total order.
+    let emit =
+        Emit { topic: stream_topic(&s, cmd.stream, env), key: key.tenant_id.clone(), event_id, payload };
+    let response = serde_json::json!({
+        "event_id": event_id,
+        "event_type": cmd.event_type,
+        "entity_id": cmd.entity_key,
+        "status": "accepted",
+    });
+    let mut hasher = Sha256::new();
+    hasher.update(r.method.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(r.uri.path().as_bytes());
+    hasher.update([0]);
+    hasher.update(&body);
+    let hash = hasher.finalize();
+    let claim = idempotency_key.as_deref().map(|k| {
+        (
+            RequestKey { tenant_id: &key.tenant_id, environment: env, scope: "api", key: k },
+            hash.as_slice(),
+            true,
+        )
+    });
+    let resp = s.claim_produce_answer(claim, emit, StatusCode::ACCEPTED, response).await?;
+    metrics::counter!("riverbank_ingest_commands_total", "endpoint" => r.endpoint.name()).increment(1);
+    tracing::debug!(tenant_id = %key.tenant_id, endpoint = r.endpoint.name(), %event_id, "command accepted");
+    Ok(resp)
+}
+
+macro_rules! endpoint {
+    ($name:ident, $endpoint:expr) => {
+        pub async fn $name(
+            State(s): State<Arc<Ingest>>,
+            method: Method,
+            uri: Uri,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Response {
+            command(s, Request { endpoint: $endpoint, path_id: None, method, uri, headers, body }).await
+        }
+    };
+    ($name:ident, $endpoint:expr, path) => {
+        pub async fn $name(
+            State(s): State<Arc<Ingest>>,
+            Path(id): Path<String>,
+            method: Method,
+            uri: Uri,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Response {
+            command(s, Request { endpoint: $endpoint, path_id: Some(id), method, uri, headers, body }).await
+        }
+    };
+}
+
+endpoint!(create_transfer, Endpoint::CreateTransfer);
+endpoint!(approve_transfer, Endpoint::ApproveTransfer, path);
+endpoint!(reject_transfer, Endpoint::RejectTransfer, path);
+endpoint!(cancel_transfer, Endpoint::CancelTransfer, path);
+endpoint!(fx_quote, Endpoint::FxQuote);
+endpoint!(fx_conversion, Endpoint::FxConversion);
+endpoint!(fx_rates, Endpoint::FxRates);
+endpoint!(fee_config, Endpoint::FeeConfig, path);
+endpoint!(kyc_freeze, Endpoint::KycUser(KycUserAction::Freeze), path);
+endpoint!(kyc_unfreeze, Endpoint::KycUser(KycUserAction::Unfreeze), path);
+endpoint!(kyc_close, Endpoint::KycUser(KycUserAction::Close), path);
+endpoint!(kyc_review, Endpoint::KycReviewDecision, path);

@@ -1,0 +1,211 @@
+//! Provider webhooks: find the provider's definition, verify with the tenants' keys (the key that
+//! verifies decides the tenant), map, deduplicate on the provider's event id (or the body hash), produce.
+//! An authentic delivery that cannot be mapped is parked raw on the dead-letter topic and answered 202,
+//! so the provider stops retrying; `riverbank dlq redrive` maps it again after a fix.
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use riverbank_ingest_core::provider::{Mapping, ProviderDef};
+use riverbank_ingest_core::Headers;
+use riverbank_runtime::config::is_tenant_id;
+use riverbank_runtime::http::HttpError;
+use riverbank_runtime::process::Emit;
+use riverbank_schemas::{derived_id, DeadLetter, Envelope, Environment, Topics, WebhookReceived};
+use sha2::{Digest as _, Sha256};
+
+use crate::server::{header, trace_id, Ingest};
+use crate::store::RequestKey;
+
+/// Axum's header map, read through the core's [`Headers`].
+pub struct HeaderView<'a>(pub &'a HeaderMap);
+
+impl Headers for HeaderView<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        header(self.0, name)
+    }
+}
+
+pub async fn webhook(
+    State(s): State<Arc<Ingest>>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // Without a tenant in the path, `x-tenant-id` narrows the search, but only a verifying key decides.
+    let tenant = header(&headers, "x-tenant-id").map(str::to_owned);
+    s.clone().guarded(&headers, accept(&s, provider, tenant, &headers, body)).await
+}
+
+pub async fn webhook_for_tenant(
+    State(s): State<Arc<Ingest>>,
+    Path((provider, tenant)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    s.clone().guarded(&headers, accept(&s, provider, Some(tenant), &headers, body)).await
+}
+
+/// The event id of a delivery: the same delivery (by deduplication key) always gets the same id.
+pub fn event_id(env: Environment, tenant: &str, provider: &str, dedupe_key: &str) -> uuid::Uuid {
+    derived_id(&["webhook", env.as_str(), tenant, provider, dedupe_key])
+}
+
+/// What an authentic delivery becomes: the mapped event on the webhooks topic, or a dead letter.
+/// Shared by the server and the dead-letter redrive, so both produce the very same event.
+#[allow(clippy::too_many_arguments)]
+pub fn emit_for(
+    topics: &Topics,
+    def: &ProviderDef,
+    tenant: &str,
+    env: Environment,
+    mapping: &Mapping,
+    signed_headers: std::collections::BTreeMap<String, String>,
+    body: &[u8],
+    received_at: DateTime<Utc>,
+    signed_timestamp: Option<i64>,
+    trace_id: Option<String>,
+) -> Result<(Emit, bool), serde_json::Error> {
+    let event_id = event_id(env, tenant, &def.name, &mapping.dedupe_key);
+    match &mapping.result {
+        Ok(m) => {
+            let occurred_at = m
+                .occurred_at
+                .or_else(|| signed_timestamp.and_then(|t| DateTime::from_timestamp(t, 0)))
+                .unwrap_or(received_at);
+            let envelope = Envelope {
+                event_id,
+                event_type: WebhookReceived::EVENT_TYPE.to_owned(),
+                schema_version: WebhookReceived::SCHEMA_VERSION,
+                tenant_id: tenant.to_owned(),
+                environment: env,
+                occurred_at,
+                ingested_at: received_at,
+                idempotency_key: None,
+                source: def.name.clone(),
+                user_id: None,
+                customer_id: None,
+                session_id: None,
+                trace_id,
+                payload: WebhookReceived {
+                    provider: def.name.clone(),
+                    provider_event_id: mapping
+                        .provider_event_id
+                        .clone()
+                        .unwrap_or_else(|| mapping.dedupe_key.clone()),
+                    provider_event_type: Some(m.provider_event_type.clone()),
+                    event_type: Some(m.event_type.clone()),
+                    entity_key: m.entity_key.clone(),
+                    provider_schema_version: m.schema_version.clone(),
+                    body_bytes: body.len() as u64,
+                    body: m.body.clone(),
+                },
+            };
+            // Per-entity order: one entity's events share a partition; a tenant's entities spread.
+            let key = match &m.entity_key {
+                Some(e) => format!("{tenant}/{e}"),
+                None => tenant.to_owned(),
+            };
+            let payload = serde_json::to_vec(&envelope)?;
+            Ok((Emit { topic: topics.ingest_webhooks(env), key, event_id, payload }, false))
+        }
+        Err(why) => {
+            use base64::Engine as _;
+            let letter = DeadLetter {
+                dead_letter_id: event_id,
+                rejected_by: "ingest".to_owned(),
+                reason: why.to_string(),
+                source_topic: None,
+                source_partition: None,
+                source_offset: None,
+                tenant_id: Some(tenant.to_owned()),
+                source: Some(def.name.clone()),
+                environment: Some(env),
+                received_at: Some(received_at),
+                headers: signed_headers,
+                raw_base64: base64::engine::general_purpose::STANDARD.encode(body),
+            };
+            let payload = serde_json::to_vec(&letter)?;
+            Ok((Emit { topic: topics.dead_letters(env), key: tenant.to_owned(), event_id, payload }, true))
+        }
+    }
+}
+
+async fn accept(
+    s: &Ingest,
+    provider: String,
+    tenant: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let def = s.providers.get(&provider).ok_or_else(|| {
+        HttpError::new(StatusCode::NOT_FOUND, "unknown_provider", format!("no provider named '{provider}'"))
+    })?;
+    if let Some(t) = &tenant {
+        if !is_tenant_id(t) {
+            return Err(HttpError::bad_request(
+                "invalid_tenant",
+                "tenant id must be 1-64 of ASCII letters, digits, '-', '_'",
+            ));
+        }
+    }
+    let env = s.environment(headers)?;
+    let body = s.read_body(headers, body).await?;
+    let all = s.keys.get(&(provider.clone(), env)).map(Vec::as_slice).unwrap_or(&[]);
+    let candidates: Vec<&crate::server::TenantKey> =
+        all.iter().filter(|k| tenant.as_ref().is_none_or(|t| &k.tenant_id == t)).collect();
+    let keys: Vec<_> = candidates.iter().map(|k| k.key.clone()).collect();
+    let now = Utc::now();
+    let view = HeaderView(headers);
+    let accepted = def.accept(&keys, &view, &body, now.timestamp()).map_err(|e| {
+        metrics::counter!("riverbank_ingest_webhooks_refused_total", "provider" => provider.clone())
+            .increment(1);
+        let (status, code) = match &e {
+            e if e.is_malformed() => (StatusCode::BAD_REQUEST, "invalid_webhook_headers"),
+            riverbank_ingest_core::schemes::VerifyError::OutsideTolerance(..) => {
+                (StatusCode::UNAUTHORIZED, "timestamp_out_of_tolerance")
+            }
+            _ => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+        };
+        HttpError::new(status, code, e.to_string())
+    })?;
+    // The tenant is the one whose key verified the signature, never a field the sender controls alone.
+    let tenant = candidates
+        .get(accepted.key_index)
+        .map(|k| k.tenant_id.clone())
+        .ok_or_else(|| HttpError::internal(&"verifying key index out of range"))?;
+    let (emit, dead_lettered) = emit_for(
+        &s.topics,
+        def,
+        &tenant,
+        env,
+        &accepted.mapping,
+        def.signed_header_values(&view),
+        &body,
+        now,
+        accepted.signed_timestamp,
+        trace_id(headers),
+    )
+    .map_err(|e| HttpError::internal(&e))?;
+    let event_id = emit.event_id;
+    let status = if dead_lettered { "dead_lettered" } else { "accepted" };
+    let scope = format!("webhook:{provider}");
+    let claim =
+        RequestKey { tenant_id: &tenant, environment: env, scope: &scope, key: &accepted.mapping.dedupe_key };
+    let hash = Sha256::digest(&body);
+    let resp = s
+        .claim_produce_answer(
+            Some((claim, hash.as_slice(), false)),
+            emit,
+            StatusCode::ACCEPTED,
+            serde_json::json!({"event_id": event_id, "status": status}),
+        )
+        .await?;
+    metrics::counter!("riverbank_ingest_webhooks_total", "provider" => provider, "status" => status)
+        .increment(1);
+    tracing::debug!(tenant_id = %tenant, %event_id, dead_lettered, "webhook answered");
+    Ok(resp)
+}
