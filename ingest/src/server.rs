@@ -251,7 +251,15 @@ impl Ingest {
                 }
             }
         }
-        if let Err(e) = produce_all(&self.producer, std::slice::from_ref(&emit), self.produce_timeout).await {
+        let produced = tokio::time::timeout(
+            self.produce_timeout,
+            produce_all(&self.producer, std::slice::from_ref(&emit), self.produce_timeout),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!("no acknowledgement within {} ms", self.produce_timeout.as_millis()))
+        });
+        if let Err(e) = produced {
             tracing::warn!(topic = %emit.topic, error = %e, "broker did not acknowledge");
             metrics::counter!("riverbank_ingest_broker_unavailable_total").increment(1);
             if let Some((k, ..)) = &key {
@@ -321,7 +329,11 @@ pub async fn serve(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
     kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await?;
     let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await?;
     store::migrate(&pool).await?;
-    let state = Arc::new(Ingest::new(cfg, kafka::producer(&cfg.kafka)?, pool.clone())?);
+    // librdkafka gives up on a message when ingest gives up on its request: a 503 then means "not
+    // accepted" (short of an acknowledgement lost in flight, which the deterministic event id covers).
+    let mut producer_cfg = cfg.kafka.clone();
+    producer_cfg.message_timeout_ms = cfg.ingest.produce_timeout_ms;
+    let state = Arc::new(Ingest::new(cfg, kafka::producer(&producer_cfg)?, pool.clone())?);
     tokio::spawn(sweep_loop(
         pool,
         Duration::from_secs(cfg.ingest.retention_sweep_interval_s),

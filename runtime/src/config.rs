@@ -301,6 +301,9 @@ impl Config {
                     .into(),
             );
         }
+        if i.produce_timeout_ms >= i.request_timeout_ms {
+            errors.push("ingest.produce_timeout_ms must be below ingest.request_timeout_ms (so the answer is 503, not 408)".into());
+        }
         if i.idempotency_wait_ms >= i.request_timeout_ms {
             errors.push("ingest.idempotency_wait_ms must be below ingest.request_timeout_ms".into());
         }

@@ -22,7 +22,7 @@ pub fn ch_url() -> String {
     std::env::var("RIVERBANK_TEST_CH_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
 }
@@ -187,6 +187,11 @@ log_filter = "info"
 
     /// Spawn a component under a name of its own (a second instance of the same component).
     pub fn spawn_named(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
+        self.spawn_env(name, args, &[])
+    }
+
+    /// Spawn a component with config overrides in its environment (`RIVERBANK__SECTION__KEY`).
+    pub fn spawn_env(&mut self, name: &str, args: &[&str], envs: &[(&str, String)]) -> anyhow::Result<()> {
         let name = name.to_owned();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -197,6 +202,7 @@ log_filter = "info"
             .arg(&self.config)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -219,6 +225,30 @@ log_filter = "info"
         let mut child = self.children.remove(name).context("no such component")?;
         child.kill().await?;
         Ok(())
+    }
+
+    /// Run `riverbank <args>` to completion against this pipeline's config; returns stdout.
+    pub async fn cli(&self, args: &[&str], envs: &[(&str, String)]) -> anyhow::Result<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_riverbank"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "riverbank {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Wait until `url/health` answers 200.
+    pub async fn wait_healthy(&self, url: &str) -> anyhow::Result<()> {
+        riverbank::demo::wait_healthy(&self.http, url, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("logs in {}", self.dir.display()))
     }
 
     pub fn ch(&self) -> clickhouse::Client {

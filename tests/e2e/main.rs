@@ -6,6 +6,7 @@
 //! from), RIVERBANK_TEST_CH_URL; defaults are the local stack's ports.
 
 mod harness;
+mod ingest;
 mod sinks;
 mod skeleton;
 mod transfers;
