@@ -8,13 +8,19 @@ use riverbank_ingest_core::schemes::Key;
 
 pub const NOW: i64 = 1_795_332_660;
 
-pub fn setup(name: &str, configured: &str, signer: Signer) -> (ProviderDef, Key, Signer) {
-    let def = provider::load(&[]).expect("built-in definitions").remove(name).expect("provider exists");
-    let key = def.signature.key(configured).expect("valid key");
-    (def, key, signer)
+/// Fuzz `provider` with the key material `keys` gives: (what riverbank is configured with, the signer).
+pub fn fuzz(provider: &str, keys: impl FnOnce() -> (String, Signer), data: &[u8]) {
+    static SETUP: std::sync::OnceLock<(ProviderDef, Key, Signer)> = std::sync::OnceLock::new();
+    let (def, key, signer) = SETUP.get_or_init(|| {
+        let (configured, signer) = keys();
+        let def = provider::load(&[]).expect("built-in definitions").remove(provider).expect("provider exists");
+        let key = def.signature.key(&configured).expect("valid key");
+        (def, key, signer)
+    });
+    run(def, key, signer, data);
 }
 
-pub fn run(def: &ProviderDef, key: &Key, signer: &Signer, data: &[u8]) {
+fn run(def: &ProviderDef, key: &Key, signer: &Signer, data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     let headers: Vec<(String, String)>;
     let body: &[u8];

@@ -1,16 +1,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use riverbank_ingest_core::schemes::sign::Signer;
-use std::sync::OnceLock;
 
 #[path = "common.rs"]
 mod common;
 
-const SECRET: &str = "shared-secret-for-fuzzing-0001";
-
-fuzz_target!(|data: &[u8]| {
-    static SETUP: OnceLock<(riverbank_ingest_core::provider::ProviderDef, riverbank_ingest_core::schemes::Key, Signer)> =
-        OnceLock::new();
-    let (def, key, signer) = SETUP.get_or_init(|| common::setup("kycflow", SECRET, Signer::Secret(SECRET.into())));
-    common::run(def, key, signer, data);
-});
+fuzz_target!(|data: &[u8]| common::fuzz("kycflow", || ("shared-secret-for-fuzzing-0001".into(), Signer::Secret("shared-secret-for-fuzzing-0001".into())), data));

@@ -65,6 +65,14 @@ pub struct RequestKey<'a> {
     pub key: &'a str,
 }
 
+/// `sql` with the key bound as $1–$4 (tenant, environment, scope, key); further parameters follow.
+fn keyed<'q>(
+    sql: &'q str,
+    key: &RequestKey<'q>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql).bind(key.tenant_id).bind(key.environment.as_str()).bind(key.scope).bind(key.key)
+}
+
 /// The outcome of claiming a request key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
@@ -96,15 +104,9 @@ pub async fn claim(
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let deadline = Instant::now() + wait;
     loop {
-        let inserted = sqlx::query(
-            "INSERT INTO ingest.requests (tenant_id, environment, scope, request_key, request_sha256, event_id, lease_until)
+        let inserted = keyed("INSERT INTO ingest.requests (tenant_id, environment, scope, request_key, request_sha256, event_id, lease_until)
              VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 millisecond')
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(key.tenant_id)
-        .bind(key.environment.as_str())
-        .bind(key.scope)
-        .bind(key.key)
+             ON CONFLICT DO NOTHING", key)
         .bind(request_sha256)
         .bind(event_id)
         .bind(lease_ms)
@@ -114,14 +116,8 @@ pub async fn claim(
         if inserted == 1 {
             return Ok(Claim::Owned);
         }
-        let row = sqlx::query(
-            "SELECT request_sha256, event_id, status_code, response, lease_until < now() AS expired
-             FROM ingest.requests WHERE tenant_id = $1 AND environment = $2 AND scope = $3 AND request_key = $4",
-        )
-        .bind(key.tenant_id)
-        .bind(key.environment.as_str())
-        .bind(key.scope)
-        .bind(key.key)
+        let row = keyed("SELECT request_sha256, event_id, status_code, response, lease_until < now() AS expired
+             FROM ingest.requests WHERE tenant_id = $1 AND environment = $2 AND scope = $3 AND request_key = $4", key)
         .fetch_optional(pool)
         .await?;
         let Some(row) = row else { continue }; // swept in between: claim again
@@ -142,15 +138,12 @@ pub async fn claim(
         if expired == Some(true) {
             // The claimant died (or gave up) without answering: take the key over. Its event id is
             // kept, so if it did produce, consumers see the same event twice and keep one.
-            let took = sqlx::query(
+            let took = keyed(
                 "UPDATE ingest.requests SET lease_until = now() + $5 * interval '1 millisecond'
                  WHERE tenant_id = $1 AND environment = $2 AND scope = $3 AND request_key = $4
                    AND status_code IS NULL AND lease_until < now()",
+                key,
             )
-            .bind(key.tenant_id)
-            .bind(key.environment.as_str())
-            .bind(key.scope)
-            .bind(key.key)
             .bind(lease_ms)
             .execute(pool)
             .await?
@@ -174,14 +167,11 @@ pub async fn complete(
     status: u16,
     response: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    keyed(
         "UPDATE ingest.requests SET status_code = $5, response = $6, lease_until = NULL
          WHERE tenant_id = $1 AND environment = $2 AND scope = $3 AND request_key = $4",
+        key,
     )
-    .bind(key.tenant_id)
-    .bind(key.environment.as_str())
-    .bind(key.scope)
-    .bind(key.key)
     .bind(i16::try_from(status).unwrap_or(500))
     .bind(response)
     .execute(pool)
@@ -191,14 +181,8 @@ pub async fn complete(
 
 /// Give an owned, unanswered claim back (the event was not accepted): a retry may claim it again.
 pub async fn release(pool: &PgPool, key: &RequestKey<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "DELETE FROM ingest.requests
-         WHERE tenant_id = $1 AND environment = $2 AND scope = $3 AND request_key = $4 AND status_code IS NULL",
-    )
-    .bind(key.tenant_id)
-    .bind(key.environment.as_str())
-    .bind(key.scope)
-    .bind(key.key)
+    keyed("DELETE FROM ingest.requests
+         WHERE tenant_id = $1 AND environment = $2 AND scope = $3 AND request_key = $4 AND status_code IS NULL", key)
     .execute(pool)
     .await?;
     Ok(())

@@ -35,6 +35,11 @@ fn crates_depend_only_in_the_allowed_direction() {
     for forbidden in ["tokio", "rdkafka", "sqlx", "clickhouse", "axum", "reqwest", "riverbank-runtime"] {
         assert!(!schemas.contains(forbidden), "schemas must have no I/O, yet depends on {forbidden}");
     }
+    let core = &deps["riverbank-ingest-core"];
+    for forbidden in ["tokio", "rdkafka", "sqlx", "clickhouse", "axum", "reqwest", "riverbank-runtime"] {
+        assert!(!core.contains(forbidden), "ingest-core is pure (fuzzed), yet depends on {forbidden}");
+    }
+    assert!(deps["riverbank-ingest"].contains("riverbank-ingest-core"), "ingest builds on ingest-core");
     let processors = &deps["riverbank-processors"];
     for forbidden in ["tokio", "rdkafka", "sqlx", "clickhouse", "axum", "reqwest", "riverbank-runtime"] {
         assert!(!processors.contains(forbidden), "processors are pure, yet depend on {forbidden}");

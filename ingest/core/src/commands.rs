@@ -75,6 +75,22 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint.
+    pub const ALL: [Endpoint; 12] = [
+        Endpoint::CreateTransfer,
+        Endpoint::ApproveTransfer,
+        Endpoint::RejectTransfer,
+        Endpoint::CancelTransfer,
+        Endpoint::FxQuote,
+        Endpoint::FxConversion,
+        Endpoint::FxRates,
+        Endpoint::FeeConfig,
+        Endpoint::KycUser(KycUserAction::Freeze),
+        Endpoint::KycUser(KycUserAction::Unfreeze),
+        Endpoint::KycUser(KycUserAction::Close),
+        Endpoint::KycReviewDecision,
+    ];
+
     /// Roles allowed to call this endpoint.
     pub fn roles(self) -> &'static [Role] {
         use Endpoint::*;
