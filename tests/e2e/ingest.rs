@@ -454,16 +454,41 @@ async fn commands_are_authenticated_validated_and_idempotent_across_instances() 
             "kyc.review_decided",
         ),
     ];
+    // Per endpoint: auth missing, wrong role, wrong environment; then accepted once under an
+    // Idempotency-Key, replayed for the same request, refused for a different one.
     let create_body = transfer("t-all", "42.00");
-    for (token, method, url, body, event_type) in ok {
+    for (i, (token, method, url, body, event_type)) in ok.into_iter().enumerate() {
         let body = if body.is_empty() { create_body.as_str() } else { body };
-        let a = call(h, method, &url, Some(token), &[("x-user-id", "usr_admin")], body).await?;
+        for (who, want, code) in [
+            (None, 401, "missing_api_key"),
+            (Some(&viewer), 403, "forbidden_role"),
+            (Some(&sandbox), 403, "wrong_environment"),
+        ] {
+            let a = call(h, method.clone(), &url, who.map(String::as_str), &[], body).await?;
+            anyhow::ensure!(
+                a.status == want && a.json["error"]["code"] == code,
+                "{url}: {} {}",
+                a.status,
+                a.json
+            );
+        }
+        let key = format!("ep-{i}");
+        let headers = [("x-user-id", "usr_admin"), ("Idempotency-Key", key.as_str())];
+        let a = call(h, method.clone(), &url, Some(token), &headers, body).await?;
         anyhow::ensure!(
             a.status == 202 && a.json["event_type"] == event_type,
             "{url}: {} {}",
             a.status,
             a.json
         );
+        let again = call(h, method.clone(), &url, Some(token), &headers, body).await?;
+        anyhow::ensure!(
+            again.status == 202 && again.json == a.json && again.replayed,
+            "{url}: {}",
+            again.json
+        );
+        let other = call(h, method.clone(), &url, Some(token), &headers, &format!("{body} ")).await?;
+        anyhow::ensure!(other.status == 409, "{url} with another body: {} {}", other.status, other.json);
     }
 
     // Idempotency: the same key and body on either instance → the first answer, one event.
@@ -575,6 +600,25 @@ async fn commands_are_authenticated_validated_and_idempotent_across_instances() 
     p.finish().await
 }
 
+/// Send a request that announces 100 body bytes and sends 10, then read what the server answers.
+async fn slow_client(url: &str, timeout_ms: u64) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST /v1/webhooks/acmepay/tenant-o HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"type\":\"d"
+    );
+    s.write_all(head.as_bytes()).await?;
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_millis(timeout_ms * 3), s.read(&mut buf)).await??;
+    anyhow::ensure!(
+        started.elapsed() >= Duration::from_millis(timeout_ms - 100),
+        "answered before the timeout"
+    );
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// A broker of the test's own, on its own port and storage, so it can be stopped.
 struct PrivateBroker {
     child: tokio::process::Child,
@@ -615,6 +659,9 @@ async fn a_broker_outage_answers_503_and_ingest_recovers_by_itself() -> anyhow::
         ("RIVERBANK__KAFKA__BROKERS", addr.clone()),
         ("RIVERBANK__INGEST__PRODUCE_TIMEOUT_MS", "1500".to_owned()),
         ("RIVERBANK__INGEST__RETRY_AFTER_S", "2".to_owned()),
+        ("RIVERBANK__INGEST__REQUEST_TIMEOUT_MS", "3000".to_owned()),
+        ("RIVERBANK__INGEST__IDEMPOTENCY_WAIT_MS", "1000".to_owned()),
+        ("RIVERBANK__INGEST__HEADERS_COUNT_MAX", "16".to_owned()),
     ];
     p.spawn_env("ingest", &["ingest"], &env)?;
     let url = p.ingest_url.clone();
@@ -631,6 +678,21 @@ async fn a_broker_outage_answers_503_and_ingest_recovers_by_itself() -> anyhow::
     let a = send(0).await?;
     anyhow::ensure!(a.status == 202, "{} {}", a.status, a.json);
     let mut accepted = vec![a.json["event_id"].clone()];
+
+    // Limits: a client that stops sending its body gets 408 after request_timeout_ms; too many headers 431.
+    let slow = slow_client(&url, 3000).await?;
+    anyhow::ensure!(slow.starts_with("HTTP/1.1 408"), "slow client: {slow}");
+    let mut req = p.http.post(format!("{url}/v1/webhooks/acmepay/tenant-o")).body("{}");
+    for i in 0..20 {
+        req = req.header(format!("x-padding-{i}"), "x");
+    }
+    let a = answer(req.send().await?).await?;
+    anyhow::ensure!(
+        a.status == 431 && a.json["error"]["code"] == "too_many_headers",
+        "{} {}",
+        a.status,
+        a.json
+    );
 
     broker.child.kill().await?;
     let a = send(1).await?;
