@@ -60,8 +60,7 @@ pub struct Ingest {
     request_timeout: Duration,
     produce_timeout: Duration,
     pub(crate) retry_after_s: u64,
-    pub(crate) idempotency_lease: Duration,
-    pub(crate) idempotency_wait: Duration,
+    pub(crate) claims: store::Claims,
     in_flight: InFlight,
     kafka: riverbank_runtime::config::KafkaConfig,
     pub(crate) key_cache: Mutex<HashMap<String, (store::ApiKey, Instant)>>,
@@ -109,7 +108,7 @@ impl Ingest {
         let i = &cfg.ingest;
         Ok(Ingest {
             producer,
-            pool,
+            pool: pool.clone(),
             topics: kafka::topics(&cfg.kafka),
             environments: cfg.kafka.environments.clone(),
             providers,
@@ -119,8 +118,14 @@ impl Ingest {
             request_timeout: Duration::from_millis(i.request_timeout_ms),
             produce_timeout: Duration::from_millis(i.produce_timeout_ms),
             retry_after_s: i.retry_after_s,
-            idempotency_lease: Duration::from_millis(i.idempotency_lease_ms),
-            idempotency_wait: Duration::from_millis(i.idempotency_wait_ms),
+            claims: store::Claims::start(
+                pool.clone(),
+                Duration::from_millis(i.idempotency_lease_ms),
+                Duration::from_millis(i.idempotency_wait_ms),
+                i.claim_batch_rows_max,
+                i.claim_queue_requests_max,
+                i.claim_batches_in_flight_max,
+            ),
             in_flight: InFlight::new(i.in_flight_requests_max, i.retry_after_s),
             kafka: cfg.kafka.clone(),
             key_cache: Mutex::new(HashMap::new()),
@@ -210,18 +215,7 @@ impl Ingest {
             )
         };
         if let Some((k, hash, check_hash)) = &key {
-            match store::claim(
-                &self.pool,
-                k,
-                hash,
-                emit.event_id,
-                *check_hash,
-                self.idempotency_lease,
-                self.idempotency_wait,
-            )
-            .await
-            .map_err(db_down)?
-            {
+            match self.claims.claim(k, hash, emit.event_id, *check_hash).await.map_err(db_down)? {
                 Claim::Owned => {}
                 Claim::Done { status, response, .. } => {
                     metrics::counter!("riverbank_ingest_duplicates_total", "scope" => scope_label(k.scope))
@@ -263,7 +257,7 @@ impl Ingest {
             tracing::warn!(topic = %emit.topic, error = %e, "broker did not acknowledge");
             metrics::counter!("riverbank_ingest_broker_unavailable_total").increment(1);
             if let Some((k, ..)) = &key {
-                if let Err(e) = store::release(&self.pool, k).await {
+                if let Err(e) = self.claims.release(k).await {
                     // The lease expires by itself; a retry then takes the key over.
                     tracing::warn!(error = %e, "could not release idempotency claim");
                 }
@@ -277,9 +271,7 @@ impl Ingest {
         if let Some((k, ..)) = &key {
             // The event is accepted; if recording the answer fails, the lease expires and a retry
             // re-produces the same event id, which consumers deduplicate.
-            if let Err(e) = store::complete(&self.pool, k, status.as_u16(), &response).await {
-                tracing::warn!(error = %e, "could not record the answer of an accepted request");
-            }
+            self.claims.complete(k, status.as_u16(), response.clone()).await;
         }
         Ok((status, Json(response)).into_response())
     }

@@ -76,7 +76,7 @@ fn keyed<'q>(
 /// The outcome of claiming a request key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
-    /// This request owns the key: produce, then [`complete`] (or [`release`] on failure).
+    /// This request owns the key: produce, then [`Claims::complete`] (or [`release`] on failure).
     Owned,
     /// Answered before: return this again.
     Done { status: u16, response: serde_json::Value, event_id: Uuid },
@@ -158,25 +158,6 @@ pub async fn claim(
         }
         tokio::time::sleep(WAIT_POLL).await;
     }
-}
-
-/// Record the answer of an owned claim.
-pub async fn complete(
-    pool: &PgPool,
-    key: &RequestKey<'_>,
-    status: u16,
-    response: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    keyed(
-        "UPDATE ingest.requests SET status_code = $5, response = $6, lease_until = NULL
-         WHERE tenant_id = $1 AND environment = $2 AND scope = $3 AND request_key = $4",
-        key,
-    )
-    .bind(i16::try_from(status).unwrap_or(500))
-    .bind(response)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Give an owned, unanswered claim back (the event was not accepted): a retry may claim it again.
@@ -370,5 +351,208 @@ mod tests {
             assert_eq!(parse_token(bad), None, "{bad}");
         }
         assert_eq!(parse_token(&format!("rbk_live_k0123456789abcdef_{}", "s".repeat(10))), None);
+    }
+}
+
+/// A request key with owned parts (it crosses into the batching task).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnedKey {
+    pub tenant_id: String,
+    pub environment: Environment,
+    pub scope: String,
+    pub key: String,
+}
+
+impl OwnedKey {
+    pub fn of(k: &RequestKey<'_>) -> OwnedKey {
+        OwnedKey {
+            tenant_id: k.tenant_id.to_owned(),
+            environment: k.environment,
+            scope: k.scope.to_owned(),
+            key: k.key.to_owned(),
+        }
+    }
+
+    pub fn borrow(&self) -> RequestKey<'_> {
+        RequestKey {
+            tenant_id: &self.tenant_id,
+            environment: self.environment,
+            scope: &self.scope,
+            key: &self.key,
+        }
+    }
+}
+
+type ClaimReply = tokio::sync::oneshot::Sender<Result<bool, String>>;
+
+/// Claims and answers batched into one statement (one commit) each, so the edge's Postgres cost does
+/// not grow with its request rate. A request first tries the batched insert; only a key that exists
+/// already (a duplicate, a retry) takes the one-by-one path in [`claim`].
+#[derive(Clone)]
+pub struct Claims {
+    pool: PgPool,
+    claims: tokio::sync::mpsc::Sender<(OwnedKey, Vec<u8>, Uuid, ClaimReply)>,
+    answers: tokio::sync::mpsc::Sender<(OwnedKey, u16, serde_json::Value)>,
+    lease: Duration,
+    wait: Duration,
+}
+
+impl Claims {
+    /// Start the batching tasks: `batches_in_flight` claim statements at a time (Postgres group-commits
+    /// them). `batch_max` rows per statement, `queue_max` waiting requests.
+    pub fn start(
+        pool: PgPool,
+        lease: Duration,
+        wait: Duration,
+        batch_max: usize,
+        queue_max: usize,
+        batches_in_flight: usize,
+    ) -> Claims {
+        let (claims, claim_rx) = tokio::sync::mpsc::channel(queue_max);
+        let (answers, answer_rx) = tokio::sync::mpsc::channel(queue_max);
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let claim_rx = std::sync::Arc::new(tokio::sync::Mutex::new(claim_rx));
+        for _ in 0..batches_in_flight.max(1) {
+            tokio::spawn(claim_loop(pool.clone(), claim_rx.clone(), batch_max, lease_ms));
+        }
+        tokio::spawn(answer_loop(pool.clone(), answer_rx, batch_max));
+        Claims { pool, claims, answers, lease, wait }
+    }
+
+    /// As [`claim`]: the batched insert first, the full protocol for a key that exists.
+    pub async fn claim(
+        &self,
+        key: &RequestKey<'_>,
+        request_sha256: &[u8],
+        event_id: Uuid,
+        check_hash: bool,
+    ) -> Result<Claim, sqlx::Error> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = self.claims.send((OwnedKey::of(key), request_sha256.to_vec(), event_id, reply)).await;
+        let owned = match sent {
+            Ok(()) => answer.await.map_err(|_| sqlx::Error::PoolClosed)?.map_err(sqlx::Error::Protocol)?,
+            Err(_) => return Err(sqlx::Error::PoolClosed),
+        };
+        if owned {
+            return Ok(Claim::Owned);
+        }
+        claim(&self.pool, key, request_sha256, event_id, check_hash, self.lease, self.wait).await
+    }
+
+    /// Record an owned claim's answer. Queued: the caller answers its client at once; a duplicate
+    /// arriving meanwhile waits for the row (the same as for a request still in flight).
+    pub async fn complete(&self, key: &RequestKey<'_>, status: u16, response: serde_json::Value) {
+        if self.answers.send((OwnedKey::of(key), status, response)).await.is_err() {
+            // Shutting down: the lease expires and a retry takes the key over (same event id).
+            tracing::warn!("answer queue closed; the claim's lease will expire");
+        }
+    }
+
+    pub async fn release(&self, key: &RequestKey<'_>) -> Result<(), sqlx::Error> {
+        release(&self.pool, key).await
+    }
+}
+
+type ClaimQueue =
+    std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(OwnedKey, Vec<u8>, Uuid, ClaimReply)>>>;
+
+async fn claim_loop(pool: PgPool, rx: ClaimQueue, batch_max: usize, lease_ms: i64) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        // One row per key per statement; a second request for the same key takes the slow path.
+        let mut seen = std::collections::HashSet::new();
+        let (firsts, repeats): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|(k, ..)| seen.insert(k.clone()));
+        for (.., reply) in repeats {
+            let _ = reply.send(Ok(false));
+        }
+        let result = insert_claims(&pool, &firsts, lease_ms).await;
+        metrics::histogram!("riverbank_ingest_claim_batch_rows").record(firsts.len() as f64);
+        for (k, _, _, reply) in firsts {
+            let _ = reply.send(match &result {
+                Ok(inserted) => Ok(inserted.contains(&k)),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+    }
+}
+
+async fn insert_claims(
+    pool: &PgPool,
+    items: &[(OwnedKey, Vec<u8>, Uuid, ClaimReply)],
+    lease_ms: i64,
+) -> Result<std::collections::HashSet<OwnedKey>, sqlx::Error> {
+    let rows = sqlx::query(
+        "INSERT INTO ingest.requests (tenant_id, environment, scope, request_key, request_sha256, event_id, lease_until)
+         SELECT t, e, s, k, h, id, now() + $7 * interval '1 millisecond'
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[]) AS u(t, e, s, k, h, id)
+         ON CONFLICT DO NOTHING
+         RETURNING tenant_id, environment, scope, request_key",
+    )
+    .bind(items.iter().map(|i| i.0.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.0.environment.as_str()).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.0.scope.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.0.key.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.1.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.2).collect::<Vec<_>>())
+    .bind(lease_ms)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let env: String = r.try_get("environment")?;
+            Ok(OwnedKey {
+                tenant_id: r.try_get("tenant_id")?,
+                environment: env.parse().map_err(|_| sqlx::Error::Protocol("environment".into()))?,
+                scope: r.try_get("scope")?,
+                key: r.try_get("request_key")?,
+            })
+        })
+        .collect()
+}
+
+async fn answer_loop(
+    pool: PgPool,
+    mut rx: tokio::sync::mpsc::Receiver<(OwnedKey, u16, serde_json::Value)>,
+    batch_max: usize,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let result = sqlx::query(
+            "UPDATE ingest.requests r SET status_code = u.st, response = u.resp::jsonb, lease_until = NULL
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[]) AS u(t, e, s, k, st, resp)
+             WHERE r.tenant_id = u.t AND r.environment = u.e AND r.scope = u.s AND r.request_key = u.k",
+        )
+        .bind(batch.iter().map(|i| i.0.tenant_id.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|i| i.0.environment.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|i| i.0.scope.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|i| i.0.key.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|i| i16::try_from(i.1).unwrap_or(500)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|i| i.2.to_string()).collect::<Vec<_>>())
+        .execute(&pool)
+        .await;
+        if let Err(e) = result {
+            // The answers are lost, not the events: their leases expire and retries take the keys
+            // over with the same event ids.
+            metrics::counter!("riverbank_ingest_store_errors_total").increment(1);
+            tracing::warn!(error = %e, rows = batch.len(), "could not record answers");
+        }
     }
 }

@@ -88,6 +88,11 @@ pub struct IngestConfig {
     pub idempotency_lease_ms: u64,
     /// A request whose key is in flight elsewhere waits this long for the first answer, then gets 409.
     pub idempotency_wait_ms: u64,
+    /// Claims (and answers) go to Postgres in batches of at most this many rows, one statement each;
+    /// at most this many requests wait for a batch.
+    pub claim_batch_rows_max: usize,
+    pub claim_queue_requests_max: usize,
+    pub claim_batches_in_flight_max: usize,
     /// Expired dedupe and idempotency rows are deleted this often, at most this many per pass.
     pub retention_sweep_interval_s: u64,
     pub retention_sweep_rows_max: i64,
@@ -309,6 +314,12 @@ impl Config {
         }
         if i.webhook_dedupe_retention_h == 0 || i.idempotency_retention_h == 0 {
             errors.push("ingest.*_retention_h must be at least 1".into());
+        }
+        if i.claim_batch_rows_max == 0
+            || i.claim_queue_requests_max == 0
+            || i.claim_batches_in_flight_max == 0
+        {
+            errors.push("ingest.claim_batch_rows_max, claim_queue_requests_max and claim_batches_in_flight_max must be at least 1".into());
         }
         if i.retention_sweep_rows_max < 1 || i.api_key_cache_entries_max == 0 {
             errors.push(
