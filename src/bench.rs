@@ -680,9 +680,10 @@ pub async fn ingest(cfg: &Config, seconds: u64, concurrency: usize) -> anyhow::R
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let stop = CancellationToken::new();
     let s = stop.clone();
-    let hello_server = tokio::spawn(async move {
-        axum::serve(listener, hello).with_graceful_shutdown(s.cancelled_owned()).await
-    });
+    // The same server loop and limits as ingest: the ceiling differs only in what the handler does.
+    let limits = cfg.ingest.server_limits();
+    let hello_server =
+        tokio::spawn(async move { riverbank_runtime::http::serve(listener, hello, limits, s).await });
     let (cl, url) = (client.clone(), format!("http://{addr}/"));
     let plain = load(seconds, concurrency, move |_, n| {
         let (cl, url) = (cl.clone(), url.clone());

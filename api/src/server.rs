@@ -54,7 +54,7 @@ pub async fn serve(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
     let state = Arc::new(Api::new(cfg).await?);
     let listener = tokio::net::TcpListener::bind(cfg.api.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    riverbank_runtime::http::serve(listener, router(state), cfg.api.server_limits(), shutdown).await?;
     Ok(())
 }
 

@@ -336,7 +336,7 @@ pub async fn serve(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let listener = tokio::net::TcpListener::bind(cfg.ingest.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, providers = state.providers.len(), "ingest listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    riverbank_runtime::http::serve(listener, router(state), cfg.ingest.server_limits(), shutdown).await?;
     Ok(())
 }
 

@@ -71,6 +71,12 @@ pub struct KafkaConfig {
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     pub listen_addr: SocketAddr,
+    /// Open connections at most (past it, new ones wait in the kernel's backlog).
+    pub connections_max: usize,
+    /// The request head must arrive within this long (a trickling client is cut off).
+    pub header_read_timeout_ms: u64,
+    /// Read buffer per connection, bounding the request head; at least 8192.
+    pub read_buffer_bytes_max: usize,
     pub body_bytes_max: usize,
     pub headers_count_max: usize,
     pub request_timeout_ms: u64,
@@ -173,6 +179,9 @@ pub struct ClickHouseConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen_addr: SocketAddr,
+    pub connections_max: usize,
+    pub header_read_timeout_ms: u64,
+    pub read_buffer_bytes_max: usize,
     pub request_timeout_ms: u64,
     pub in_flight_requests_max: usize,
     pub page_rows_max: u32,
@@ -201,6 +210,28 @@ pub enum ConfigError {
     MissingFile(String),
     #[error("config is invalid:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
+}
+
+impl IngestConfig {
+    pub fn server_limits(&self) -> crate::http::ServerLimits {
+        crate::http::ServerLimits {
+            connections_max: self.connections_max,
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            read_buffer_bytes_max: self.read_buffer_bytes_max,
+            drain_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn server_limits(&self) -> crate::http::ServerLimits {
+        crate::http::ServerLimits {
+            connections_max: self.connections_max,
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            read_buffer_bytes_max: self.read_buffer_bytes_max,
+            drain_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+        }
+    }
 }
 
 impl Config {
@@ -305,6 +336,17 @@ impl Config {
                 "ingest.idempotency_lease_ms must exceed ingest.request_timeout_ms (a live request keeps its key)"
                     .into(),
             );
+        }
+        for (section, buffer, connections) in [
+            ("ingest", i.read_buffer_bytes_max, i.connections_max),
+            ("api", self.api.read_buffer_bytes_max, self.api.connections_max),
+        ] {
+            if buffer < 8192 {
+                errors.push(format!("{section}.read_buffer_bytes_max must be at least 8192"));
+            }
+            if connections == 0 {
+                errors.push(format!("{section}.connections_max must be at least 1"));
+            }
         }
         if i.produce_timeout_ms >= i.request_timeout_ms {
             errors.push("ingest.produce_timeout_ms must be below ingest.request_timeout_ms (so the answer is 503, not 408)".into());

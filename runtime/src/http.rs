@@ -107,3 +107,67 @@ pub async fn within<T>(
         )),
     }
 }
+
+/// Limits of the HTTP server itself (below the handlers).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Open connections at most; past it, new connections wait in the kernel's backlog.
+    pub connections_max: usize,
+    /// A client must have sent its request head within this long, or the connection is closed.
+    pub header_read_timeout: std::time::Duration,
+    /// Read buffer per connection (bounds the request head), in bytes.
+    pub read_buffer_bytes_max: usize,
+    /// After shutdown is signalled, in-flight requests get this long to finish.
+    pub drain_timeout: std::time::Duration,
+}
+
+/// Serve `router` on `listener` (HTTP/1.1) until `shutdown`, with bounded connections, a deadline for
+/// the request head (a client trickling its headers is cut off, not kept forever) and a bounded read
+/// buffer. Handlers bound bodies and total request time themselves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: ServerLimits,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.read_buffer_bytes_max);
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(timeout = ?limits.drain_timeout, "connections still open after the drain timeout");
+    }
+    Ok(())
+}

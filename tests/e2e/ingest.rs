@@ -619,6 +619,23 @@ async fn slow_client(url: &str, timeout_ms: u64) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Send half a request head and stop; the server must close the connection after its header timeout.
+async fn trickling_headers(url: &str, timeout_ms: u64) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await?;
+    s.write_all(b"POST /v1/webhooks/acmepay/tenant-o HTTP/1.1\r\nhost: x\r\nx-slow: ").await?;
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_millis(timeout_ms * 5), s.read(&mut buf))
+        .await
+        .context("connection still open long after the header timeout")??;
+    anyhow::ensure!(
+        started.elapsed() >= Duration::from_millis(timeout_ms - 100),
+        "closed before the timeout"
+    );
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// A broker of the test's own, on its own port and storage, so it can be stopped.
 struct PrivateBroker {
     child: tokio::process::Child,
@@ -662,6 +679,7 @@ async fn a_broker_outage_answers_503_and_ingest_recovers_by_itself() -> anyhow::
         ("RIVERBANK__INGEST__REQUEST_TIMEOUT_MS", "3000".to_owned()),
         ("RIVERBANK__INGEST__IDEMPOTENCY_WAIT_MS", "1000".to_owned()),
         ("RIVERBANK__INGEST__HEADERS_COUNT_MAX", "16".to_owned()),
+        ("RIVERBANK__INGEST__HEADER_READ_TIMEOUT_MS", "1000".to_owned()),
     ];
     p.spawn_env("ingest", &["ingest"], &env)?;
     let url = p.ingest_url.clone();
@@ -682,6 +700,11 @@ async fn a_broker_outage_answers_503_and_ingest_recovers_by_itself() -> anyhow::
     // Limits: a client that stops sending its body gets 408 after request_timeout_ms; too many headers 431.
     let slow = slow_client(&url, 3000).await?;
     anyhow::ensure!(slow.starts_with("HTTP/1.1 408"), "slow client: {slow}");
+    let trickle = trickling_headers(&url, 1000).await?;
+    anyhow::ensure!(
+        trickle.is_empty() || trickle.starts_with("HTTP/1.1 408"),
+        "trickling headers: {trickle}"
+    );
     let mut req = p.http.post(format!("{url}/v1/webhooks/acmepay/tenant-o")).body("{}");
     for i in 0..20 {
         req = req.header(format!("x-padding-{i}"), "x");
