@@ -248,7 +248,8 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
                 );
             }
             anyhow::ensure!(all_landed, "not every accepted webhook landed in both stores within {wait_s} s");
-            return transfers(cfg, &client, &api_url, &run_id, wait_s).await;
+            transfers(cfg, &client, &api_url, &run_id, wait_s).await?;
+            return command(cfg, &client, &ingest_url, &api_url, &run_id, wait_s).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -321,5 +322,74 @@ async fn transfers(
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The API half of the demo: a tenant API key, one deposit command sent twice under one
+/// `Idempotency-Key` (one event), then the transfer as the read API shows it.
+async fn command(
+    cfg: &Config,
+    client: &reqwest::Client,
+    ingest_url: &str,
+    api_url: &str,
+    run_id: &str,
+    wait_s: u64,
+) -> anyhow::Result<()> {
+    use riverbank_ingest::core::commands::Role;
+    let tenant = format!("api-{}", &run_id[..8]);
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await?;
+    riverbank_ingest::store::migrate(&pool).await?;
+    let (key, token) =
+        riverbank_ingest::store::create_key(&pool, &tenant, Environment::Live, Role::Operator, "demo")
+            .await?;
+    pool.close().await;
+    let transfer_id = format!("dep-{}", &run_id[..8]);
+    let body = serde_json::json!({
+        "transfer_id": transfer_id,
+        "kind": "deposit",
+        "amount": "125.00",
+        "currency": "USD",
+        "destination_account": "acct_demo"
+    });
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let resp = client
+            .post(format!("{ingest_url}/v1/transfers"))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", format!("demo-{run_id}"))
+            .json(&body)
+            .send()
+            .await?;
+        let replayed = resp.headers().contains_key("idempotent-replayed");
+        let status = resp.status();
+        let json: serde_json::Value = resp.json().await?;
+        anyhow::ensure!(status == reqwest::StatusCode::ACCEPTED, "POST /v1/transfers: {status} {json}");
+        answers.push((json["event_id"].clone(), replayed));
+    }
+    println!(
+        "API key {} ({tenant}, operator): POST /v1/transfers twice with one Idempotency-Key → event {} both times (second replayed: {})",
+        key.key_id, answers[0].0, answers[1].1
+    );
+    anyhow::ensure!(answers[0].0 == answers[1].0 && answers[1].1, "the retry must replay the first answer");
+    let deadline = Instant::now() + Duration::from_secs(wait_s);
+    let url = format!("{api_url}/v1/transfers/{transfer_id}");
+    loop {
+        let v = get_json(client, &url, &[("tenant_id", tenant.as_str())]).await;
+        if let Ok(v) = v {
+            let steps: Vec<&str> = v["history"]
+                .as_array()
+                .map(|h| h.iter().filter_map(|c| c["status"].as_str()).collect())
+                .unwrap_or_default();
+            println!(
+                "landed: transfer {transfer_id} went {} (it waits for a risk decision); {url}?tenant_id={tenant}",
+                steps.join(" → ")
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "transfer {transfer_id} did not reach the read API within {wait_s} s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

@@ -48,6 +48,8 @@ const DDL_LOCK_ID: i64 = 0x7269_7665_7262_6e6b;
 /// Create the schema and tables if missing (safe to run from several instances at once).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // "already exists, skipping" notices are expected on every start but the first.
+    sqlx::query("SET LOCAL client_min_messages = warning").execute(&mut *tx).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK_ID).execute(&mut *tx).await?;
     for stmt in DDL {
         sqlx::query(stmt).execute(&mut *tx).await?;
