@@ -206,7 +206,17 @@ fn main() -> anyhow::Result<()> {
                 riverbank::dlq::redrive(&cfg, &ids, dry_run).await.map(|_| ())
             }
             Command::Config => {
+                let (providers, _) = riverbank_ingest::server::webhook_keys(&cfg)?;
                 println!("{cfg:#?}");
+                for def in providers.values() {
+                    println!(
+                        "provider {:<12} {:<18} {} event types  {}",
+                        def.name,
+                        def.signature.name(),
+                        def.event.types.len(),
+                        def.description
+                    );
+                }
                 Ok(())
             }
         }

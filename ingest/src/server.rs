@@ -84,27 +84,38 @@ pub fn load_providers(dir: &str) -> Result<BTreeMap<String, ProviderDef>, Ingest
     Ok(provider::load(&extra)?)
 }
 
+/// The provider definitions and every configured webhook key, validated: each entry names a defined
+/// provider and a served environment, and each secret parses for that provider's scheme.
+#[allow(clippy::type_complexity)]
+pub fn webhook_keys(
+    cfg: &Config,
+) -> Result<(BTreeMap<String, ProviderDef>, HashMap<(String, Environment), Vec<TenantKey>>), IngestSetupError>
+{
+    let providers = load_providers(&cfg.ingest.providers_dir)?;
+    let mut keys: HashMap<(String, Environment), Vec<TenantKey>> = HashMap::new();
+    for (index, w) in cfg.ingest.webhooks.iter().enumerate() {
+        if !cfg.kafka.environments.contains(&w.environment) {
+            return Err(IngestSetupError::Environment { index, env: w.environment });
+        }
+        let def = providers
+            .get(&w.provider)
+            .ok_or_else(|| IngestSetupError::UnknownProvider { index, provider: w.provider.clone() })?;
+        let entry = keys.entry((w.provider.clone(), w.environment)).or_default();
+        for (secret, s) in w.secrets.iter().enumerate() {
+            let key = def.signature.key(s.expose()).map_err(|e| IngestSetupError::Secret {
+                index,
+                secret,
+                message: e.0,
+            })?;
+            entry.push(TenantKey { tenant_id: w.tenant_id.clone(), key });
+        }
+    }
+    Ok((providers, keys))
+}
+
 impl Ingest {
     pub fn new(cfg: &Config, producer: FutureProducer, pool: PgPool) -> Result<Ingest, IngestSetupError> {
-        let providers = load_providers(&cfg.ingest.providers_dir)?;
-        let mut keys: HashMap<(String, Environment), Vec<TenantKey>> = HashMap::new();
-        for (index, w) in cfg.ingest.webhooks.iter().enumerate() {
-            if !cfg.kafka.environments.contains(&w.environment) {
-                return Err(IngestSetupError::Environment { index, env: w.environment });
-            }
-            let def = providers
-                .get(&w.provider)
-                .ok_or_else(|| IngestSetupError::UnknownProvider { index, provider: w.provider.clone() })?;
-            let entry = keys.entry((w.provider.clone(), w.environment)).or_default();
-            for (secret, s) in w.secrets.iter().enumerate() {
-                let key = def.signature.key(s.expose()).map_err(|e| IngestSetupError::Secret {
-                    index,
-                    secret,
-                    message: e.0,
-                })?;
-                entry.push(TenantKey { tenant_id: w.tenant_id.clone(), key });
-            }
-        }
+        let (providers, keys) = webhook_keys(cfg)?;
         let i = &cfg.ingest;
         Ok(Ingest {
             producer,

@@ -411,6 +411,19 @@ occurred_at = { pointer = "/at", format = "unix_s" }
     }
 
     #[test]
+    fn a_data_file_adds_a_provider_or_replaces_a_built_in() {
+        let extra = vec![
+            ("newpay.toml".to_owned(), BASE.replace("name = \"p\"", "name = \"newpay\"")),
+            ("kycflow.toml".to_owned(), BASE.replace("name = \"p\"", "name = \"kycflow\"")),
+        ];
+        let all = load(&extra).expect("valid");
+        assert_eq!(all["newpay"].event.types["case.ok"], "kyc.case_approved");
+        assert_eq!(all["kycflow"].event.id.as_ref().and_then(|s| s.pointer.as_deref()), Some("/id"));
+        let broken = vec![("bad.toml".to_owned(), "name = \"x\"".to_owned())];
+        assert!(load(&broken).expect_err("refused").to_string().contains("bad.toml"));
+    }
+
+    #[test]
     fn mapping_takes_fields_from_the_signed_body() {
         let d = def(BASE).expect("valid");
         let none: &[(&str, &str)] = &[];
