@@ -171,7 +171,8 @@ pub async fn release(pool: &PgPool, key: &RequestKey<'_>) -> Result<(), sqlx::Er
     Ok(())
 }
 
-/// Delete answered rows past their retention, at most `rows_max` per scope kind. Returns rows deleted.
+/// Delete rows past their retention (answered, or abandoned by a claimant whose lease ran out), at most
+/// `rows_max` per scope kind. Returns rows deleted.
 pub async fn sweep(
     pool: &PgPool,
     webhook_retention: Duration,
@@ -184,7 +185,7 @@ pub async fn sweep(
         deleted += sqlx::query(
             "DELETE FROM ingest.requests WHERE ctid IN (
                 SELECT ctid FROM ingest.requests
-                WHERE scope LIKE $1 AND status_code IS NOT NULL AND created_at < now() - $2 * interval '1 second'
+                WHERE scope LIKE $1 AND (status_code IS NOT NULL OR lease_until < now()) AND created_at < now() - $2 * interval '1 second'
                 LIMIT $3)",
         )
         .bind(like)

@@ -755,3 +755,45 @@ async fn a_broker_outage_answers_503_and_ingest_recovers_by_itself() -> anyhow::
     drop(broker);
     p.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_sweep_deletes_expired_and_abandoned_claims_only() -> anyhow::Result<()> {
+    let p = Pipeline::start_with("sweep", &[], &[], "").await?;
+    let pool = p.pg().await?;
+    // (scope, key, answered, lease in seconds from now, age in hours, swept?)
+    let rows = [
+        ("webhook:acmepay", "old-answered", true, 0, 48, true),
+        ("webhook:acmepay", "new-answered", true, 0, 1, false),
+        ("webhook:acmepay", "old-in-flight", false, 60, 48, false),
+        ("webhook:acmepay", "old-abandoned", false, -60, 48, true),
+        ("api", "api-within-its-retention", true, 0, 48, false),
+        ("api", "api-past-its-retention", true, 0, 100, true),
+    ];
+    for (scope, key, answered, lease_s, age_h, _) in rows {
+        sqlx::query(
+            "INSERT INTO ingest.requests (tenant_id, environment, scope, request_key, request_sha256, event_id,
+                                          status_code, response, lease_until, created_at)
+             VALUES ('t', 'live', $1, $2, '\\x00', gen_random_uuid(), $3, $4,
+                     CASE WHEN $3 IS NULL THEN now() + $5 * interval '1 second' END, now() - $6 * interval '1 hour')",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(answered.then_some(202i16))
+        .bind(answered.then(|| serde_json::json!({"status": "accepted"})))
+        .bind(f64::from(lease_s))
+        .bind(f64::from(age_h))
+        .execute(&pool)
+        .await?;
+    }
+    let day = Duration::from_secs(24 * 3600);
+    let deleted = riverbank_ingest::store::sweep(&pool, day, 3 * day, 100).await?;
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT request_key FROM ingest.requests ORDER BY request_key")
+            .fetch_all(&pool)
+            .await?;
+    let mut want: Vec<String> = rows.iter().filter(|r| !r.5).map(|r| r.1.to_owned()).collect();
+    want.sort();
+    anyhow::ensure!(left == want && deleted == 3, "deleted {deleted}, left {left:?}, want {want:?}");
+    pool.close().await;
+    p.finish().await
+}
