@@ -4,7 +4,8 @@
 use libfuzzer_sys::fuzz_target;
 use riverbank_ingest_core::commands::{decode, Endpoint, Stream};
 
-const PATHS: &[Option<&str>] = &[None, Some("tr_1"), Some("payout"), Some("bad id!"), Some(""), Some("usr_1")];
+const PATHS: &[Option<&str>] =
+    &[None, Some("tr_1"), Some("payout"), Some("bad id!"), Some(""), Some("usr_1")];
 
 fuzz_target!(|data: &[u8]| {
     let [e, p, body @ ..] = data else { return };

@@ -13,7 +13,8 @@ pub fn fuzz(provider: &str, keys: impl FnOnce() -> (String, Signer), data: &[u8]
     static SETUP: std::sync::OnceLock<(ProviderDef, Key, Signer)> = std::sync::OnceLock::new();
     let (def, key, signer) = SETUP.get_or_init(|| {
         let (configured, signer) = keys();
-        let def = provider::load(&[]).expect("built-in definitions").remove(provider).expect("provider exists");
+        let def =
+            provider::load(&[]).expect("built-in definitions").remove(provider).expect("provider exists");
         let key = def.signature.key(&configured).expect("valid key");
         (def, key, signer)
     });

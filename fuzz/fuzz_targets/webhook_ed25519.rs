@@ -10,7 +10,8 @@ fuzz_target!(|data: &[u8]| {
         "chainwatch",
         || {
             let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-            let public: String = signing.verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            let public: String =
+                signing.verifying_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
             (public, Signer::Ed25519(signing))
         },
         data,

@@ -5,4 +5,8 @@ use riverbank_ingest_core::schemes::sign::Signer;
 #[path = "common.rs"]
 mod common;
 
-fuzz_target!(|data: &[u8]| common::fuzz("idcheck", || ("shared-secret-for-fuzzing-0001".into(), Signer::Secret("shared-secret-for-fuzzing-0001".into())), data));
+fuzz_target!(|data: &[u8]| common::fuzz(
+    "idcheck",
+    || ("shared-secret-for-fuzzing-0001".into(), Signer::Secret("shared-secret-for-fuzzing-0001".into())),
+    data
+));

@@ -5,4 +5,11 @@ use riverbank_ingest_core::schemes::sign::Signer;
 #[path = "common.rs"]
 mod common;
 
-fuzz_target!(|data: &[u8]| common::fuzz("acmepay", || ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(), Signer::Secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into())), data));
+fuzz_target!(|data: &[u8]| common::fuzz(
+    "acmepay",
+    || (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        Signer::Secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into())
+    ),
+    data
+));
