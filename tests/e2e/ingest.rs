@@ -646,11 +646,16 @@ struct PrivateBroker {
 impl PrivateBroker {
     fn start(dir: PathBuf, port: u16) -> anyhow::Result<PrivateBroker> {
         std::fs::create_dir_all(&dir)?;
-        let bin = std::env::var("RIVERBANK_NISSHI_BIN").unwrap_or_else(|_| {
-            let home = std::env::var("CARGO_HOME")
-                .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-            format!("{home}/bin/nisshi")
-        });
+        // As deploy/local/stack finds it: RIVERBANK_NISSHI_BIN, then PATH, then cargo's bin directory.
+        let in_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join("nisshi")).find(|f| f.is_file()))
+            .unwrap_or_default();
+        let cargo_home = std::env::var("CARGO_HOME")
+            .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+        let bin = std::env::var_os("RIVERBANK_NISSHI_BIN")
+            .map(PathBuf::from)
+            .or(in_path)
+            .unwrap_or_else(|| PathBuf::from(cargo_home).join("bin/nisshi"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log"))?;
         let child = Command::new(bin)
             .current_dir(&dir)
