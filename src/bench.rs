@@ -559,12 +559,26 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Machine-wide (busy, total) CPU ticks from /proc/stat: everything on the box, Postgres and the
+/// broker included.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or("");
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: f64 = v.iter().sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
 struct Load {
     ok: u64,
     failed: u64,
     latencies_ms: Vec<f64>,
     seconds: f64,
     cpu_percent: f64,
+    /// Busy share of all cores of the machine during the run.
+    machine_percent: f64,
 }
 
 /// `concurrency` workers send requests back to back for `seconds`; `send(worker, n)` performs one.
@@ -574,7 +588,7 @@ where
     Fut: std::future::Future<Output = bool> + Send,
 {
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let (cpu0, t0, m0) = (cpu_seconds(), Instant::now(), machine_ticks());
     let workers: Vec<_> = (0..concurrency)
         .map(|w| {
             let send = send.clone();
@@ -595,7 +609,14 @@ where
             })
         })
         .collect();
-    let mut out = Load { ok: 0, failed: 0, latencies_ms: Vec::new(), seconds: 0.0, cpu_percent: 0.0 };
+    let mut out = Load {
+        ok: 0,
+        failed: 0,
+        latencies_ms: Vec::new(),
+        seconds: 0.0,
+        cpu_percent: 0.0,
+        machine_percent: 0.0,
+    };
     for w in workers {
         if let Ok((ok, failed, lat)) = w.await {
             out.ok += ok;
@@ -605,6 +626,8 @@ where
     }
     out.seconds = t0.elapsed().as_secs_f64();
     out.cpu_percent = (cpu_seconds() - cpu0) / out.seconds * 100.0;
+    let m1 = machine_ticks();
+    out.machine_percent = (m1.0 - m0.0) / (m1.1 - m0.1).max(1.0) * 100.0;
     out.latencies_ms.sort_by(|a, b| a.total_cmp(b));
     out
 }
@@ -612,12 +635,14 @@ where
 fn report(name: &str, l: &Load) -> f64 {
     let rate = l.ok as f64 / l.seconds;
     println!(
-        "{name:<22} {rate:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   {} ok, {} failed   CPU {:>4.0}% (of one core; load generator included)",
+        "{name:<22} {rate:>9.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   {} ok, {} failed   CPU {:>4.0}% of one core (this process, load generator included), machine {:>3.0}% of {} cores",
         percentile(&l.latencies_ms, 0.5),
         percentile(&l.latencies_ms, 0.99),
         l.ok,
         l.failed,
-        l.cpu_percent
+        l.cpu_percent,
+        l.machine_percent,
+        std::thread::available_parallelism().map(usize::from).unwrap_or(1)
     );
     rate
 }
