@@ -36,6 +36,8 @@ pub enum IngestSetupError {
     Environment { index: usize, env: Environment },
     #[error(transparent)]
     Definition(#[from] provider::DefinitionError),
+    #[error("ingest.webhooks[{index}]: a secret of {provider} is also tenant {other}'s; the verifying secret decides the tenant, so tenants never share one")]
+    SharedSecret { index: usize, provider: String, other: String },
     #[error("ingest.providers_dir {dir}: {error}")]
     ProvidersDir { dir: String, error: std::io::Error },
 }
@@ -93,6 +95,7 @@ pub fn webhook_keys(
 {
     let providers = load_providers(&cfg.ingest.providers_dir)?;
     let mut keys: HashMap<(String, Environment), Vec<TenantKey>> = HashMap::new();
+    let mut owners: HashMap<(String, Environment, String), String> = HashMap::new();
     for (index, w) in cfg.ingest.webhooks.iter().enumerate() {
         if !cfg.kafka.environments.contains(&w.environment) {
             return Err(IngestSetupError::Environment { index, env: w.environment });
@@ -101,6 +104,19 @@ pub fn webhook_keys(
             .get(&w.provider)
             .ok_or_else(|| IngestSetupError::UnknownProvider { index, provider: w.provider.clone() })?;
         let entry = keys.entry((w.provider.clone(), w.environment)).or_default();
+        for s in &w.secrets {
+            if let Some(other) =
+                owners.insert((w.provider.clone(), w.environment, s.expose().clone()), w.tenant_id.clone())
+            {
+                if other != w.tenant_id {
+                    return Err(IngestSetupError::SharedSecret {
+                        index,
+                        provider: w.provider.clone(),
+                        other,
+                    });
+                }
+            }
+        }
         for (secret, s) in w.secrets.iter().enumerate() {
             let key = def.signature.key(s.expose()).map_err(|e| IngestSetupError::Secret {
                 index,
@@ -388,4 +404,42 @@ async fn health(State(s): State<Arc<Ingest>>) -> Response {
     });
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use riverbank_runtime::config::WebhookSecretConfig;
+    use riverbank_runtime::Secret;
+
+    fn entry(provider: &str, tenant: &str, secrets: &[&str]) -> WebhookSecretConfig {
+        WebhookSecretConfig {
+            provider: provider.into(),
+            tenant_id: tenant.into(),
+            environment: Environment::Live,
+            secrets: secrets.iter().map(|s| Secret::new((*s).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn webhook_keys_are_checked_against_their_provider_at_start_up() {
+        let mut cfg = Config::load(None).expect("defaults");
+        let shared = "a-long-shared-secret-0001";
+        cfg.ingest.webhooks =
+            vec![entry("kycflow", "t1", &[shared]), entry("kycflow", "t2", &["another-secret-00002"])];
+        let (_, keys) = webhook_keys(&cfg).expect("valid");
+        assert_eq!(keys[&("kycflow".to_owned(), Environment::Live)].len(), 2);
+
+        let cases = [
+            (vec![entry("nosuch", "t1", &[shared])], "no definition"),
+            (vec![entry("acmepay", "t1", &["not-a-whsec-secret"])], "whsec_"),
+            (vec![entry("kycflow", "t1", &["short"])], "at least 16 bytes"),
+            (vec![entry("kycflow", "t1", &[shared]), entry("kycflow", "t2", &[shared])], "never share"),
+        ];
+        for (webhooks, want) in cases {
+            cfg.ingest.webhooks = webhooks;
+            let e = webhook_keys(&cfg).expect_err(want).to_string();
+            assert!(e.contains(want), "{e} should say {want}");
+        }
+    }
 }
