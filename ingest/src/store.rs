@@ -456,6 +456,19 @@ impl Claims {
     }
 }
 
+/// `first` and whatever else is already waiting, up to `max` items: batches form by themselves under
+/// load and cost no waiting when idle.
+fn with_waiting<T>(rx: &mut tokio::sync::mpsc::Receiver<T>, first: T, max: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 type ClaimQueue =
     std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(OwnedKey, Vec<u8>, Uuid, ClaimReply)>>>;
 
@@ -464,14 +477,7 @@ async fn claim_loop(pool: PgPool, rx: ClaimQueue, batch_max: usize, lease_ms: i6
         let batch = {
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < batch_max {
-                match rx.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
-                }
-            }
-            batch
+            with_waiting(&mut rx, first, batch_max)
         };
         // One row per key per statement; a second request for the same key takes the slow path.
         let mut seen = std::collections::HashSet::new();
@@ -531,13 +537,7 @@ async fn answer_loop(
     batch_max: usize,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < batch_max {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+        let batch = with_waiting(&mut rx, first, batch_max);
         let result = sqlx::query(
             "UPDATE ingest.requests r SET status_code = u.st, response = u.resp::jsonb, lease_until = NULL
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[]) AS u(t, e, s, k, st, resp)

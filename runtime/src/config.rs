@@ -212,27 +212,23 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
-impl IngestConfig {
-    pub fn server_limits(&self) -> crate::http::ServerLimits {
-        crate::http::ServerLimits {
-            connections_max: self.connections_max,
-            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
-            read_buffer_bytes_max: self.read_buffer_bytes_max,
-            drain_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
+/// Both HTTP edges read their server limits from the same four keys.
+macro_rules! server_limits {
+    ($($section:ty),*) => {$(
+        impl $section {
+            pub fn server_limits(&self) -> crate::http::ServerLimits {
+                crate::http::ServerLimits::from_ms(
+                    self.connections_max,
+                    self.header_read_timeout_ms,
+                    self.read_buffer_bytes_max,
+                    self.request_timeout_ms,
+                )
+            }
         }
-    }
+    )*};
 }
 
-impl ApiConfig {
-    pub fn server_limits(&self) -> crate::http::ServerLimits {
-        crate::http::ServerLimits {
-            connections_max: self.connections_max,
-            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
-            read_buffer_bytes_max: self.read_buffer_bytes_max,
-            drain_timeout: std::time::Duration::from_millis(self.request_timeout_ms),
-        }
-    }
-}
+server_limits!(IngestConfig, ApiConfig);
 
 impl Config {
     /// Defaults ← `file` (if given) ← environment, then validated as a whole.

@@ -121,6 +121,23 @@ pub struct ServerLimits {
     pub drain_timeout: std::time::Duration,
 }
 
+impl ServerLimits {
+    /// From config values; in-flight requests drain for one request timeout.
+    pub fn from_ms(
+        connections_max: usize,
+        header_read_timeout_ms: u64,
+        read_buffer_bytes_max: usize,
+        request_timeout_ms: u64,
+    ) -> ServerLimits {
+        ServerLimits {
+            connections_max,
+            header_read_timeout: std::time::Duration::from_millis(header_read_timeout_ms),
+            read_buffer_bytes_max,
+            drain_timeout: std::time::Duration::from_millis(request_timeout_ms),
+        }
+    }
+}
+
 /// Serve `router` on `listener` (HTTP/1.1) until `shutdown`, with bounded connections, a deadline for
 /// the request head (a client trickling its headers is cut off, not kept forever) and a bounded read
 /// buffer. Handlers bound bodies and total request time themselves.
