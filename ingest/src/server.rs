@@ -42,11 +42,39 @@ pub enum IngestSetupError {
     ProvidersDir { dir: String, error: std::io::Error },
 }
 
-/// One tenant's configured key for a provider in an environment.
-#[derive(Debug, Clone)]
-pub struct TenantKey {
-    pub tenant_id: String,
-    pub key: Key,
+/// Every tenant's keys for one provider in one environment, in config order, and the same per tenant
+/// (so a request verifies against a slice, without copying keys).
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    /// `tenants[i]` owns `all[i]`.
+    pub all: Vec<Key>,
+    pub tenants: Vec<String>,
+    pub by_tenant: HashMap<String, Vec<Key>>,
+}
+
+/// Who owns the key that verified: the route's tenant, or the tenant at the key's index.
+pub enum Owner<'a> {
+    Tenant(&'a str),
+    ByIndex(&'a [String]),
+}
+
+impl<'a> Owner<'a> {
+    pub fn of(&self, key_index: usize) -> Option<&'a str> {
+        match self {
+            Owner::Tenant(t) => Some(t),
+            Owner::ByIndex(tenants) => tenants.get(key_index).map(String::as_str),
+        }
+    }
+}
+
+impl KeySet {
+    /// The keys to try: one tenant's, or every tenant's; and who owns them.
+    pub fn candidates<'a>(&'a self, tenant: Option<&'a str>) -> (&'a [Key], Owner<'a>) {
+        match tenant {
+            Some(t) => (self.by_tenant.get(t).map(Vec::as_slice).unwrap_or(&[]), Owner::Tenant(t)),
+            None => (&self.all, Owner::ByIndex(&self.tenants)),
+        }
+    }
 }
 
 pub struct Ingest {
@@ -56,7 +84,7 @@ pub struct Ingest {
     pub(crate) environments: Vec<Environment>,
     pub(crate) providers: BTreeMap<String, ProviderDef>,
     /// (provider, environment) → every tenant's keys, in config order.
-    pub(crate) keys: HashMap<(String, Environment), Vec<TenantKey>>,
+    pub(crate) keys: HashMap<(String, Environment), KeySet>,
     pub(crate) body_bytes_max: usize,
     headers_count_max: usize,
     request_timeout: Duration,
@@ -91,10 +119,9 @@ pub fn load_providers(dir: &str) -> Result<BTreeMap<String, ProviderDef>, Ingest
 #[allow(clippy::type_complexity)]
 pub fn webhook_keys(
     cfg: &Config,
-) -> Result<(BTreeMap<String, ProviderDef>, HashMap<(String, Environment), Vec<TenantKey>>), IngestSetupError>
-{
+) -> Result<(BTreeMap<String, ProviderDef>, HashMap<(String, Environment), KeySet>), IngestSetupError> {
     let providers = load_providers(&cfg.ingest.providers_dir)?;
-    let mut keys: HashMap<(String, Environment), Vec<TenantKey>> = HashMap::new();
+    let mut keys: HashMap<(String, Environment), KeySet> = HashMap::new();
     let mut owners: HashMap<(String, Environment, String), String> = HashMap::new();
     for (index, w) in cfg.ingest.webhooks.iter().enumerate() {
         if !cfg.kafka.environments.contains(&w.environment) {
@@ -123,7 +150,9 @@ pub fn webhook_keys(
                 secret,
                 message: e.0,
             })?;
-            entry.push(TenantKey { tenant_id: w.tenant_id.clone(), key });
+            entry.all.push(key.clone());
+            entry.tenants.push(w.tenant_id.clone());
+            entry.by_tenant.entry(w.tenant_id.clone()).or_default().push(key);
         }
     }
     Ok((providers, keys))
@@ -428,7 +457,9 @@ mod tests {
         cfg.ingest.webhooks =
             vec![entry("kycflow", "t1", &[shared]), entry("kycflow", "t2", &["another-secret-00002"])];
         let (_, keys) = webhook_keys(&cfg).expect("valid");
-        assert_eq!(keys[&("kycflow".to_owned(), Environment::Live)].len(), 2);
+        let set = &keys[&("kycflow".to_owned(), Environment::Live)];
+        assert_eq!((set.all.len(), set.by_tenant["t2"].len()), (2, 1));
+        assert_eq!(set.candidates(None).1.of(1), Some("t2"));
 
         let cases = [
             (vec![entry("nosuch", "t1", &[shared])], "no definition"),

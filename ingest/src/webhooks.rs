@@ -154,13 +154,12 @@ async fn accept(
     }
     let env = s.environment(headers)?;
     let body = s.read_body(headers, body).await?;
-    let all = s.keys.get(&(provider.clone(), env)).map(Vec::as_slice).unwrap_or(&[]);
-    let candidates: Vec<&crate::server::TenantKey> =
-        all.iter().filter(|k| tenant.as_ref().is_none_or(|t| &k.tenant_id == t)).collect();
-    let keys: Vec<_> = candidates.iter().map(|k| k.key.clone()).collect();
+    let empty = crate::server::KeySet::default();
+    let set = s.keys.get(&(provider.clone(), env)).unwrap_or(&empty);
+    let (keys, owner) = set.candidates(tenant.as_deref());
     let now = Utc::now();
     let view = HeaderView(headers);
-    let accepted = def.accept(&keys, &view, &body, now.timestamp()).map_err(|e| {
+    let accepted = def.accept(keys, &view, &body, now.timestamp()).map_err(|e| {
         metrics::counter!("riverbank_ingest_webhooks_refused_total", "provider" => provider.clone())
             .increment(1);
         let (status, code) = match &e {
@@ -173,9 +172,9 @@ async fn accept(
         HttpError::new(status, code, e.to_string())
     })?;
     // The tenant is the one whose key verified the signature, never a field the sender controls alone.
-    let tenant = candidates
-        .get(accepted.key_index)
-        .map(|k| k.tenant_id.clone())
+    let tenant = owner
+        .of(accepted.key_index)
+        .map(str::to_owned)
         .ok_or_else(|| HttpError::internal(&"verifying key index out of range"))?;
     let (emit, dead_lettered) = emit_for(
         &s.topics,
