@@ -129,16 +129,7 @@ enum ProcessorName {
 #[derive(Subcommand)]
 enum BenchName {
     /// apply alone; the transfers processor on the broker with checkpoints; a passthrough ceiling.
-    Transfers {
-        #[arg(long, default_value_t = 8)]
-        tenants: usize,
-        /// Transfers per tenant (each is 3-7 inputs).
-        #[arg(long, default_value_t = 2_000)]
-        per_tenant: usize,
-        /// Input rate for the latency phase.
-        #[arg(long, default_value_t = 2_000)]
-        rate_per_s: u64,
-    },
+    Transfers(Workload),
     /// Signed webhooks over loopback at full speed vs an axum hello-world (the ceiling).
     Ingest {
         #[arg(long, default_value_t = 30)]
@@ -147,15 +138,20 @@ enum BenchName {
         concurrency: usize,
     },
     /// Rows/s through each sink vs the bare COPY / inserter rate; produce → queryable latency.
-    Sinks {
-        #[arg(long, default_value_t = 8)]
-        tenants: usize,
-        #[arg(long, default_value_t = 2_000)]
-        per_tenant: usize,
-        /// Message rate for the latency phase.
-        #[arg(long, default_value_t = 2_000)]
-        rate_per_s: u64,
-    },
+    Sinks(Workload),
+}
+
+/// The workload of the transfers and sinks benchmarks.
+#[derive(clap::Args)]
+struct Workload {
+    #[arg(long, default_value_t = 8)]
+    tenants: usize,
+    /// Transfers per tenant (each is 3-7 inputs, each input a few messages).
+    #[arg(long, default_value_t = 2_000)]
+    per_tenant: usize,
+    /// Input rate for the latency phase.
+    #[arg(long, default_value_t = 2_000)]
+    rate_per_s: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -188,14 +184,14 @@ fn main() -> anyhow::Result<()> {
             Command::Api => riverbank_api::serve(&cfg, stop).await,
             Command::Migrate => migrate(&cfg).await,
             Command::Demo { count, wait_s } => riverbank::demo::run(&cfg, count, wait_s).await,
-            Command::Bench { which: BenchName::Transfers { tenants, per_tenant, rate_per_s } } => {
-                riverbank::bench::transfers(&cfg, tenants, per_tenant, rate_per_s).await
+            Command::Bench { which: BenchName::Transfers(w) } => {
+                riverbank::bench::transfers(&cfg, w.tenants, w.per_tenant, w.rate_per_s).await
             }
             Command::Bench { which: BenchName::Ingest { seconds, concurrency } } => {
                 riverbank::bench::ingest(&cfg, seconds, concurrency).await
             }
-            Command::Bench { which: BenchName::Sinks { tenants, per_tenant, rate_per_s } } => {
-                riverbank::bench::sinks(&cfg, tenants, per_tenant, rate_per_s).await
+            Command::Bench { which: BenchName::Sinks(w) } => {
+                riverbank::bench::sinks(&cfg, w.tenants, w.per_tenant, w.rate_per_s).await
             }
             Command::Keys { action } => keys(&cfg, action).await,
             Command::Dlq { action: DlqAction::List { env, json } } => {
