@@ -340,7 +340,7 @@ async fn command(
     let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await?;
     riverbank_ingest::store::migrate(&pool).await?;
     let (key, token) =
-        riverbank_ingest::store::create_key(&pool, &tenant, Environment::Live, Role::Operator, "demo")
+        riverbank_runtime::apikeys::create_key(&pool, &tenant, Environment::Live, Role::Operator, "demo")
             .await?;
     pool.close().await;
     let transfer_id = format!("dep-{}", &run_id[..8]);

@@ -232,11 +232,11 @@ async fn migrate(cfg: &Config) -> anyhow::Result<()> {
 }
 
 async fn keys(cfg: &Config, action: KeysAction) -> anyhow::Result<()> {
-    use riverbank_ingest::store;
+    use riverbank_runtime::apikeys as store;
     let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
         .await
         .context("connecting to postgres")?;
-    store::migrate(&pool).await.context("ingest schema")?;
+    riverbank_ingest::store::migrate(&pool).await.context("ingest schema")?;
     match action {
         KeysAction::Create { tenant, env, role, label } => {
             anyhow::ensure!(

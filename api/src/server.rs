@@ -2,16 +2,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
+use riverbank_runtime::apikeys::KeyCache;
 use riverbank_runtime::config::{is_tenant_id, Config, KafkaConfig};
 use riverbank_runtime::http::{within, HttpError, InFlight};
 use riverbank_runtime::stores::{clickhouse_client, postgres_pool};
 use riverbank_runtime::{kafka, CancellationToken};
+use riverbank_schemas::roles::Role;
 use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -23,6 +25,8 @@ pub struct Api {
     page_rows_max: u32,
     request_timeout: Duration,
     in_flight: InFlight,
+    keys: KeyCache,
+    require_api_key: bool,
 }
 
 impl Api {
@@ -35,7 +39,58 @@ impl Api {
             page_rows_max: cfg.api.page_rows_max,
             request_timeout: Duration::from_millis(cfg.api.request_timeout_ms),
             in_flight: InFlight::new(cfg.api.in_flight_requests_max, 1),
+            keys: KeyCache::new(
+                Duration::from_millis(cfg.api.api_key_cache_ttl_ms),
+                cfg.api.api_key_cache_entries_max,
+                1,
+            ),
+            require_api_key: cfg.api.require_api_key,
         })
+    }
+
+    /// A read of `tenant_id`'s data in `env`. With a key, it must be that tenant's key for that
+    /// environment, of a role that reads (not a rates feed); without one, only where
+    /// `api.require_api_key` is off (a trusted network).
+    async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        tenant_id: &str,
+        env: Environment,
+    ) -> Result<(), HttpError> {
+        check_tenant(tenant_id)?;
+        if !KeyCache::presented(headers) {
+            if self.require_api_key {
+                return Err(HttpError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_api_key",
+                    "send Authorization: Bearer <api key>",
+                ));
+            }
+            return Ok(());
+        }
+        let key = self.keys.authenticate(&self.pg, headers).await?;
+        if key.tenant_id != tenant_id {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_tenant",
+                "this key reads only its own tenant's data",
+            ));
+        }
+        if key.environment != env {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_environment",
+                format!("this key is for {}; it can never read {env}", key.environment),
+            ));
+        }
+        if key.role == Role::RatesPublisher {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_role",
+                "a rates feed reads no tenant data",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -131,10 +186,10 @@ fn parse_cursor(text: &str) -> Result<(DateTime<Utc>, uuid::Uuid), HttpError> {
     Ok((at, id.parse().map_err(|_| bad())?))
 }
 
-async fn audit(State(s): State<Arc<Api>>, Query(q): Query<TenantQuery>) -> Response {
+async fn audit(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<TenantQuery>) -> Response {
     let s2 = s.clone();
     guarded(&s, async move {
-        check_tenant(&q.tenant_id)?;
+        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
         let limit = q.limit.unwrap_or(100);
         if limit == 0 || limit > s2.page_rows_max {
             return Err(HttpError::bad_request("invalid_limit", format!("limit must be 1..={}", s2.page_rows_max)));
@@ -233,10 +288,14 @@ async fn complete_through(
     Ok(least.and_then(DateTime::from_timestamp_millis))
 }
 
-async fn audit_volume(State(s): State<Arc<Api>>, Query(q): Query<VolumeQuery>) -> Response {
+async fn audit_volume(
+    State(s): State<Arc<Api>>,
+    headers: HeaderMap,
+    Query(q): Query<VolumeQuery>,
+) -> Response {
     let s2 = s.clone();
     guarded(&s, async move {
-        check_tenant(&q.tenant_id)?;
+        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
         // FINAL collapses rows a replay wrote twice, so each audit event counts once.
         let rows: Vec<HourRow> = s2
             .ch
@@ -295,10 +354,14 @@ pub struct TransferVolume {
 }
 
 /// Transfers reaching each status per hour and currency, with amounts (each status change counted once).
-async fn transfer_volume(State(s): State<Arc<Api>>, Query(q): Query<VolumeQuery>) -> Response {
+async fn transfer_volume(
+    State(s): State<Arc<Api>>,
+    headers: HeaderMap,
+    Query(q): Query<VolumeQuery>,
+) -> Response {
     let s2 = s.clone();
     guarded(&s, async move {
-        check_tenant(&q.tenant_id)?;
+        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
         let rows: Vec<TransferHourRow> = s2
             .ch
             .query(
@@ -370,11 +433,12 @@ pub struct TransferWithHistory {
 async fn transfer(
     State(s): State<Arc<Api>>,
     axum::extract::Path(transfer_id): axum::extract::Path<String>,
+    headers: HeaderMap,
     Query(q): Query<ScopeQuery>,
 ) -> Response {
     let s2 = s.clone();
     guarded(&s, async move {
-        check_tenant(&q.tenant_id)?;
+        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
         let current: Option<TransferView> = sqlx::query_as(
             "SELECT transfer_id, kind, amount_minor, currency, status, version, reason, updated_at
              FROM transfers WHERE tenant_id = $1 AND environment = $2 AND transfer_id = $3",
@@ -419,10 +483,10 @@ pub struct BalanceView {
 }
 
 /// Every account balance of a tenant (at most `page_rows_max`).
-async fn balances(State(s): State<Arc<Api>>, Query(q): Query<ScopeQuery>) -> Response {
+async fn balances(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<ScopeQuery>) -> Response {
     let s2 = s.clone();
     guarded(&s, async move {
-        check_tenant(&q.tenant_id)?;
+        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
         let rows: Vec<BalanceView> = sqlx::query_as(
             "SELECT account, currency, posted_minor, pending_debit_minor, pending_credit_minor, available_minor,
                     updated_at

@@ -4,7 +4,6 @@
 //! and validated by `riverbank_ingest_core::commands`, wrapped in an envelope and produced; with an
 //! `Idempotency-Key`, the same request gets the same answer and produces one event, on any instance.
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -18,55 +17,10 @@ use riverbank_schemas::{derived_id, Envelope, Environment};
 use sha2::{Digest as _, Sha256};
 
 use crate::server::{header, trace_id, Ingest};
-use crate::store::{self, ApiKey, RequestKey};
+use crate::store::RequestKey;
 
 /// Longest `Idempotency-Key`, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
-
-fn unauthorized(code: &'static str, message: &str) -> HttpError {
-    HttpError::new(StatusCode::UNAUTHORIZED, code, message)
-}
-
-/// The key behind `Authorization: Bearer rbk_…`, from the cache or Postgres.
-async fn authenticate(s: &Ingest, headers: &HeaderMap) -> Result<ApiKey, HttpError> {
-    let auth = header(headers, "authorization")
-        .ok_or_else(|| unauthorized("missing_api_key", "send Authorization: Bearer <api key>"))?;
-    let token = auth.strip_prefix("Bearer ").unwrap_or("").trim();
-    let invalid =
-        || unauthorized("invalid_api_key", "the API key is not valid (malformed, unknown or revoked)");
-    let (token_env, key_id, secret) = store::parse_token(token).ok_or_else(invalid)?;
-    let cached = {
-        let cache = s.key_cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(key_id).filter(|(_, at)| at.elapsed() < s.key_cache_ttl).map(|(k, _)| k.clone())
-    };
-    let key = match cached {
-        Some(k) => k,
-        None => {
-            let found = store::find_key(&s.pool, key_id).await.map_err(|e| {
-                tracing::warn!(error = %e, "API key lookup failed");
-                HttpError::unavailable(
-                    "store_unavailable",
-                    "request not accepted; retry later",
-                    s.retry_after_s,
-                )
-            })?;
-            let k = found.ok_or_else(invalid)?;
-            let mut cache = s.key_cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= s.key_cache_entries_max {
-                cache.retain(|_, (_, at)| at.elapsed() < s.key_cache_ttl);
-                if cache.len() >= s.key_cache_entries_max {
-                    cache.clear();
-                }
-            }
-            cache.insert(key_id.to_owned(), (k.clone(), Instant::now()));
-            k
-        }
-    };
-    if key.revoked_at.is_some() || key.environment != token_env || !key.secret_matches(secret) {
-        return Err(invalid());
-    }
-    Ok(key)
-}
 
 fn stream_topic(s: &Ingest, stream: Stream, env: Environment) -> String {
     match stream {
@@ -92,7 +46,7 @@ async fn command(s: Arc<Ingest>, r: Request) -> Response {
 }
 
 async fn handle(s: Arc<Ingest>, r: Request) -> Result<Response, HttpError> {
-    let key = authenticate(&s, &r.headers).await?;
+    let key = s.api_keys.authenticate(&s.pool, &r.headers).await?;
     let env = s.environment(&r.headers)?;
     if env != key.environment {
         return Err(HttpError::new(

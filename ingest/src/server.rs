@@ -2,8 +2,8 @@
 //! claim → produce → answer step both paths use, and serving. 2xx is sent only after the broker
 //! acknowledged the event (acks=all, idempotent producer).
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -93,9 +93,7 @@ pub struct Ingest {
     pub(crate) claims: store::Claims,
     in_flight: InFlight,
     kafka: riverbank_runtime::config::KafkaConfig,
-    pub(crate) key_cache: Mutex<HashMap<String, (store::ApiKey, Instant)>>,
-    pub(crate) key_cache_ttl: Duration,
-    pub(crate) key_cache_entries_max: usize,
+    pub(crate) api_keys: riverbank_runtime::apikeys::KeyCache,
 }
 
 /// Provider definitions: the built-ins plus every `*.toml` in `dir` (when set).
@@ -184,9 +182,11 @@ impl Ingest {
             ),
             in_flight: InFlight::new(i.in_flight_requests_max, i.retry_after_s),
             kafka: cfg.kafka.clone(),
-            key_cache: Mutex::new(HashMap::new()),
-            key_cache_ttl: Duration::from_millis(i.api_key_cache_ttl_ms),
-            key_cache_entries_max: i.api_key_cache_entries_max,
+            api_keys: riverbank_runtime::apikeys::KeyCache::new(
+                Duration::from_millis(i.api_key_cache_ttl_ms),
+                i.api_key_cache_entries_max,
+                i.retry_after_s,
+            ),
         })
     }
 

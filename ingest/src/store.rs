@@ -2,15 +2,14 @@
 //! - `ingest.requests`: one row per webhook delivery (deduplication) and per `Idempotency-Key`. The
 //!   primary key is the claim: of two concurrent requests (on any instance) exactly one inserts the row
 //!   and produces; the other waits for its answer and returns it.
-//! - `ingest.api_keys`: tenant API keys, stored as SHA-256 of their secret part.
+//!
+//! Tenant API keys (`ingest.api_keys`) live in `riverbank_runtime::apikeys`: the read API checks them too.
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use sqlx::{PgPool, Row as _};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
-use riverbank_ingest_core::commands::Role;
 use riverbank_schemas::Environment;
 
 /// Bumped when the DDL below changes; each statement is idempotent.
@@ -30,27 +29,18 @@ const DDL: &[&str] = &[
         PRIMARY KEY (tenant_id, environment, scope, request_key)
     )",
     "CREATE INDEX IF NOT EXISTS requests_created_at ON ingest.requests (created_at)",
-    "CREATE TABLE IF NOT EXISTS ingest.api_keys (
-        key_id text PRIMARY KEY,
-        tenant_id text NOT NULL,
-        environment text NOT NULL,
-        role text NOT NULL,
-        secret_sha256 bytea NOT NULL,
-        label text NOT NULL DEFAULT '',
-        created_at timestamptz NOT NULL DEFAULT now(),
-        revoked_at timestamptz
-    )",
 ];
-
-/// An arbitrary, fixed advisory lock id: concurrent starts create the schema one at a time.
-const DDL_LOCK_ID: i64 = 0x7269_7665_7262_6e6b;
 
 /// Create the schema and tables if missing (safe to run from several instances at once).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    riverbank_runtime::apikeys::migrate(pool).await?;
     let mut tx = pool.begin().await?;
     // "already exists, skipping" notices are expected on every start but the first.
     sqlx::query("SET LOCAL client_min_messages = warning").execute(&mut *tx).await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK_ID).execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(riverbank_runtime::apikeys::DDL_LOCK_ID)
+        .execute(&mut *tx)
+        .await?;
     for stmt in DDL {
         sqlx::query(stmt).execute(&mut *tx).await?;
     }
@@ -196,165 +186,6 @@ pub async fn sweep(
         .rows_affected();
     }
     Ok(deleted)
-}
-
-/// An API key as stored (without its secret).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiKey {
-    pub key_id: String,
-    pub tenant_id: String,
-    pub environment: Environment,
-    pub role: Role,
-    pub label: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
-    secret_sha256: Vec<u8>,
-}
-
-/// Token prefix: `rbk_<environment>_<key id>_<secret>`.
-pub const TOKEN_PREFIX: &str = "rbk_";
-
-/// The parts of a presented token, if it is shaped like one.
-pub fn parse_token(token: &str) -> Option<(Environment, &str, &str)> {
-    let rest = token.strip_prefix(TOKEN_PREFIX)?;
-    let mut parts = rest.splitn(3, '_');
-    let env = parts.next()?.parse::<Environment>().ok()?;
-    let key_id = parts.next()?;
-    let secret = parts.next()?;
-    let id_ok =
-        key_id.len() == 17 && key_id.starts_with('k') && key_id[1..].bytes().all(|b| b.is_ascii_hexdigit());
-    (id_ok && (32..=128).contains(&secret.len())).then_some((env, key_id, secret))
-}
-
-impl ApiKey {
-    /// Whether `secret` is this key's, compared in constant time.
-    pub fn secret_matches(&self, secret: &str) -> bool {
-        let digest = Sha256::digest(secret.as_bytes());
-        bool::from(digest.as_slice().ct_eq(&self.secret_sha256))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    #[error("no randomness available: {0}")]
-    Random(String),
-    #[error("stored key {0} is corrupt: {1}")]
-    Corrupt(String, &'static str),
-}
-
-/// Create a key; returns it and the token (shown once: only its hash is stored).
-pub async fn create_key(
-    pool: &PgPool,
-    tenant_id: &str,
-    environment: Environment,
-    role: Role,
-    label: &str,
-) -> Result<(ApiKey, String), KeyError> {
-    use base64::Engine as _;
-    let mut id_bytes = [0u8; 8];
-    let mut secret_bytes = [0u8; 32];
-    getrandom::getrandom(&mut id_bytes).map_err(|e| KeyError::Random(e.to_string()))?;
-    getrandom::getrandom(&mut secret_bytes).map_err(|e| KeyError::Random(e.to_string()))?;
-    let key_id = format!("k{}", hex::encode(id_bytes));
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes);
-    let token = format!("{TOKEN_PREFIX}{}_{key_id}_{secret}", environment.as_str());
-    let digest = Sha256::digest(secret.as_bytes()).to_vec();
-    let row = sqlx::query(
-        "INSERT INTO ingest.api_keys (key_id, tenant_id, environment, role, secret_sha256, label)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at",
-    )
-    .bind(&key_id)
-    .bind(tenant_id)
-    .bind(environment.as_str())
-    .bind(role.as_str())
-    .bind(&digest)
-    .bind(label)
-    .fetch_one(pool)
-    .await?;
-    let key = ApiKey {
-        key_id,
-        tenant_id: tenant_id.to_owned(),
-        environment,
-        role,
-        label: label.to_owned(),
-        created_at: row.try_get("created_at")?,
-        revoked_at: None,
-        secret_sha256: digest,
-    };
-    Ok((key, token))
-}
-
-/// Revoke a key; returns whether it existed and was live.
-pub async fn revoke_key(pool: &PgPool, key_id: &str) -> Result<bool, KeyError> {
-    let n =
-        sqlx::query("UPDATE ingest.api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL")
-            .bind(key_id)
-            .execute(pool)
-            .await?
-            .rows_affected();
-    Ok(n == 1)
-}
-
-fn key_from_row(row: &sqlx::postgres::PgRow) -> Result<ApiKey, KeyError> {
-    let key_id: String = row.try_get("key_id")?;
-    let env: String = row.try_get("environment")?;
-    let role: String = row.try_get("role")?;
-    Ok(ApiKey {
-        environment: env.parse().map_err(|_| KeyError::Corrupt(key_id.clone(), "environment"))?,
-        role: Role::parse(&role).ok_or_else(|| KeyError::Corrupt(key_id.clone(), "role"))?,
-        tenant_id: row.try_get("tenant_id")?,
-        label: row.try_get("label")?,
-        created_at: row.try_get("created_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        secret_sha256: row.try_get("secret_sha256")?,
-        key_id,
-    })
-}
-
-const KEY_COLUMNS: &str =
-    "key_id, tenant_id, environment, role, secret_sha256, label, created_at, revoked_at";
-
-pub async fn find_key(pool: &PgPool, key_id: &str) -> Result<Option<ApiKey>, KeyError> {
-    let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM ingest.api_keys WHERE key_id = $1"))
-        .bind(key_id)
-        .fetch_optional(pool)
-        .await?;
-    row.as_ref().map(key_from_row).transpose()
-}
-
-/// Keys of a tenant (all tenants when `None`), newest first, at most `limit`.
-pub async fn list_keys(pool: &PgPool, tenant_id: Option<&str>, limit: i64) -> Result<Vec<ApiKey>, KeyError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {KEY_COLUMNS} FROM ingest.api_keys WHERE ($1::text IS NULL OR tenant_id = $1)
-         ORDER BY created_at DESC LIMIT $2"
-    ))
-    .bind(tenant_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.iter().map(key_from_row).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_parse_only_in_their_shape() {
-        let secret = "A".repeat(43);
-        let t = format!("rbk_sandbox_k0123456789abcdef_{secret}");
-        assert_eq!(parse_token(&t), Some((Environment::Sandbox, "k0123456789abcdef", secret.as_str())));
-        let with_underscores = format!("rbk_live_k0123456789abcdef_ab_cd{}", "x".repeat(40));
-        assert!(parse_token(&with_underscores).is_some(), "base64url secrets may hold '_'");
-        for bad in
-            ["", "rbk_", "rbk_prod_k0123456789abcdef_x", "sk_live_k0123456789abcdef_x", "rbk_live_kzz_x"]
-        {
-            assert_eq!(parse_token(bad), None, "{bad}");
-        }
-        assert_eq!(parse_token(&format!("rbk_live_k0123456789abcdef_{}", "s".repeat(10))), None);
-    }
 }
 
 /// A request key with owned parts (it crosses into the batching task).

@@ -179,6 +179,11 @@ pub struct ClickHouseConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen_addr: SocketAddr,
+    /// Reads need a tenant API key (`Authorization: Bearer rbk_…`) of the tenant read. Off only on a
+    /// trusted network (the local stack): then a read without a key names its tenant in `tenant_id`.
+    pub require_api_key: bool,
+    pub api_key_cache_ttl_ms: u64,
+    pub api_key_cache_entries_max: usize,
     pub connections_max: usize,
     pub header_read_timeout_ms: u64,
     pub read_buffer_bytes_max: usize,
@@ -358,6 +363,9 @@ impl Config {
             || i.claim_batches_in_flight_max == 0
         {
             errors.push("ingest.claim_batch_rows_max, claim_queue_requests_max and claim_batches_in_flight_max must be at least 1".into());
+        }
+        if self.api.api_key_cache_entries_max == 0 {
+            errors.push("api.api_key_cache_entries_max must be at least 1".into());
         }
         if i.retention_sweep_rows_max < 1 || i.api_key_cache_entries_max == 0 {
             errors.push(

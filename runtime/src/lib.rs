@@ -1,6 +1,7 @@
 //! Shared plumbing: config, Kafka clients, the processor and sink loops, telemetry, shutdown, HTTP errors.
 #![forbid(unsafe_code)]
 
+pub mod apikeys;
 pub mod backoff;
 pub mod batch;
 pub mod checkpoint;

@@ -8,6 +8,7 @@ pub mod events;
 pub mod json_schema;
 pub mod money;
 pub mod processor;
+pub mod roles;
 pub mod topics;
 pub mod transfers;
 

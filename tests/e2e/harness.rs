@@ -114,6 +114,7 @@ listen_addr = "127.0.0.1:{ingest_port}"
 body_bytes_max = {body_bytes_max}
 [api]
 listen_addr = "127.0.0.1:{api_port}"
+require_api_key = false
 [postgres]
 url = "{pg_db_url}"
 [clickhouse]

@@ -807,3 +807,47 @@ async fn the_retention_sweep_deletes_expired_and_abandoned_claims_only() -> anyh
     pool.close().await;
     p.finish().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_need_a_key_of_the_tenant_read() -> anyhow::Result<()> {
+    use reqwest::Method;
+    let mut p = Pipeline::start_with("reads", &[], &[], "").await?;
+    p.spawn_env("api", &["api"], &[("RIVERBANK__API__REQUIRE_API_KEY", "true".to_owned())])?;
+    let url = p.api_url.clone();
+    p.wait_healthy(&url).await?;
+    let viewer = create_key(&p, "acme", "live", "viewer").await?;
+    let admin = create_key(&p, "acme", "live", "admin").await?;
+    let rates = create_key(&p, "acme", "live", "rates_publisher").await?;
+    let sandbox = create_key(&p, "acme", "sandbox", "viewer").await?;
+    let other = create_key(&p, "globex", "live", "viewer").await?;
+    let http = p.http.clone();
+    for path in ["/v1/balances", "/v1/audit", "/v1/transfers/t-1"] {
+        let read = |token: Option<String>, query: &'static str| {
+            let (http, url) = (http.clone(), format!("{url}{path}?{query}"));
+            async move { call(&http, Method::GET, &url, token.as_deref(), &[], "").await }
+        };
+        for token in [&viewer, &admin] {
+            let a = read(Some(token.clone()), "tenant_id=acme").await?;
+            anyhow::ensure!(a.status == 200 || a.status == 404, "{path} own tenant: {} {}", a.status, a.json);
+        }
+        for (token, query, want, code) in [
+            (None, "tenant_id=acme", 401, "missing_api_key"),
+            (Some("rbk_live_nonsense".to_owned()), "tenant_id=acme", 401, "invalid_api_key"),
+            (Some(other.clone()), "tenant_id=acme", 403, "wrong_tenant"),
+            (Some(viewer.clone()), "tenant_id=acme&environment=sandbox", 403, "wrong_environment"),
+            (Some(sandbox.clone()), "tenant_id=acme", 403, "wrong_environment"),
+            (Some(rates.clone()), "tenant_id=acme", 403, "forbidden_role"),
+        ] {
+            let a = read(token, query).await?;
+            anyhow::ensure!(
+                a.status == want && a.json["error"]["code"] == code,
+                "{path}?{query}: {} {}",
+                a.status,
+                a.json
+            );
+        }
+    }
+    let health = http.get(format!("{url}/health")).send().await?;
+    anyhow::ensure!(health.status() != 401, "health needs no key");
+    p.finish().await
+}

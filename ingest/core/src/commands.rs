@@ -10,6 +10,7 @@ use riverbank_schemas::transfers::{input_types as it, TransferAction, TransferDe
 use riverbank_schemas::{Currency, Money, MoneyError, TransferKind};
 
 pub use riverbank_schemas::commands::KycUserAction;
+pub use riverbank_schemas::roles::Role;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -19,36 +20,6 @@ pub const REASON_BYTES_MAX: usize = 500;
 pub const RATES_PER_REQUEST_MAX: usize = 500;
 /// Most fee tiers in one config.
 pub const FEE_TIERS_MAX: usize = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Reads only; sends no command.
-    Viewer,
-    /// Day-to-day money movement: create and cancel transfers, FX quotes and conversions.
-    Operator,
-    /// Everything an operator does, plus approvals, fee configs, KYC admin actions and rates.
-    Admin,
-    /// A rates feed: may only publish FX rates.
-    RatesPublisher,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-            Role::RatesPublisher => "rates_publisher",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher]
-            .into_iter()
-            .find(|r| r.as_str() == s)
-    }
-}
 
 /// Which stream a command goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
