@@ -34,17 +34,7 @@ const DDL: &[&str] = &[
 /// Create the schema and tables if missing (safe to run from several instances at once).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
     riverbank_runtime::apikeys::migrate(pool).await?;
-    let mut tx = pool.begin().await?;
-    // "already exists, skipping" notices are expected on every start but the first.
-    sqlx::query("SET LOCAL client_min_messages = warning").execute(&mut *tx).await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(riverbank_runtime::apikeys::DDL_LOCK_ID)
-        .execute(&mut *tx)
-        .await?;
-    for stmt in DDL {
-        sqlx::query(stmt).execute(&mut *tx).await?;
-    }
-    tx.commit().await
+    riverbank_runtime::apikeys::run_ddl(pool, DDL).await
 }
 
 /// Identifies one claimable request.

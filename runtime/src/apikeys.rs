@@ -17,18 +17,24 @@ use crate::http::HttpError;
 
 /// Create the keys table if missing (safe from several processes at once).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    run_ddl(pool, DDL).await
+}
+
+/// Run idempotent DDL statements in one transaction under one advisory lock, so processes starting
+/// together create the `ingest` schema one at a time.
+pub async fn run_ddl(pool: &PgPool, statements: &[&str]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     // "already exists, skipping" notices are expected on every start but the first.
     sqlx::query("SET LOCAL client_min_messages = warning").execute(&mut *tx).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK_ID).execute(&mut *tx).await?;
-    for stmt in DDL {
+    for stmt in statements {
         sqlx::query(stmt).execute(&mut *tx).await?;
     }
     tx.commit().await
 }
 
-/// An arbitrary, fixed advisory lock id shared by every edge's DDL: schema creation never races.
-pub const DDL_LOCK_ID: i64 = 0x7269_7665_7262_6e6b;
+/// An arbitrary, fixed advisory lock id for the edges' DDL.
+const DDL_LOCK_ID: i64 = 0x7269_7665_7262_6e6b;
 
 const DDL: &[&str] = &[
     "CREATE SCHEMA IF NOT EXISTS ingest",
