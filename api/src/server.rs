@@ -114,15 +114,23 @@ pub async fn serve(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// Run a read under the in-flight and time limits.
+/// Every tenant read goes through here, so none can skip the key check: the in-flight limit, then
+/// within the time limit the authorization of (tenant, environment), then `work`.
 async fn guarded<T: Serialize>(
     s: &Api,
+    headers: &HeaderMap,
+    (tenant_id, env): (&str, Environment),
     work: impl std::future::Future<Output = Result<T, HttpError>>,
 ) -> Response {
     let _permit = match s.in_flight.enter() {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    match within(s.request_timeout, work).await {
+    let authorized = async {
+        s.authorize(headers, tenant_id, env).await?;
+        work.await
+    };
+    match within(s.request_timeout, authorized).await {
         Ok(body) => Json(body).into_response(),
         Err(e) => e.into_response(),
     }
@@ -188,8 +196,8 @@ fn parse_cursor(text: &str) -> Result<(DateTime<Utc>, uuid::Uuid), HttpError> {
 
 async fn audit(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<TenantQuery>) -> Response {
     let s2 = s.clone();
-    guarded(&s, async move {
-        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
+    let scope = (q.tenant_id.clone(), q.environment);
+    guarded(&s, &headers, (&scope.0, scope.1), async move {
         let limit = q.limit.unwrap_or(100);
         if limit == 0 || limit > s2.page_rows_max {
             return Err(HttpError::bad_request("invalid_limit", format!("limit must be 1..={}", s2.page_rows_max)));
@@ -294,8 +302,8 @@ async fn audit_volume(
     Query(q): Query<VolumeQuery>,
 ) -> Response {
     let s2 = s.clone();
-    guarded(&s, async move {
-        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
+    let scope = (q.tenant_id.clone(), q.environment);
+    guarded(&s, &headers, (&scope.0, scope.1), async move {
         // FINAL collapses rows a replay wrote twice, so each audit event counts once.
         let rows: Vec<HourRow> = s2
             .ch
@@ -360,8 +368,8 @@ async fn transfer_volume(
     Query(q): Query<VolumeQuery>,
 ) -> Response {
     let s2 = s.clone();
-    guarded(&s, async move {
-        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
+    let scope = (q.tenant_id.clone(), q.environment);
+    guarded(&s, &headers, (&scope.0, scope.1), async move {
         let rows: Vec<TransferHourRow> = s2
             .ch
             .query(
@@ -437,8 +445,8 @@ async fn transfer(
     Query(q): Query<ScopeQuery>,
 ) -> Response {
     let s2 = s.clone();
-    guarded(&s, async move {
-        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
+    let scope = (q.tenant_id.clone(), q.environment);
+    guarded(&s, &headers, (&scope.0, scope.1), async move {
         let current: Option<TransferView> = sqlx::query_as(
             "SELECT transfer_id, kind, amount_minor, currency, status, version, reason, updated_at
              FROM transfers WHERE tenant_id = $1 AND environment = $2 AND transfer_id = $3",
@@ -485,8 +493,8 @@ pub struct BalanceView {
 /// Every account balance of a tenant (at most `page_rows_max`).
 async fn balances(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<ScopeQuery>) -> Response {
     let s2 = s.clone();
-    guarded(&s, async move {
-        s2.authorize(&headers, &q.tenant_id, q.environment).await?;
+    let scope = (q.tenant_id.clone(), q.environment);
+    guarded(&s, &headers, (&scope.0, scope.1), async move {
         let rows: Vec<BalanceView> = sqlx::query_as(
             "SELECT account, currency, posted_minor, pending_debit_minor, pending_credit_minor, available_minor,
                     updated_at
