@@ -283,7 +283,7 @@ async fn pg_landed(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
 
 async fn ch_landed(ch: &clickhouse::Client) -> anyhow::Result<i64> {
     Ok(ch
-        .query("SELECT toInt64(sum(m)) FROM (SELECT max(next_offset) AS m FROM sink_offsets GROUP BY topic, partition)")
+        .query("SELECT toInt64(sum(m)) FROM (SELECT argMax(next_offset, version) AS m FROM sink_positions GROUP BY topic, partition)")
         .fetch_one::<i64>()
         .await?)
 }
@@ -389,7 +389,8 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
     let mut ch_rows = Vec::new();
     for e in &emits {
         let (decoded, _) =
-            riverbank_sinks::rows::decode(&e.topic, 0, 0, &e.payload).map_err(anyhow::Error::msg)?;
+            riverbank_sinks::rows::decode(&e.topic, riverbank_schemas::Environment::Live, 0, 0, &e.payload)
+                .map_err(anyhow::Error::msg)?;
         for r in decoded {
             ch_rows.extend(ChRow::from_row(&r).map_err(anyhow::Error::msg)?);
             rows.push(r);

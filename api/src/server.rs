@@ -272,26 +272,36 @@ pub struct Volume {
     hours: Vec<HourVolume>,
 }
 
-/// The ClickHouse sink's complete-through watermark for `topics`: the least, over their partitions, of
-/// the time through which each partition has landed.
+/// The ClickHouse sink's complete-through watermark for `topics`: the least, over every partition of
+/// each topic, of the instant through which that partition has landed everything ingested before it
+/// (runtime/src/watermark.rs derives it from log positions, upstream processors included). `None` while
+/// any partition has no value yet: a partition is never left out.
 async fn complete_through(
     ch: &clickhouse::Client,
     topics: &[String],
+    partitions: i32,
 ) -> Result<Option<DateTime<Utc>>, HttpError> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Least {
+        partitions: u64,
+        least: i64,
+    }
     let mut least: Option<i64> = None;
     for topic in topics {
-        let ms: i64 = ch
+        let r: Least = ch
             .query(
-                "SELECT toInt64(min(l)) FROM (SELECT max(landed_through_ms) AS l FROM sink_offsets
-                 WHERE sink = 'clickhouse' AND topic = ? GROUP BY partition HAVING l >= 0)",
+                "SELECT toUInt64(count()) AS partitions, toInt64(min(l)) AS least FROM (
+                     SELECT partition, max(landed_through_ms) AS l FROM sink_watermarks
+                     WHERE sink = 'clickhouse' AND topic = ? GROUP BY partition)",
             )
             .bind(topic)
             .fetch_one()
             .await
             .map_err(|e| database_error("clickhouse", &e))?;
-        if ms > 0 {
-            least = Some(least.map_or(ms, |l: i64| l.min(ms)));
+        if r.partitions < u64::try_from(partitions).unwrap_or(u64::MAX) {
+            return Ok(None);
         }
+        least = Some(least.map_or(r.least, |l: i64| l.min(r.least)));
     }
     Ok(least.and_then(DateTime::from_timestamp_millis))
 }
@@ -328,7 +338,9 @@ async fn audit_volume(
             })
             .collect();
         let topics = kafka::topics(&s2.kafka);
-        let complete_through = complete_through(&s2.ch, &[topics.audit_events(q.environment)]).await?;
+        let complete_through =
+            complete_through(&s2.ch, &[topics.audit_events(q.environment)], s2.kafka.topic_partitions)
+                .await?;
         Ok(Volume { tenant_id: q.tenant_id, environment: q.environment, complete_through, hours })
     })
     .await
@@ -385,7 +397,9 @@ async fn transfer_volume(
             .await
             .map_err(|e| database_error("clickhouse", &e))?;
         let topics = kafka::topics(&s2.kafka);
-        let complete_through = complete_through(&s2.ch, &[topics.transfer_status(q.environment)]).await?;
+        let complete_through =
+            complete_through(&s2.ch, &[topics.transfer_status(q.environment)], s2.kafka.topic_partitions)
+                .await?;
         let hours = rows
             .into_iter()
             .map(|r| TransferHour {

@@ -35,10 +35,18 @@ pub async fn collect(
     }
     let deadline = tokio::time::Instant::now() + linger;
     while batch.len() < max {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Err(_) => break,
-            Ok(Ok(m)) => batch.push(m.detach()),
-            Ok(Err(e)) => return (batch, Some(e)),
+        tokio::select! {
+            biased;
+            // A rebalance while lingering: end the batch so the loop positions the new partitions.
+            _ = wake.notified() => {
+                wake.notify_one();
+                break;
+            }
+            r = tokio::time::timeout_at(deadline, consumer.recv()) => match r {
+                Err(_) => break,
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(e)) => return (batch, Some(e)),
+            },
         }
     }
     (batch, None)
@@ -76,107 +84,199 @@ pub fn commit(
     consumer.commit(&tpl, if sync { CommitMode::Sync } else { CommitMode::Async })
 }
 
-/// Where the authority (a sink's store, a processor's checkpoint) says each partition stands, and
-/// whether the consumer has been moved there yet.
+/// Where the authority (a sink's store, a processor's checkpoint) says each partition stands, and the
+/// next offset each partition must deliver. A partition's messages are taken strictly in sequence: one
+/// at the expected offset is taken, one below it is a redelivery and skipped, and one above it is a gap
+/// (the consumer stands past the authority, or a message fetched before a seek) that is never taken:
+/// the consumer is sought back instead, so nothing between the authority's position and the consumer's
+/// is ever skipped.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    /// Next offset per (topic, partition) known durable.
-    pub durable: HashMap<(String, i32), i64>,
-    /// Topics whose positions were loaded since the last rebalance.
-    pub loaded: HashSet<String>,
-    /// Partitions whose resume offset was checked against the log's bounds.
-    pub resolved: HashSet<(String, i32)>,
-    /// Partitions already positioned: sought to their durable offset, or found at or before it.
-    pub positioned: HashMap<(String, i32), Positioned>,
+    /// Next offset per (topic, partition) known durable in the authority.
+    durable: HashMap<(String, i32), i64>,
+    /// Next offset to take per (topic, partition): the durable one plus what this batch took.
+    expected: HashMap<(String, i32), i64>,
+    /// Partitions sought back during the current batch: their later messages in the batch were
+    /// fetched before the seek.
+    sought_in_batch: HashSet<(String, i32)>,
+    /// Seeks issued per partition since it last took a message in sequence.
+    gap_seeks: HashMap<(String, i32), u32>,
 }
+
+/// Seeks back to the expected offset, per partition, before a gap is reported as real.
+pub const GAP_SEEKS_MAX: u32 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Positioned {
-    /// A seek to the durable offset was issued: the next message at or past it is the right one, even
-    /// if the log has a gap there.
-    Sought,
-    /// Messages are flowing from the right place.
-    Flowing,
-}
-
 pub enum Admit {
-    /// Already durable: skip.
+    /// Already taken or durable: skip.
     Skip,
-    /// Ahead of the durable offset (the group committed further than the authority holds): seek back.
+    /// Past the expected offset: seek back there and skip this message.
     SeekTo(i64),
+    /// Past the expected offset after `GAP_SEEKS_MAX` seeks: the caller decides (a log trimmed by
+    /// retention really has no such offset).
+    Gap(i64),
     Take,
 }
 
 impl Tracker {
+    /// The authority's position for a partition: durable, and the next offset to take.
+    pub fn set_durable(&mut self, topic: &str, partition: i32, next: i64) {
+        let key = (topic.to_owned(), partition);
+        self.durable.insert(key.clone(), next);
+        self.expected.insert(key.clone(), next);
+        self.gap_seeks.remove(&key);
+    }
+
+    /// A batch landed: its positions are durable now (positions only grow).
+    pub fn made_durable(&mut self, topic: &str, partition: i32, next: i64) {
+        let e = self.durable.entry((topic.to_owned(), partition)).or_insert(next);
+        *e = (*e).max(next);
+    }
+
+    pub fn durable(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.durable.get(&(topic.to_owned(), partition)).copied()
+    }
+
+    pub fn has_position(&self, topic: &str, partition: i32) -> bool {
+        self.expected.contains_key(&(topic.to_owned(), partition))
+    }
+
+    /// Every partition with a durable position.
+    pub fn durable_positions(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.durable.iter().map(|((t, p), o)| (t.as_str(), *p, *o))
+    }
+
+    /// Forget a partition (revoked, or its state is being rebuilt).
+    pub fn forget(&mut self, topic: &str, partition: i32) {
+        let key = (topic.to_owned(), partition);
+        self.durable.remove(&key);
+        self.expected.remove(&key);
+        self.sought_in_batch.remove(&key);
+        self.gap_seeks.remove(&key);
+    }
+
+    /// A new batch starts: seeks of the previous batch have taken effect (librdkafka discards messages
+    /// fetched before a seek), so the next message of a sought partition is a post-seek one.
+    pub fn begin_batch(&mut self) {
+        self.sought_in_batch.clear();
+    }
+
+    /// Accept a real gap (the log no longer holds the expected offset): continue at `next`.
+    pub fn accept_gap(&mut self, topic: &str, partition: i32, next: i64) {
+        let key = (topic.to_owned(), partition);
+        self.expected.insert(key.clone(), next);
+        self.gap_seeks.remove(&key);
+    }
+
     pub fn admit(&mut self, topic: &str, partition: i32, offset: i64) -> Admit {
         let key = (topic.to_owned(), partition);
-        let Some(&next) = self.durable.get(&key) else {
-            return Admit::Take; // nothing durable yet: take from wherever the group starts
+        let Some(&expected) = self.expected.get(&key) else {
+            // No authority but the group (a stateless processor): its position is where the group
+            // starts; from here on the partition is taken in sequence.
+            self.expected.insert(key, offset + 1);
+            return Admit::Take;
         };
-        if offset < next {
+        if offset < expected {
             return Admit::Skip;
         }
-        match self.positioned.get(&key) {
-            None if offset > next => {
-                self.positioned.insert(key, Positioned::Sought);
-                Admit::SeekTo(next)
-            }
-            _ => {
-                self.positioned.insert(key, Positioned::Flowing);
-                Admit::Take
-            }
+        if offset == expected {
+            self.expected.insert(key.clone(), offset + 1);
+            self.gap_seeks.remove(&key);
+            return Admit::Take;
         }
+        if self.sought_in_batch.contains(&key) {
+            return Admit::Skip; // fetched before this batch's seek
+        }
+        let seeks = self.gap_seeks.entry(key.clone()).or_insert(0);
+        if *seeks >= GAP_SEEKS_MAX {
+            return Admit::Gap(expected);
+        }
+        *seeks += 1;
+        self.sought_in_batch.insert(key);
+        Admit::SeekTo(expected)
     }
 }
 
-/// The highest offset a batch has taken per partition, so redeliveries within one batch are dropped.
-#[derive(Debug, Default)]
-pub struct InBatch {
-    last: HashMap<(String, i32), i64>,
-}
-
-impl InBatch {
-    /// Whether this batch already took `offset` or a later one from this partition.
-    pub fn seen(&self, topic: &str, partition: i32, offset: i64) -> bool {
-        self.last.get(&(topic.to_owned(), partition)).is_some_and(|&last| offset <= last)
-    }
-
-    /// Record a taken message.
-    pub fn record(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.last.insert((topic.to_owned(), partition), offset);
-    }
-}
-
-/// Whether to process `m` now: drops redeliveries within the batch (a rebalance mid-batch can restart a
-/// partition from its committed offset) and what the authority already holds, and seeks the consumer
-/// back when it stands past the authority's position. `who` names the loop in the log.
+/// Whether to process `m` now: skips redeliveries and what the authority already holds, and seeks the
+/// consumer back when it stands past the next expected offset. When the log's start has moved past the
+/// expected offset (retention removed unread messages) that is logged as an error and counted, and is
+/// an error when `trimmed_is_fatal` (state built from the log would miss inputs); otherwise reading goes
+/// on from the log's start. A gap that survives `GAP_SEEKS_MAX` seeks is an error: the loop restarts
+/// from its authority. `who` names the loop in the log.
 pub fn take(
     consumer: &Consumer,
     tracker: &mut Tracker,
-    in_batch: &InBatch,
     m: &OwnedMessage,
     seek_timeout: Duration,
     who: &str,
-) -> rdkafka::error::KafkaResult<bool> {
-    if in_batch.seen(m.topic(), m.partition(), m.offset()) {
-        return Ok(false);
-    }
+    trimmed_is_fatal: bool,
+) -> Result<bool, TakeError> {
     match tracker.admit(m.topic(), m.partition(), m.offset()) {
         Admit::Skip => Ok(false),
+        Admit::Take => Ok(true),
         Admit::SeekTo(next) => {
+            let (low, _) = tokio::task::block_in_place(|| {
+                consumer.fetch_watermarks(m.topic(), m.partition(), seek_timeout)
+            })?;
+            if next < low {
+                // The log no longer holds the expected offset: nothing can be read from there.
+                tracing::error!(
+                    who,
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    expected = next,
+                    log_start = low,
+                    "the log's start is past the expected offset (retention removed unread messages)"
+                );
+                metrics::counter!("riverbank_log_gaps_total", "component" => who.to_owned()).increment(1);
+                if trimmed_is_fatal {
+                    return Err(TakeError::Trimmed {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        expected: next,
+                        log_start: low,
+                    });
+                }
+                tracker.accept_gap(m.topic(), m.partition(), low);
+                if m.offset() == low {
+                    return Ok(matches!(tracker.admit(m.topic(), m.partition(), low), Admit::Take));
+                }
+                consumer.seek(m.topic(), m.partition(), Offset::Offset(low), seek_timeout)?;
+                return Ok(false);
+            }
             tracing::info!(
                 who,
                 topic = m.topic(),
                 partition = m.partition(),
                 from = m.offset(),
                 to = next,
-                "consumer ahead of the durable position; seeking back"
+                "consumer past the expected offset; seeking back"
             );
             consumer.seek(m.topic(), m.partition(), Offset::Offset(next), seek_timeout)?;
             Ok(false)
         }
-        Admit::Take => Ok(true),
+        Admit::Gap(next) => Err(TakeError::Gap {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            expected: next,
+            found: m.offset(),
+        }),
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(
+        "{topic}/{partition}: expected offset {expected} but the consumer delivers {found} after {GAP_SEEKS_MAX} seeks back"
+    )]
+    Gap { topic: String, partition: i32, expected: i64, found: i64 },
+    #[error(
+        "{topic}/{partition}: the log starts at {log_start}, past the next input {expected} of this state: \
+         inputs were deleted unread (retention); refusing to build state without them"
+    )]
+    Trimmed { topic: String, partition: i32, expected: i64, log_start: i64 },
 }
 
 #[cfg(test)]
@@ -184,33 +284,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redeliveries_within_a_batch_are_dropped() {
-        let mut b = InBatch::default();
-        for o in [100, 101] {
-            assert!(!b.seen("a", 0, o));
-            b.record("a", 0, o);
-        }
-        assert!(!b.seen("a", 1, 5));
-        // A rebalance restarted partition 0 from its committed offset.
-        assert!(b.seen("a", 0, 100) && b.seen("a", 0, 101));
-        assert!(!b.seen("a", 0, 102));
+    fn redeliveries_are_skipped_and_partitions_taken_in_sequence() {
+        let mut t = Tracker::default();
+        // No authority (a stateless processor): the group's start is the position.
+        assert_eq!(t.admit("a", 0, 100), Admit::Take);
+        assert_eq!(t.admit("a", 0, 101), Admit::Take);
+        assert_eq!(t.admit("a", 1, 5), Admit::Take);
+        // A rebalance restarted partition 0 from its committed offset in the middle of a batch.
+        assert_eq!(t.admit("a", 0, 100), Admit::Skip);
+        assert_eq!(t.admit("a", 0, 101), Admit::Skip);
+        assert_eq!(t.admit("a", 0, 102), Admit::Take);
     }
 
     #[test]
-    fn tracker_skips_durable_and_seeks_back_once() {
+    fn after_a_seek_back_no_message_fetched_before_it_is_taken() {
+        // Finding 1: the consumer stands past the authority (durable 10, first message 12).
         let mut t = Tracker::default();
-        t.durable.insert(("a".into(), 0), 10);
-        assert!(matches!(t.admit("a", 0, 5), Admit::Skip));
-        assert!(matches!(t.admit("a", 0, 10), Admit::Take));
+        t.set_durable("a", 0, 10);
+        t.begin_batch();
+        assert_eq!(t.admit("a", 0, 5), Admit::Skip);
+        assert_eq!(t.admit("a", 0, 12), Admit::SeekTo(10));
+        // The rest of the batch was fetched before the seek: none of it is taken, no second seek.
+        assert_eq!(t.admit("a", 0, 13), Admit::Skip);
+        assert_eq!(t.admit("a", 0, 14), Admit::Skip);
+        // The next batch starts at the seek target and is taken in sequence.
+        t.begin_batch();
+        assert_eq!(t.admit("a", 0, 10), Admit::Take);
+        assert_eq!(t.admit("a", 0, 11), Admit::Take);
+        assert_eq!(t.admit("a", 0, 12), Admit::Take);
+        // Other partitions are unaffected.
+        assert_eq!(t.admit("b", 3, 7), Admit::Take);
+    }
+
+    #[test]
+    fn a_seek_that_did_not_take_effect_is_repeated_then_reported() {
         let mut t = Tracker::default();
-        t.durable.insert(("a".into(), 0), 10);
-        assert!(matches!(t.admit("a", 0, 12), Admit::SeekTo(10)));
-        // After the seek the first message at or past the position is taken, even past a gap in the
-        // log (compaction, transaction markers): no second seek, no loop.
-        assert!(matches!(t.admit("a", 0, 9), Admit::Skip));
-        assert!(matches!(t.admit("a", 0, 12), Admit::Take));
-        assert!(matches!(t.admit("a", 0, 14), Admit::Take));
-        // A partition with no known position is taken from wherever the group starts.
-        assert!(matches!(t.admit("b", 3, 7), Admit::Take));
+        t.set_durable("a", 0, 10);
+        for _ in 0..GAP_SEEKS_MAX {
+            t.begin_batch();
+            assert_eq!(t.admit("a", 0, 12), Admit::SeekTo(10));
+        }
+        t.begin_batch();
+        assert_eq!(t.admit("a", 0, 12), Admit::Gap(10), "never taken past a gap");
+        // Once it arrives in sequence the count starts over.
+        assert_eq!(t.admit("a", 0, 10), Admit::Take);
+        t.begin_batch();
+        assert_eq!(t.admit("a", 0, 13), Admit::SeekTo(11));
+    }
+
+    #[test]
+    fn a_partition_given_a_position_mid_batch_uses_it() {
+        // A partition assigned in the middle of a batch gets its position from the authority before
+        // its first message is admitted; the messages before it are skipped, the one at it taken.
+        let mut t = Tracker::default();
+        t.begin_batch();
+        t.set_durable("a", 2, 40);
+        assert_eq!(t.admit("a", 2, 39), Admit::Skip);
+        assert_eq!(t.admit("a", 2, 40), Admit::Take);
+        t.made_durable("a", 2, 41);
+        assert_eq!(t.durable("a", 2), Some(41));
+        t.made_durable("a", 2, 30);
+        assert_eq!(t.durable("a", 2), Some(41), "durable positions only grow");
+        t.forget("a", 2);
+        assert!(!t.has_position("a", 2));
     }
 }

@@ -53,6 +53,8 @@ pub struct KafkaConfig {
     pub environments: Vec<Environment>,
     pub topic_partitions: i32,
     pub topic_replication_factor: i32,
+    /// Retention of the topics riverbank creates (checkpoint topics excepted: they never expire).
+    pub topic_retention_ms: i64,
     pub admin_timeout_ms: u64,
     pub metadata_timeout_ms: u64,
     pub message_timeout_ms: u64,
@@ -149,6 +151,12 @@ pub struct SinksConfig {
     pub batch_rows_max: usize,
     pub batch_linger_ms: u64,
     pub idle_watermark_ms: u64,
+    /// A complete-through observation round at most this often (busy or idle).
+    pub watermark_interval_ms: u64,
+    /// Hosts' clocks (ingest vs sink) differ by at most this much; complete-through allows for it.
+    pub clock_skew_max_ms: u64,
+    /// One seek of a partition waits at most this long (positioning never blocks polling longer).
+    pub seek_timeout_ms: u64,
     pub retry_backoff_initial_ms: u64,
     pub retry_backoff_max_ms: u64,
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
@@ -23,6 +23,8 @@ pub enum KafkaSetupError {
     CreateTopic { topic: String, code: RDKafkaErrorCode },
     #[error("broker metadata: {0}")]
     Metadata(String),
+    #[error("{0}")]
+    Topic(String),
 }
 
 fn base(cfg: &KafkaConfig, role: &str) -> ClientConfig {
@@ -93,10 +95,27 @@ impl ClientContext for WatchedContext {
 
 impl ConsumerContext for WatchedContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let parts = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
-            if let Ok(mut a) = self.watch.assigned.lock() {
-                *a = parts;
+        // Revoked partitions leave the assignment at once (eager rebalancing delivers Revoke and Assign
+        // in different polls; between them this instance owns nothing it may position or restore), and
+        // assigned ones join it (an eager Assign after a full Revoke, or an incremental one).
+        let parts = |tpl: &rdkafka::TopicPartitionList| -> Vec<(String, i32)> {
+            tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+        };
+        if let Ok(mut a) = self.watch.assigned.lock() {
+            match rebalance {
+                Rebalance::Assign(tpl) => {
+                    for p in parts(tpl) {
+                        if !a.contains(&p) {
+                            a.push(p);
+                        }
+                    }
+                }
+                Rebalance::Revoke(tpl) => {
+                    let gone = parts(tpl);
+                    a.retain(|p| !gone.contains(p));
+                }
+                // librdkafka drops the assignment on a rebalance error.
+                Rebalance::Error(_) => a.clear(),
             }
         }
         self.watch.generation.fetch_add(1, Ordering::AcqRel);
@@ -132,13 +151,63 @@ pub fn consumer(
     Ok((consumer, watch))
 }
 
-/// Create the topics if they do not exist yet (an existing topic is fine).
+/// Whether a topic holds processor state checkpoints (never expired, never compacted).
+pub fn is_checkpoint_topic(name: &str) -> bool {
+    name.contains(".checkpoints.")
+}
+
+/// The configs riverbank creates a topic with. Checkpoint topics keep every record until a newer
+/// snapshot makes it unneeded, so they never expire (`retention.ms = retention.bytes = -1`) and are
+/// never compacted (every record of a partition shares one key, so compaction would keep one delta).
+/// Other topics keep `topic_retention_ms`. `min.insync.replicas` is `min(2, replication factor)`.
+pub fn topic_configs(cfg: &KafkaConfig, name: &str) -> Vec<(&'static str, String)> {
+    let retention =
+        if is_checkpoint_topic(name) { "-1".to_owned() } else { cfg.topic_retention_ms.to_string() };
+    vec![
+        ("cleanup.policy", "delete".to_owned()),
+        ("retention.ms", retention),
+        ("retention.bytes", "-1".to_owned()),
+        ("min.insync.replicas", cfg.topic_replication_factor.clamp(1, 2).to_string()),
+    ]
+}
+
+/// What is wrong with an existing topic's configs, if anything (a reason to refuse to run).
+pub fn config_problem(name: &str, get: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let policy = get("cleanup.policy").unwrap_or_else(|| "delete".to_owned());
+    if policy.split(',').any(|p| p.trim() == "compact") {
+        return Some(format!(
+            "topic {name} has cleanup.policy={policy}: compaction keeps one record per key and would drop \
+             events (and checkpoint deltas); set cleanup.policy=delete"
+        ));
+    }
+    if is_checkpoint_topic(name) {
+        for key in ["retention.ms", "retention.bytes"] {
+            if let Some(v) = get(key).filter(|v| v.trim() != "-1") {
+                return Some(format!(
+                    "checkpoint topic {name} has {key}={v}: a quiet partition's snapshot would expire and its \
+                     state be lost; set {key}=-1"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Create the topics if they do not exist yet (with [`topic_configs`]), then verify every one of them:
+/// the configured partition count (state is per partition: a changed count moves tenants between
+/// partitions) and configs that cannot lose state ([`config_problem`]). A broker that cannot describe
+/// configs is reported in the log, not refused.
 pub async fn ensure_topics(cfg: &KafkaConfig, names: &[String]) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = base(cfg, "admin").create()?;
+    let configs: Vec<Vec<(&'static str, String)>> = names.iter().map(|n| topic_configs(cfg, n)).collect();
     let new: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|n| {
-            NewTopic::new(n, cfg.topic_partitions, TopicReplication::Fixed(cfg.topic_replication_factor))
+        .zip(&configs)
+        .map(|(n, c)| {
+            c.iter().fold(
+                NewTopic::new(n, cfg.topic_partitions, TopicReplication::Fixed(cfg.topic_replication_factor)),
+                |t, (k, v)| t.set(k, v),
+            )
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_millis(cfg.admin_timeout_ms)));
@@ -148,7 +217,100 @@ pub async fn ensure_topics(cfg: &KafkaConfig, names: &[String]) -> Result<(), Ka
             Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, code }),
         }
     }
+    verify_topics(cfg, &admin, names, &opts).await
+}
+
+async fn verify_topics(
+    cfg: &KafkaConfig,
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[String],
+    opts: &AdminOptions,
+) -> Result<(), KafkaSetupError> {
+    let timeout = Duration::from_millis(cfg.metadata_timeout_ms);
+    let md = admin.inner().fetch_metadata(None, timeout)?;
+    for name in names {
+        let Some(t) = md.topics().iter().find(|t| t.name() == name) else { continue };
+        let count = i32::try_from(t.partitions().len()).unwrap_or(i32::MAX);
+        if count != 0 && count != cfg.topic_partitions {
+            return Err(KafkaSetupError::Topic(format!(
+                "topic {name} has {count} partitions, the config says kafka.topic_partitions = {}: state and \
+                 tenants are placed per partition, so the counts must agree (change the config, or recreate \
+                 the topics and rebuild)",
+                cfg.topic_partitions
+            )));
+        }
+    }
+    let specs: Vec<ResourceSpecifier<'_>> = names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+    let described = match admin.describe_configs(specs.iter(), opts).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "the broker cannot describe topic configs; retention not verified");
+            return Ok(());
+        }
+    };
+    for (name, result) in names.iter().zip(described) {
+        match result {
+            Ok(resource) => {
+                let get = |k: &str| resource.get(k).and_then(|e| e.value.clone());
+                if let Some(problem) = config_problem(name, get) {
+                    return Err(KafkaSetupError::Topic(problem));
+                }
+            }
+            Err(code) => {
+                tracing::warn!(topic = %name, %code, "could not describe the topic's configs; not verified")
+            }
+        }
+    }
     Ok(())
+}
+
+/// The event id header of the message at each (partition, offset) of `topic`, where the log has one;
+/// partitions whose message cannot be read within `timeout` are absent. Blocking.
+pub fn event_ids_at(
+    cfg: &KafkaConfig,
+    topic: &str,
+    at: &[(i32, i64)],
+    timeout: Duration,
+) -> Result<std::collections::HashMap<i32, Option<String>>, String> {
+    use rdkafka::message::{Headers as _, Message as _};
+    let mut out = std::collections::HashMap::new();
+    if at.is_empty() {
+        return Ok(out);
+    }
+    let consumer: BaseConsumer = base(cfg, "identity")
+        .set("group.id", format!("{}-identity-unused", cfg.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| format!("identity reader: {e}"))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (p, o) in at {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(*o)).map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + timeout;
+    while out.len() < at.len() {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        match consumer.poll(remaining.min(Duration::from_millis(200))) {
+            None => continue,
+            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+            Some(Ok(m)) => {
+                if at.contains(&(m.partition(), m.offset())) {
+                    let id = m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == crate::process::EVENT_ID_HEADER)
+                            .and_then(|h| h.value)
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    });
+                    out.insert(m.partition(), id);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every topic riverbank owns in the configured environments.
@@ -252,4 +414,36 @@ pub fn read_all(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_topics_never_expire_and_are_never_compacted() {
+        let cfg = crate::config::Config::load(None).expect("defaults").kafka;
+        let ck = "x.live.checkpoints.transfers";
+        let c: std::collections::HashMap<_, _> = topic_configs(&cfg, ck).into_iter().collect();
+        assert_eq!((c["retention.ms"].as_str(), c["retention.bytes"].as_str()), ("-1", "-1"));
+        assert_eq!(c["cleanup.policy"], "delete");
+        let input: std::collections::HashMap<_, _> =
+            topic_configs(&cfg, "x.live.transfers.inputs").into_iter().collect();
+        assert_eq!(input["retention.ms"], cfg.topic_retention_ms.to_string());
+        assert_eq!(input["min.insync.replicas"], "1", "never more than the replication factor");
+    }
+
+    #[test]
+    fn configs_that_would_lose_state_are_refused() {
+        let with = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        };
+        let ck = "x.live.checkpoints.transfers";
+        assert!(config_problem(ck, with(&[("retention.ms", "-1"), ("retention.bytes", "-1")])).is_none());
+        let expiring = config_problem(ck, with(&[("retention.ms", "604800000")])).expect("refused");
+        assert!(expiring.contains("retention.ms=604800000") && expiring.contains(ck), "{expiring}");
+        assert!(config_problem(ck, with(&[("cleanup.policy", "compact,delete")])).is_some());
+        assert!(config_problem("x.live.transfers.inputs", with(&[("cleanup.policy", "compact")])).is_some());
+        assert!(config_problem("x.live.transfers.inputs", with(&[("retention.ms", "1000")])).is_none());
+    }
 }

@@ -13,6 +13,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod stores;
 pub mod telemetry;
+pub mod watermark;
 
 pub use config::{Config, Secret};
 pub use tokio_util::sync::CancellationToken;

@@ -22,6 +22,9 @@ use crate::checkpoint::{self, Writer};
 use crate::config::Config;
 use crate::kafka;
 
+/// Inputs remembered as having panicked the processor (dead-lettered on their replay); a bound on memory.
+const PANICKED_REMEMBERED_MAX: usize = 10_000;
+
 /// Header carrying the event id, so consumers can deduplicate without decoding the payload.
 pub const EVENT_ID_HEADER: &str = "riverbank-event-id";
 
@@ -110,8 +113,20 @@ pub async fn run<P: Processor>(
     let producer = kafka::producer(&cfg.kafka)?;
     let mut backoff =
         Backoff::new(cfg.processor.retry_backoff_initial_ms, cfg.processor.retry_backoff_max_ms);
+    let mut panicked: HashMap<(String, i32, i64), String> = HashMap::new();
     while !shutdown.is_cancelled() {
-        match run_consumer(cfg, &topics, &inputs, &processor, &producer, &shutdown, &mut backoff).await {
+        match run_consumer(
+            cfg,
+            &topics,
+            &inputs,
+            &processor,
+            &producer,
+            &shutdown,
+            &mut backoff,
+            &mut panicked,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) => {
                 let delay = backoff.next_delay();
@@ -158,6 +173,11 @@ async fn restore_part<P: Processor>(
     let (low, high) =
         consumer.fetch_watermarks(topic, partition, Duration::from_millis(cfg.kafka.metadata_timeout_ms))?;
     let restored = match restored {
+        Some(r) if r.next_offset <= high && r.next_offset < low => anyhow::bail!(
+            "{topic}/{partition}: the checkpoint resumes at offset {}, but the log starts at {low}: inputs \
+             were deleted unread (retention); refusing to continue without them",
+            r.next_offset
+        ),
         Some(r) if r.next_offset > high => {
             // The checkpoint names offsets this log never had: the input topic was recreated. Its state
             // belongs to another history; start over from this log's beginning.
@@ -183,6 +203,11 @@ async fn restore_part<P: Processor>(
             );
             Ok((Part { state, writer: Writer::new(seq) }, next))
         }
+        None if low > 0 => anyhow::bail!(
+            "{topic}/{partition}: no checkpoint, and the log starts at offset {low} (earlier inputs were \
+             deleted): refusing to start this partition with empty state; restore the checkpoint topic, or \
+             rebuild from a complete input log"
+        ),
         None => {
             tracing::info!(
                 processor = processor.name(),
@@ -196,6 +221,43 @@ async fn restore_part<P: Processor>(
     }
 }
 
+/// A partition whose state could not be restored: paused, its restore retried with backoff, while the
+/// other partitions go on.
+struct Blocked {
+    retry_at: Instant,
+    attempts: u32,
+}
+
+/// Bounds of the restore retries of a blocked partition.
+const BLOCKED_RETRY_INITIAL: Duration = Duration::from_secs(1);
+const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(60);
+
+fn pause(consumer: &kafka::Consumer, topic: &str, partition: i32, on: bool) {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let r = if on { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    if let Err(e) = r {
+        tracing::debug!(topic, partition, error = %e, pause = on, "pause/resume not applied");
+    }
+}
+
+fn block(
+    processor: &str,
+    consumer: &kafka::Consumer,
+    blocked: &mut HashMap<(String, i32), Blocked>,
+    key: (String, i32),
+    error: &anyhow::Error,
+) {
+    let attempts = blocked.get(&key).map_or(1, |b| b.attempts + 1);
+    let delay = BLOCKED_RETRY_INITIAL.saturating_mul(1 << attempts.min(6)).min(BLOCKED_RETRY_MAX);
+    tracing::error!(processor, topic = %key.0, partition = key.1, error = %error, attempts, retry_in = ?delay, "partition not restored; it waits (the others go on)");
+    metrics::counter!("riverbank_processor_restore_failures_total", "processor" => processor.to_owned())
+        .increment(1);
+    pause(consumer, &key.0, key.1, true);
+    blocked.insert(key, Blocked { retry_at: Instant::now() + delay, attempts });
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_consumer<P: Processor>(
     cfg: &Config,
     topics: &Topics,
@@ -204,6 +266,7 @@ async fn run_consumer<P: Processor>(
     producer: &FutureProducer,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
+    panicked: &mut HashMap<(String, i32, i64), String>,
 ) -> anyhow::Result<()> {
     let (consumer, watch) =
         kafka::consumer(&cfg.kafka, &topics.group(&format!("processor.{}", processor.name())))?;
@@ -212,6 +275,7 @@ async fn run_consumer<P: Processor>(
     let stateful = processor.checkpoints();
     let mut generation = watch.generation();
     let mut parts: HashMap<(String, i32), Part<P::State>> = HashMap::new();
+    let mut blocked: HashMap<(String, i32), Blocked> = HashMap::new();
     let mut tracker = Tracker::default();
     let linger = Duration::from_millis(cfg.processor.batch_linger_ms);
     let produce_timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
@@ -219,27 +283,46 @@ async fn run_consumer<P: Processor>(
     let checkpoint_limits = limits(cfg);
     let idle = Duration::from_millis(cfg.processor.idle_wake_ms);
     loop {
+        let mut to_restore: Vec<(String, i32)> = Vec::new();
         if watch.generation() != generation {
             // Partitions may have moved: forget them all, and restore every assigned one from its
             // checkpoint now (in parallel), before its inputs arrive.
             generation = watch.generation();
             parts.clear();
+            for (t, p) in blocked.keys() {
+                pause(&consumer, t, *p, false);
+            }
+            blocked.clear();
             tracker = Tracker::default();
             if stateful {
-                let assigned = watch.assigned();
-                let consumer = &consumer;
-                let restores = assigned.iter().filter_map(|(topic, partition)| {
-                    let env = topics.environment_of(topic)?;
-                    let ct = topics.checkpoints(env, processor.name());
-                    Some(async move {
-                        let r = restore_part(cfg, processor, consumer, ct, topic, *partition).await;
-                        ((topic.clone(), *partition), r)
-                    })
-                });
-                for (key, restored) in futures::future::join_all(restores).await {
-                    let (part, next) = restored?;
-                    tracker.durable.insert(key.clone(), next);
-                    parts.insert(key, part);
+                to_restore = watch.assigned();
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<(String, i32)> =
+            blocked.iter().filter(|(_, b)| b.retry_at <= now).map(|(k, _)| k.clone()).collect();
+        to_restore.extend(due);
+        if !to_restore.is_empty() {
+            let consumer = &consumer;
+            let restores = to_restore.iter().filter_map(|(topic, partition)| {
+                let env = topics.environment_of(topic)?;
+                let ct = topics.checkpoints(env, processor.name());
+                Some(async move {
+                    let r = restore_part(cfg, processor, consumer, ct, topic, *partition).await;
+                    ((topic.clone(), *partition), r)
+                })
+            });
+            for (key, restored) in futures::future::join_all(restores).await {
+                match restored {
+                    Ok((part, next)) => {
+                        if blocked.remove(&key).is_some() {
+                            pause(consumer, &key.0, key.1, false);
+                            tracing::info!(processor = processor.name(), topic = %key.0, partition = key.1, "partition restored after all");
+                        }
+                        tracker.set_durable(&key.0, key.1, next);
+                        parts.insert(key, part);
+                    }
+                    Err(e) => block(processor.name(), consumer, &mut blocked, key, &e),
                 }
             }
         }
@@ -253,42 +336,86 @@ async fn run_consumer<P: Processor>(
                 None => continue, // idle or rebalanced: partitions are restored as their inputs come
             }
         }
+        tracker.begin_batch();
         let mut emits = Vec::new();
         let mut taken: Vec<&OwnedMessage> = Vec::with_capacity(messages.len());
         let mut touched: BTreeSet<(String, i32)> = BTreeSet::new();
-        let mut batch_order = batch::InBatch::default();
         for m in &messages {
             let Some(env) = topics.environment_of(m.topic()) else {
                 anyhow::bail!("subscribed to a topic outside the prefix: {}", m.topic());
             };
             let key = (m.topic().to_owned(), m.partition());
-            if !parts.contains_key(&key) {
-                let part = if stateful {
-                    let ct = topics.checkpoints(env, processor.name());
-                    let (part, next) =
-                        restore_part(cfg, processor, &consumer, ct, m.topic(), m.partition()).await?;
-                    tracker.durable.insert(key.clone(), next);
-                    part
-                } else {
-                    Part { state: P::State::default(), writer: Writer::new(0) }
-                };
-                parts.insert(key.clone(), part);
+            if blocked.contains_key(&key) {
+                continue; // fetched before the pause; read again once restored
             }
-            if !batch::take(&consumer, &mut tracker, &batch_order, m, seek_timeout, processor.name())? {
+            if !parts.contains_key(&key) {
+                if stateful {
+                    let ct = topics.checkpoints(env, processor.name());
+                    match restore_part(cfg, processor, &consumer, ct, m.topic(), m.partition()).await {
+                        Ok((part, next)) => {
+                            tracker.set_durable(m.topic(), m.partition(), next);
+                            parts.insert(key.clone(), part);
+                        }
+                        Err(e) => {
+                            block(processor.name(), &consumer, &mut blocked, key, &e);
+                            continue;
+                        }
+                    }
+                } else {
+                    parts.insert(key.clone(), Part { state: P::State::default(), writer: Writer::new(0) });
+                }
+            }
+            if !batch::take(&consumer, &mut tracker, m, seek_timeout, processor.name(), stateful)? {
                 continue;
             }
             let at =
                 InputRef { topic: m.topic(), partition: m.partition(), offset: m.offset(), environment: env };
-            let verdict = match serde_json::from_slice::<RawEnvelope>(m.payload().unwrap_or_default()) {
-                Err(e) => Verdict::Poison(format!("not an envelope: {e}")),
-                Ok(envelope) if envelope.environment != env => Verdict::Poison(format!(
-                    "envelope says environment {} on a {} topic",
-                    envelope.environment, env
-                )),
-                Ok(envelope) => match parts.get_mut(&key) {
-                    Some(part) => processor.apply(&mut part.state, &at, envelope),
-                    None => anyhow::bail!("partition state vanished"),
-                },
+            let verdict = if let Some(reason) = panicked.get(&(key.0.clone(), key.1, m.offset())) {
+                Verdict::Poison(reason.clone())
+            } else {
+                match serde_json::from_slice::<RawEnvelope>(m.payload().unwrap_or_default()) {
+                    Err(e) => Verdict::Poison(format!("not an envelope: {e}")),
+                    Ok(envelope) if envelope.environment != env => Verdict::Poison(format!(
+                        "envelope says environment {} on a {} topic",
+                        envelope.environment, env
+                    )),
+                    Ok(envelope) => {
+                        let Some(part) = parts.get_mut(&key) else {
+                            anyhow::bail!("partition state vanished")
+                        };
+                        let state = &mut part.state;
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            processor.apply(state, &at, envelope)
+                        })) {
+                            Ok(v) => v,
+                            Err(panic) => {
+                                // The state may be half-changed: drop it and restart from the checkpoint;
+                                // on the replay this input is dead-lettered instead of applied, so the
+                                // partition goes on and replays decide the same.
+                                let what = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| (*s).to_owned())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_else(|| "a panic".to_owned());
+                                let reason =
+                                    format!("processor {} panicked on this input: {what}", processor.name());
+                                tracing::error!(processor = processor.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "input dead-lettered; restarting from the checkpoint");
+                                metrics::counter!("riverbank_processor_panics_total", "processor" => processor.name())
+                                    .increment(1);
+                                if panicked.len() >= PANICKED_REMEMBERED_MAX {
+                                    panicked.clear();
+                                }
+                                panicked.insert((key.0.clone(), key.1, m.offset()), reason);
+                                anyhow::bail!(
+                                    "processor panicked at {}/{}@{}",
+                                    m.topic(),
+                                    m.partition(),
+                                    m.offset()
+                                );
+                            }
+                        }
+                    }
+                }
             };
             match verdict {
                 Verdict::Emit(out) => emits.extend(out),
@@ -306,7 +433,6 @@ async fn run_consumer<P: Processor>(
                 }
             }
             touched.insert(key);
-            batch_order.record(m.topic(), m.partition(), m.offset());
             taken.push(m);
         }
         if taken.is_empty() {
@@ -351,7 +477,7 @@ async fn run_consumer<P: Processor>(
             );
         }
         for (t, p, o) in &next {
-            tracker.durable.insert((t.clone(), *p), *o);
+            tracker.made_durable(t, *p, *o);
         }
         batch::commit(&consumer, &next, shutdown.is_cancelled())?;
         backoff.reset();

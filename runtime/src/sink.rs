@@ -20,6 +20,7 @@ use crate::batch::{self, Tracker};
 use crate::config::Config;
 use crate::kafka;
 use crate::process::{dead_letter, produce_all, Emit};
+use crate::watermark::Completeness;
 
 pub type StoreError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -29,8 +30,23 @@ pub struct Position {
     pub topic: String,
     pub partition: i32,
     pub next_offset: i64,
-    /// The latest ingestion time (ms) of an event landed in this partition so far, if any: every event
-    /// of this partition ingested before it has landed (the complete-through watermark's input).
+    /// Complete-through (ms) of this partition, if known: every event ingested before it has landed
+    /// (see `watermark`). Stores keep the greatest value written.
+    pub landed_through_ms: Option<i64>,
+    /// The event id of the message at `next_offset − 1`: the log's identity, checked on resume so a
+    /// recreated topic is never read from a position that belongs to its previous life.
+    pub last_event_id: Option<uuid::Uuid>,
+    /// Bumped each time the topic is found recreated. Within an epoch a stored position only grows;
+    /// a newer epoch replaces it.
+    pub log_epoch: i32,
+}
+
+/// A position as a store holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub next_offset: i64,
+    pub last_event_id: Option<uuid::Uuid>,
+    pub log_epoch: i32,
     pub landed_through_ms: Option<i64>,
 }
 
@@ -41,10 +57,11 @@ pub trait SinkStore: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String>;
     /// Turn one message into rows (possibly none) and its ingestion time (ms); `Err(reason)`
-    /// dead-letters it.
+    /// dead-letters it. `env` is the environment of the topic it was read from.
     fn decode(
         &self,
         topic: &str,
+        env: Environment,
         partition: i32,
         offset: i64,
         payload: &[u8],
@@ -53,7 +70,7 @@ pub trait SinkStore: Send + Sync + 'static {
     fn load_positions(
         &self,
         topic: &str,
-    ) -> impl Future<Output = Result<HashMap<i32, i64>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<HashMap<i32, Stored>, StoreError>> + Send;
     /// Write `rows` and `positions` atomically (or, where the store has no transactions, rows first and
     /// positions after, with rows idempotent on their key).
     fn write(
@@ -86,6 +103,14 @@ pub async fn run<S: SinkStore>(cfg: &Config, store: S, shutdown: CancellationTok
     Ok(())
 }
 
+/// What the loop knows of a partition beyond its offset: the store's log epoch, the id of the last
+/// message landed, and whether the next write must replace a position of an earlier epoch.
+#[derive(Debug, Clone, Default)]
+struct PartMeta {
+    log_epoch: i32,
+    last_event_id: Option<uuid::Uuid>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_consumer<S: SinkStore>(
     cfg: &Config,
@@ -101,24 +126,41 @@ async fn run_consumer<S: SinkStore>(
     consumer.subscribe(&refs)?;
     let mut generation = watch.generation();
     let mut tracker = Tracker::default();
+    let mut meta: HashMap<(String, i32), PartMeta> = HashMap::new();
     let linger = Duration::from_millis(cfg.sinks.batch_linger_ms);
     let produce_timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
-    let seek_timeout = Duration::from_millis(cfg.kafka.commit_timeout_ms);
+    let seek_timeout = Duration::from_millis(cfg.sinks.seek_timeout_ms);
     let idle = Duration::from_millis(cfg.sinks.idle_watermark_ms);
-    // An event is stamped `ingested_at` before it is produced, and may take up to this long to be acked.
-    let margin_ms =
-        i64::try_from(cfg.kafka.message_timeout_ms.max(cfg.ingest.produce_timeout_ms)).unwrap_or(i64::MAX);
+    let watermark_every = Duration::from_millis(cfg.sinks.watermark_interval_ms);
+    // An event is stamped `ingested_at` before it is produced and may take up to the produce timeout to
+    // be acknowledged; hosts' clocks may differ by up to the configured skew.
+    let margin_ms = i64::try_from(
+        cfg.kafka.message_timeout_ms.max(cfg.ingest.produce_timeout_ms) + cfg.sinks.clock_skew_max_ms,
+    )
+    .unwrap_or(i64::MAX);
+    let mut completeness =
+        Completeness::new(&cfg.kafka, margin_ms, Duration::from_millis(cfg.kafka.metadata_timeout_ms));
+    let mut last_watermark = std::time::Instant::now();
+    let mut unpositioned: Vec<(String, i32)> = Vec::new();
     loop {
         if watch.generation() != generation {
             // New assignment: position every assigned partition at the store's offset now, so a store
             // that is behind the group (a replay, a restored backup) is caught up even with no new input.
+            // One seek attempt each: positioning never holds up polling (a partition not yet fetching
+            // is sought again while idle, and `take` keeps every partition in sequence regardless).
             generation = watch.generation();
             tracker = Tracker::default();
-            position_assigned(
+            meta.clear();
+            let assigned = watch.assigned();
+            completeness.retain(&assigned);
+            unpositioned = position_assigned(
+                cfg,
                 store,
                 &consumer,
-                &watch.assigned(),
+                &assigned,
                 &mut tracker,
+                &mut meta,
+                &mut completeness,
                 backoff,
                 shutdown,
                 seek_timeout,
@@ -131,248 +173,365 @@ async fn run_consumer<S: SinkStore>(
             match error {
                 Some(e) => return Err(e.into()),
                 None if shutdown.is_cancelled() => return Ok(()),
+                None if watch.generation() != generation => continue,
                 None => {
-                    reposition_behind(store, &consumer, &mut tracker, seek_timeout)?;
-                    refresh_idle_watermarks(store, &consumer, &tracker, margin_ms, backoff, shutdown).await?;
-                    continue;
+                    reposition_behind(
+                        store.name(),
+                        &consumer,
+                        &watch.assigned(),
+                        &tracker,
+                        &mut unpositioned,
+                        seek_timeout,
+                    );
                 }
             }
-        }
-        let mut rows = Vec::with_capacity(messages.len());
-        let mut dead = Vec::new();
-        let mut taken: Vec<OwnedMessage> = Vec::with_capacity(messages.len());
-        let mut landed: HashMap<(String, i32), i64> = HashMap::new();
-        let mut batch_order = batch::InBatch::default();
-        for m in messages {
-            if !tracker.loaded.contains(m.topic()) {
-                let loaded = retry(store.name(), "load positions", backoff, shutdown, || {
-                    store.load_positions(m.topic())
-                })
-                .await?;
-                for (p, o) in loaded {
-                    tracker.durable.insert((m.topic().to_owned(), p), o);
-                }
-                tracker.loaded.insert(m.topic().to_owned());
-            }
-            let key = (m.topic().to_owned(), m.partition());
-            if !tracker.resolved.contains(&key) {
-                let stored = tracker.durable.get(&key).copied();
-                if let Some(next) =
-                    resume_at(store.name(), &consumer, m.topic(), m.partition(), stored, seek_timeout)
-                {
-                    tracker.durable.insert(key.clone(), next);
-                }
-                tracker.resolved.insert(key);
-            }
-            if !batch::take(&consumer, &mut tracker, &batch_order, &m, seek_timeout, store.name())? {
-                continue;
-            }
-            match store.decode(m.topic(), m.partition(), m.offset(), m.payload().unwrap_or_default()) {
-                Ok((r, ingested_ms)) => {
-                    rows.extend(r);
-                    let e = landed.entry((m.topic().to_owned(), m.partition())).or_insert(ingested_ms);
-                    *e = (*e).max(ingested_ms);
-                }
-                Err(reason) => {
-                    let env = topics.environment_of(m.topic()).unwrap_or(Environment::Live);
-                    tracing::warn!(sink = store.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "dead-lettered");
-                    metrics::counter!("riverbank_dead_letters_total", "component" => store.name())
-                        .increment(1);
-                    dead.push(dead_letter(topics, env, &format!("sink:{}", store.name()), &m, reason));
-                }
-            }
-            batch_order.record(m.topic(), m.partition(), m.offset());
-            taken.push(m);
-        }
-        if taken.is_empty() {
-            continue;
-        }
-        // Dead letters are acknowledged before their offsets are passed.
-        if !dead.is_empty() {
-            let dead: &[Emit] = &dead;
-            retry(store.name(), "dead-letter", backoff, shutdown, || async move {
-                produce_all(producer, dead, produce_timeout).await.map_err(StoreError::from)
-            })
+        } else {
+            land_batch(
+                cfg,
+                topics,
+                store,
+                producer,
+                &consumer,
+                messages,
+                &mut tracker,
+                &mut meta,
+                &mut completeness,
+                backoff,
+                shutdown,
+                produce_timeout,
+                seek_timeout,
+            )
             .await?;
         }
-        let next = batch::next_offsets(&taken);
-        let positions: Vec<Position> = next
-            .iter()
-            .map(|(t, p, o)| Position {
-                topic: t.clone(),
-                partition: *p,
-                next_offset: *o,
-                landed_through_ms: landed.get(&(t.clone(), *p)).copied(),
-            })
-            .collect();
-        let (rows, positions) = (&rows, &positions);
-        let started = std::time::Instant::now();
-        retry(store.name(), "write", backoff, shutdown, || store.write(rows, positions)).await?;
-        let sink = store.name();
-        metrics::histogram!("riverbank_sink_write_seconds", "sink" => sink)
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("riverbank_sink_rows_total", "sink" => sink).increment(rows.len() as u64);
-        metrics::counter!("riverbank_sink_messages_total", "sink" => sink).increment(taken.len() as u64);
-        for (t, p, o) in &next {
-            let entry = tracker.durable.entry((t.clone(), *p)).or_insert(*o);
-            *entry = (*entry).max(*o);
+        if last_watermark.elapsed() >= watermark_every {
+            last_watermark = std::time::Instant::now();
+            advance_watermarks(
+                store,
+                &consumer,
+                &watch.assigned(),
+                &tracker,
+                &meta,
+                &mut completeness,
+                backoff,
+                shutdown,
+            )
+            .await?;
         }
-        if let Err(e) = batch::commit(&consumer, &next, false) {
-            tracing::debug!(sink = store.name(), error = %e, "group commit failed (advisory only)");
-        }
-        tracing::debug!(sink = store.name(), messages = taken.len(), rows = rows.len(), "batch durable");
         if let Some(e) = error {
             return Err(e.into());
         }
     }
 }
 
-/// Where to resume a partition, given the store's position. The store is the authority: with no
-/// position it has landed nothing, so the partition is read from the start of the log (a wiped or new
-/// store is rebuilt, not skipped). A position past the log's end means the topic was recreated (a new
-/// cluster, a wiped dev broker): its offsets name other records, so the log is read from its start and
-/// event-id deduplication keeps anything already landed from counting twice. `None` only when the
-/// broker cannot be asked; the group's position is then used until the next assignment.
-fn resume_at(
-    sink: &str,
-    consumer: &kafka::Consumer,
-    topic: &str,
-    partition: i32,
-    stored: Option<i64>,
-    timeout: Duration,
-) -> Option<i64> {
-    let (low, high) =
-        match tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, partition, timeout)) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(sink, topic, partition, error = %e, "cannot read the log's bounds");
-                return stored;
-            }
-        };
-    match stored {
-        Some(next) if next > high => {
-            tracing::warn!(
-                sink,
-                topic,
-                partition,
-                stored = next,
-                log_end = high,
-                "store position is past the log's end (topic recreated?); reading the log from its start"
-            );
-            Some(low)
-        }
-        Some(next) => Some(next),
-        None => Some(low),
-    }
-}
-
-/// Attempts, and the pause between them, to seek a just-assigned partition.
-const SEEK_ATTEMPTS_MAX: u32 = 50;
-const SEEK_RETRY_MS: u64 = 100;
-
-/// Load the store's positions for the assigned partitions and seek each one there.
-async fn position_assigned<S: SinkStore>(
+#[allow(clippy::too_many_arguments)]
+async fn land_batch<S: SinkStore>(
+    cfg: &Config,
+    topics: &Topics,
     store: &S,
+    producer: &FutureProducer,
     consumer: &kafka::Consumer,
-    assigned: &[(String, i32)],
+    messages: Vec<OwnedMessage>,
     tracker: &mut Tracker,
+    meta: &mut HashMap<(String, i32), PartMeta>,
+    completeness: &mut Completeness,
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
+    produce_timeout: Duration,
     seek_timeout: Duration,
 ) -> anyhow::Result<()> {
-    let topics: std::collections::BTreeSet<&str> = assigned.iter().map(|(t, _)| t.as_str()).collect();
+    tracker.begin_batch();
+    let mut rows = Vec::with_capacity(messages.len());
+    let mut dead = Vec::new();
+    let mut taken: Vec<OwnedMessage> = Vec::with_capacity(messages.len());
+    for m in messages {
+        if !tracker.has_position(m.topic(), m.partition()) {
+            // Assigned in the middle of this batch (before the loop saw the rebalance): its position
+            // comes from the store, like any assigned partition's.
+            let one = [(m.topic().to_owned(), m.partition())];
+            resolve_positions(cfg, store, consumer, &one, tracker, meta, completeness, backoff, shutdown)
+                .await?;
+        }
+        if !batch::take(consumer, tracker, &m, seek_timeout, store.name(), false)? {
+            continue;
+        }
+        let env = topics.environment_of(m.topic()).unwrap_or(Environment::Live);
+        match store.decode(m.topic(), env, m.partition(), m.offset(), m.payload().unwrap_or_default()) {
+            Ok((r, _ingested_ms)) => rows.extend(r),
+            Err(reason) => {
+                tracing::warn!(sink = store.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "dead-lettered");
+                metrics::counter!("riverbank_dead_letters_total", "component" => store.name()).increment(1);
+                dead.push(dead_letter(topics, env, &format!("sink:{}", store.name()), &m, reason));
+            }
+        }
+        taken.push(m);
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    // Dead letters are acknowledged before their offsets are passed.
+    if !dead.is_empty() {
+        let dead: &[Emit] = &dead;
+        retry(store.name(), "dead-letter", backoff, shutdown, || async move {
+            produce_all(producer, dead, produce_timeout).await.map_err(StoreError::from)
+        })
+        .await?;
+    }
+    let next = batch::next_offsets(&taken);
+    for m in &taken {
+        let e = meta.entry((m.topic().to_owned(), m.partition())).or_default();
+        e.last_event_id = event_id_of(m);
+    }
+    let positions: Vec<Position> = next
+        .iter()
+        .map(|(t, p, o)| {
+            let pm = meta.get(&(t.clone(), *p)).cloned().unwrap_or_default();
+            Position {
+                topic: t.clone(),
+                partition: *p,
+                next_offset: *o,
+                landed_through_ms: completeness.landed(t, *p),
+                last_event_id: pm.last_event_id,
+                log_epoch: pm.log_epoch,
+            }
+        })
+        .collect();
+    let (rows, positions) = (&rows, &positions);
+    let started = std::time::Instant::now();
+    retry(store.name(), "write", backoff, shutdown, || store.write(rows, positions)).await?;
+    let sink = store.name();
+    metrics::histogram!("riverbank_sink_write_seconds", "sink" => sink)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("riverbank_sink_rows_total", "sink" => sink).increment(rows.len() as u64);
+    metrics::counter!("riverbank_sink_messages_total", "sink" => sink).increment(taken.len() as u64);
+    for (t, p, o) in &next {
+        tracker.made_durable(t, *p, *o);
+    }
+    if let Err(e) = batch::commit(consumer, &next, false) {
+        tracing::debug!(sink = store.name(), error = %e, "group commit failed (advisory only)");
+    }
+    tracing::debug!(sink = store.name(), messages = taken.len(), rows = rows.len(), "batch durable");
+    Ok(())
+}
+
+fn event_id_of(m: &OwnedMessage) -> Option<uuid::Uuid> {
+    use rdkafka::message::Headers as _;
+    let h = m.headers()?;
+    let v = h.iter().find(|h| h.key == crate::process::EVENT_ID_HEADER)?.value?;
+    uuid::Uuid::parse_str(std::str::from_utf8(v).ok()?).ok()
+}
+
+/// Load the store's positions for `parts` and decide where each resumes (`resume_at`).
+#[allow(clippy::too_many_arguments)]
+async fn resolve_positions<S: SinkStore>(
+    cfg: &Config,
+    store: &S,
+    consumer: &kafka::Consumer,
+    parts: &[(String, i32)],
+    tracker: &mut Tracker,
+    meta: &mut HashMap<(String, i32), PartMeta>,
+    completeness: &mut Completeness,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let topics: std::collections::BTreeSet<&str> = parts.iter().map(|(t, _)| t.as_str()).collect();
+    let timeout = Duration::from_millis(cfg.kafka.metadata_timeout_ms);
     for topic in topics {
         let loaded =
             retry(store.name(), "load positions", backoff, shutdown, || store.load_positions(topic)).await?;
-        for (t, p) in assigned.iter().filter(|(t, _)| t == topic) {
-            // The store is the authority: a partition it has no position for has landed nothing, so it
-            // is read from the start of the log (a wiped or new store is rebuilt, not skipped).
-            let next = match loaded.get(p) {
-                Some(&next) => Some(next),
-                None => tokio::task::block_in_place(|| consumer.fetch_watermarks(t, *p, seek_timeout))
-                    .ok()
-                    .map(|(low, _)| low),
-            };
-            if let Some(next) = next {
-                tracker.durable.insert((t.clone(), *p), next);
-                // Right after an assignment the partition may not be fetching yet ("erroneous state"):
-                // retry briefly; if it still fails, `admit` positions it on its first message.
-                let mut sought = false;
-                for _ in 0..SEEK_ATTEMPTS_MAX {
-                    match consumer.seek(t, *p, Offset::Offset(next), seek_timeout) {
-                        Ok(()) => {
-                            sought = true;
-                            break;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(SEEK_RETRY_MS)).await,
-                    }
-                }
-                if sought {
-                    tracker.positioned.insert((t.clone(), *p), batch::Positioned::Sought);
-                } else {
-                    tracing::warn!(sink = store.name(), topic = t, partition = p, "could not seek to the store's position on assignment; positioning on the first message");
-                }
+        let mine: Vec<i32> = parts.iter().filter(|(t, _)| t == topic).map(|(_, p)| *p).collect();
+        let mut bounds = HashMap::new();
+        for &p in &mine {
+            let w = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, timeout))?;
+            bounds.insert(p, w);
+        }
+        // The log identity: the message before each stored position must be the one the store landed.
+        let probes: Vec<(i32, i64)> = mine
+            .iter()
+            .filter_map(|p| {
+                let s = loaded.get(p)?;
+                let (low, high) = bounds[p];
+                (s.last_event_id.is_some() && s.next_offset > low && s.next_offset <= high)
+                    .then_some((*p, s.next_offset - 1))
+            })
+            .collect();
+        let kcfg = cfg.kafka.clone();
+        let t = topic.to_owned();
+        let found =
+            tokio::task::spawn_blocking(move || kafka::event_ids_at(&kcfg, &t, &probes, timeout)).await?;
+        let found = found.unwrap_or_else(|e| {
+            tracing::warn!(sink = store.name(), topic, error = %e, "cannot read the log to check its identity");
+            HashMap::new()
+        });
+        for p in mine {
+            let stored = loaded.get(&p);
+            let (low, high) = bounds[&p];
+            let (next, epoch) = resume_at(store.name(), topic, p, stored, (low, high), found.get(&p));
+            tracker.set_durable(topic, p, next);
+            meta.insert(
+                (topic.to_owned(), p),
+                PartMeta {
+                    log_epoch: epoch,
+                    last_event_id: stored.filter(|s| s.log_epoch == epoch).and_then(|s| s.last_event_id),
+                },
+            );
+            if let Some(l) = stored.and_then(|s| s.landed_through_ms) {
+                completeness.seed(topic, p, l);
             }
         }
-        tracker.loaded.insert(topic.to_owned());
     }
     Ok(())
 }
 
-/// While idle: if the consumer stands past the store's position (the group's committed offset was
-/// ahead of a store that was reset or restored), seek back to the store's position. Right after an
-/// assignment the group's offset can override an early seek, so this check is repeated while idle.
-fn reposition_behind<S: SinkStore>(
+/// Where to resume a partition and in which log epoch, given the store's position, the log's bounds
+/// and the event id found at the stored position − 1. The store is the authority: with no position it
+/// has landed nothing, so the partition is read from the start of the log (a wiped or new store is
+/// rebuilt, not skipped). A position past the log's end, or one whose previous message is not the one
+/// the store landed, means the topic was recreated (a new cluster, a wiped broker): its offsets name
+/// other records, so the log is read from its start in a new epoch (positions of the old one are
+/// replaced, not kept by "only forward"), and event-id deduplication keeps anything already landed from
+/// counting twice.
+fn resume_at(
+    sink: &str,
+    topic: &str,
+    partition: i32,
+    stored: Option<&Stored>,
+    (low, high): (i64, i64),
+    found: Option<&Option<String>>,
+) -> (i64, i32) {
+    let Some(s) = stored else { return (low, 0) };
+    let recreated = if s.next_offset > high {
+        Some(format!("store position {} is past the log's end {high}", s.next_offset))
+    } else {
+        match (s.last_event_id, found) {
+            (Some(expected), Some(got)) if got.as_deref() != Some(expected.to_string().as_str()) => {
+                Some(format!(
+                    "the message before store position {} is not the one the store landed",
+                    s.next_offset
+                ))
+            }
+            _ => None,
+        }
+    };
+    match recreated {
+        Some(why) => {
+            tracing::warn!(sink, topic, partition, %why, from = low, "topic recreated: reading the new log from its start");
+            (low, s.log_epoch + 1)
+        }
+        None => (s.next_offset, s.log_epoch),
+    }
+}
+
+/// Load the store's positions for the assigned partitions and seek each one there (one attempt each).
+/// Returns the partitions whose seek failed (not fetching yet); they are sought again while idle.
+#[allow(clippy::too_many_arguments)]
+async fn position_assigned<S: SinkStore>(
+    cfg: &Config,
     store: &S,
     consumer: &kafka::Consumer,
+    assigned: &[(String, i32)],
     tracker: &mut Tracker,
+    meta: &mut HashMap<(String, i32), PartMeta>,
+    completeness: &mut Completeness,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
     seek_timeout: Duration,
-) -> anyhow::Result<()> {
-    let positions = consumer.position()?;
+) -> anyhow::Result<Vec<(String, i32)>> {
+    resolve_positions(cfg, store, consumer, assigned, tracker, meta, completeness, backoff, shutdown).await?;
+    let mut failed = Vec::new();
+    for (t, p) in assigned {
+        let Some(next) = tracker.durable(t, *p) else { continue };
+        if consumer.seek(t, *p, Offset::Offset(next), seek_timeout).is_err() {
+            failed.push((t.clone(), *p));
+        }
+    }
+    if !failed.is_empty() {
+        tracing::debug!(
+            sink = store.name(),
+            partitions = failed.len(),
+            "not fetching yet; positioned when idle or on their first message"
+        );
+    }
+    Ok(failed)
+}
+
+/// While idle: seek again the partitions whose seek failed on assignment, and any partition the
+/// consumer reads past the store's position (the group's committed offset was ahead of a store that
+/// was reset or restored). One attempt each per idle round.
+fn reposition_behind(
+    sink: &str,
+    consumer: &kafka::Consumer,
+    assigned: &[(String, i32)],
+    tracker: &Tracker,
+    unpositioned: &mut Vec<(String, i32)>,
+    seek_timeout: Duration,
+) {
+    unpositioned.retain(|(t, p)| {
+        let Some(next) = tracker.durable(t, *p) else { return false };
+        consumer.seek(t, *p, Offset::Offset(next), seek_timeout).is_err()
+    });
+    let Ok(positions) = consumer.position() else { return };
     for e in positions.elements() {
         let key = (e.topic().to_owned(), e.partition());
-        let (Offset::Offset(at), Some(&next)) = (e.offset(), tracker.durable.get(&key)) else { continue };
+        if !assigned.contains(&key) {
+            continue;
+        }
+        let (Offset::Offset(at), Some(next)) = (e.offset(), tracker.durable(e.topic(), e.partition())) else {
+            continue;
+        };
         if at > next {
             tracing::info!(
-                sink = store.name(),
+                sink,
                 topic = e.topic(),
                 partition = e.partition(),
                 from = at,
                 to = next,
                 "consumer ahead of the store; seeking back"
             );
-            consumer.seek(e.topic(), e.partition(), Offset::Offset(next), seek_timeout)?;
-            tracker.positioned.insert(key, batch::Positioned::Sought);
+            if consumer.seek(e.topic(), e.partition(), Offset::Offset(next), seek_timeout).is_err() {
+                unpositioned.push(key);
+            }
         }
     }
-    Ok(())
 }
 
-/// While idle: a partition whose store position has reached the log's end has landed everything
-/// ingested before now (less the produce-time margin); record that so the watermark keeps moving.
-async fn refresh_idle_watermarks<S: SinkStore>(
+/// One complete-through round (see `watermark`); partitions whose value moved get it written with
+/// their unchanged positions.
+#[allow(clippy::too_many_arguments)]
+async fn advance_watermarks<S: SinkStore>(
     store: &S,
     consumer: &kafka::Consumer,
+    assigned: &[(String, i32)],
     tracker: &Tracker,
-    margin_ms: i64,
+    meta: &HashMap<(String, i32), PartMeta>,
+    completeness: &mut Completeness,
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let now_ms = chrono_now_ms();
-    let mut positions = Vec::new();
-    for ((topic, partition), &next) in &tracker.durable {
-        let high = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(topic, *partition, Duration::from_secs(2))
-        });
-        if matches!(high, Ok((_, h)) if h <= next) {
-            positions.push(Position {
-                topic: topic.clone(),
-                partition: *partition,
-                next_offset: next,
-                landed_through_ms: Some(now_ms - margin_ms),
-            });
+    let moved = match tokio::task::block_in_place(|| {
+        completeness.observe(consumer, assigned, |t, p| tracker.durable(t, p), now_ms)
+    }) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(sink = store.name(), error = %e, "complete-through not advanced this round");
+            return Ok(());
         }
-    }
+    };
+    let positions: Vec<Position> = moved
+        .into_iter()
+        .filter_map(|(t, p, landed)| {
+            let next = tracker.durable(&t, p)?;
+            let pm = meta.get(&(t.clone(), p)).cloned().unwrap_or_default();
+            Some(Position {
+                topic: t,
+                partition: p,
+                next_offset: next,
+                landed_through_ms: Some(landed),
+                last_event_id: pm.last_event_id,
+                log_epoch: pm.log_epoch,
+            })
+        })
+        .collect();
     if !positions.is_empty() {
         let positions = &positions;
         retry(store.name(), "watermark", backoff, shutdown, || store.write(&[], positions)).await?;
@@ -420,5 +579,34 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(next: i64, id: Option<uuid::Uuid>, epoch: i32) -> Stored {
+        Stored { next_offset: next, last_event_id: id, log_epoch: epoch, landed_through_ms: None }
+    }
+
+    #[test]
+    fn resume_follows_the_store_unless_the_log_is_another_one() {
+        let id = uuid::Uuid::new_v4();
+        let same = Some(id.to_string());
+        // Never written: the start of the log.
+        assert_eq!(resume_at("s", "t", 0, None, (3, 10), None), (3, 0));
+        // The store's position, when the message before it is the one it landed.
+        assert_eq!(resume_at("s", "t", 0, Some(&stored(7, Some(id), 2)), (0, 10), Some(&same)), (7, 2));
+        // Unreadable (timeout): the store is trusted.
+        assert_eq!(resume_at("s", "t", 0, Some(&stored(7, Some(id), 2)), (0, 10), None), (7, 2));
+        // Past the end: recreated; a new epoch from the start.
+        assert_eq!(resume_at("s", "t", 0, Some(&stored(70, Some(id), 2)), (0, 10), None), (0, 3));
+        // Inside the new log, but another message sits before it (finding 7): recreated.
+        let other = Some(uuid::Uuid::new_v4().to_string());
+        assert_eq!(resume_at("s", "t", 0, Some(&stored(7, Some(id), 0)), (0, 10), Some(&other)), (0, 1));
+        assert_eq!(resume_at("s", "t", 0, Some(&stored(7, Some(id), 0)), (0, 10), Some(&None)), (0, 1));
+        // No identity recorded (an older release): the store is trusted.
+        assert_eq!(resume_at("s", "t", 0, Some(&stored(7, None, 0)), (0, 10), Some(&other)), (7, 0));
     }
 }

@@ -106,6 +106,25 @@ impl Topics {
             .find(|env| rest.strip_prefix(env.as_str()).is_some_and(|r| r.starts_with('.')))
     }
 
+    /// The processor whose outputs `topic` carries and that processor's inputs; `None` for topics
+    /// ingest writes (or none of ours). The sinks' complete-through watermark follows this chain.
+    pub fn upstream(&self, topic: &str) -> Option<(&'static str, Vec<String>)> {
+        let env = self.environment_of(topic)?;
+        if topic == self.audit_events(env) {
+            return Some(("audit", vec![self.ingest_webhooks(env)]));
+        }
+        let transfers = [
+            self.transfer_status(env),
+            self.transfer_rejections(env),
+            self.ledger_postings(env),
+            self.balances(env),
+        ];
+        if transfers.iter().any(|t| t == topic) {
+            return Some(("transfers", vec![self.transfer_inputs(env)]));
+        }
+        None
+    }
+
     /// A consumer group id for a component, scoped by the prefix.
     pub fn group(&self, component: &str) -> String {
         format!("{}riverbank.{}", self.prefix, component)

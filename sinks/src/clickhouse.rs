@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use riverbank_runtime::config::ClickHouseConfig;
-use riverbank_runtime::sink::{Position, SinkStore, StoreError};
+use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
 use riverbank_runtime::stores::{clickhouse_client, clickhouse_server_client};
 use riverbank_schemas::{Environment, Topics};
 use serde::{Deserialize, Serialize};
@@ -85,7 +85,7 @@ pub fn ddl() -> Vec<&'static str> {
         ) ENGINE = ReplacingMergeTree()
         PARTITION BY toYYYYMM(occurred_at)
         ORDER BY (tenant_id, environment, event_id)",
-        // The highest next_offset per key survives merges; readers take max() anyway.
+        // Positions of releases before log epochs (read once when `sink_positions` has none).
         "CREATE TABLE IF NOT EXISTS sink_offsets (
             sink String,
             topic String,
@@ -93,6 +93,27 @@ pub fn ddl() -> Vec<&'static str> {
             next_offset Int64,
             landed_through_ms Int64
         ) ENGINE = ReplacingMergeTree(next_offset)
+        ORDER BY (sink, topic, partition)",
+        // Positions: `version` = log_epoch · 2^40 + next_offset, so within an epoch the furthest
+        // position survives merges and a newer epoch (a recreated topic) replaces an older one; readers
+        // take argMax(…, version) anyway.
+        "CREATE TABLE IF NOT EXISTS sink_positions (
+            sink String,
+            topic String,
+            partition Int32,
+            log_epoch Int32,
+            next_offset Int64,
+            last_event_id UUID,
+            version UInt64
+        ) ENGINE = ReplacingMergeTree(version)
+        ORDER BY (sink, topic, partition)",
+        // Complete-through per partition: the greatest value survives merges (it only grows).
+        "CREATE TABLE IF NOT EXISTS sink_watermarks (
+            sink String,
+            topic String,
+            partition Int32,
+            landed_through_ms Int64
+        ) ENGINE = ReplacingMergeTree(landed_through_ms)
         ORDER BY (sink, topic, partition)",
     ]
 }
@@ -300,13 +321,30 @@ fn posting(m: &Meta, p: &LedgerPosting) -> Result<PostingRow, String> {
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
-struct OffsetRow {
+struct PositionRow {
     sink: String,
     topic: String,
     partition: i32,
+    log_epoch: i32,
     next_offset: i64,
-    /// -1 when unknown.
+    /// Nil when unknown.
+    #[serde(with = "clickhouse::serde::uuid")]
+    last_event_id: uuid::Uuid,
+    version: u64,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+struct WatermarkRow {
+    sink: String,
+    topic: String,
+    partition: i32,
     landed_through_ms: i64,
+}
+
+/// The replacing version of a position: epochs first, then offsets (offsets stay below 2^40).
+fn position_version(log_epoch: i32, next_offset: i64) -> u64 {
+    (u64::try_from(log_epoch).unwrap_or(0) << 40)
+        | (u64::try_from(next_offset).unwrap_or(0) & ((1 << 40) - 1))
 }
 
 pub struct ClickHouseSink {
@@ -392,11 +430,12 @@ impl SinkStore for ClickHouseSink {
     fn decode(
         &self,
         topic: &str,
+        env: Environment,
         partition: i32,
         offset: i64,
         payload: &[u8],
     ) -> Result<(Vec<ChRow>, i64), String> {
-        let (rows, ingested_ms) = rows::decode(topic, partition, offset, payload)?;
+        let (rows, ingested_ms) = rows::decode(topic, env, partition, offset, payload)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             out.extend(ChRow::from_row(r)?);
@@ -404,37 +443,111 @@ impl SinkStore for ClickHouseSink {
         Ok((out, ingested_ms))
     }
 
-    async fn load_positions(&self, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {
+    async fn load_positions(&self, topic: &str) -> Result<HashMap<i32, Stored>, StoreError> {
         #[derive(Row, Deserialize)]
         struct P {
+            partition: i32,
+            log_epoch: i32,
+            next_offset: i64,
+            #[serde(with = "clickhouse::serde::uuid")]
+            last_event_id: uuid::Uuid,
+        }
+        #[derive(Row, Deserialize)]
+        struct W {
+            partition: i32,
+            landed_through_ms: i64,
+        }
+        #[derive(Row, Deserialize)]
+        struct Old {
             partition: i32,
             next_offset: i64,
         }
         let q = self
             .client
-            .query("SELECT partition, max(next_offset) AS next_offset FROM sink_offsets WHERE sink = ? AND topic = ? GROUP BY partition")
+            .query(
+                "SELECT partition, argMax(log_epoch, version) AS log_epoch, argMax(next_offset, version) AS next_offset,
+                        argMax(last_event_id, version) AS last_event_id
+                 FROM sink_positions WHERE sink = ? AND topic = ? GROUP BY partition",
+            )
             .bind(SINK_NAME)
             .bind(topic);
         let rows: Vec<P> = within(self.timeout, "load positions", q.fetch_all::<P>()).await?;
-        Ok(rows.into_iter().map(|p| (p.partition, p.next_offset)).collect())
+        let mut out: HashMap<i32, Stored> = rows
+            .into_iter()
+            .map(|p| {
+                let id = (!p.last_event_id.is_nil()).then_some(p.last_event_id);
+                let stored = Stored {
+                    next_offset: p.next_offset,
+                    last_event_id: id,
+                    log_epoch: p.log_epoch,
+                    landed_through_ms: None,
+                };
+                (p.partition, stored)
+            })
+            .collect();
+        if out.is_empty() {
+            // Written by a release before log epochs: epoch 0, no identity.
+            let q = self
+                .client
+                .query("SELECT partition, max(next_offset) AS next_offset FROM sink_offsets WHERE sink = ? AND topic = ? GROUP BY partition")
+                .bind(SINK_NAME)
+                .bind(topic);
+            let old: Vec<Old> = within(self.timeout, "load old positions", q.fetch_all::<Old>()).await?;
+            out = old
+                .into_iter()
+                .map(|o| (o.partition, Stored { next_offset: o.next_offset, ..Stored::default() }))
+                .collect();
+        }
+        let q = self
+            .client
+            .query(
+                "SELECT partition, max(landed_through_ms) AS landed_through_ms FROM sink_watermarks
+                 WHERE sink = ? AND topic = ? GROUP BY partition",
+            )
+            .bind(SINK_NAME)
+            .bind(topic);
+        let marks: Vec<W> = within(self.timeout, "load watermarks", q.fetch_all::<W>()).await?;
+        for w in marks {
+            if let Some(s) = out.get_mut(&w.partition) {
+                s.landed_through_ms = Some(w.landed_through_ms);
+            }
+        }
+        Ok(out)
     }
 
     async fn write(&self, rows: &[ChRow], positions: &[Position]) -> Result<(), StoreError> {
         // Rows first; a crash before the positions below re-inserts them, and the tables collapse
         // duplicates by event id.
         insert_rows(&self.client, rows, "", self.timeout).await?;
-        let offsets: Vec<OffsetRow> = positions
+        let offsets: Vec<PositionRow> = positions
             .iter()
-            .map(|p| OffsetRow {
+            .map(|p| PositionRow {
                 sink: SINK_NAME.to_owned(),
                 topic: p.topic.clone(),
                 partition: p.partition,
+                log_epoch: p.log_epoch,
                 next_offset: p.next_offset,
-                landed_through_ms: p.landed_through_ms.unwrap_or(-1),
+                last_event_id: p.last_event_id.unwrap_or_else(uuid::Uuid::nil),
+                version: position_version(p.log_epoch, p.next_offset),
             })
             .collect();
         if !offsets.is_empty() {
-            within(self.timeout, "insert sink_offsets", insert(&self.client, "sink_offsets", &offsets))
+            within(self.timeout, "insert sink_positions", insert(&self.client, "sink_positions", &offsets))
+                .await?;
+        }
+        let marks: Vec<WatermarkRow> = positions
+            .iter()
+            .filter_map(|p| {
+                Some(WatermarkRow {
+                    sink: SINK_NAME.to_owned(),
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    landed_through_ms: p.landed_through_ms?,
+                })
+            })
+            .collect();
+        if !marks.is_empty() {
+            within(self.timeout, "insert sink_watermarks", insert(&self.client, "sink_watermarks", &marks))
                 .await?;
         }
         Ok(())

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use riverbank_runtime::sink::{Position, SinkStore, StoreError};
+use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
 use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{AuditRecord, Environment, Topics};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -43,21 +43,16 @@ impl SinkStore for PostgresSink {
     fn decode(
         &self,
         topic: &str,
+        env: Environment,
         partition: i32,
         offset: i64,
         payload: &[u8],
     ) -> Result<(Vec<Row>, i64), String> {
-        rows::decode(topic, partition, offset, payload)
+        rows::decode(topic, env, partition, offset, payload)
     }
 
-    async fn load_positions(&self, topic: &str) -> Result<HashMap<i32, i64>, StoreError> {
-        let rows: Vec<(i32, i64)> =
-            sqlx::query_as("SELECT partition, next_offset FROM sink_offsets WHERE sink = $1 AND topic = $2")
-                .bind(SINK_NAME)
-                .bind(topic)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().collect())
+    async fn load_positions(&self, topic: &str) -> Result<HashMap<i32, Stored>, StoreError> {
+        load_positions(&self.pool, SINK_NAME, topic).await.map_err(Into::into)
     }
 
     async fn write(&self, rows: &[Row], positions: &[Position]) -> Result<(), StoreError> {
@@ -260,7 +255,32 @@ async fn upsert_balances(tx: &mut Tx<'_>, rows: &[(&Meta, &BalanceChanged)]) -> 
     Ok(())
 }
 
-/// Upsert positions; a position only moves forward (a stale writer never moves it back).
+/// The positions `sink` holds for `topic`.
+pub async fn load_positions(
+    pool: &PgPool,
+    sink: &str,
+    topic: &str,
+) -> Result<HashMap<i32, Stored>, sqlx::Error> {
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(i32, i64, i32, Option<Uuid>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT partition, next_offset, log_epoch, last_event_id, landed_through FROM sink_offsets
+         WHERE sink = $1 AND topic = $2",
+    )
+    .bind(sink)
+    .bind(topic)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(p, next_offset, log_epoch, last_event_id, landed)| {
+            let landed_through_ms = landed.map(|t| t.timestamp_millis());
+            (p, Stored { next_offset, last_event_id, log_epoch, landed_through_ms })
+        })
+        .collect())
+}
+
+/// Upsert positions. Within a log epoch a position only moves forward (a stale writer never moves it
+/// back); a newer epoch (the topic was recreated) replaces it. Complete-through only grows.
 pub async fn store_positions(tx: &mut Tx<'_>, sink: &str, positions: &[Position]) -> Result<(), sqlx::Error> {
     if positions.is_empty() {
         return Ok(());
@@ -268,13 +288,21 @@ pub async fn store_positions(tx: &mut Tx<'_>, sink: &str, positions: &[Position]
     let topics: Vec<&str> = positions.iter().map(|p| p.topic.as_str()).collect();
     let partitions: Vec<i32> = positions.iter().map(|p| p.partition).collect();
     let offsets: Vec<i64> = positions.iter().map(|p| p.next_offset).collect();
+    let epochs: Vec<i32> = positions.iter().map(|p| p.log_epoch).collect();
+    let ids: Vec<Option<Uuid>> = positions.iter().map(|p| p.last_event_id).collect();
     let landed: Vec<Option<DateTime<Utc>>> =
         positions.iter().map(|p| p.landed_through_ms.and_then(DateTime::from_timestamp_millis)).collect();
     sqlx::query(
-        "INSERT INTO sink_offsets (sink, topic, partition, next_offset, landed_through)
-         SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::timestamptz[])
+        "INSERT INTO sink_offsets (sink, topic, partition, next_offset, log_epoch, last_event_id, landed_through)
+         SELECT $1, * FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int4[], $6::uuid[], $7::timestamptz[])
          ON CONFLICT (sink, topic, partition) DO UPDATE
-         SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset),
+         SET next_offset = CASE WHEN (EXCLUDED.log_epoch, EXCLUDED.next_offset)
+                                     > (sink_offsets.log_epoch, sink_offsets.next_offset)
+                                THEN EXCLUDED.next_offset ELSE sink_offsets.next_offset END,
+             last_event_id = CASE WHEN (EXCLUDED.log_epoch, EXCLUDED.next_offset)
+                                       > (sink_offsets.log_epoch, sink_offsets.next_offset)
+                                  THEN EXCLUDED.last_event_id ELSE sink_offsets.last_event_id END,
+             log_epoch = GREATEST(sink_offsets.log_epoch, EXCLUDED.log_epoch),
              landed_through = GREATEST(sink_offsets.landed_through, EXCLUDED.landed_through),
              updated_at = now()",
     )
@@ -282,6 +310,8 @@ pub async fn store_positions(tx: &mut Tx<'_>, sink: &str, positions: &[Position]
     .bind(&topics)
     .bind(&partitions)
     .bind(&offsets)
+    .bind(&epochs)
+    .bind(&ids)
     .bind(&landed)
     .execute(&mut **tx)
     .await?;

@@ -48,13 +48,50 @@ fn typed<P: serde::de::DeserializeOwned>(e: &RawEnvelope) -> Result<P, String> {
         .map_err(|err| format!("payload of {} does not match its schema: {err}", e.event_type))
 }
 
-/// Decode one message into its row and the time it was ingested (ms), which drives the
-/// complete-through watermark. The error is the dead-letter reason.
-pub fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Result<(Vec<Row>, i64), String> {
+/// The earliest and latest instants both stores can hold: ClickHouse `DateTime` is unsigned 32-bit
+/// seconds (up to 2106-02-07), PostgreSQL `timestamptz` is wider. A time outside is dead-lettered by
+/// both sinks alike, so neither store's batch can fail on it.
+pub const TIME_MIN_S: i64 = 0;
+pub const TIME_MAX_S: i64 = u32::MAX as i64;
+
+fn check_time(field: &str, t: &DateTime<Utc>) -> Result<(), String> {
+    if (TIME_MIN_S..=TIME_MAX_S).contains(&t.timestamp()) {
+        Ok(())
+    } else {
+        Err(format!("{field} {t} is outside 1970-01-01..2106-02-07, which the stores can hold"))
+    }
+}
+
+/// PostgreSQL `text` cannot hold a NUL character; a row with one would fail its whole batch.
+fn check_text(field: &str, v: &str) -> Result<(), String> {
+    if v.contains('\0') {
+        Err(format!("{field} contains a NUL character"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Decode one message into its row and the time it was ingested (ms). The error is the dead-letter
+/// reason. Every constraint the stores enforce is checked here first (times in range, no NUL in text,
+/// the CHECK constraints of the migrations, integer widths), so no row can fail a batch and wedge the
+/// sink for every tenant behind it: it is dead-lettered instead.
+pub fn decode(
+    topic: &str,
+    env: Environment,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+) -> Result<(Vec<Row>, i64), String> {
     let e: RawEnvelope = serde_json::from_slice(payload).map_err(|err| format!("not an envelope: {err}"))?;
     if e.schema_version != 1 {
         return Err(format!("{} v{} is not understood by the sinks", e.event_type, e.schema_version));
     }
+    if e.environment != env {
+        return Err(format!("envelope says environment {} on a {env} topic", e.environment));
+    }
+    check_time("occurred_at", &e.occurred_at)?;
+    check_time("ingested_at", &e.ingested_at)?;
+    check_text("tenant_id", &e.tenant_id)?;
     let meta = Meta {
         event_id: e.event_id,
         tenant_id: e.tenant_id.clone(),
@@ -68,11 +105,24 @@ pub fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Resul
     let row = match e.event_type.as_str() {
         AuditRecord::EVENT_TYPE => {
             let a: AuditRecord = typed(&e)?;
-            if a.audit_id != e.event_id || a.tenant_id != e.tenant_id {
-                return Err("envelope and audit record disagree on id or tenant".to_owned());
+            if a.audit_id != e.event_id || a.tenant_id != e.tenant_id || a.environment != e.environment {
+                return Err("envelope and audit record disagree on id, tenant or environment".to_owned());
             }
             if i64::try_from(a.payload_bytes).is_err() {
                 return Err("payload_bytes out of range".to_owned());
+            }
+            check_time("recorded_at", &a.recorded_at)?;
+            check_time("audit occurred_at", &a.occurred_at)?;
+            for (f, v) in [
+                ("actor", &a.actor),
+                ("action", &a.action),
+                ("resource_type", &a.resource_type),
+                ("resource_id", &a.resource_id),
+            ] {
+                check_text(f, v)?;
+            }
+            if let Some(t) = &a.trace_id {
+                check_text("trace_id", t)?;
             }
             Row::Audit(meta, a)
         }
@@ -81,6 +131,13 @@ pub fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Resul
             if s.amount.amount_minor <= 0 || s.version == 0 {
                 return Err("status event with a non-positive amount or version 0".to_owned());
             }
+            if i32::try_from(s.version).is_err() {
+                return Err("status version does not fit a 32-bit integer".to_owned());
+            }
+            check_text("transfer_id", &s.transfer_id)?;
+            if let Some(r) = &s.reason {
+                check_text("reason", r)?;
+            }
             Row::Status(meta, s)
         }
         LedgerPosting::EVENT_TYPE => {
@@ -88,9 +145,21 @@ pub fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Resul
             if p.amount_minor == 0 {
                 return Err("posting leg of zero".to_owned());
             }
+            check_text("transfer_id", &p.transfer_id)?;
+            check_text("account", &p.account)?;
             Row::Posting(meta, p)
         }
-        BalanceChanged::EVENT_TYPE => Row::Balance(meta, typed(&e)?),
+        BalanceChanged::EVENT_TYPE => {
+            let b: BalanceChanged = typed(&e)?;
+            if b.pending_debit_minor < 0 || b.pending_credit_minor < 0 {
+                return Err("balance with a negative pending amount".to_owned());
+            }
+            if i64::try_from(b.version).is_err() {
+                return Err("balance version does not fit a 64-bit integer".to_owned());
+            }
+            check_text("account", &b.account)?;
+            Row::Balance(meta, b)
+        }
         other => return Err(format!("the sinks have no mapping for {other}")),
     };
     Ok((vec![row], ingested_ms))

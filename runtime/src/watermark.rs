@@ -1,0 +1,238 @@
+//! Complete-through: per sink input partition, an instant T such that every event accepted by ingest
+//! with `ingested_at < T` has landed in the sink's store (or was dead-lettered on the way).
+//!
+//! It is derived from log positions, never from the times of the events a sink happens to read, so
+//! out-of-order `ingested_at` values, a lagging or stopped upstream processor and idle partitions are
+//! all accounted for. One observation round at sink-host time `t`:
+//! 1. For each input partition of the upstream processor (the ingest topic that feeds the sink's
+//!    topic), record the log end `H_in` seen at `t`. An event stamped before `t − margin` was
+//!    acknowledged before `t` (ingest gives up on a produce after `produce_timeout_ms`; `margin` adds
+//!    the allowed clock skew between hosts), so it lies below `H_in`.
+//! 2. Read the upstream processor group's committed offsets `C`. A processor commits only after its
+//!    outputs are acknowledged, so the latest recorded round whose `H_in ≤ C` for every upstream
+//!    partition gives a bound `b`: the outputs of every event stamped before `b − margin` are in the
+//!    sink's topics now. (A topic ingest writes directly has `b = t`.)
+//! 3. Record the sink topic's log end `H_out` per assigned partition (after step 2). Once the store's
+//!    durable position reaches `H_out`, that partition has landed everything stamped before
+//!    `b − margin`.
+//!
+//! The published value per partition only grows. Readers take the minimum over every partition of
+//! every topic they depend on, and have no value while any partition has none.
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use riverbank_schemas::Topics;
+
+use crate::config::KafkaConfig;
+use crate::kafka::Consumer;
+
+/// Observations kept per partition (older ones are dropped; the bound then waits for newer ones).
+pub const OBSERVATIONS_MAX: usize = 256;
+
+type Key = (String, i32);
+
+/// One sink's complete-through bookkeeping.
+pub struct Completeness {
+    cfg: KafkaConfig,
+    topics: Topics,
+    margin_ms: i64,
+    timeout: Duration,
+    /// Upstream input partitions: (observed at ms, log end), oldest first.
+    upstream: HashMap<Key, VecDeque<(i64, i64)>>,
+    /// Sink input partitions: (log end, bound ms), oldest first.
+    pending: HashMap<Key, VecDeque<(i64, i64)>>,
+    /// Complete-through per sink input partition (ms), only growing.
+    landed: HashMap<Key, i64>,
+    /// Group readers for upstream processors, by group id.
+    readers: HashMap<String, BaseConsumer>,
+}
+
+impl Completeness {
+    pub fn new(cfg: &KafkaConfig, margin_ms: i64, timeout: Duration) -> Self {
+        Completeness {
+            cfg: cfg.clone(),
+            topics: Topics::new(cfg.topic_prefix.clone()),
+            margin_ms,
+            timeout,
+            upstream: HashMap::new(),
+            pending: HashMap::new(),
+            landed: HashMap::new(),
+            readers: HashMap::new(),
+        }
+    }
+
+    /// The value already in the store for a partition (published values never move back).
+    pub fn seed(&mut self, topic: &str, partition: i32, landed_ms: i64) {
+        let e = self.landed.entry((topic.to_owned(), partition)).or_insert(landed_ms);
+        *e = (*e).max(landed_ms);
+    }
+
+    pub fn landed(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.landed.get(&(topic.to_owned(), partition)).copied()
+    }
+
+    /// Forget partitions no longer assigned.
+    pub fn retain(&mut self, assigned: &[(String, i32)]) {
+        self.pending.retain(|k, _| assigned.contains(k));
+        self.landed.retain(|k, _| assigned.contains(k));
+    }
+
+    fn reader(&mut self, group: &str) -> Result<&BaseConsumer, String> {
+        if !self.readers.contains_key(group) {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &self.cfg.brokers)
+                .set("client.id", format!("{}-watermark", self.cfg.client_id))
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("log_level", "4")
+                .create()
+                .map_err(|e| format!("watermark reader: {e}"))?;
+            self.readers.insert(group.to_owned(), c);
+        }
+        self.readers.get(group).ok_or_else(|| "watermark reader vanished".to_owned())
+    }
+
+    /// The bound (ms) for outputs in `topic`: see the module comment. `None` while unknown.
+    fn upstream_bound(
+        &mut self,
+        consumer: &Consumer,
+        topic: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, String> {
+        let Some((processor, inputs)) = self.topics.upstream(topic) else { return Ok(Some(now_ms)) };
+        let timeout = self.timeout;
+        let mut tpl = TopicPartitionList::new();
+        let mut keys = Vec::new();
+        for input in &inputs {
+            let md = consumer
+                .fetch_metadata(Some(input), timeout)
+                .map_err(|e| format!("metadata of {input}: {e}"))?;
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let (_, high) = consumer
+                        .fetch_watermarks(input, p.id(), timeout)
+                        .map_err(|e| format!("log end of {input}/{}: {e}", p.id()))?;
+                    let obs = self.upstream.entry((input.clone(), p.id())).or_default();
+                    obs.push_back((now_ms, high));
+                    while obs.len() > OBSERVATIONS_MAX {
+                        obs.pop_front();
+                    }
+                    tpl.add_partition(input, p.id());
+                    keys.push((input.clone(), p.id()));
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let group = self.topics.group(&format!("processor.{processor}"));
+        let committed = self
+            .reader(&group)?
+            .committed_offsets(tpl, timeout)
+            .map_err(|e| format!("committed offsets of {group}: {e}"))?;
+        let mut bound = i64::MAX;
+        for key in keys {
+            let c = match committed.find_partition(&key.0, key.1).map(|e| e.offset()) {
+                Some(Offset::Offset(c)) => c,
+                _ => 0, // nothing committed yet: only an empty log is caught up
+            };
+            let obs = self.upstream.get_mut(&key).ok_or("observation vanished")?;
+            // The latest observation the processor has reached; older ones are no longer needed.
+            let Some(i) = obs.iter().rposition(|&(_, high)| high <= c) else { return Ok(None) };
+            let at = obs[i].0;
+            obs.drain(..i);
+            bound = bound.min(at);
+        }
+        Ok(Some(bound))
+    }
+
+    /// One observation round over the assigned partitions; `durable` gives the store's position.
+    /// Returns the partitions whose complete-through moved, with the new value. Blocking.
+    pub fn observe(
+        &mut self,
+        consumer: &Consumer,
+        assigned: &[(String, i32)],
+        durable: impl Fn(&str, i32) -> Option<i64>,
+        now_ms: i64,
+    ) -> Result<Vec<(String, i32, i64)>, String> {
+        let mut topics: Vec<&str> = assigned.iter().map(|(t, _)| t.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        for topic in topics {
+            let Some(bound) = self.upstream_bound(consumer, topic, now_ms)? else { continue };
+            for (_, p) in assigned.iter().filter(|(t, _)| t == topic) {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, *p, self.timeout)
+                    .map_err(|e| format!("log end of {topic}/{p}: {e}"))?;
+                let q = self.pending.entry((topic.to_owned(), *p)).or_default();
+                q.push_back((high, bound));
+                while q.len() > OBSERVATIONS_MAX {
+                    q.pop_front();
+                }
+            }
+        }
+        Ok(self.resolve(durable))
+    }
+
+    /// Apply store positions to the pending observations.
+    pub fn resolve(&mut self, durable: impl Fn(&str, i32) -> Option<i64>) -> Vec<(String, i32, i64)> {
+        let mut moved = Vec::new();
+        for ((topic, p), q) in &mut self.pending {
+            let Some(at) = durable(topic, *p) else { continue };
+            let mut best = None;
+            while let Some(&(high, bound)) = q.front() {
+                if high > at {
+                    break;
+                }
+                best = Some(bound.saturating_sub(self.margin_ms));
+                q.pop_front();
+            }
+            if let Some(candidate) = best {
+                let key = (topic.clone(), *p);
+                let prev = self.landed.get(&key).copied();
+                if prev.is_none_or(|v| candidate > v) {
+                    self.landed.insert(key, candidate);
+                    moved.push((topic.clone(), *p, candidate));
+                }
+            }
+        }
+        moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completeness() -> Completeness {
+        let cfg: KafkaConfig = crate::config::Config::load(None).expect("defaults").kafka;
+        Completeness::new(&cfg, 100, Duration::from_millis(10))
+    }
+
+    #[test]
+    fn a_partition_is_complete_only_through_what_its_position_covers() {
+        let mut c = completeness();
+        let key = ("t".to_owned(), 0);
+        // Observed log ends 10 (bound 1000) then 20 (bound 2000); the store is at 5.
+        c.pending.insert(key.clone(), VecDeque::from([(10, 1000), (20, 2000)]));
+        assert!(c.resolve(|_, _| Some(5)).is_empty(), "nothing covered yet");
+        assert_eq!(c.resolve(|_, _| Some(10)), vec![("t".to_owned(), 0, 900)]);
+        assert_eq!(c.resolve(|_, _| Some(25)), vec![("t".to_owned(), 0, 1900)]);
+        // A value never moves back, even when a later observation carries an older bound.
+        c.pending.insert(key, VecDeque::from([(25, 1500)]));
+        assert!(c.resolve(|_, _| Some(25)).is_empty());
+        assert_eq!(c.landed("t", 0), Some(1900));
+    }
+
+    #[test]
+    fn seeded_values_are_a_floor() {
+        let mut c = completeness();
+        c.seed("t", 1, 5000);
+        c.pending.insert(("t".to_owned(), 1), VecDeque::from([(1, 3000)]));
+        assert!(c.resolve(|_, _| Some(1)).is_empty());
+        assert_eq!(c.landed("t", 1), Some(5000));
+    }
+}
