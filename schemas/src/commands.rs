@@ -1,5 +1,7 @@
 //! Command payloads tenants send through the API (transfer commands reuse [`crate::transfers`]), and the
 //! fixed-point rate type FX uses. Amounts are [`Money`]; rates are integers scaled by 10^9. No floats.
+//! Every amount a command carries (a transfer's, a quote's sell or buy amount, a fee's fixed, min, max
+//! and tier thresholds) is at most [`crate::money::AMOUNT_MINOR_MAX`] minor units: the edge refuses more.
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,12 @@
 //! Money: an integer count of minor units and a currency with a known precision. No floats, ever.
 use schemars::JsonSchema;
+
+/// The largest amount riverbank accepts from outside, in minor units: 10^15 (ten trillion USD or EUR,
+/// one quadrillion JPY, ten million BTC). The edge refuses any larger amount in a command (422, rule
+/// `max`), so one input can never come near `i64::MAX` (about 9.2 × 10^18): some 9 000 maximal
+/// amounts fit in one `i64` sum. Downstream arithmetic is still checked; this cap keeps a single
+/// request from reaching the overflow by itself.
+pub const AMOUNT_MINOR_MAX: i64 = 1_000_000_000_000_000;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +122,8 @@ impl std::fmt::Display for Currency {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Money {
+    /// Minor units of `currency` (cents, satoshi). Amounts clients send are at most
+    /// 1000000000000000 (10^15, `AMOUNT_MINOR_MAX`); larger ones are refused at the edge.
     pub amount_minor: i64,
     pub currency: Currency,
 }
@@ -130,6 +139,11 @@ impl Money {
             return Err(MoneyError::NotPositive);
         }
         Ok(Money { amount_minor, currency })
+    }
+
+    /// Whether the amount's magnitude is at most [`AMOUNT_MINOR_MAX`].
+    pub fn within_max(self) -> bool {
+        self.amount_minor.unsigned_abs() <= AMOUNT_MINOR_MAX.unsigned_abs()
     }
 
     pub fn zero(currency: Currency) -> Self {
@@ -272,6 +286,26 @@ mod tests {
             Err(MoneyError::CurrencyMismatch(..))
         ));
         assert_eq!(Money::new(i64::MIN, c("USD")).checked_neg(), Err(MoneyError::Overflow));
+    }
+
+    #[test]
+    fn the_amount_cap_is_ten_to_the_fifteen_minor_units_either_way() {
+        assert_eq!(AMOUNT_MINOR_MAX, 10i64.pow(15));
+        let usd = c("USD");
+        for (minor, within) in [
+            (AMOUNT_MINOR_MAX, true),
+            (-AMOUNT_MINOR_MAX, true),
+            (AMOUNT_MINOR_MAX + 1, false),
+            (-AMOUNT_MINOR_MAX - 1, false),
+            (i64::MAX, false),
+            (i64::MIN, false),
+            (0, true),
+        ] {
+            assert_eq!(Money::new(minor, usd).within_max(), within, "{minor}");
+        }
+        // The largest USD amount a client may send parses to exactly the cap.
+        let m = Money::parse_major("10000000000000.00", usd).expect("parses");
+        assert!(m.within_max() && m.amount_minor == AMOUNT_MINOR_MAX);
     }
 
     #[test]

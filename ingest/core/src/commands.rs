@@ -6,6 +6,7 @@ use riverbank_schemas::commands::{
     command_types as ct, parse_rate_e9, FeeConfigUpserted, FeeTier, FxConversionRequested, FxQuoteRequested,
     FxRate, FxRatesPublished, KycReviewDecided, KycUserActionRequested, ReviewDecision,
 };
+use riverbank_schemas::money::AMOUNT_MINOR_MAX;
 use riverbank_schemas::transfers::{input_types as it, TransferAction, TransferDecision, TransferRequested};
 use riverbank_schemas::{Currency, Money, MoneyError, TransferKind};
 
@@ -138,15 +139,25 @@ fn currency(field: &str, code: &str) -> Result<Currency, FieldError> {
         .map_err(|_| invalid(field, "known_currency", format!("'{code}' is not a known currency")))
 }
 
-/// A positive amount in major units ("250.00") of `currency`, within its precision.
+/// A positive amount in major units ("250.00") of `currency`, within its precision and at most
+/// [`AMOUNT_MINOR_MAX`] minor units.
 fn amount(field: &str, text: &str, currency: Currency) -> Result<Money, FieldError> {
+    let too_large = || {
+        let max = Money::new(AMOUNT_MINOR_MAX, currency).to_major_string();
+        invalid(field, "max", format!("must be at most {max} {currency} ({AMOUNT_MINOR_MAX} minor units)"))
+    };
     let m = Money::parse_major(text, currency).map_err(|e| match e {
         MoneyError::TooPrecise { .. } => invalid(field, "precision", e.to_string()),
-        MoneyError::Overflow => invalid(field, "range", e.to_string()),
+        // Past 64 bits is past the cap too.
+        MoneyError::Overflow if !text.starts_with('-') => too_large(),
+        MoneyError::Overflow => invalid(field, "positive", "must be greater than 0"),
         _ => invalid(field, "decimal", format!("'{text}' is not a decimal amount like \"12.34\"")),
     })?;
     if m.amount_minor <= 0 {
         return Err(invalid(field, "positive", "must be greater than 0"));
+    }
+    if !m.within_max() {
+        return Err(too_large());
     }
     Ok(m)
 }
@@ -446,6 +457,13 @@ pub fn decode(
         }
         FxRates => {
             let b: FxRatesBody = json(body)?;
+            if !crate::event_time::in_range(b.as_of) {
+                return Err(invalid(
+                    "as_of",
+                    "range",
+                    format!("must be within {}", crate::event_time::EVENT_TIME_RANGE),
+                ));
+            }
             if b.rates.is_empty() || b.rates.len() > RATES_PER_REQUEST_MAX {
                 return Err(invalid("rates", "count", "give 1-500 rates"));
             }
@@ -707,6 +725,22 @@ mod tests {
             ),
             (FxRates, None, r#"{"as_of":"2026-11-22T07:00:00Z","rates":[]}"#.to_owned(), "rates", "count"),
             (
+                FxRates,
+                None,
+                r#"{"as_of":"1969-12-31T23:59:59Z","rates":[{"base":"EUR","quote":"USD","rate":"1"}]}"#
+                    .to_owned(),
+                "as_of",
+                "range",
+            ),
+            (
+                FxRates,
+                None,
+                r#"{"as_of":"2100-01-01T00:00:00Z","rates":[{"base":"EUR","quote":"USD","rate":"1"}]}"#
+                    .to_owned(),
+                "as_of",
+                "range",
+            ),
+            (
                 FeeConfig,
                 Some("payout"),
                 r#"{"currency":"USD","fixed":"0.30","bps":20000}"#.to_owned(),
@@ -739,6 +773,82 @@ mod tests {
         ];
         for (endpoint, path, body, field, rule) in cases {
             assert_eq!(err(endpoint, path, &body), (field.to_owned(), rule), "{body}");
+        }
+    }
+
+    #[test]
+    fn amounts_above_the_cap_are_refused_with_rule_max() {
+        use Endpoint::*;
+        let transfer = |amount: &str, currency: &str| {
+            format!(
+                r#"{{"transfer_id":"tr_1","kind":"deposit","amount":"{amount}","currency":"{currency}","destination_account":"a"}}"#
+            )
+        };
+        // 10^15 minor units: 10^13 USD, 10^15 JPY, 10^7 BTC, 10^12 BHD.
+        let at_cap = [
+            ("10000000000000.00", "USD"),
+            ("1000000000000000", "JPY"),
+            ("10000000", "BTC"),
+            ("1000000000000", "BHD"),
+        ];
+        for (text, cur) in at_cap {
+            let c = decode(CreateTransfer, None, transfer(text, cur).as_bytes(), "user:u1")
+                .unwrap_or_else(|e| panic!("{text} {cur}: {e}"));
+            assert_eq!(c.payload["amount"]["amount_minor"], AMOUNT_MINOR_MAX, "{text} {cur}");
+        }
+        let above = [
+            ("10000000000000.01", "USD"),
+            ("1000000000000001", "JPY"),
+            ("10000000.00000001", "BTC"),
+            ("9223372036854775807", "JPY"),
+            ("99999999999999999999", "USD"),
+        ];
+        for (text, cur) in above {
+            assert_eq!(
+                err(CreateTransfer, None, &transfer(text, cur)),
+                ("amount".to_owned(), "max"),
+                "{text}"
+            );
+        }
+        let e = decode(CreateTransfer, None, transfer("10000000000000.01", "USD").as_bytes(), "u")
+            .expect_err("above the cap");
+        assert!(e.message.contains("10000000000000.00 USD"), "the message says the limit: {}", e.message);
+        // Every amount a command carries: quotes and fee configs too.
+        let cases = [
+            (
+                FxQuote,
+                None,
+                r#"{"quote_id":"q","sell_currency":"JPY","buy_currency":"EUR","sell_amount":"1000000000000001"}"#,
+                "sell_amount",
+            ),
+            (
+                FxQuote,
+                None,
+                r#"{"quote_id":"q","sell_currency":"JPY","buy_currency":"EUR","buy_amount":"10000000000000.01"}"#,
+                "buy_amount",
+            ),
+            (FeeConfig, Some("payout"), r#"{"currency":"USD","fixed":"10000000000000.01","bps":1}"#, "fixed"),
+            (
+                FeeConfig,
+                Some("payout"),
+                r#"{"currency":"USD","fixed":"0","bps":1,"min":"10000000000001"}"#,
+                "min",
+            ),
+            (
+                FeeConfig,
+                Some("payout"),
+                r#"{"currency":"USD","fixed":"0","bps":1,"max":"10000000000001"}"#,
+                "max",
+            ),
+            (
+                FeeConfig,
+                Some("payout"),
+                r#"{"currency":"USD","fixed":"0","bps":1,"tiers":[{"monthly_volume_from":"10000000000001","bps":1}]}"#,
+                "tiers[0].monthly_volume_from",
+            ),
+        ];
+        for (endpoint, path, body, field) in cases {
+            assert_eq!(err(endpoint, path, body), (field.to_owned(), "max"), "{body}");
         }
     }
 

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod commands;
+pub mod event_time;
 pub mod provider;
 pub mod schemes;
 pub mod standard_webhooks;

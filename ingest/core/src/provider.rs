@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::event_time;
 use crate::schemes::{within_tolerance, Key, Scheme, VerifyError};
 use crate::Headers;
 
@@ -78,6 +79,23 @@ pub enum TimeFormat {
     Rfc3339,
     UnixS,
     UnixMs,
+}
+
+impl TimeFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeFormat::Rfc3339 => "rfc3339",
+            TimeFormat::UnixS => "unix_s",
+            TimeFormat::UnixMs => "unix_ms",
+        }
+    }
+}
+
+impl Source {
+    /// Where the value is read from, as a sender sees it: the JSON pointer or the header name.
+    pub fn name(&self) -> &str {
+        self.pointer.as_deref().or(self.header.as_deref()).unwrap_or("")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,10 +188,23 @@ impl ProviderDef {
         now: i64,
     ) -> Result<Accepted, VerifyError> {
         let verified = self.signature.verify(keys, headers, body, now)?;
-        let mapping = self.map(headers, body);
+        let mut mapping = self.map(headers, body);
         if let (Some(tolerance_s), Ok(m)) = (self.signature.body_time_tolerance_s(), &mapping.result) {
             if let Some(t) = m.occurred_at {
                 within_tolerance(t.timestamp(), now, tolerance_s)?;
+            }
+        }
+        // A signed header time stands in for a body time the provider does not send: it must be in
+        // range too (a definition's tolerance is no bound on that by itself).
+        if let (Some(t), Some(header), Ok(_)) =
+            (verified.signed_timestamp, self.signature.timestamp_header(), &mapping.result)
+        {
+            if !event_time::unix_s_in_range(t) {
+                mapping.result = Err(Unmappable::EventTime {
+                    field: header.to_owned(),
+                    rule: "range",
+                    why: out_of_range(),
+                });
             }
         }
         Ok(Accepted { key_index: verified.key_index, signed_timestamp: verified.signed_timestamp, mapping })
@@ -232,10 +263,13 @@ impl ProviderDef {
             Some(s) => {
                 let raw = field("occurred_at", s)?.ok_or(Unmappable::MissingField("occurred_at"))?;
                 let format = s.format.unwrap_or(TimeFormat::Rfc3339);
-                Some(
-                    parse_time(&raw, format)
-                        .ok_or(Unmappable::BadField("occurred_at", "not a valid time"))?,
-                )
+                let bad = |rule, why: String| Unmappable::EventTime { field: s.name().to_owned(), rule, why };
+                let t = parse_time(&raw, format)
+                    .ok_or_else(|| bad("time_format", format!("is not a valid {} time", format.name())))?;
+                if !event_time::in_range(t) {
+                    return Err(bad("range", out_of_range()));
+                }
+                Some(t)
             }
             None => None,
         };
@@ -266,6 +300,10 @@ fn text(
         }
         v => Ok(v),
     }
+}
+
+fn out_of_range() -> String {
+    format!("is outside {}", event_time::EVENT_TIME_RANGE)
 }
 
 fn parse_time(raw: &str, format: TimeFormat) -> Option<DateTime<Utc>> {
@@ -334,6 +372,11 @@ pub enum Unmappable {
     MissingField(&'static str),
     #[error("{0} {1}")]
     BadField(&'static str, &'static str),
+    /// The event time (`field`: the JSON pointer or signed header it was read from) is not a time, or
+    /// is outside [`event_time::EVENT_TIME_RANGE`]. The delivery is refused (422 naming `field`) and
+    /// kept on the dead-letter topic.
+    #[error("occurred_at ({field}) {why}")]
+    EventTime { field: String, rule: &'static str, why: String },
 }
 
 /// All providers by name: the built-ins, then `extra` files (which may replace a built-in by name).
@@ -436,6 +479,80 @@ occurred_at = { pointer = "/at", format = "unix_s" }
     }
 
     #[test]
+    fn event_times_outside_1970_to_2100_are_refused_naming_the_field() {
+        let none: &[(&str, &str)] = &[];
+        let body = |at: &str| format!(r#"{{"id":"e","type":"case.ok","case":{{"id":"c"}},"at":{at}}}"#);
+        let unix_s = def(BASE).expect("valid");
+        let unix_ms = def(&BASE.replace("unix_s", "unix_ms")).expect("valid");
+        let rfc3339 = def(&BASE.replace("unix_s", "rfc3339")).expect("valid");
+        let cases = [
+            (&unix_s, "-300000000000".to_owned(), false),
+            (&unix_s, "-1".to_owned(), false),
+            (&unix_s, "0".to_owned(), true),
+            (&unix_s, "4102444799".to_owned(), true),
+            (&unix_s, "4102444800".to_owned(), false),
+            (&unix_s, "7258118400".to_owned(), false),
+            (&unix_ms, "-300000000000000".to_owned(), false),
+            (&unix_ms, "1795332600123".to_owned(), true),
+            (&unix_ms, "4102444800000".to_owned(), false),
+            (&rfc3339, "\"1969-12-31T23:59:59Z\"".to_owned(), false),
+            (&rfc3339, "\"2026-11-22T07:31:00+01:00\"".to_owned(), true),
+            (&rfc3339, "\"2150-01-01T00:00:00Z\"".to_owned(), false),
+        ];
+        for (d, at, ok) in cases {
+            let m = d.map(&none, body(&at).as_bytes());
+            match (&m.result, ok) {
+                (Ok(mapped), true) => assert!(mapped.occurred_at.is_some(), "{at}"),
+                (Err(Unmappable::EventTime { field, rule: "range", why }), false) => {
+                    assert_eq!(field, "/at", "{at}");
+                    assert!(why.contains("1970-01-01T00:00:00Z"), "{why}");
+                    let text = m.result.clone().expect_err("refused").to_string();
+                    assert!(text.starts_with("occurred_at (/at) is outside"), "{text}");
+                }
+                (r, _) => panic!("{at}: {r:?}"),
+            }
+            assert_eq!(m.dedupe_key, "id:e", "a refused delivery still has its dedupe key");
+        }
+    }
+
+    #[test]
+    fn a_signed_header_time_outside_the_range_is_refused_naming_the_header() {
+        use crate::schemes::sign::{self, Signer};
+        let text = r#"
+name = "p"
+[signature]
+scheme = "ed25519"
+signature_header = "x-sig"
+timestamp_header = "x-sig-ts"
+tolerance_s = 9000000000
+[event]
+id = { pointer = "/id" }
+type = { pointer = "/type" }
+[event.types]
+"case.ok" = "kyc.case_approved"
+"#;
+        let d = def(text).expect("valid");
+        let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let key = d.signature.key(&hex::encode(k.verifying_key().to_bytes())).expect("key");
+        let signer = Signer::Ed25519(k);
+        let body = br#"{"id":"e1","type":"case.ok"}"#;
+        let now = 1_795_332_660;
+        for (at, ok) in [(now, true), (4_102_444_800, false), (9_999_999_999, false)] {
+            let headers = sign::headers(&d.signature, &signer, "-", at, body);
+            let view: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let accepted =
+                d.accept(std::slice::from_ref(&key), &view.as_slice(), body, now).expect("verifies");
+            match (&accepted.mapping.result, ok) {
+                (Ok(_), true) => {}
+                (Err(Unmappable::EventTime { field, rule: "range", .. }), false) => {
+                    assert_eq!(field, "x-sig-ts")
+                }
+                (r, _) => panic!("{at}: {r:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn unmappable_deliveries_say_why_and_still_dedupe() {
         let d = def(BASE).expect("valid");
         let none: &[(&str, &str)] = &[];
@@ -451,7 +568,11 @@ occurred_at = { pointer = "/at", format = "unix_s" }
         let m = d.map(&none, br#"{"id":"e","type":"case.ok","at":1}"#);
         assert_eq!(m.result, Err(Unmappable::MissingField("entity_key")));
         let m = d.map(&none, br#"{"id":"e","type":"case.ok","case":{"id":"c"},"at":"soon"}"#);
-        assert_eq!(m.result, Err(Unmappable::BadField("occurred_at", "not a valid time")));
+        assert!(
+            matches!(&m.result, Err(Unmappable::EventTime { field, rule: "time_format", .. }) if field == "/at"),
+            "{:?}",
+            m.result
+        );
         let m = d.map(&none, br#"{"id":{"x":1},"type":"case.ok","case":{"id":"c"},"at":1}"#);
         assert!(m.dedupe_key.starts_with("sha256:"), "an id that is not text falls back to the hash");
     }

@@ -84,6 +84,15 @@ impl Scheme {
         }
     }
 
+    /// The signed header carrying the delivery's timestamp, for schemes that sign one.
+    pub fn timestamp_header(&self) -> Option<&str> {
+        match self {
+            Scheme::StandardWebhooks { .. } => Some(sw::HEADER_TIMESTAMP),
+            Scheme::Ed25519 { timestamp_header, .. } => Some(timestamp_header.as_str()),
+            Scheme::HmacSha256 { .. } | Scheme::PayloadDigest { .. } => None,
+        }
+    }
+
     /// The tolerance for the event time taken from the signed body, for schemes without a signed
     /// timestamp header.
     pub fn body_time_tolerance_s(&self) -> Option<i64> {
