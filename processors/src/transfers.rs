@@ -3,6 +3,11 @@
 //! State is per input partition (inputs are keyed by tenant, so a partition holds whole tenants and every
 //! balance check sees all it needs). Every output id is derived from the input id and the output's
 //! position, and outputs depend only on state and input: replaying a partition gives identical events.
+//!
+//! Nothing an input can reach panics or wraps: every amount and balance operation is checked, and a
+//! posting is planned for both legs before either is written, so a refused posting leaves the ledger as
+//! it was. A posting that would overflow is a business answer: a REJECTED transfer at request time, an
+//! `InputRejected` for later phases.
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use riverbank_schemas::processor::{Emit, InputRef, KvState, Processor, Verdict};
@@ -24,27 +29,85 @@ pub const APPLIED_INPUTS_PER_TRANSFER_MAX: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransfersLimits {
     /// Final transfers (COMPLETED, CANCELLED) are forgotten this long after they became final (event
-    /// time); until then duplicates and late callbacks for them are recognised.
+    /// clock, see [`ReuseLimits::clock_step_max_ms`]); until then duplicates and late callbacks for them
+    /// are recognised.
     pub final_retention_ms: i64,
-    /// At most this many final transfers are kept per partition (oldest forgotten first).
+    /// At most this many final transfers are kept per partition (the earliest to become final is
+    /// forgotten first).
     pub final_retained_max: usize,
 }
 
 impl Default for TransfersLimits {
     fn default() -> Self {
-        TransfersLimits { final_retention_ms: 7 * 24 * 3600 * 1000, final_retained_max: 1_000_000 }
+        TransfersLimits { final_retention_ms: 7 * DAY_MS, final_retained_max: 1_000_000 }
     }
 }
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// How long a forgotten transfer's id stays refused, and how fast the event clock that drives all
+/// forgetting may move. Kept apart from [`TransfersLimits`] so existing struct literals still build;
+/// [`TransfersProcessor::new`] uses the defaults, [`TransfersProcessor::with_reuse_limits`] sets them.
+///
+/// **Transfer-id reuse.** When a final transfer is forgotten (by time or by count), a *tombstone*
+/// (`x/{tenant}/{transfer}` → when it became final, its final sequence) is kept, and a
+/// `transfer.requested` with that id is refused ("transfer id already used"): no status event, so the
+/// forward-only projection and its history never see versions restart at 1. The remaining window: a
+/// tombstone is itself dropped once the event clock is `id_reuse_refused_ms` past the moment its transfer
+/// became final, or when `tombstones_retained_max` newer tombstones exist in the partition, whichever
+/// comes first. After that, a request reusing the id is accepted as a new transfer (versions from 1) and
+/// the finding-8 symptom returns for it. With the defaults that is 30 days of event clock after the
+/// transfer became final, or sooner in a partition that forgets more than 1 000 000 transfers within
+/// those 30 days. Closing it for good needs a permanent record of ids outside this state (the edge, or a
+/// generation in the projection's version).
+///
+/// **The event clock.** The processor's "now" is the highest `occurred_at` seen, but it moves forward by
+/// at most `clock_step_max_ms` per input (the first input of an empty state sets it outright). One input
+/// stamped far ahead (an ingest host whose clock jumped) therefore moves it by one step, not by the skew;
+/// evicting everything takes `skew / clock_step_max_ms` such inputs. The price: a partition whose inputs
+/// are further apart than one step has a clock that runs slow, so it remembers final transfers and
+/// tombstones longer than the configured event time (memory stays bounded by the count limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReuseLimits {
+    /// A forgotten transfer's id stays refused until the event clock is this far (ms) past the moment
+    /// the transfer became final. Below `final_retention_ms` it only matters for transfers forgotten by
+    /// count.
+    pub id_reuse_refused_ms: i64,
+    /// At most this many tombstones (forgotten transfer ids) per partition; the oldest is dropped first.
+    pub tombstones_retained_max: usize,
+    /// The event clock advances by at most this much (ms) per input.
+    pub clock_step_max_ms: i64,
+}
+
+impl Default for ReuseLimits {
+    fn default() -> Self {
+        ReuseLimits {
+            id_reuse_refused_ms: 30 * DAY_MS,
+            tombstones_retained_max: 1_000_000,
+            clock_step_max_ms: 60_000,
+        }
+    }
+}
+
+/// Status changes one input can make to one transfer (a request: INITIATED, VALIDATING, PENDING,
+/// COMPLIANCE_CHECK). A transfer whose version is within this of `u32::MAX` takes no more inputs.
+const STATUS_CHANGES_PER_INPUT_MAX: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct TransfersProcessor {
     topics: Topics,
     limits: TransfersLimits,
+    reuse: ReuseLimits,
 }
 
 impl TransfersProcessor {
     pub fn new(topics: Topics, limits: TransfersLimits) -> Self {
-        TransfersProcessor { topics, limits }
+        TransfersProcessor { topics, limits, reuse: ReuseLimits::default() }
+    }
+
+    pub fn with_reuse_limits(mut self, reuse: ReuseLimits) -> Self {
+        self.reuse = reuse;
+        self
     }
 }
 
@@ -64,6 +127,12 @@ pub struct Transfer {
     pub needs_approval: bool,
     pub applied_inputs: VecDeque<Uuid>,
     pub final_at_ms: Option<i64>,
+    /// Position among the partition's final transfers, in the order they became final (from
+    /// `TransfersState::final_seq_last`). Restore orders finals by it, so count-based eviction forgets
+    /// the same transfer live and after a restore even when several became final at the same clock.
+    /// Absent in checkpoints written before it existed (those sort first, by time then key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,9 +144,20 @@ pub struct Account {
 }
 
 impl Account {
-    pub fn available(&self) -> i64 {
-        self.posted - self.pending_debit
+    /// `posted - pending_debit`, or `None` if that does not fit in an `i64`. Holds refuse to make it
+    /// unrepresentable, so every stored account has one (unless a checkpoint predates the checks).
+    pub fn available(&self) -> Option<i64> {
+        self.posted.checked_sub(self.pending_debit)
     }
+}
+
+/// A forgotten final transfer: its id stays refused for reuse (see [`ReuseLimits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// Event clock (ms) when the transfer became final.
+    pub final_at_ms: i64,
+    /// The transfer's `final_seq` (0 if it had none): tombstones are dropped in this order.
+    pub final_seq: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -87,16 +167,23 @@ pub struct Policy {
     pub applied_inputs: VecDeque<Uuid>,
 }
 
-/// Per-partition state. Keys: `t/{tenant}/{transfer}`, `a/{tenant}/{account}/{currency}`, `p/{tenant}`, `clock`.
+/// Per-partition state. Keys: `t/{tenant}/{transfer}`, `a/{tenant}/{account}/{currency}`, `p/{tenant}`,
+/// `x/{tenant}/{transfer}` (tombstones), `clock`, `final_seq`.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct TransfersState {
     pub transfers: BTreeMap<String, Transfer>,
     pub accounts: BTreeMap<String, Account>,
     pub policies: BTreeMap<String, Policy>,
-    /// Highest event time seen (ms): the processor's only notion of "now".
+    /// Forgotten final transfers whose ids stay refused, by `x/{tenant}/{transfer}`.
+    pub tombstones: BTreeMap<String, Tombstone>,
+    /// The event clock (ms): the processor's only notion of "now" (see [`ReuseLimits`]).
     pub clock_ms: i64,
-    /// Final transfers in the order they became final (derived; rebuilt on restore).
+    /// The last `final_seq` given to a transfer (0: none yet). Only grows.
+    pub final_seq_last: u64,
+    /// Final transfers in the order they became final (derived; rebuilt on restore by `final_seq`).
     finals: VecDeque<(i64, String)>,
+    /// Tombstone keys in the order they were made (derived; rebuilt on restore by `final_seq`).
+    tombstone_order: VecDeque<String>,
     dirty: BTreeSet<String>,
 }
 
@@ -108,14 +195,24 @@ fn account_key(tenant: &str, account: &str, currency: Currency) -> String {
     format!("a/{tenant}/{account}/{currency}")
 }
 
+fn tombstone_key(tenant: &str, id: &str) -> String {
+    format!("x/{tenant}/{id}")
+}
+
+const CLOCK_KEY: &str = "clock";
+const FINAL_SEQ_KEY: &str = "final_seq";
+
 impl KvState for TransfersState {
     fn entries(&self) -> Vec<(String, serde_json::Value)> {
-        let mut out =
-            Vec::with_capacity(self.transfers.len() + self.accounts.len() + self.policies.len() + 1);
+        let mut out = Vec::with_capacity(
+            self.transfers.len() + self.accounts.len() + self.policies.len() + self.tombstones.len() + 2,
+        );
         out.extend(self.transfers.iter().map(|(k, v)| (k.clone(), to_value(v))));
         out.extend(self.accounts.iter().map(|(k, v)| (k.clone(), to_value(v))));
         out.extend(self.policies.iter().map(|(k, v)| (format!("p/{k}"), to_value(v))));
-        out.push(("clock".to_owned(), serde_json::Value::from(self.clock_ms)));
+        out.extend(self.tombstones.iter().map(|(k, v)| (k.clone(), to_value(v))));
+        out.push((CLOCK_KEY.to_owned(), serde_json::Value::from(self.clock_ms)));
+        out.push((FINAL_SEQ_KEY.to_owned(), serde_json::Value::from(self.final_seq_last)));
         out
     }
 
@@ -126,10 +223,14 @@ impl KvState for TransfersState {
             .map(|k| {
                 let v = if let Some(rest) = k.strip_prefix("p/") {
                     self.policies.get(rest).map(to_value)
-                } else if k == "clock" {
+                } else if k == CLOCK_KEY {
                     Some(serde_json::Value::from(self.clock_ms))
+                } else if k == FINAL_SEQ_KEY {
+                    Some(serde_json::Value::from(self.final_seq_last))
                 } else if k.starts_with("t/") {
                     self.transfers.get(&k).map(to_value)
+                } else if k.starts_with("x/") {
+                    self.tombstones.get(&k).map(to_value)
                 } else {
                     self.accounts.get(&k).map(to_value)
                 };
@@ -144,22 +245,40 @@ impl KvState for TransfersState {
             let bad = |e: serde_json::Error| format!("checkpoint entry {k}: {e}");
             if let Some(rest) = k.strip_prefix("p/") {
                 s.policies.insert(rest.to_owned(), serde_json::from_value(v).map_err(bad)?);
-            } else if k == "clock" {
+            } else if k == CLOCK_KEY {
                 s.clock_ms = v.as_i64().ok_or_else(|| "checkpoint clock is not an integer".to_owned())?;
+            } else if k == FINAL_SEQ_KEY {
+                s.final_seq_last =
+                    v.as_u64().ok_or_else(|| "checkpoint final_seq is not an unsigned integer".to_owned())?;
             } else if k.starts_with("t/") {
                 let t: Transfer = serde_json::from_value(v).map_err(bad)?;
                 s.transfers.insert(k, t);
             } else if k.starts_with("a/") {
                 let a: Account = serde_json::from_value(v).map_err(bad)?;
                 s.accounts.insert(k, a);
+            } else if k.starts_with("x/") {
+                let t: Tombstone = serde_json::from_value(v).map_err(bad)?;
+                s.tombstones.insert(k, t);
             } else {
                 return Err(format!("unknown checkpoint entry {k}"));
             }
         }
-        let mut finals: Vec<(i64, String)> =
-            s.transfers.iter().filter_map(|(k, t)| t.final_at_ms.map(|at| (at, k.clone()))).collect();
+        // The order they became final: by `final_seq`, as live. Transfers from a checkpoint older than
+        // `final_seq` have none: they became final before every numbered one and keep the old order.
+        let mut finals: Vec<(Option<u64>, i64, String)> = s
+            .transfers
+            .iter()
+            .filter_map(|(k, t)| t.final_at_ms.map(|at| (t.final_seq, at, k.clone())))
+            .collect();
         finals.sort();
-        s.finals = finals.into();
+        let mut tombstones: Vec<(u64, i64, String)> =
+            s.tombstones.iter().map(|(k, t)| (t.final_seq, t.final_at_ms, k.clone())).collect();
+        tombstones.sort();
+        // Never hand out a sequence number twice, even if the counter's entry is missing.
+        let seq_max = finals.iter().filter_map(|f| f.0).chain(tombstones.iter().map(|t| t.0)).max();
+        s.final_seq_last = s.final_seq_last.max(seq_max.unwrap_or(0));
+        s.finals = finals.into_iter().map(|(_, at, k)| (at, k)).collect();
+        s.tombstone_order = tombstones.into_iter().map(|(_, _, k)| k).collect();
         Ok(s)
     }
 }
@@ -170,12 +289,13 @@ fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
 }
 
 impl TransfersState {
-    /// Sum of posted balances per currency: always zero (money is only moved, never made).
-    pub fn posted_sums(&self) -> BTreeMap<String, i64> {
+    /// Sum of posted balances per currency: always zero (money is only moved, never made). Summed in
+    /// i128, which cannot overflow for fewer than 2^64 accounts.
+    pub fn posted_sums(&self) -> BTreeMap<String, i128> {
         let mut sums = BTreeMap::new();
         for (k, a) in &self.accounts {
             let currency = k.rsplit('/').next().unwrap_or_default().to_owned();
-            *sums.entry(currency).or_insert(0) += a.posted;
+            *sums.entry(currency).or_insert(0) += i128::from(a.posted);
         }
         sums
     }
@@ -244,11 +364,7 @@ impl Processor for TransfersProcessor {
 
     fn apply(&self, state: &mut TransfersState, at: &InputRef<'_>, input: RawEnvelope) -> Verdict {
         let mut out = Out { input: &input, topics: &self.topics, env: at.environment, emits: Vec::new() };
-        let now_ms = input.occurred_at.timestamp_millis();
-        if now_ms > state.clock_ms {
-            state.clock_ms = now_ms;
-            state.dirty.insert("clock".to_owned());
-        }
+        self.advance_clock(state, input.occurred_at.timestamp_millis());
         let result = match input.event_type.as_str() {
             it::REQUESTED => decode(&input).map(|r: TransferRequested| self.request(state, &mut out, r)),
             it::APPROVED => decode(&input).map(|d: TransferDecision| self.decide(state, &mut out, d, true)),
@@ -279,6 +395,20 @@ fn decode<P: serde::de::DeserializeOwned>(input: &RawEnvelope) -> Result<P, Stri
 }
 
 impl TransfersProcessor {
+    /// Move the event clock towards `occurred_ms`, by at most `clock_step_max_ms` (see [`ReuseLimits`]).
+    /// An empty state's clock (0) is set outright, or it would never catch up with event time.
+    fn advance_clock(&self, state: &mut TransfersState, occurred_ms: i64) {
+        let next = if state.clock_ms == 0 {
+            occurred_ms
+        } else {
+            occurred_ms.min(state.clock_ms.saturating_add(self.reuse.clock_step_max_ms.max(0)))
+        };
+        if next > state.clock_ms {
+            state.clock_ms = next;
+            state.dirty.insert(CLOCK_KEY.to_owned());
+        }
+    }
+
     /// Look up the transfer an input targets, deduplicating on the input's event id.
     /// `Ok(None)`: a duplicate, already applied: emit nothing.
     fn target<'s>(
@@ -288,11 +418,19 @@ impl TransfersProcessor {
     ) -> Result<Option<&'s mut Transfer>, ()> {
         let key = transfer_key(&out.input.tenant_id, transfer_id);
         match state.transfers.get_mut(&key) {
+            None if state.tombstones.contains_key(&tombstone_key(&out.input.tenant_id, transfer_id)) => {
+                out.reject(Some(transfer_id), "transfer ended and is no longer retained");
+                Err(())
+            }
             None => {
                 out.reject(Some(transfer_id), "unknown transfer");
                 Err(())
             }
             Some(t) if t.applied_inputs.contains(&out.input.event_id) => Ok(None),
+            Some(t) if t.version > u32::MAX - STATUS_CHANGES_PER_INPUT_MAX => {
+                out.reject(Some(transfer_id), "transfer has reached the most status changes it can record");
+                Err(())
+            }
             Some(t) => {
                 t.applied_inputs.push_back(out.input.event_id);
                 if t.applied_inputs.len() > APPLIED_INPUTS_PER_TRANSFER_MAX {
@@ -311,6 +449,15 @@ impl TransfersProcessor {
             if !existing.applied_inputs.contains(&out.input.event_id) {
                 out.reject(Some(&r.transfer_id), "transfer id already used by another request");
             }
+            return;
+        }
+        if state.tombstones.contains_key(&tombstone_key(&tenant, &r.transfer_id)) {
+            // A duplicate of the original request lands here too once its transfer is forgotten: it is
+            // answered with a rejection instead of silence, and never re-creates the transfer.
+            out.reject(
+                Some(&r.transfer_id),
+                "transfer id already used by a transfer that ended; choose a new transfer_id",
+            );
             return;
         }
         if r.transfer_id.is_empty() || r.transfer_id.len() > 128 {
@@ -344,6 +491,7 @@ impl TransfersProcessor {
             needs_approval,
             applied_inputs: VecDeque::from([out.input.event_id]),
             final_at_ms: None,
+            final_seq: None,
         };
         self.status(out, &mut t, TransferStatus::Initiated, None);
         self.status(out, &mut t, TransferStatus::Validating, None);
@@ -387,8 +535,9 @@ impl TransfersProcessor {
             if t.risk.is_some() && t.risk != Some(RiskOutcome::Block) {
                 self.status(out, &mut t, TransferStatus::Approved, None);
             }
+        } else if let Err(reason) = self.release(state, out, &t) {
+            out.reject(Some(&d.transfer_id), format!("rejection not applied: {reason}"));
         } else {
-            self.release(state, out, &t);
             let reason = d.reason.unwrap_or_else(|| "rejected by approver".to_owned());
             self.status(out, &mut t, TransferStatus::Blocked, Some(reason));
         }
@@ -404,10 +553,16 @@ impl TransfersProcessor {
                 format!("a risk decision needs COMPLIANCE_CHECK; transfer is {:?}", t.status),
             );
         } else {
+            let risk_before = t.risk;
             t.risk = Some(r.decision);
             match r.decision {
                 RiskOutcome::Block => {
-                    self.release(state, out, &t);
+                    if let Err(reason) = self.release(state, out, &t) {
+                        out.reject(Some(&r.transfer_id), format!("block not applied: {reason}"));
+                        t.risk = risk_before;
+                        self.store(state, t);
+                        return;
+                    }
                     let reason = format!(
                         "risk score {} (rules {}): {}",
                         r.score,
@@ -498,6 +653,26 @@ impl TransfersProcessor {
                 );
             }
             Some(_) => {
+                // The ledger change the target makes (post on COMPLETED, release on FAILED), planned before
+                // any status moves: if it cannot be made, the callback is refused and nothing changes.
+                let phase = match target {
+                    S::Completed => Some(PostingPhase::Post),
+                    S::Failed if t.status.holds_funds() => Some(PostingPhase::Release),
+                    _ => None,
+                };
+                let mut ledger =
+                    match phase.map(|phase| Self::plan(state, &t, phase).map(|legs| (phase, legs))) {
+                        Some(Err(reason)) => {
+                            out.reject(
+                                Some(&p.transfer_id),
+                                format!("callback {:?} not applied: {reason}", p.status),
+                            );
+                            self.store(state, t);
+                            return;
+                        }
+                        Some(Ok(planned)) => Some(planned),
+                        None => None,
+                    };
                 // Walk forward along legal edges, so late-arriving intermediate callbacks are not needed.
                 let path: &[S] = match target {
                     S::Failed => &[S::Processing, S::Failed],
@@ -507,11 +682,10 @@ impl TransfersProcessor {
                     if !t.status.can_move_to(next) {
                         continue;
                     }
-                    if next == S::Completed {
-                        self.post(state, out, &t);
-                    }
-                    if next == S::Failed {
-                        self.release(state, out, &t);
+                    if next == target {
+                        if let Some((phase, legs)) = ledger.take() {
+                            Self::commit(state, out, &t, phase, legs);
+                        }
                     }
                     let reason = if next == target { p.reason.clone() } else { None };
                     self.status(out, &mut t, next, reason);
@@ -547,7 +721,11 @@ impl TransfersProcessor {
         let key = transfer_key(&t.tenant_id, &t.transfer_id);
         if t.status.is_final() && t.final_at_ms.is_none() {
             let mut t = t;
+            // 2^64 finals cannot happen; saturating keeps even that from wrapping to an earlier position.
+            state.final_seq_last = state.final_seq_last.saturating_add(1);
+            state.dirty.insert(FINAL_SEQ_KEY.to_owned());
             t.final_at_ms = Some(state.clock_ms);
+            t.final_seq = Some(state.final_seq_last);
             state.finals.push_back((state.clock_ms, key.clone()));
             state.transfers.insert(key.clone(), t);
         } else {
@@ -556,7 +734,8 @@ impl TransfersProcessor {
         state.dirty.insert(key);
     }
 
-    /// Forget final transfers past retention (event time) or past the count limit.
+    /// Forget final transfers past retention (event clock) or past the count limit, leaving a tombstone
+    /// for each; then drop tombstones past their own limits (see [`ReuseLimits`]).
     fn evict(&self, state: &mut TransfersState) {
         while let Some((at, key)) = state.finals.front().cloned() {
             let expired = state.clock_ms.saturating_sub(at) > self.limits.final_retention_ms;
@@ -564,19 +743,51 @@ impl TransfersProcessor {
                 break;
             }
             state.finals.pop_front();
-            state.transfers.remove(&key);
+            if let Some(t) = state.transfers.remove(&key) {
+                let tomb = tombstone_key(&t.tenant_id, &t.transfer_id);
+                let stone = Tombstone {
+                    final_at_ms: t.final_at_ms.unwrap_or(at),
+                    final_seq: t.final_seq.unwrap_or(0),
+                };
+                state.tombstones.insert(tomb.clone(), stone);
+                state.tombstone_order.push_back(tomb.clone());
+                state.dirty.insert(tomb);
+            }
             state.dirty.insert(key);
+        }
+        while let Some(tomb) = state.tombstone_order.front().cloned() {
+            if let Some(stone) = state.tombstones.get(&tomb) {
+                let expired =
+                    state.clock_ms.saturating_sub(stone.final_at_ms) > self.reuse.id_reuse_refused_ms;
+                if !expired && state.tombstones.len() <= self.reuse.tombstones_retained_max {
+                    break;
+                }
+            }
+            state.tombstone_order.pop_front();
+            state.tombstones.remove(&tomb);
+            state.dirty.insert(tomb);
         }
     }
 
+    /// Move `t` to `next` and emit the change. Every caller moves along an edge it checked; an illegal
+    /// edge is a bug, refused (with an `InputRejected`) rather than emitted, never a panic.
     fn status(&self, out: &mut Out<'_>, t: &mut Transfer, next: TransferStatus, reason: Option<String>) {
         let previous = (t.version > 0).then_some(t.status);
         if let Some(prev) = previous {
-            assert!(prev.can_move_to(next), "illegal transition {prev:?} → {next:?} reached the ledger");
-            assert!(!prev.is_final(), "a final state is never left");
+            let legal = prev.can_move_to(next) && !prev.is_final();
+            debug_assert!(legal, "illegal transition {prev:?} → {next:?} reached the ledger");
+            if !legal {
+                out.reject(Some(&t.transfer_id), format!("illegal transition {prev:?} → {next:?} refused"));
+                return;
+            }
         }
+        // `target` refuses inputs to a transfer within STATUS_CHANGES_PER_INPUT_MAX of the limit.
+        let Some(version) = t.version.checked_add(1) else {
+            out.reject(Some(&t.transfer_id), "transfer has reached the most status changes it can record");
+            return;
+        };
         t.status = next;
-        t.version += 1;
+        t.version = version;
         let e = TransferStatusChanged {
             transfer_id: t.transfer_id.clone(),
             kind: t.kind,
@@ -600,7 +811,7 @@ impl TransfersProcessor {
         let amount = t.amount.amount_minor;
         let src_key = account_key(&t.tenant_id, &t.source, t.amount.currency);
         let src = state.accounts.get(&src_key).cloned().unwrap_or_default();
-        let available = src.available();
+        let available = src.available().ok_or_else(|| overflow_reason(t, &t.source))?;
         if !Self::overdraft_allowed(state, &t.tenant_id, &t.source) && available < amount {
             return Err(format!(
                 "insufficient funds: {} available, {} requested",
@@ -608,69 +819,157 @@ impl TransfersProcessor {
                 t.amount
             ));
         }
-        src.pending_debit.checked_add(amount).ok_or("pending debit overflows")?;
-        self.move_funds(state, out, t, PostingPhase::Hold);
+        let legs = Self::plan(state, t, PostingPhase::Hold)?;
+        Self::commit(state, out, t, PostingPhase::Hold, legs);
         Ok(())
     }
 
-    fn release(&self, state: &mut TransfersState, out: &mut Out<'_>, t: &Transfer) {
+    /// Give a hold back, if the transfer holds one.
+    fn release(&self, state: &mut TransfersState, out: &mut Out<'_>, t: &Transfer) -> Result<(), String> {
         if t.status.holds_funds() {
-            self.move_funds(state, out, t, PostingPhase::Release);
+            let legs = Self::plan(state, t, PostingPhase::Release)?;
+            Self::commit(state, out, t, PostingPhase::Release, legs);
         }
+        Ok(())
     }
 
-    fn post(&self, state: &mut TransfersState, out: &mut Out<'_>, t: &Transfer) {
-        debug_assert!(t.status.holds_funds());
-        self.move_funds(state, out, t, PostingPhase::Post);
-    }
-
-    /// Apply one two-legged posting and emit its legs and the two balances.
-    fn move_funds(&self, state: &mut TransfersState, out: &mut Out<'_>, t: &Transfer, phase: PostingPhase) {
+    /// Both legs of one posting, computed with checked arithmetic from the current balances and not yet
+    /// written: `[source, destination]`. An error leaves the state as it was.
+    ///
+    /// A hold also refuses to make either account's `posted - pending_debit` or `posted + pending_credit`
+    /// unrepresentable; with that kept, releasing and posting a hold cannot overflow (each only moves
+    /// amounts already inside those bounds), so the checks there only catch older checkpoints.
+    fn plan(state: &TransfersState, t: &Transfer, phase: PostingPhase) -> Result<[Leg; 2], String> {
         let amount = t.amount.amount_minor;
+        if amount <= 0 {
+            return Err(format!("amount {} is not positive", t.amount));
+        }
+        let currency = t.amount.currency;
+        let src_key = account_key(&t.tenant_id, &t.source, currency);
+        let dst_key = account_key(&t.tenant_id, &t.destination, currency);
+        if src_key == dst_key {
+            return Err("source and destination must differ".to_owned());
+        }
+        let leg = |key: String, account: &String, debit: bool| -> Result<Leg, String> {
+            let before = state.accounts.get(&key).cloned().unwrap_or_default();
+            match leg_after(&before, phase, debit, amount) {
+                Ok((after, available)) => Ok(Leg {
+                    key,
+                    account: account.clone(),
+                    signed: if debit { -amount } else { amount },
+                    after,
+                    available,
+                }),
+                Err(LegError::Overflow) => Err(overflow_reason(t, account)),
+                Err(LegError::NegativePending) => {
+                    debug_assert!(
+                        false,
+                        "{phase:?} of {} would make {key}'s pending negative",
+                        t.transfer_id
+                    );
+                    Err(format!(
+                        "ledger inconsistent: pending balance of account {account} would go negative"
+                    ))
+                }
+            }
+        };
+        Ok([leg(src_key, &t.source, true)?, leg(dst_key, &t.destination, false)?])
+    }
+
+    /// Write a planned posting and emit its legs and the two balances (ids as ever: from the input and
+    /// the position of the posting among this input's outputs).
+    fn commit(
+        state: &mut TransfersState,
+        out: &mut Out<'_>,
+        t: &Transfer,
+        phase: PostingPhase,
+        legs: [Leg; 2],
+    ) {
+        debug_assert_eq!(legs[0].signed.checked_add(legs[1].signed), Some(0), "a posting's legs sum to zero");
         let currency = t.amount.currency;
         let posting_id =
             derived_id(&["posting", &out.input.event_id.to_string(), &out.emits.len().to_string()]);
-        for (account, signed) in [(&t.source, -amount), (&t.destination, amount)] {
-            let key = account_key(&t.tenant_id, account, currency);
-            let a = state.accounts.entry(key.clone()).or_default();
-            match (phase, signed < 0) {
-                (PostingPhase::Hold, true) => a.pending_debit += amount,
-                (PostingPhase::Hold, false) => a.pending_credit += amount,
-                (PostingPhase::Release, true) => a.pending_debit -= amount,
-                (PostingPhase::Release, false) => a.pending_credit -= amount,
-                (PostingPhase::Post, true) => {
-                    a.pending_debit -= amount;
-                    a.posted -= amount;
-                }
-                (PostingPhase::Post, false) => {
-                    a.pending_credit -= amount;
-                    a.posted += amount;
-                }
-            }
-            assert!(a.pending_debit >= 0 && a.pending_credit >= 0, "pending columns never go negative");
-            a.version += 1;
+        for leg in legs {
             let balance = BalanceChanged {
-                account: account.clone(),
+                account: leg.account.clone(),
                 currency,
-                posted_minor: a.posted,
-                pending_debit_minor: a.pending_debit,
-                pending_credit_minor: a.pending_credit,
-                available_minor: a.available(),
-                version: a.version,
+                posted_minor: leg.after.posted,
+                pending_debit_minor: leg.after.pending_debit,
+                pending_credit_minor: leg.after.pending_credit,
+                available_minor: leg.available,
+                version: leg.after.version,
             };
-            state.dirty.insert(key);
-            let leg = LedgerPosting {
+            state.accounts.insert(leg.key.clone(), leg.after);
+            state.dirty.insert(leg.key);
+            let posting = LedgerPosting {
                 posting_id,
                 transfer_id: t.transfer_id.clone(),
                 phase,
-                account: account.clone(),
-                amount_minor: signed,
+                account: leg.account,
+                amount_minor: leg.signed,
                 currency,
             };
-            out.push(out.topics.ledger_postings(out.env), LedgerPosting::EVENT_TYPE, leg);
+            out.push(out.topics.ledger_postings(out.env), LedgerPosting::EVENT_TYPE, posting);
             out.push(out.topics.balances(out.env), BalanceChanged::EVENT_TYPE, balance);
         }
     }
+}
+
+fn overflow_reason(t: &Transfer, account: &str) -> String {
+    format!("amount {} would overflow account {account}", t.amount)
+}
+
+/// One leg of a planned posting: the account's balances after it.
+struct Leg {
+    key: String,
+    account: String,
+    /// Signed: negative debits the account, positive credits it.
+    signed: i64,
+    after: Account,
+    /// `after.available()`, known to fit.
+    available: i64,
+}
+
+enum LegError {
+    Overflow,
+    /// Only with an inconsistent state: a release or post of more than is pending.
+    NegativePending,
+}
+
+/// An account after one leg (`debit`: the source side), and its available balance; checked throughout.
+fn leg_after(a: &Account, phase: PostingPhase, debit: bool, amount: i64) -> Result<(Account, i64), LegError> {
+    use LegError::Overflow;
+    let mut n = a.clone();
+    match (phase, debit) {
+        (PostingPhase::Hold, true) => {
+            n.pending_debit = a.pending_debit.checked_add(amount).ok_or(Overflow)?
+        }
+        (PostingPhase::Hold, false) => {
+            n.pending_credit = a.pending_credit.checked_add(amount).ok_or(Overflow)?;
+            // Room to post everything held for this account: the later post cannot overflow.
+            n.posted.checked_add(n.pending_credit).ok_or(Overflow)?;
+        }
+        (PostingPhase::Release, true) => {
+            n.pending_debit = a.pending_debit.checked_sub(amount).ok_or(Overflow)?
+        }
+        (PostingPhase::Release, false) => {
+            n.pending_credit = a.pending_credit.checked_sub(amount).ok_or(Overflow)?
+        }
+        (PostingPhase::Post, true) => {
+            n.pending_debit = a.pending_debit.checked_sub(amount).ok_or(Overflow)?;
+            n.posted = a.posted.checked_sub(amount).ok_or(Overflow)?;
+        }
+        (PostingPhase::Post, false) => {
+            n.pending_credit = a.pending_credit.checked_sub(amount).ok_or(Overflow)?;
+            n.posted = a.posted.checked_add(amount).ok_or(Overflow)?;
+        }
+    }
+    if n.pending_debit < 0 || n.pending_credit < 0 {
+        return Err(LegError::NegativePending);
+    }
+    let available = n.available().ok_or(Overflow)?;
+    n.version = a.version.checked_add(1).ok_or(Overflow)?;
+    Ok((n, available))
 }
 
 #[cfg(test)]

@@ -90,8 +90,27 @@ impl H {
         self.apply_envelope(e)
     }
 
+    /// Like `send`, with `occurred_at` moved by `shift_ms` (a skewed ingest clock, or ties).
+    fn send_shifted(&mut self, shift_ms: i64, event_type: &str, payload: serde_json::Value) -> Outs {
+        self.seq += 1;
+        let mut e = envelope(self.seq, event_type, payload);
+        e.occurred_at += chrono::Duration::milliseconds(shift_ms);
+        self.apply_envelope(e)
+    }
+
     fn request(&mut self, id: &str, kind: &str, amount: i64, src: Option<&str>, dst: Option<&str>) -> Outs {
-        let mut p = serde_json::json!({"transfer_id": id, "kind": kind, "amount": {"amount_minor": amount, "currency": "USD"}, "requested_by": "maker"});
+        self.request_in(id, kind, amount, "USD", src, dst)
+    }
+    fn request_in(
+        &mut self,
+        id: &str,
+        kind: &str,
+        amount: i64,
+        currency: &str,
+        src: Option<&str>,
+        dst: Option<&str>,
+    ) -> Outs {
+        let mut p = serde_json::json!({"transfer_id": id, "kind": kind, "amount": {"amount_minor": amount, "currency": currency}, "requested_by": "maker"});
         if let Some(s) = src {
             p["source_account"] = s.into();
         }
@@ -367,7 +386,7 @@ fn transition_table() {
         let _ = last;
         assert_eq!(h.state.posted_sums()["USD"], 0, "{name}: money conserved");
         let acct = h.account("acct_1");
-        assert!(acct.available() >= 0, "{name}: {acct:?}");
+        assert!(acct.available().is_some_and(|a| a >= 0), "{name}: {acct:?}");
     }
 }
 
@@ -391,14 +410,14 @@ fn holds_are_released_when_blocked_and_reserved_again_on_retry() {
     let mut h = H::new();
     h.deposit_completed("f", "acct_1", 1_000);
     h.request("p", "payout", 800, Some("acct_1"), None);
-    assert_eq!(h.account("acct_1").available(), 200);
+    assert_eq!(h.account("acct_1").available(), Some(200));
     h.request("q", "payout", 300, Some("acct_1"), None);
     assert_eq!(h.status_of("q"), S::Rejected, "hold makes the second one fail");
     h.risk("p", "approve");
     h.provider("p", "failed");
-    assert_eq!(h.account("acct_1").available(), 1_000, "released");
+    assert_eq!(h.account("acct_1").available(), Some(1_000), "released");
     h.action(it::RETRY_REQUESTED, "p", "maker");
-    assert_eq!(h.account("acct_1").available(), 200, "held again");
+    assert_eq!(h.account("acct_1").available(), Some(200), "held again");
     h.risk("p", "block");
     assert_eq!(
         h.account("acct_1"),
@@ -471,8 +490,22 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    op_with(1i64..5_000)
+}
+
+/// Amounts anywhere in 1..=i64::MAX, often near the top, so sums and holds overflow i64.
+fn huge_amount() -> impl Strategy<Value = i64> + Clone {
     prop_oneof![
-        4 => (0u8..6, 0u8..4, 1i64..5_000, 0u8..4, 0u8..4).prop_map(|(id, kind, amount, a, b)| Op::Request { id, kind, amount, a, b }),
+        1i64..5_000,
+        (i64::MAX - 5_000)..=i64::MAX,
+        i64::MAX / 2 - 5..i64::MAX / 2 + 5,
+        1i64..=i64::MAX
+    ]
+}
+
+fn op_with(amount: impl Strategy<Value = i64> + Clone + 'static) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6, 0u8..4, amount, 0u8..4, 0u8..4).prop_map(|(id, kind, amount, a, b)| Op::Request { id, kind, amount, a, b }),
         3 => (0u8..6, 0u8..3).prop_map(|(id, outcome)| Op::Risk { id, outcome }),
         2 => (0u8..6, any::<bool>(), any::<bool>()).prop_map(|(id, approve, by_maker)| Op::Decide { id, approve, by_maker }),
         1 => (0u8..6).prop_map(Op::Cancel),
@@ -546,28 +579,52 @@ fn inputs_for(ops: &[Op]) -> Vec<RawEnvelope> {
 }
 
 fn run(inputs: &[RawEnvelope]) -> (Vec<Outs>, TransfersState) {
-    let mut h = H::new();
+    run_with(H::new().p, inputs)
+}
+
+fn run_with(p: TransfersProcessor, inputs: &[RawEnvelope]) -> (Vec<Outs>, TransfersState) {
+    let mut h = H { p, state: TransfersState::default(), seq: 0 };
     let outs = inputs.iter().map(|e| h.apply_envelope(e.clone())).collect();
     (outs, h.state)
+}
+
+/// Limits small enough that random sequences (one input per second) forget transfers by time and by
+/// count, and drop tombstones.
+fn tight() -> TransfersProcessor {
+    TransfersProcessor::new(
+        Topics::new(""),
+        TransfersLimits { final_retention_ms: 5_000, final_retained_max: 2 },
+    )
+    .with_reuse_limits(ReuseLimits {
+        id_reuse_refused_ms: 20_000,
+        tombstones_retained_max: 3,
+        clock_step_max_ms: 60_000,
+    })
 }
 
 /// `ever_overdraft`: accounts that were allowed to overdraw at some point (a later policy change does not
 /// undo a negative balance it allowed).
 fn check_invariants(state: &TransfersState, ever_overdraft: &BTreeSet<String>) -> Result<(), TestCaseError> {
-    for (currency, sum) in state.posted_sums() {
+    // Sums in i128: with amounts near i64::MAX the sums themselves would overflow i64.
+    for (currency, sum) in wide_posted_sums(state) {
         prop_assert_eq!(sum, 0, "posted balances sum to zero in {}", currency);
     }
-    let debit: i64 = state.accounts.values().map(|a| a.pending_debit).sum();
-    let credit: i64 = state.accounts.values().map(|a| a.pending_credit).sum();
+    let debit: i128 = state.accounts.values().map(|a| i128::from(a.pending_debit)).sum();
+    let credit: i128 = state.accounts.values().map(|a| i128::from(a.pending_credit)).sum();
     prop_assert_eq!(debit, credit, "every hold has two sides");
     for (k, a) in &state.accounts {
         let account = k.split('/').nth(2).unwrap_or_default();
         let allowed = account == EXTERNAL_ACCOUNT || ever_overdraft.contains(account);
-        prop_assert!(allowed || a.available() >= 0, "{} went negative: {:?}", k, a);
-        prop_assert!(a.pending_debit >= 0 && a.pending_credit >= 0);
+        let available = i128::from(a.posted) - i128::from(a.pending_debit);
+        prop_assert!(allowed || available >= 0, "{} went negative: {:?}", k, a);
+        prop_assert!(a.pending_debit >= 0 && a.pending_credit >= 0, "{} pending went negative: {:?}", k, a);
     }
-    let held: i64 =
-        state.transfers.values().filter(|t| t.status.holds_funds()).map(|t| t.amount.amount_minor).sum();
+    let held: i128 = state
+        .transfers
+        .values()
+        .filter(|t| t.status.holds_funds())
+        .map(|t| i128::from(t.amount.amount_minor))
+        .sum();
     prop_assert_eq!(held, debit, "holds equal the amounts of transfers in flight");
     Ok(())
 }
@@ -597,6 +654,62 @@ proptest! {
             check_invariants(&h.state, &ever_overdraft)?;
         }
         prop_assert!(finals.values().all(|&n| n == 1), "{:?}", finals);
+    }
+
+    #[test]
+    fn amounts_up_to_i64_max_never_panic_wrap_or_unbalance(ops in proptest::collection::vec(op_with(huge_amount()), 1..80)) {
+        let inputs = inputs_for(&ops);
+        let mut h = H::new();
+        let mut ever_overdraft = BTreeSet::new();
+        for e in &inputs {
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.apply_envelope(e.clone())));
+            let o = match applied {
+                Ok(o) => o,
+                Err(_) => return Err(TestCaseError::fail(format!("apply panicked on {} {}", e.event_type, e.payload))),
+            };
+            for p in h.state.policies.values() {
+                ever_overdraft.extend(p.overdraft_accounts.iter().cloned());
+            }
+            for legs in o.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE).chunks(2) {
+                prop_assert_eq!(legs.iter().map(|l| i128::from(l.amount_minor)).sum::<i128>(), 0);
+            }
+            for b in o.of::<BalanceChanged>(BalanceChanged::EVENT_TYPE) {
+                prop_assert!(b.pending_debit_minor >= 0 && b.pending_credit_minor >= 0, "{:?}", b);
+                prop_assert_eq!(
+                    i128::from(b.available_minor),
+                    i128::from(b.posted_minor) - i128::from(b.pending_debit_minor),
+                    "available is exact, never wrapped"
+                );
+            }
+            check_invariants(&h.state, &ever_overdraft)?;
+            prop_assert_eq!(h.state.posted_sums(), wide_posted_sums(&h.state));
+        }
+    }
+
+    #[test]
+    fn with_tight_limits_restore_anywhere_continues_identically(ops in proptest::collection::vec(op(), 2..80), cut in 0usize..80) {
+        let inputs = inputs_for(&ops);
+        let cut = cut % inputs.len().max(1);
+        let (whole, end) = run_with(tight(), &inputs);
+        let mut h = H { p: tight(), state: TransfersState::default(), seq: 0 };
+        let mut kv: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for e in &inputs[..cut] {
+            h.apply_envelope(e.clone());
+            for (k, v) in h.state.take_changes() {
+                match v { Some(v) => { kv.insert(k, v); } None => { kv.remove(&k); } }
+            }
+        }
+        let from_deltas = TransfersState::restore(kv.into_iter().collect()).map_err(TestCaseError::fail)?;
+        let from_snapshot = TransfersState::restore(h.state.entries()).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(from_deltas.entries(), h.state.entries());
+        for state in [from_deltas, from_snapshot] {
+            let mut h2 = H { p: tight(), state, seq: 0 };
+            for (i, e) in inputs.iter().enumerate().skip(cut) {
+                prop_assert_eq!(&h2.apply_envelope(e.clone()), &whole[i]);
+            }
+            prop_assert_eq!(h2.state.entries(), end.entries());
+        }
+        prop_assert!(end.tombstones.len() <= 3 && end.transfers.values().filter(|t| t.status.is_final()).count() <= 2);
     }
 
     #[test]
@@ -641,4 +754,318 @@ proptest! {
         }
         let _ = fresh.take_changes();
     }
+}
+
+// ---- overflow: checked ledger arithmetic (review finding 4) ----
+
+/// Posted balances summed per currency in i128, so the sum itself cannot overflow.
+fn wide_posted_sums(state: &TransfersState) -> BTreeMap<String, i128> {
+    let mut sums = BTreeMap::new();
+    for (k, a) in &state.accounts {
+        let currency = k.rsplit('/').next().unwrap_or_default().to_owned();
+        *sums.entry(currency).or_insert(0i128) += i128::from(a.posted);
+    }
+    sums
+}
+
+fn jpy_account(h: &H, account: &str) -> Account {
+    let jpy = Currency::from_code("JPY").expect("JPY");
+    h.state.accounts.get(&account_key(TENANT, account, jpy)).cloned().unwrap_or_default()
+}
+
+#[test]
+fn review_scenario_overflow_is_rejected_not_wrapped_or_panicking() {
+    // Deposit i64::MAX JPY into A (completed); deposit i64::MAX into X (left pending); internal A→X of 1.
+    let mut h = H::new();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.request_in("d1", "deposit", i64::MAX, "JPY", None, Some("acct_a"));
+        h.risk("d1", "approve");
+        h.provider("d1", "completed");
+        let d2 = h.request_in("d2", "deposit", i64::MAX, "JPY", None, Some("acct_x"));
+        let i1 = h.request_in("i1", "internal", 1, "JPY", Some("acct_a"), Some("acct_x"));
+        (d2, i1)
+    }));
+    let (d2, i1) = run.expect("no panic on input-reachable overflow");
+    assert_eq!(h.status_of("d1"), S::Completed);
+    // The second deposit would make external's available -2·MAX: refused at hold time, with the reason.
+    assert_eq!(h.status_of("d2"), S::Rejected);
+    let reasons: Vec<String> = d2
+        .of::<TransferStatusChanged>(TransferStatusChanged::EVENT_TYPE)
+        .into_iter()
+        .filter_map(|s| s.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("overflow") && r.contains("external")), "{reasons:?}");
+    assert!(d2.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE).is_empty(), "no legs for a refused hold");
+    // The internal transfer then holds normally.
+    assert_eq!(i1.statuses().last(), Some(&S::ComplianceCheck));
+    assert_eq!(h.status_of("i1"), S::ComplianceCheck);
+    let a = jpy_account(&h, "acct_a");
+    assert_eq!((a.posted, a.pending_debit), (i64::MAX, 1));
+    assert_eq!(wide_posted_sums(&h.state)["JPY"], 0);
+    for a in h.state.accounts.values() {
+        assert!(a.pending_debit >= 0 && a.pending_credit >= 0, "{a:?}");
+    }
+}
+
+#[test]
+fn destination_overflow_is_rejected_at_hold_and_leaves_state_untouched() {
+    let mut h = H::new();
+    h.send(it::POLICY_SET, serde_json::json!({"overdraft_accounts": ["acct_b"]}));
+    h.request_in("fund", "deposit", 1, "JPY", None, Some("acct_a"));
+    h.risk("fund", "approve");
+    h.provider("fund", "completed");
+    // acct_b may overdraw: it holds i64::MAX for acct_x, whose pending credit is then i64::MAX.
+    h.request_in("big", "internal", i64::MAX, "JPY", Some("acct_b"), Some("acct_x"));
+    assert_eq!(h.status_of("big"), S::ComplianceCheck);
+    let before = h.state.accounts.clone();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.request_in("one", "internal", 1, "JPY", Some("acct_a"), Some("acct_x"))
+    }));
+    let o = run.expect("no panic");
+    assert_eq!(h.status_of("one"), S::Rejected);
+    let reasons: Vec<String> = o
+        .of::<TransferStatusChanged>(TransferStatusChanged::EVENT_TYPE)
+        .into_iter()
+        .filter_map(|s| s.reason)
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("overflow") && r.contains("acct_x")), "{reasons:?}");
+    assert_eq!(h.state.accounts, before, "a refused hold changes neither leg");
+    assert!(o.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE).is_empty());
+    assert!(o.of::<BalanceChanged>(BalanceChanged::EVENT_TYPE).is_empty());
+}
+
+#[test]
+fn overflow_at_posting_time_is_an_input_rejection_and_all_or_nothing() {
+    // A checkpoint written before holds were checked may hold balances that a later posting overflows:
+    // acct_x already has posted near i64::MAX and a pending credit of 5 from before.
+    let mut h = H::new();
+    h.request("d", "deposit", 5, None, Some("acct_x"));
+    h.risk("d", "approve");
+    let key = account_key(TENANT, "acct_x", usd(1).currency);
+    h.state.accounts.get_mut(&key).expect("acct_x").posted = i64::MAX - 2;
+    let before = h.state.accounts.clone();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.provider("d", "completed")));
+    let o = run.expect("no panic");
+    assert!(o.rejections().iter().any(|r| r.contains("overflow") && r.contains("acct_x")), "{:?}", o.0);
+    assert!(o.statuses().is_empty(), "no status moves when the posting cannot be made");
+    assert!(o.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE).is_empty());
+    assert_eq!(h.state.accounts, before, "neither leg posted");
+    assert_eq!(h.status_of("d"), S::Approved);
+}
+
+// ---- transfer-id reuse after eviction, and the event clock (review finding 8) ----
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+#[test]
+fn reused_transfer_id_after_a_far_future_input_is_rejected() {
+    let mut h = H::new();
+    h.deposit_completed("T", "acct_1", 100);
+    let version = h.state.transfers[&transfer_key(TENANT, "T")].version;
+    // One input stamped 8 days ahead (a skewed ingest host), past the 7-day final retention.
+    h.send_shifted(8 * DAY_MS, it::POLICY_SET, serde_json::json!({}));
+    let o = h.request("T", "deposit", 999, None, Some("acct_1"));
+    assert!(o.statuses().is_empty(), "no new status events for T: {:?}", o.statuses());
+    assert!(o.rejections().iter().any(|r| r.contains("already used")), "{:?}", o.rejections());
+    assert!(o.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE).is_empty());
+    if let Some(t) = h.state.transfers.get(&transfer_key(TENANT, "T")) {
+        assert_eq!(
+            (t.status, t.version, t.amount),
+            (S::Completed, version, usd(100)),
+            "the old T is untouched"
+        );
+    }
+    assert_eq!(h.account("acct_1").pending_credit, 0, "nothing held for the refused reuse");
+}
+
+#[test]
+fn one_far_future_input_does_not_evict_every_final_transfer() {
+    let mut h = H::new();
+    for id in ["f1", "f2", "f3"] {
+        h.deposit_completed(id, "acct_1", 10);
+    }
+    h.send_shifted(8 * DAY_MS, it::POLICY_SET, serde_json::json!({}));
+    for id in ["f1", "f2", "f3"] {
+        assert!(
+            h.state.transfers.contains_key(&transfer_key(TENANT, id)),
+            "{id} was evicted by one skewed input"
+        );
+    }
+    // Late duplicates for them are still recognised as such (a stale callback, not an unknown transfer).
+    assert!(h.provider("f1", "completed").rejections()[0].contains("stale"));
+}
+
+#[test]
+fn a_transfer_id_evicted_by_time_is_still_refused() {
+    let mut h = H::new();
+    h.p = TransfersProcessor::new(
+        Topics::new(""),
+        TransfersLimits { final_retention_ms: 10_000, final_retained_max: 100 },
+    );
+    h.deposit_completed("old", "acct_1", 10);
+    h.seq += 20; // event time moves on 20 s: "old" is forgotten
+    h.request("new", "deposit", 10, None, Some("acct_1"));
+    assert!(!h.state.transfers.contains_key(&transfer_key(TENANT, "old")));
+    let o = h.request("old", "deposit", 10, None, Some("acct_1"));
+    assert!(o.statuses().is_empty(), "{:?}", o.statuses());
+    assert!(o.rejections().iter().any(|r| r.contains("already used")), "{:?}", o.rejections());
+    // A late callback for it says it is gone, not that it never existed.
+    let late = h.provider("old", "completed").rejections();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert!(late[0].contains("no longer retained"), "{late:?}");
+}
+
+#[test]
+fn a_transfer_id_evicted_by_count_is_still_refused() {
+    let mut h = H::new();
+    h.p = TransfersProcessor::new(
+        Topics::new(""),
+        TransfersLimits { final_retention_ms: 7 * DAY_MS, final_retained_max: 1 },
+    );
+    h.deposit_completed("first", "acct_1", 10);
+    h.deposit_completed("second", "acct_1", 10);
+    assert!(!h.state.transfers.contains_key(&transfer_key(TENANT, "first")), "count cap evicts");
+    let o = h.request("first", "deposit", 10, None, Some("acct_1"));
+    assert!(o.statuses().is_empty(), "{:?}", o.statuses());
+    assert!(o.rejections().iter().any(|r| r.contains("already used")), "{:?}", o.rejections());
+}
+
+// ---- count-based eviction is replay-deterministic (review finding 13) ----
+
+#[test]
+fn count_eviction_with_tied_final_times_is_the_same_after_restore() {
+    let limits = TransfersLimits { final_retention_ms: 7 * DAY_MS, final_retained_max: 2 };
+    let mut live = H::new();
+    live.p = TransfersProcessor::new(Topics::new(""), limits);
+    for id in ["t_b", "t_a"] {
+        live.request(id, "deposit", 10, None, Some("acct_1"));
+        live.risk(id, "approve");
+    }
+    // Both complete at the same event time (a tie on the clock): t_b becomes final first, but sorts
+    // after t_a by key.
+    let tie = 1_790_000_000_000 + 1_000 * (live.seq as i64 + 1);
+    for id in ["t_b", "t_a"] {
+        live.seq += 1;
+        let mut e = envelope(
+            live.seq,
+            it::PROVIDER_STATUS,
+            serde_json::json!({"transfer_id": id, "status": "completed"}),
+        );
+        e.occurred_at = chrono::Utc.timestamp_millis_opt(tie).single().expect("time");
+        live.apply_envelope(e);
+    }
+    let _ = live.state.take_changes();
+    let restored = TransfersState::restore(live.state.entries()).expect("restores");
+    assert_eq!(restored.entries(), live.state.entries());
+    let mut again = H { p: live.p.clone(), state: restored, seq: live.seq };
+    // The same inputs to both: a third final passes the cap of 2, then late callbacks for both.
+    let follow: Vec<(&str, serde_json::Value)> = vec![
+        (
+            it::REQUESTED,
+            serde_json::json!({"transfer_id": "t_c", "kind": "deposit", "amount": {"amount_minor": 10, "currency": "USD"}, "destination_account": "acct_1", "requested_by": "maker"}),
+        ),
+        (
+            it::RISK_DECIDED,
+            serde_json::json!({"transfer_id": "t_c", "decision": "approve", "score": 1, "reasons": [], "rule_set_version": "r"}),
+        ),
+        (it::PROVIDER_STATUS, serde_json::json!({"transfer_id": "t_c", "status": "completed"})),
+        (it::PROVIDER_STATUS, serde_json::json!({"transfer_id": "t_a", "status": "failed"})),
+        (it::PROVIDER_STATUS, serde_json::json!({"transfer_id": "t_b", "status": "failed"})),
+    ];
+    for (event_type, payload) in follow {
+        let a = live.send(event_type, payload.clone());
+        let b = again.send(event_type, payload);
+        assert_eq!(a, b, "{event_type}: live and restored instances answer alike");
+    }
+    assert_eq!(live.state.entries(), again.state.entries());
+    assert_eq!(live.state.take_changes(), again.state.take_changes());
+}
+
+#[test]
+fn tombstones_bound_the_refusal_window_by_time_and_count() {
+    let mut h = H::new();
+    h.p = TransfersProcessor::new(
+        Topics::new(""),
+        TransfersLimits { final_retention_ms: 10_000, final_retained_max: 100 },
+    )
+    .with_reuse_limits(ReuseLimits {
+        id_reuse_refused_ms: 60_000,
+        tombstones_retained_max: 2,
+        clock_step_max_ms: 60_000,
+    });
+    h.deposit_completed("a", "acct_1", 10);
+    h.seq += 20;
+    h.send(it::POLICY_SET, serde_json::json!({}));
+    assert!(h.state.tombstones.contains_key(&tombstone_key(TENANT, "a")), "forgotten by time, tombstoned");
+    assert!(
+        h.request("a", "deposit", 10, None, Some("acct_1")).statuses().is_empty(),
+        "refused within the window"
+    );
+    // 60 s of event clock after "a" became final, its tombstone goes, and the id is accepted again: the
+    // documented end of the window.
+    h.seq += 60;
+    h.send(it::POLICY_SET, serde_json::json!({}));
+    assert!(!h.state.tombstones.contains_key(&tombstone_key(TENANT, "a")));
+    assert_eq!(h.request("a", "deposit", 10, None, Some("acct_1")).statuses()[0], S::Initiated);
+    // By count: three more forgotten transfers keep only the newest two tombstones.
+    for id in ["b", "c", "d"] {
+        h.deposit_completed(id, "acct_1", 10);
+    }
+    h.seq += 20;
+    h.send(it::POLICY_SET, serde_json::json!({}));
+    let kept: Vec<&String> = h.state.tombstones.keys().collect();
+    assert_eq!(kept, vec![&tombstone_key(TENANT, "c"), &tombstone_key(TENANT, "d")]);
+    let entries = h.state.entries();
+    assert_eq!(entries.iter().filter(|(k, _)| k.starts_with("x/")).count(), 2, "tombstones are checkpointed");
+    let back = TransfersState::restore(entries).expect("restores");
+    assert_eq!(back.tombstones, h.state.tombstones);
+}
+
+#[test]
+fn the_event_clock_moves_at_most_one_step_per_input() {
+    let step = ReuseLimits::default().clock_step_max_ms;
+    let mut h = H::new();
+    h.send(it::POLICY_SET, serde_json::json!({}));
+    let start = 1_790_000_001_000;
+    assert_eq!(h.state.clock_ms, start, "an empty state's clock is set outright");
+    h.send_shifted(8 * DAY_MS, it::POLICY_SET, serde_json::json!({}));
+    assert_eq!(h.state.clock_ms, start + step, "one skewed input moves the clock one step");
+    h.send_shifted(8 * DAY_MS, it::POLICY_SET, serde_json::json!({}));
+    assert_eq!(h.state.clock_ms, start + 2 * step);
+    // Inputs behind the clock never move it back; ordinary inputs a second apart move it by a second.
+    h.send(it::POLICY_SET, serde_json::json!({}));
+    assert_eq!(h.state.clock_ms, start + 2 * step);
+}
+
+#[test]
+fn a_checkpoint_without_final_sequences_still_restores_in_the_old_order() {
+    let mut h = H::new();
+    h.p = TransfersProcessor::new(
+        Topics::new(""),
+        TransfersLimits { final_retention_ms: 7 * DAY_MS, final_retained_max: 2 },
+    );
+    h.deposit_completed("x1", "acct_1", 10);
+    h.deposit_completed("x2", "acct_1", 10);
+    // As written before `final_seq` existed: no counter entry, no sequence in the transfers.
+    let old: Vec<(String, serde_json::Value)> = h
+        .state
+        .entries()
+        .into_iter()
+        .filter(|(k, _)| k != FINAL_SEQ_KEY)
+        .map(|(k, mut v)| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("final_seq");
+            }
+            (k, v)
+        })
+        .collect();
+    let mut again = H { p: h.p.clone(), state: TransfersState::restore(old).expect("restores"), seq: h.seq };
+    assert_eq!(again.state.final_seq_last, 0);
+    again.deposit_completed("x3", "acct_1", 10);
+    assert_eq!(again.state.transfers[&transfer_key(TENANT, "x3")].final_seq, Some(1));
+    assert!(
+        !again.state.transfers.contains_key(&transfer_key(TENANT, "x1")),
+        "the oldest is forgotten first"
+    );
+    assert!(again.state.transfers.contains_key(&transfer_key(TENANT, "x2")));
 }
