@@ -504,24 +504,55 @@ pub struct BalanceView {
     updated_at: DateTime<Utc>,
 }
 
-/// Every account balance of a tenant (at most `page_rows_max`).
-async fn balances(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<ScopeQuery>) -> Response {
+#[derive(Debug, Deserialize)]
+pub struct BalancesQuery {
+    tenant_id: String,
+    #[serde(default = "live")]
+    environment: Environment,
+    /// Keyset cursor from a previous page's `next_cursor`: `{account}/{currency}`.
+    after: Option<String>,
+}
+
+/// A tenant's account balances, a page (at most `page_rows_max`) at a time in (account, currency)
+/// order; `next_cursor` is present while more may follow, so a client that sums balances never sums a
+/// silently truncated list.
+async fn balances(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<BalancesQuery>) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
     guarded(&s, &headers, (&scope.0, scope.1), async move {
+        let (after_account, after_currency) = match &q.after {
+            Some(c) => match c.rsplit_once('/') {
+                Some((a, cur)) if !a.is_empty() && cur.len() == 3 => (a.to_owned(), cur.to_owned()),
+                _ => {
+                    return Err(HttpError::bad_request(
+                        "invalid_cursor",
+                        "after must be a next_cursor from a previous page",
+                    ))
+                }
+            },
+            None => (String::new(), String::new()),
+        };
+        let limit = s2.page_rows_max;
         let rows: Vec<BalanceView> = sqlx::query_as(
             "SELECT account, currency, posted_minor, pending_debit_minor, pending_credit_minor, available_minor,
                     updated_at
-             FROM account_balances WHERE tenant_id = $1 AND environment = $2
-             ORDER BY account, currency LIMIT $3",
+             FROM account_balances WHERE tenant_id = $1 AND environment = $2 AND (account, currency) > ($3, $4)
+             ORDER BY account, currency LIMIT $5",
         )
         .bind(&q.tenant_id)
         .bind(q.environment.as_str())
-        .bind(i64::from(s2.page_rows_max))
+        .bind(&after_account)
+        .bind(&after_currency)
+        .bind(i64::from(limit))
         .fetch_all(&s2.pg)
         .await
         .map_err(|e| database_error("postgres", &e))?;
-        Ok(serde_json::json!({ "tenant_id": q.tenant_id, "environment": q.environment, "balances": rows }))
+        let next_cursor = (rows.len() == limit as usize)
+            .then(|| rows.last().map(|r| format!("{}/{}", r.account, r.currency)))
+            .flatten();
+        Ok(serde_json::json!({
+            "tenant_id": q.tenant_id, "environment": q.environment, "balances": rows, "next_cursor": next_cursor
+        }))
     })
     .await
 }

@@ -164,3 +164,104 @@ pub fn decode(
     };
     Ok((vec![row], ingested_ms))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use riverbank_schemas::transfers::{TransferKind, TransferStatus};
+    use riverbank_schemas::{Currency, Envelope, Money};
+
+    /// Every CHECK constraint of the migrations, and where `decode` (or the type system) enforces it.
+    const MIRRORED: &[(&str, &str)] = &[
+        ("environment IN ('live', 'sandbox')", "Environment is an enum of the two"),
+        ("payload_bytes >= 0", "u64, and checked to fit i64"),
+        ("next_offset >= 0", "positions are offsets the log delivered"),
+        ("amount_minor > 0", "status events with a non-positive amount are refused"),
+        ("version > 0", "status version 0 is refused"),
+        ("phase IN ('hold', 'post', 'release')", "PostingPhase is an enum of the three"),
+        ("amount_minor <> 0", "a posting leg of zero is refused"),
+        ("pending_debit_minor >= 0", "negative pending amounts are refused"),
+        ("pending_credit_minor >= 0", "negative pending amounts are refused"),
+        ("log_epoch >= 0", "epochs start at 0 and only grow"),
+    ];
+
+    #[test]
+    fn every_check_constraint_is_mirrored_before_the_write() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut found = std::collections::BTreeSet::new();
+        for f in std::fs::read_dir(dir).expect("migrations") {
+            let sql = std::fs::read_to_string(f.expect("entry").path()).expect("readable");
+            for part in sql.split("CHECK (").skip(1) {
+                // Up to the parenthesis that closes CHECK (
+                let mut depth = 1;
+                let end = part
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '(' => 1,
+                            ')' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map(|(i, _)| i)
+                    .expect("closed");
+                found.insert(part[..end].to_owned());
+            }
+        }
+        let mirrored: std::collections::BTreeSet<String> =
+            MIRRORED.iter().map(|(c, _)| (*c).to_owned()).collect();
+        assert_eq!(found, mirrored, "a CHECK constraint was added or changed: mirror it in decode and here");
+    }
+
+    fn status(amount: i64, version: u32) -> Envelope<TransferStatusChanged> {
+        let now = Utc::now();
+        Envelope {
+            event_id: Uuid::new_v4(),
+            event_type: TransferStatusChanged::EVENT_TYPE.to_owned(),
+            schema_version: 1,
+            tenant_id: "tenant-a".into(),
+            environment: Environment::Live,
+            occurred_at: now,
+            ingested_at: now,
+            idempotency_key: None,
+            source: "test".into(),
+            user_id: None,
+            customer_id: None,
+            session_id: None,
+            trace_id: None,
+            payload: TransferStatusChanged {
+                transfer_id: "t-1".into(),
+                kind: TransferKind::Deposit,
+                amount: Money::new(amount, Currency::from_code("USD").expect("USD")),
+                previous: None,
+                status: TransferStatus::Initiated,
+                version,
+                reason: None,
+                cause_event_id: Uuid::new_v4(),
+            },
+        }
+    }
+
+    fn decoded(e: &Envelope<TransferStatusChanged>, env: Environment) -> Result<(Vec<Row>, i64), String> {
+        decode("t", env, 0, 0, &serde_json::to_vec(e).expect("json"))
+    }
+
+    #[test]
+    fn rows_a_store_would_refuse_are_dead_lettered_with_the_reason() {
+        assert!(decoded(&status(100, 1), Environment::Live).is_ok());
+        assert!(decoded(&status(0, 1), Environment::Live).is_err());
+        assert!(decoded(&status(100, 0), Environment::Live).is_err());
+        assert!(decoded(&status(100, u32::MAX), Environment::Live).unwrap_err().contains("32-bit"));
+        let mut ancient = status(100, 1);
+        ancient.occurred_at = DateTime::from_timestamp(-300_000_000_000, 0).expect("representable");
+        assert!(decoded(&ancient, Environment::Live).unwrap_err().contains("occurred_at"));
+        let mut far = status(100, 1);
+        far.ingested_at = DateTime::from_timestamp(TIME_MAX_S + 1, 0).expect("representable");
+        assert!(decoded(&far, Environment::Live).unwrap_err().contains("ingested_at"));
+        let mut nul = status(100, 1);
+        nul.payload.transfer_id = "t\0".into();
+        assert!(decoded(&nul, Environment::Live).unwrap_err().contains("NUL"));
+        assert!(decoded(&status(100, 1), Environment::Sandbox).unwrap_err().contains("environment"));
+    }
+}
