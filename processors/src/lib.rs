@@ -6,4 +6,4 @@ pub mod audit;
 pub mod transfers;
 
 pub use audit::AuditProcessor;
-pub use transfers::{TransfersLimits, TransfersProcessor};
+pub use transfers::{ReuseLimits, TransfersLimits, TransfersProcessor};

@@ -94,7 +94,8 @@ pub struct IngestConfig {
     /// How long a claimed key stays reserved for the request that claimed it; past this a crashed
     /// claimant's key may be taken over (the event id is the same, so consumers deduplicate).
     pub idempotency_lease_ms: u64,
-    /// A request whose key is in flight elsewhere waits this long for the first answer, then gets 409.
+    /// A request whose key is in flight elsewhere waits this long for the first answer, then gets 503
+    /// `request_in_progress` with `Retry-After` (the outcome is unknown, so never a 4xx).
     pub idempotency_wait_ms: u64,
     /// Claims (and answers) go to Postgres in batches of at most this many rows, one statement each;
     /// at most this many requests wait for a batch.
@@ -143,6 +144,13 @@ pub struct ProcessorConfig {
 pub struct TransfersConfig {
     pub final_retention_s: i64,
     pub final_retained_max: usize,
+    /// A forgotten final transfer's id stays refused this long (event time) after it became final.
+    pub id_reuse_refused_s: i64,
+    /// At most this many forgotten transfer ids (tombstones) per partition.
+    pub tombstones_retained_max: usize,
+    /// The processor's event clock advances at most this much per input (a skewed ingest clock
+    /// cannot evict a partition's final transfers at once).
+    pub clock_step_max_ms: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +305,10 @@ impl Config {
         positive("processor.idle_wake_ms", self.processor.idle_wake_ms);
         positive("sinks.idle_watermark_ms", self.sinks.idle_watermark_ms);
         positive("transfers.final_retained_max", self.transfers.final_retained_max as u64);
+        positive("transfers.tombstones_retained_max", self.transfers.tombstones_retained_max as u64);
+        positive("transfers.clock_step_max_ms", u64::try_from(self.transfers.clock_step_max_ms).unwrap_or(0));
+        positive("sinks.watermark_interval_ms", self.sinks.watermark_interval_ms);
+        positive("sinks.seek_timeout_ms", self.sinks.seek_timeout_ms);
         positive("sinks.batch_rows_max", self.sinks.batch_rows_max as u64);
         positive("sinks.retry_backoff_initial_ms", self.sinks.retry_backoff_initial_ms);
         positive("postgres.pool_connections_max", u64::from(self.postgres.pool_connections_max));
