@@ -16,11 +16,34 @@ use riverbank_runtime::process::Emit;
 use riverbank_schemas::{derived_id, Envelope, Environment};
 use sha2::{Digest as _, Sha256};
 
-use crate::server::{header, trace_id, Ingest};
+use crate::server::{header, trace_id, Ingest, Outcome};
 use crate::store::RequestKey;
 
 /// Longest `Idempotency-Key`, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// What an `Idempotency-Key` is bound to: SHA-256 over method, path and body.
+pub fn request_sha256(method: &str, path: &str, body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update([0]);
+    hasher.update(path.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    hasher.finalize().into()
+}
+
+/// The event id of a command sent under `idempotency_key`: it names the key *and* the request, so a
+/// retry of the same request keeps its id, and a different request under a key reused after its claim
+/// was swept gets a new one (its outputs never collide with the first request's).
+pub fn event_id(
+    env: Environment,
+    tenant: &str,
+    idempotency_key: &str,
+    request_sha256: &[u8; 32],
+) -> uuid::Uuid {
+    derived_id(&["api", env.as_str(), tenant, idempotency_key, &hex::encode(request_sha256)])
+}
 
 fn stream_topic(s: &Ingest, stream: Stream, env: Environment) -> String {
     match stream {
@@ -98,44 +121,42 @@ async fn handle(s: Arc<Ingest>, r: Request) -> Result<Response, HttpError> {
     };
     let cmd = core::decode(r.endpoint, r.path_id.as_deref(), &body, &actor)
         .map_err(|e| HttpError::invalid_field(e.field, e.rule, e.message))?;
+    let hash = request_sha256(r.method.as_str(), r.uri.path(), &body);
     let event_id = match &idempotency_key {
-        Some(k) => derived_id(&["api", env.as_str(), &key.tenant_id, k]),
+        Some(k) => event_id(env, &key.tenant_id, k, &hash),
         None => uuid::Uuid::new_v4(),
     };
-    let now = Utc::now();
-    let envelope = Envelope {
-        event_id,
-        event_type: cmd.event_type.to_owned(),
-        schema_version: 1,
-        tenant_id: key.tenant_id.clone(),
-        environment: env,
-        occurred_at: now,
-        ingested_at: now,
-        idempotency_key: idempotency_key.clone(),
-        source: "api".to_owned(),
-        user_id,
-        customer_id: None,
-        session_id: None,
-        trace_id: trace_id(&r.headers),
-        payload: cmd.payload,
+    let topic = stream_topic(&s, cmd.stream, env);
+    let trace_id = trace_id(&r.headers);
+    let build = |event_id: uuid::Uuid| {
+        let now = Utc::now();
+        let envelope = Envelope {
+            event_id,
+            event_type: cmd.event_type.to_owned(),
+            schema_version: 1,
+            tenant_id: key.tenant_id.clone(),
+            environment: env,
+            occurred_at: now,
+            ingested_at: now,
+            idempotency_key: idempotency_key.clone(),
+            source: "api".to_owned(),
+            user_id,
+            customer_id: None,
+            session_id: None,
+            trace_id,
+            payload: cmd.payload,
+        };
+        let payload = serde_json::to_vec(&envelope).map_err(|e| s.internal(&e))?;
+        // Keyed by tenant: the transfers processor needs one tenant's inputs in one total order.
+        let emit = Emit { topic, key: key.tenant_id.clone(), event_id, payload };
+        let response = serde_json::json!({
+            "event_id": event_id,
+            "event_type": cmd.event_type,
+            "entity_id": cmd.entity_key,
+            "status": "accepted",
+        });
+        Ok(Outcome { emit, status: StatusCode::ACCEPTED, response })
     };
-    let payload = serde_json::to_vec(&envelope).map_err(|e| HttpError::internal(&e))?;
-    // Keyed by tenant: the transfers processor needs one tenant's inputs in one total order.
-    let emit =
-        Emit { topic: stream_topic(&s, cmd.stream, env), key: key.tenant_id.clone(), event_id, payload };
-    let response = serde_json::json!({
-        "event_id": event_id,
-        "event_type": cmd.event_type,
-        "entity_id": cmd.entity_key,
-        "status": "accepted",
-    });
-    let mut hasher = Sha256::new();
-    hasher.update(r.method.as_str().as_bytes());
-    hasher.update([0]);
-    hasher.update(r.uri.path().as_bytes());
-    hasher.update([0]);
-    hasher.update(&body);
-    let hash = hasher.finalize();
     let claim = idempotency_key.as_deref().map(|k| {
         (
             RequestKey { tenant_id: &key.tenant_id, environment: env, scope: "api", key: k },
@@ -143,9 +164,9 @@ async fn handle(s: Arc<Ingest>, r: Request) -> Result<Response, HttpError> {
             true,
         )
     });
-    let resp = s.claim_produce_answer(claim, emit, StatusCode::ACCEPTED, response).await?;
+    let resp = s.claim_produce_answer(claim, event_id, build).await?;
     metrics::counter!("riverbank_ingest_commands_total", "endpoint" => r.endpoint.name()).increment(1);
-    tracing::debug!(tenant_id = %key.tenant_id, endpoint = r.endpoint.name(), %event_id, "command accepted");
+    tracing::debug!(tenant_id = %key.tenant_id, endpoint = r.endpoint.name(), "command answered");
     Ok(resp)
 }
 

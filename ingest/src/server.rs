@@ -1,7 +1,14 @@
 //! The HTTP edge: provider webhooks and tenant API commands → Kafka. Shared here: state, limits, the
 //! claim → produce → answer step both paths use, and serving. 2xx is sent only after the broker
 //! acknowledged the event (acks=all, idempotent producer).
+//!
+//! What an answer means, for webhooks and commands alike: 2xx = accepted (or the replay of the
+//! accepted answer); 5xx (with `Retry-After`) = the outcome is unknown or the edge could not take the
+//! request now: retry the same request; 4xx = this request will never succeed as sent (a 422 for an
+//! unusable event time is also recorded and replayed). A request whose outcome is unknown never gets a
+//! 4xx, so a provider that treats 4xx as final never drops a delivery that might still be accepted.
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +28,80 @@ use riverbank_runtime::{kafka, CancellationToken};
 use riverbank_schemas::{Environment, Topics};
 use sqlx::PgPool;
 
-use crate::store::{self, Claim, RequestKey};
+use crate::store::{self, Claim, OwnedKey, RequestKey};
 use crate::{commands, webhooks};
+
+tokio::task_local! {
+    /// Set once the request body has been read in full: a request timing out after that is waiting on
+    /// the edge (Postgres, the broker), not on its client.
+    static BODY_READ: Arc<AtomicBool>;
+}
+
+/// What an owned request produces and answers, built for the event id it is produced under.
+pub(crate) struct Outcome {
+    pub emit: Emit,
+    pub status: StatusCode,
+    pub response: serde_json::Value,
+}
+
+/// An owned claim whose outcome is not settled yet. Dropped while armed (the request timed out or its
+/// client went away mid-produce), it ends its lease in the background, so a retry takes the key over
+/// at once instead of waiting for the lease.
+struct Held {
+    claims: store::Claims,
+    key: OwnedKey,
+    owner: uuid::Uuid,
+    armed: bool,
+}
+
+impl Held {
+    fn complete(mut self, status: StatusCode, response: serde_json::Value) {
+        self.armed = false;
+        // The event is accepted; if recording the answer fails, the lease expires and a retry
+        // re-produces the same event id, which consumers deduplicate.
+        self.claims.complete(&self.key.borrow(), self.owner, status.as_u16(), response);
+    }
+
+    async fn abandon(mut self) {
+        self.armed = false;
+        match self.claims.abandon(&self.key.borrow(), self.owner).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                tenant_id = %self.key.tenant_id,
+                scope = %self.key.scope,
+                "claim taken over before it was abandoned; left to its new owner"
+            ),
+            // The lease expires by itself; a retry then takes the key over.
+            Err(e) => tracing::warn!(error = %e, "could not end the claim's lease"),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (claims, key, owner) = (self.claims.clone(), self.key.clone(), self.owner);
+            rt.spawn(async move {
+                if let Err(e) = claims.abandon(&key.borrow(), owner).await {
+                    tracing::warn!(error = %e, "could not end the claim's lease");
+                }
+            });
+        }
+    }
+}
+
+/// The JSON body of `e`, as its response carries it (for answers recorded in a claim).
+pub(crate) fn error_body(e: &HttpError) -> serde_json::Value {
+    let mut error = serde_json::json!({ "code": e.code, "message": e.message });
+    if let Some((field, rule)) = &e.field {
+        error["field"] = serde_json::json!(field);
+        error["rule"] = serde_json::json!(rule);
+    }
+    serde_json::json!({ "error": error })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestSetupError {
@@ -190,7 +269,9 @@ impl Ingest {
         })
     }
 
-    /// Run `work` under the in-flight limit, the header-count limit and the request timeout (408).
+    /// Run `work` under the in-flight limit, the header-count limit and the request timeout: 408 while
+    /// the client has not sent its whole body, 503 + `Retry-After` once it has (the edge was too slow:
+    /// the outcome is unknown, and a retry of the same request is safe).
     pub(crate) async fn guarded<F>(&self, headers: &HeaderMap, work: F) -> Response
     where
         F: std::future::Future<Output = Result<Response, HttpError>>,
@@ -207,10 +288,28 @@ impl Ingest {
             )
             .into_response();
         }
-        match within(self.request_timeout, work).await {
+        let body_read = Arc::new(AtomicBool::new(false));
+        match within(self.request_timeout, BODY_READ.scope(body_read.clone(), work)).await {
             Ok(r) => r,
+            Err(e) if e.status == StatusCode::REQUEST_TIMEOUT && body_read.load(Ordering::Acquire) => {
+                HttpError::unavailable(
+                    "processing_timeout",
+                    format!(
+                        "request not completed within {} ms; its outcome is unknown: retry the same request",
+                        self.request_timeout.as_millis()
+                    ),
+                    self.retry_after_s,
+                )
+                .into_response()
+            }
             Err(e) => e.into_response(),
         }
+    }
+
+    /// A server-side failure (500, logged with a trace id); nothing was produced, so it says when to
+    /// retry like every other 5xx of the edge.
+    pub(crate) fn internal(&self, detail: &dyn std::fmt::Display) -> HttpError {
+        HttpError { retry_after_s: Some(self.retry_after_s), ..HttpError::internal(detail) }
     }
 
     /// The environment a request names in `x-environment` (default live), if this deployment serves it.
@@ -243,24 +342,31 @@ impl Ingest {
         if declared.is_some_and(|n| n > self.body_bytes_max as u64) {
             return Err(too_large());
         }
-        axum::body::to_bytes(body, self.body_bytes_max).await.map_err(|e| {
+        let body = axum::body::to_bytes(body, self.body_bytes_max).await.map_err(|e| {
             if std::error::Error::source(&e).is_some_and(|src| src.is::<http_body_util::LengthLimitError>()) {
                 too_large()
             } else {
                 HttpError::bad_request("body_unreadable", "request body could not be read")
             }
-        })
+        })?;
+        let _ = BODY_READ.try_with(|read| read.store(true, Ordering::Release));
+        Ok(body)
     }
 
-    /// Claim `key` (when given), produce `emit`, record and return the answer. A request whose key was
-    /// answered before gets that answer again (with `idempotent-replayed: true`) and produces nothing.
-    pub(crate) async fn claim_produce_answer(
+    /// Claim `key` (when given), produce what `build` makes for the event id, record and return the
+    /// answer. `event_id` is the request's own; a claim taken over from an earlier claimant produces
+    /// under the id stored in the claim instead, so both attempts are one event downstream. A request
+    /// whose key was answered before gets that answer again (with `idempotent-replayed: true`) and
+    /// produces nothing.
+    pub(crate) async fn claim_produce_answer<B>(
         &self,
         key: Option<(RequestKey<'_>, &[u8], bool)>,
-        emit: Emit,
-        status: StatusCode,
-        response: serde_json::Value,
-    ) -> Result<Response, HttpError> {
+        event_id: uuid::Uuid,
+        build: B,
+    ) -> Result<Response, HttpError>
+    where
+        B: FnOnce(uuid::Uuid) -> Result<Outcome, HttpError>,
+    {
         let db_down = |e: sqlx::Error| {
             tracing::warn!(error = %e, "idempotency store unavailable");
             metrics::counter!("riverbank_ingest_store_errors_total").increment(1);
@@ -270,9 +376,15 @@ impl Ingest {
                 self.retry_after_s,
             )
         };
+        let mut held = None;
+        let mut event_id = event_id;
         if let Some((k, hash, check_hash)) = &key {
-            match self.claims.claim(k, hash, emit.event_id, *check_hash).await.map_err(db_down)? {
-                Claim::Owned => {}
+            match self.claims.claim(k, hash, event_id, *check_hash).await.map_err(db_down)? {
+                Claim::Owned { event_id: claimed, owner } => {
+                    event_id = claimed;
+                    held =
+                        Some(Held { claims: self.claims.clone(), key: OwnedKey::of(k), owner, armed: true });
+                }
                 Claim::Done { status, response, .. } => {
                     metrics::counter!("riverbank_ingest_duplicates_total", "scope" => scope_label(k.scope))
                         .increment(1);
@@ -289,18 +401,29 @@ impl Ingest {
                          use a new key for a new request",
                     ))
                 }
-                Claim::InFlight => {
-                    return Err(HttpError {
-                        retry_after_s: Some(1),
-                        ..HttpError::new(
-                            StatusCode::CONFLICT,
-                            "request_in_progress",
-                            "a request with this Idempotency-Key is still being processed; retry shortly",
-                        )
-                    })
+                Claim::InFlight { lease_left } => {
+                    // Not a 4xx: the other claimant may still fail (or be dead), and then this request
+                    // is the one to produce. Retry when its lease ends at the latest.
+                    let retry_after_s = lease_left.as_millis().div_ceil(1000).max(1);
+                    return Err(HttpError::unavailable(
+                        "request_in_progress",
+                        "a request with this key is still being processed; its outcome is unknown: \
+                         retry the same request",
+                        u64::try_from(retry_after_s).unwrap_or(self.retry_after_s),
+                    ));
                 }
             }
         }
+        let Outcome { emit, status, response } = match build(event_id) {
+            Ok(o) => o,
+            Err(e) => {
+                if let Some(h) = held {
+                    h.abandon().await;
+                }
+                return Err(e);
+            }
+        };
+        debug_assert_eq!(emit.event_id, event_id, "an outcome is produced under the claimed event id");
         let produced = tokio::time::timeout(
             self.produce_timeout,
             produce_all(&self.producer, std::slice::from_ref(&emit), self.produce_timeout),
@@ -312,22 +435,20 @@ impl Ingest {
         if let Err(e) = produced {
             tracing::warn!(topic = %emit.topic, error = %e, "broker did not acknowledge");
             metrics::counter!("riverbank_ingest_broker_unavailable_total").increment(1);
-            if let Some((k, ..)) = &key {
-                if let Err(e) = self.claims.release(k).await {
-                    // The lease expires by itself; a retry then takes the key over.
-                    tracing::warn!(error = %e, "could not release idempotency claim");
-                }
+            // The event may still land (a message in flight when the producer gave up): the claim
+            // keeps its hash and event id and only its lease ends, so a retry of the same request
+            // takes over at once and produces the same event id.
+            if let Some(h) = held {
+                h.abandon().await;
             }
             return Err(HttpError::unavailable(
                 "broker_unavailable",
-                "event not accepted; retry later",
+                "outcome unknown: the broker did not acknowledge in time; retry the same request",
                 self.retry_after_s,
             ));
         }
-        if let Some((k, ..)) = &key {
-            // The event is accepted; if recording the answer fails, the lease expires and a retry
-            // re-produces the same event id, which consumers deduplicate.
-            self.claims.complete(k, status.as_u16(), response.clone()).await;
+        if let Some(h) = held {
+            h.complete(status, response.clone());
         }
         Ok((status, Json(response)).into_response())
     }

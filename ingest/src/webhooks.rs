@@ -1,7 +1,9 @@
 //! Provider webhooks: find the provider's definition, verify with the tenants' keys (the key that
 //! verifies decides the tenant), map, deduplicate on the provider's event id (or the body hash), produce.
 //! An authentic delivery that cannot be mapped is parked raw on the dead-letter topic and answered 202,
-//! so the provider stops retrying; `riverbank dlq redrive` maps it again after a fix.
+//! so the provider stops retrying; `riverbank dlq redrive` maps it again after a fix. One whose event
+//! time is not a time or is outside 1970–2100 is parked the same way but answered 422 naming the field
+//! (the provider must fix it; an operator can redrive it after a definition fix).
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -9,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use riverbank_ingest_core::provider::{Mapping, ProviderDef};
+use riverbank_ingest_core::provider::{Mapping, ProviderDef, Unmappable};
 use riverbank_ingest_core::Headers;
 use riverbank_runtime::config::is_tenant_id;
 use riverbank_runtime::http::HttpError;
@@ -17,7 +19,7 @@ use riverbank_runtime::process::Emit;
 use riverbank_schemas::{derived_id, DeadLetter, Envelope, Environment, Topics, WebhookReceived};
 use sha2::{Digest as _, Sha256};
 
-use crate::server::{header, trace_id, Ingest};
+use crate::server::{header, trace_id, Ingest, Outcome};
 use crate::store::RequestKey;
 
 /// Axum's header map, read through the core's [`Headers`].
@@ -70,6 +72,36 @@ pub fn emit_for(
     trace_id: Option<String>,
 ) -> Result<(Emit, bool), serde_json::Error> {
     let event_id = event_id(env, tenant, &def.name, &mapping.dedupe_key);
+    emit_with_id(
+        event_id,
+        topics,
+        def,
+        tenant,
+        env,
+        mapping,
+        signed_headers,
+        body,
+        received_at,
+        signed_timestamp,
+        trace_id,
+    )
+}
+
+/// [`emit_for`] under a given event id (a claim taken over keeps the id stored in it).
+#[allow(clippy::too_many_arguments)]
+fn emit_with_id(
+    event_id: uuid::Uuid,
+    topics: &Topics,
+    def: &ProviderDef,
+    tenant: &str,
+    env: Environment,
+    mapping: &Mapping,
+    signed_headers: std::collections::BTreeMap<String, String>,
+    body: &[u8],
+    received_at: DateTime<Utc>,
+    signed_timestamp: Option<i64>,
+    trace_id: Option<String>,
+) -> Result<(Emit, bool), serde_json::Error> {
     match &mapping.result {
         Ok(m) => {
             let occurred_at = m
@@ -175,36 +207,59 @@ async fn accept(
     let tenant = owner
         .of(accepted.key_index)
         .map(str::to_owned)
-        .ok_or_else(|| HttpError::internal(&"verifying key index out of range"))?;
-    let (emit, dead_lettered) = emit_for(
-        &s.topics,
-        def,
-        &tenant,
-        env,
-        &accepted.mapping,
-        def.signed_header_values(&view),
-        &body,
-        now,
-        accepted.signed_timestamp,
-        trace_id(headers),
-    )
-    .map_err(|e| HttpError::internal(&e))?;
-    let event_id = emit.event_id;
-    let status = if dead_lettered { "dead_lettered" } else { "accepted" };
+        .ok_or_else(|| s.internal(&"verifying key index out of range"))?;
+    let event_id = event_id(env, &tenant, &def.name, &accepted.mapping.dedupe_key);
+    // An unusable event time is the provider's to fix: refused (422 naming where it was read), and
+    // the raw delivery is kept on the dead-letter topic, so nothing authentic is dropped.
+    let refused_time = match &accepted.mapping.result {
+        Err(Unmappable::EventTime { field, rule, why }) => Some((field.clone(), *rule, why.clone())),
+        _ => None,
+    };
+    let signed_headers = def.signed_header_values(&view);
+    let trace = trace_id(headers);
+    let label = match (&refused_time, &accepted.mapping.result) {
+        (Some(_), _) => "invalid_event_time",
+        (None, Err(_)) => "dead_lettered",
+        (None, Ok(_)) => "accepted",
+    };
+    let build = |event_id: uuid::Uuid| {
+        let (emit, dead_lettered) = emit_with_id(
+            event_id,
+            &s.topics,
+            def,
+            &tenant,
+            env,
+            &accepted.mapping,
+            signed_headers,
+            &body,
+            now,
+            accepted.signed_timestamp,
+            trace,
+        )
+        .map_err(|e| s.internal(&e))?;
+        let (status, response) = match refused_time {
+            Some((field, rule, why)) => {
+                let e = HttpError::invalid_field(
+                    field,
+                    rule,
+                    format!("occurred_at {why}; the delivery is kept on the dead-letter topic as {event_id}"),
+                );
+                (e.status, crate::server::error_body(&e))
+            }
+            None => {
+                let status = if dead_lettered { "dead_lettered" } else { "accepted" };
+                (StatusCode::ACCEPTED, serde_json::json!({"event_id": event_id, "status": status}))
+            }
+        };
+        Ok(Outcome { emit, status, response })
+    };
     let scope = format!("webhook:{provider}");
     let claim =
         RequestKey { tenant_id: &tenant, environment: env, scope: &scope, key: &accepted.mapping.dedupe_key };
     let hash = Sha256::digest(&body);
-    let resp = s
-        .claim_produce_answer(
-            Some((claim, hash.as_slice(), false)),
-            emit,
-            StatusCode::ACCEPTED,
-            serde_json::json!({"event_id": event_id, "status": status}),
-        )
-        .await?;
-    metrics::counter!("riverbank_ingest_webhooks_total", "provider" => provider, "status" => status)
+    let resp = s.claim_produce_answer(Some((claim, hash.as_slice(), false)), event_id, build).await?;
+    metrics::counter!("riverbank_ingest_webhooks_total", "provider" => provider, "status" => label)
         .increment(1);
-    tracing::debug!(tenant_id = %tenant, %event_id, dead_lettered, "webhook answered");
+    tracing::debug!(tenant_id = %tenant, status = label, "webhook answered");
     Ok(resp)
 }
