@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod demo;
 pub mod dlq;
+pub mod reconcile;
 pub mod workload;

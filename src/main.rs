@@ -61,6 +61,19 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Check that Postgres, ClickHouse, the ledger and the sinks' positions agree (read-only);
+    /// exits non-zero on any difference.
+    Reconcile {
+        /// One environment (default: every configured one).
+        #[arg(long, value_parser = parse_env)]
+        env: Option<riverbank_schemas::Environment>,
+        /// Machine-readable report.
+        #[arg(long)]
+        json: bool,
+        /// Re-run the checks for up to this long until they agree (sinks may be mid-batch); 0: once.
+        #[arg(long, default_value_t = 0)]
+        settle_ms: u64,
+    },
     /// Print the effective config (secrets redacted) after validating it.
     Config,
 }
@@ -200,6 +213,9 @@ fn main() -> anyhow::Result<()> {
             Command::Dlq { action: DlqAction::Redrive { ids, all, dry_run } } => {
                 anyhow::ensure!(all == ids.is_empty(), "name dead letter ids, or --all (not both)");
                 riverbank::dlq::redrive(&cfg, &ids, dry_run).await.map(|_| ())
+            }
+            Command::Reconcile { env, json, settle_ms } => {
+                riverbank::reconcile::run(&cfg, env, json, settle_ms).await
             }
             Command::Config => {
                 let (providers, _) = riverbank_ingest::server::webhook_keys(&cfg)?;

@@ -362,3 +362,31 @@ pub fn deliveries(s: &Sender, tag: &str, n: usize) -> Vec<(Sender, Delivery)> {
         })
         .collect()
 }
+
+/// How long `assert_reconciled` lets the stores settle (sinks finishing their last batches).
+pub const RECONCILE_SETTLE_MS: u64 = 60_000;
+
+impl Pipeline {
+    /// `riverbank reconcile`, in-process, against this pipeline's stores and topics, re-checking for
+    /// up to `settle` until everything agrees.
+    pub async fn reconcile(&self, settle: Duration) -> anyhow::Result<riverbank::reconcile::Report> {
+        let cfg = riverbank_runtime::Config::load(Some(&self.config))?;
+        let opts = riverbank::reconcile::Options { environment: None, settle };
+        riverbank::reconcile::reconcile(&cfg, &opts).await
+    }
+
+    /// Panics with the discrepancies unless Postgres, ClickHouse, the ledger and the sinks' positions
+    /// agree within `RECONCILE_SETTLE_MS`.
+    pub async fn assert_reconciled(&self) {
+        let report = match self.reconcile(Duration::from_millis(RECONCILE_SETTLE_MS)).await {
+            Ok(r) => r,
+            Err(e) => panic!("reconcile could not run: {e:#}; logs in {}", self.dir.display()),
+        };
+        assert!(
+            report.is_clean(),
+            "reconcile found discrepancies after {RECONCILE_SETTLE_MS} ms (logs in {}):\n{}",
+            self.dir.display(),
+            report.diff_table()
+        );
+    }
+}

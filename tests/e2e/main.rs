@@ -7,6 +7,7 @@
 
 mod harness;
 mod ingest;
+mod reconcile;
 mod sinks;
 mod skeleton;
 mod transfers;
