@@ -571,6 +571,20 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_recorded_error_answer_is_the_body_the_live_answer_carries() {
+        // A refused delivery's answer is recorded as JSON and replayed: the replay must equal the first.
+        for e in [
+            HttpError::invalid_field("/observed_at", "range", "occurred_at is outside the range"),
+            HttpError::new(StatusCode::CONFLICT, "idempotency_key_reused", "use a new key"),
+        ] {
+            let recorded = error_body(&e);
+            let live = axum::body::to_bytes(e.into_response().into_body(), 1 << 16).await.expect("body");
+            let live: serde_json::Value = serde_json::from_slice(&live).expect("JSON");
+            assert_eq!(recorded, live);
+        }
+    }
+
     #[test]
     fn webhook_keys_are_checked_against_their_provider_at_start_up() {
         let mut cfg = Config::load(None).expect("defaults");

@@ -115,7 +115,8 @@ pub async fn claim(
             return Ok(Claim::Owned { event_id, owner });
         }
         let row = keyed("SELECT request_sha256, event_id, status_code, response, lease_until < now() AS expired,
-                    GREATEST(0, EXTRACT(EPOCH FROM lease_until - now()) * 1000)::int8 AS lease_left_ms
+                    CASE WHEN lease_until > now() THEN (EXTRACT(EPOCH FROM lease_until - now()) * 1000)::int8
+                         ELSE 0 END AS lease_left_ms
              FROM ingest.requests WHERE tenant_id = $1 AND environment = $2 AND scope = $3 AND request_key = $4", key)
         .fetch_optional(pool)
         .await?;
