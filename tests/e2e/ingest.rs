@@ -360,6 +360,7 @@ async fn commands_are_authenticated_validated_and_idempotent_across_instances() 
         (transfer("t1", "0"), "amount", "positive"),
         (transfer("t1", "-3"), "amount", "positive"),
         (transfer("t1", "1.001"), "amount", "precision"),
+        (transfer("t1", "10000000000000.01"), "amount", "max"),
         (transfer("t 1", "1"), "transfer_id", "id_format"),
         (transfer("t1", "1").replace("USD", "XYZ"), "currency", "known_currency"),
         (transfer("t1", "1").replace("\"kind\":\"deposit\"", "\"kind\":\"gift\""), "kind", "type"),
@@ -737,6 +738,34 @@ async fn a_broker_outage_answers_503_and_ingest_recovers_by_itself() -> anyhow::
     );
     let health = p.http.get(format!("{url}/health")).send().await?;
     anyhow::ensure!(health.status() == 503, "health with the broker down: {}", health.status());
+    // A 503 does not mean "not accepted": the claim keeps the request's hash, so a different body under
+    // the same key is refused, not accepted in place of the first.
+    let operator = create_key(&p, "tenant-o", "live", "operator").await?;
+    let transfers = format!("{url}/v1/transfers");
+    let deposit = |amount: &str| {
+        format!(
+            r#"{{"transfer_id":"t-out","kind":"deposit","amount":"{amount}","currency":"USD","destination_account":"acct_1"}}"#
+        )
+    };
+    let key = [("Idempotency-Key", "idem-outage")];
+    let post = |body: String| {
+        let (h, url, token) = (p.http.clone(), transfers.clone(), operator.clone());
+        async move { call(&h, reqwest::Method::POST, &url, Some(&token), &key, &body).await }
+    };
+    let a = post(deposit("5.00")).await?;
+    anyhow::ensure!(
+        a.status == 503 && a.json["error"]["code"] == "broker_unavailable",
+        "{} {}",
+        a.status,
+        a.json
+    );
+    let other = post(deposit("6.00")).await?;
+    anyhow::ensure!(
+        other.status == 409 && other.json["error"]["code"] == "idempotency_key_reused",
+        "another body after a 503: {} {}",
+        other.status,
+        other.json
+    );
 
     // The broker returns on its storage; the provider retries; ingest takes it without a restart.
     broker = PrivateBroker::start(broker.dir.clone(), broker.port)?;
@@ -762,6 +791,27 @@ async fn a_broker_outage_answers_503_and_ingest_recovers_by_itself() -> anyhow::
     for id in &accepted {
         anyhow::ensure!(on_topic.contains(id), "accepted {id} is not on the topic: {on_topic:?}");
     }
+    // The 503'd request, retried as it was, is accepted under its own event id; the other body still
+    // is not.
+    let a = post(deposit("5.00")).await?;
+    let want = riverbank_ingest::commands::event_id(
+        Environment::Live,
+        "tenant-o",
+        "idem-outage",
+        &riverbank_ingest::commands::request_sha256("POST", "/v1/transfers", deposit("5.00").as_bytes()),
+    );
+    anyhow::ensure!(a.status == 202 && a.json["event_id"] == want.to_string(), "{} {}", a.status, a.json);
+    let other = post(deposit("6.00")).await?;
+    anyhow::ensure!(other.status == 409, "another body after the retry: {} {}", other.status, other.json);
+    let inputs =
+        read_topic(&k, &Topics::new(p.topic_prefix.clone()).transfer_inputs(Environment::Live)).await?;
+    let bodies: Vec<RawEnvelope> =
+        inputs.iter().map(|r| serde_json::from_slice(&r.payload)).collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        !bodies.is_empty()
+            && bodies.iter().all(|e| e.event_id == want && e.payload["amount"]["amount_minor"] == 500),
+        "one request's content under one event id: {bodies:?}"
+    );
     drop(broker);
     p.finish().await
 }
@@ -849,5 +899,291 @@ async fn reads_need_a_key_of_the_tenant_read() -> anyhow::Result<()> {
     }
     let health = http.get(format!("{url}/health")).send().await?;
     anyhow::ensure!(health.status() != 401, "health needs no key");
+    p.finish().await
+}
+
+/// Finding 3, edge half: one signed delivery with an event time far outside any store's range used to
+/// be accepted and then wedged the Postgres sink for every tenant. Now it is refused (422 naming the
+/// field it was read from), kept raw on the dead-letter topic, and the next delivery lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_time_outside_the_accepted_range_is_refused_naming_the_field() -> anyhow::Result<()> {
+    let providers = provider::load(&[])?;
+    let tenant = "tenant-t";
+    let mut extra = String::new();
+    let mut signers = HashMap::new();
+    for name in ["chainwatch", "kycflow"] {
+        let (configured, signer) = key_material(&providers[name].signature, 21);
+        extra.push_str(&format!(
+            "[[ingest.webhooks]]\nprovider = \"{name}\"\ntenant_id = \"{tenant}\"\nenvironment = \"live\"\nsecrets = [\"{configured}\"]\n"
+        ));
+        signers.insert(name, signer);
+    }
+    let components: &[&[&str]] = &[&["ingest"], &["process", "audit"], &["sink", "postgres"]];
+    let p = Pipeline::start_with("eventtime", &[], components, &extra).await?;
+    let url = p.ingest_url.clone();
+    let with_time = |name: &str, pointer: &str, t: i64| -> anyhow::Result<Vec<u8>> {
+        let (_, body) = fixtures(name).remove(0);
+        let mut json: serde_json::Value = serde_json::from_slice(&body)?;
+        *json.pointer_mut(pointer).context("time in the fixture")? = serde_json::json!(t);
+        if let Some(id) = json.pointer_mut("/event_id") {
+            // Another event than the fixture's (which is sent as the good delivery below).
+            *id = serde_json::json!("cw_evt_out_of_range");
+        }
+        Ok(serde_json::to_vec(&json)?)
+    };
+
+    // Year -7500 in chainwatch's unix seconds and kycflow's unix milliseconds.
+    let bad = [
+        ("chainwatch", "/observed_at", with_time("chainwatch", "/observed_at", -300_000_000_000)?),
+        ("kycflow", "/timestamp", with_time("kycflow", "/timestamp", -300_000_000_000_000)?),
+    ];
+    for (name, pointer, body) in &bad {
+        let def = &providers[*name];
+        let a = post_webhook(&p.http, &url, def, Some(tenant), &signers[name], "msg_bad", body).await?;
+        anyhow::ensure!(a.status == 422, "{name}: {} {}", a.status, a.json);
+        let e = &a.json["error"];
+        anyhow::ensure!(
+            e["code"] == "invalid_request" && e["field"] == *pointer && e["rule"] == "range",
+            "{name}: {}",
+            a.json
+        );
+        // Redelivered: the same answer, nothing new.
+        let again = post_webhook(&p.http, &url, def, Some(tenant), &signers[name], "msg_bad", body).await?;
+        anyhow::ensure!(
+            again.status == 422 && again.replayed && again.json == a.json,
+            "{name}: {}",
+            again.json
+        );
+    }
+    // A normal delivery right after is accepted and lands.
+    let (_, body) = fixtures("chainwatch").remove(0);
+    let def = &providers["chainwatch"];
+    let a = post_webhook(&p.http, &url, def, Some(tenant), &signers["chainwatch"], "msg_good", &body).await?;
+    anyhow::ensure!(a.status == 202 && a.json["status"] == "accepted", "{} {}", a.status, a.json);
+    let rows = wait_rows(&p, tenant, 1).await?;
+    anyhow::ensure!(rows[0].0 == "chain.transfer_confirmed", "{rows:?}");
+
+    // Both refused deliveries are kept raw, with the field in the reason, for a redrive after a fix.
+    let k = kafka_cfg(&p, &brokers());
+    let letters: Vec<DeadLetter> =
+        read_topic(&k, &Topics::new(p.topic_prefix.clone()).dead_letters(Environment::Live))
+            .await?
+            .iter()
+            .map(|r| serde_json::from_slice(&r.payload))
+            .collect::<Result<_, _>>()?;
+    anyhow::ensure!(letters.len() == 2, "dead letters: {letters:?}");
+    for (_, pointer, _) in &bad {
+        anyhow::ensure!(
+            letters.iter().any(|l| l.reason.contains(&format!("occurred_at ({pointer}) is outside"))),
+            "{pointer}: {:?}",
+            letters.iter().map(|l| &l.reason).collect::<Vec<_>>()
+        );
+    }
+    p.finish().await
+}
+
+/// Finding 6: a command's event id names its key and its request, so a key reused after its claim
+/// was swept is a new request with a new event id (202), never a collision with the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_after_the_sweep_is_a_new_request_with_a_new_event_id() -> anyhow::Result<()> {
+    use reqwest::Method;
+    let p = Pipeline::start_with("reuse", &[], &[&["ingest"]], "").await?;
+    let operator = create_key(&p, "acme", "live", "operator").await?;
+    let transfers = format!("{}/v1/transfers", p.ingest_url);
+    let deposit = |id: &str| {
+        format!(
+            r#"{{"transfer_id":"{id}","kind":"deposit","amount":"5.00","currency":"USD","destination_account":"acct_1"}}"#
+        )
+    };
+    let key = [("Idempotency-Key", "idem-reused")];
+    let first = call(&p.http, Method::POST, &transfers, Some(&operator), &key, &deposit("t-1")).await?;
+    anyhow::ensure!(first.status == 202 && !first.replayed, "{} {}", first.status, first.json);
+    let again = call(&p.http, Method::POST, &transfers, Some(&operator), &key, &deposit("t-1")).await?;
+    anyhow::ensure!(
+        again.status == 202 && again.replayed && again.json["event_id"] == first.json["event_id"],
+        "the same request before the sweep: {}",
+        again.json
+    );
+    // The answered claim is past a retention of zero: swept.
+    let pool = p.pg().await?;
+    let deleted = riverbank_ingest::store::sweep(&pool, Duration::ZERO, Duration::ZERO, 100).await?;
+    anyhow::ensure!(deleted == 1, "swept {deleted}");
+    let second = call(&p.http, Method::POST, &transfers, Some(&operator), &key, &deposit("t-2")).await?;
+    anyhow::ensure!(second.status == 202 && !second.replayed, "{} {}", second.status, second.json);
+    anyhow::ensure!(
+        second.json["event_id"] != first.json["event_id"],
+        "a different request under a reused key got the first one's event id {}",
+        first.json["event_id"]
+    );
+    // The key now belongs to the second request.
+    let stale = call(&p.http, Method::POST, &transfers, Some(&operator), &key, &deposit("t-1")).await?;
+    anyhow::ensure!(stale.status == 409, "{} {}", stale.status, stale.json);
+    pool.close().await;
+
+    let k = kafka_cfg(&p, &brokers());
+    let ids: Vec<String> =
+        read_topic(&k, &Topics::new(p.topic_prefix.clone()).transfer_inputs(Environment::Live))
+            .await?
+            .iter()
+            .map(|r| serde_json::from_slice::<RawEnvelope>(&r.payload).map(|e| e.event_id.to_string()))
+            .collect::<Result<_, _>>()?;
+    let (a, b) = (first.json["event_id"].as_str(), second.json["event_id"].as_str());
+    anyhow::ensure!(
+        ids.len() == 2
+            && ids.iter().any(|i| Some(i.as_str()) == a)
+            && ids.iter().any(|i| Some(i.as_str()) == b),
+        "{ids:?}"
+    );
+    p.finish().await
+}
+
+/// Finding 9 and the answer rule: a request that finds its key held by another claimant (say, an
+/// instance that was killed mid-request) is told to retry (503 + Retry-After), never a final 4xx; once
+/// the lease ends it takes the key over and produces under the event id stored in the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_meeting_a_leased_claim_gets_503_then_takes_over_its_event_id() -> anyhow::Result<()> {
+    use reqwest::Method;
+    let tenant = "tenant-l";
+    let mut p = Pipeline::start_with("leased", &[(tenant, 31)], &[], "").await?;
+    // A short wait, so the requests below meet the claim's lease rather than outwait it.
+    p.spawn_env("ingest", &["ingest"], &[("RIVERBANK__INGEST__IDEMPOTENCY_WAIT_MS", "300".to_owned())])?;
+    p.wait_healthy(&p.ingest_url).await?;
+    let operator = create_key(&p, tenant, "live", "operator").await?;
+    let pool = p.pg().await?;
+    // A claim left by a claimant that died, with its lease running for another 3 s and its own event id.
+    let leave_claim = |scope: &'static str, key: String, hash: Vec<u8>| {
+        let pool = pool.clone();
+        async move {
+            let id = uuid::Uuid::new_v4();
+            sqlx::query(
+                "INSERT INTO ingest.requests (tenant_id, environment, scope, request_key, request_sha256, event_id, lease_until, owner)
+                 VALUES ($1, 'live', $2, $3, $4, $5, now() + interval '3 seconds', gen_random_uuid())",
+            )
+            .bind(tenant)
+            .bind(scope)
+            .bind(key)
+            .bind(hash)
+            .bind(id)
+            .execute(&pool)
+            .await?;
+            anyhow::Ok(id)
+        }
+    };
+    let def = provider::load(&[])?.remove("acmepay").context("acmepay")?;
+    let signer = key_material(&def.signature, 31).1;
+    let webhook = riverbank::demo::deposit_body(7, tenant);
+    let transfers = format!("{}/v1/transfers", p.ingest_url);
+    let command = r#"{"transfer_id":"t-l","kind":"deposit","amount":"1.00","currency":"USD","destination_account":"acct_1"}"#;
+    let hook_id = leave_claim("webhook:acmepay", "id:msg_leased".to_owned(), vec![0]).await?;
+    let cmd_id = leave_claim(
+        "api",
+        "idem-leased".to_owned(),
+        riverbank_ingest::commands::request_sha256("POST", "/v1/transfers", command.as_bytes()).to_vec(),
+    )
+    .await?;
+    let key = [("Idempotency-Key", "idem-leased")];
+    let started = Instant::now();
+    let hook =
+        post_webhook(&p.http, &p.ingest_url, &def, Some(tenant), &signer, "msg_leased", &webhook).await?;
+    let cmd = call(&p.http, Method::POST, &transfers, Some(&operator), &key, command).await?;
+    for (what, a) in [("webhook", &hook), ("command", &cmd)] {
+        anyhow::ensure!(
+            a.status == 503 && a.json["error"]["code"] == "request_in_progress",
+            "{what} while another claim is leased: {} {}",
+            a.status,
+            a.json
+        );
+        let after: u64 = a.retry_after.as_deref().context("Retry-After")?.parse()?;
+        anyhow::ensure!(
+            (1..=3).contains(&after),
+            "{what}: Retry-After {after} s, the lease has at most 3 s left"
+        );
+    }
+    // Past the lease: both are taken over, each under the event id its claim holds.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(500))
+        .await;
+    let hook =
+        post_webhook(&p.http, &p.ingest_url, &def, Some(tenant), &signer, "msg_leased", &webhook).await?;
+    let cmd = call(&p.http, Method::POST, &transfers, Some(&operator), &key, command).await?;
+    anyhow::ensure!(hook.status == 202 && hook.json["event_id"] == hook_id.to_string(), "{}", hook.json);
+    anyhow::ensure!(cmd.status == 202 && cmd.json["event_id"] == cmd_id.to_string(), "{}", cmd.json);
+    let k = kafka_cfg(&p, &brokers());
+    let topics = Topics::new(p.topic_prefix.clone());
+    for (topic, id) in [
+        (topics.ingest_webhooks(Environment::Live), hook_id),
+        (topics.transfer_inputs(Environment::Live), cmd_id),
+    ] {
+        let on_topic: Vec<RawEnvelope> = read_topic(&k, &topic)
+            .await?
+            .iter()
+            .map(|r| serde_json::from_slice(&r.payload))
+            .collect::<Result<_, _>>()?;
+        anyhow::ensure!(on_topic.len() == 1 && on_topic[0].event_id == id, "{topic}: {on_topic:?}");
+    }
+    pool.close().await;
+    p.finish().await
+}
+
+/// The claim protocol against Postgres: a failed produce ends the lease but keeps the claim (a retry
+/// of the same request takes it over at once, another request under the key is refused); a claimant
+/// that lost its claim to a takeover can neither end the new owner's lease nor answer in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_survive_a_failed_produce_and_a_zombie_cannot_touch_a_takeover() -> anyhow::Result<()> {
+    use riverbank_ingest::store::{abandon, claim, complete, Claim, RequestKey};
+    let p = Pipeline::start_with("claims", &[], &[], "").await?;
+    let pool = p.pg().await?;
+    let key =
+        |k: &'static str| RequestKey { tenant_id: "t", environment: Environment::Live, scope: "api", key: k };
+    let (h1, h2) = ([1u8; 32], [2u8; 32]);
+    let (lease, wait) = (Duration::from_millis(400), Duration::ZERO);
+    let owned = |c: Claim| match c {
+        Claim::Owned { event_id, owner } => Ok((event_id, owner)),
+        other => Err(anyhow::anyhow!("not owned: {other:?}")),
+    };
+
+    // A failed produce: the lease ends, the hash and event id stay.
+    let k = key("failed-produce");
+    let e1 = uuid::Uuid::new_v4();
+    let (id, a) = owned(claim(&pool, &k, &h1, e1, true, lease, wait, uuid::Uuid::new_v4()).await?)?;
+    anyhow::ensure!(id == e1);
+    anyhow::ensure!(abandon(&pool, &k, a).await?, "the owner ends its own lease");
+    let other = claim(&pool, &k, &h2, uuid::Uuid::new_v4(), true, lease, wait, uuid::Uuid::new_v4()).await?;
+    anyhow::ensure!(other == Claim::Mismatch, "another body after a failed produce: {other:?}");
+    let started = Instant::now();
+    let (id, b) =
+        owned(claim(&pool, &k, &h1, uuid::Uuid::new_v4(), true, lease, wait, uuid::Uuid::new_v4()).await?)?;
+    anyhow::ensure!(id == e1, "the retry produces under the stored event id");
+    anyhow::ensure!(started.elapsed() < lease, "taken over at once, not after the lease");
+    anyhow::ensure!(complete(&pool, &k, b, 202, &serde_json::json!({"n": 1})).await?);
+    let done = claim(&pool, &k, &h1, e1, true, lease, wait, uuid::Uuid::new_v4()).await?;
+    anyhow::ensure!(
+        matches!(&done, Claim::Done { status: 202, event_id, .. } if *event_id == e1),
+        "{done:?}"
+    );
+
+    // A zombie: A's lease runs out while it is paused; B takes over; A wakes up.
+    let k = key("zombie");
+    let (e, zombie) =
+        owned(claim(&pool, &k, &h1, uuid::Uuid::new_v4(), true, lease, wait, uuid::Uuid::new_v4()).await?)?;
+    let held = claim(&pool, &k, &h1, uuid::Uuid::new_v4(), true, lease, wait, uuid::Uuid::new_v4()).await?;
+    anyhow::ensure!(matches!(held, Claim::InFlight { lease_left } if lease_left <= lease), "{held:?}");
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let (id, taker) =
+        owned(claim(&pool, &k, &h1, uuid::Uuid::new_v4(), true, lease, wait, uuid::Uuid::new_v4()).await?)?;
+    anyhow::ensure!(id == e, "the takeover keeps the first claimant's event id");
+    anyhow::ensure!(!abandon(&pool, &k, zombie).await?, "a zombie's release touched the takeover's claim");
+    let still = claim(&pool, &k, &h1, uuid::Uuid::new_v4(), true, lease, wait, uuid::Uuid::new_v4()).await?;
+    anyhow::ensure!(matches!(still, Claim::InFlight { .. }), "the takeover's lease must stand: {still:?}");
+    anyhow::ensure!(
+        !complete(&pool, &k, zombie, 500, &serde_json::json!({"zombie": true})).await?,
+        "a zombie answered in the takeover's place"
+    );
+    anyhow::ensure!(complete(&pool, &k, taker, 202, &serde_json::json!({"taker": true})).await?);
+    let done = claim(&pool, &k, &h1, uuid::Uuid::new_v4(), true, lease, wait, uuid::Uuid::new_v4()).await?;
+    anyhow::ensure!(
+        matches!(&done, Claim::Done { status: 202, response, .. } if response["taker"] == true),
+        "{done:?}"
+    );
+    pool.close().await;
     p.finish().await
 }
