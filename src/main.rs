@@ -302,7 +302,13 @@ async fn run_transfers(cfg: &Config, stop: CancellationToken) -> anyhow::Result<
         final_retention_ms: cfg.transfers.final_retention_s.saturating_mul(1000),
         final_retained_max: cfg.transfers.final_retained_max,
     };
-    let processor = riverbank_processors::TransfersProcessor::new(kafka::topics(&cfg.kafka), limits);
+    let reuse = riverbank_processors::ReuseLimits {
+        id_reuse_refused_ms: cfg.transfers.id_reuse_refused_s.saturating_mul(1000),
+        tombstones_retained_max: cfg.transfers.tombstones_retained_max,
+        clock_step_max_ms: cfg.transfers.clock_step_max_ms,
+    };
+    let processor = riverbank_processors::TransfersProcessor::new(kafka::topics(&cfg.kafka), limits)
+        .with_reuse_limits(reuse);
     riverbank_runtime::process::run(cfg, processor, stop).await
 }
 

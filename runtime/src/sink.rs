@@ -153,6 +153,7 @@ async fn run_consumer<S: SinkStore>(
             meta.clear();
             let assigned = watch.assigned();
             completeness.retain(&assigned);
+            let started = std::time::Instant::now();
             unpositioned = position_assigned(
                 cfg,
                 store,
@@ -166,6 +167,13 @@ async fn run_consumer<S: SinkStore>(
                 seek_timeout,
             )
             .await?;
+            tracing::info!(
+                sink = store.name(),
+                partitions = assigned.len(),
+                not_fetching_yet = unpositioned.len(),
+                positioning_ms = started.elapsed().as_millis() as u64,
+                "assigned partitions positioned at the store's offsets"
+            );
         }
         let (messages, error) =
             batch::collect(&consumer, cfg.sinks.batch_rows_max, linger, shutdown, &watch.changed, idle).await;
@@ -508,9 +516,13 @@ async fn advance_watermarks<S: SinkStore>(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let now_ms = chrono_now_ms();
-    let moved = match tokio::task::block_in_place(|| {
+    let started = std::time::Instant::now();
+    let observed = tokio::task::block_in_place(|| {
         completeness.observe(consumer, assigned, |t, p| tracker.durable(t, p), now_ms)
-    }) {
+    });
+    metrics::histogram!("riverbank_sink_watermark_seconds", "sink" => store.name())
+        .record(started.elapsed().as_secs_f64());
+    let moved = match observed {
         Ok(m) => m,
         Err(e) => {
             tracing::debug!(sink = store.name(), error = %e, "complete-through not advanced this round");

@@ -48,6 +48,8 @@ pub struct Completeness {
     landed: HashMap<Key, i64>,
     /// Group readers for upstream processors, by group id.
     readers: HashMap<String, BaseConsumer>,
+    /// Partition ids of upstream input topics (the count is verified at start-up and never changes).
+    partitions: HashMap<String, Vec<i32>>,
 }
 
 impl Completeness {
@@ -61,6 +63,7 @@ impl Completeness {
             pending: HashMap::new(),
             landed: HashMap::new(),
             readers: HashMap::new(),
+            partitions: HashMap::new(),
         }
     }
 
@@ -107,22 +110,26 @@ impl Completeness {
         let mut tpl = TopicPartitionList::new();
         let mut keys = Vec::new();
         for input in &inputs {
-            let md = consumer
-                .fetch_metadata(Some(input), timeout)
-                .map_err(|e| format!("metadata of {input}: {e}"))?;
-            for t in md.topics() {
-                for p in t.partitions() {
-                    let (_, high) = consumer
-                        .fetch_watermarks(input, p.id(), timeout)
-                        .map_err(|e| format!("log end of {input}/{}: {e}", p.id()))?;
-                    let obs = self.upstream.entry((input.clone(), p.id())).or_default();
-                    obs.push_back((now_ms, high));
-                    while obs.len() > OBSERVATIONS_MAX {
-                        obs.pop_front();
-                    }
-                    tpl.add_partition(input, p.id());
-                    keys.push((input.clone(), p.id()));
+            if !self.partitions.contains_key(input) {
+                let md = consumer
+                    .fetch_metadata(Some(input), timeout)
+                    .map_err(|e| format!("metadata of {input}: {e}"))?;
+                let ids: Vec<i32> =
+                    md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+                self.partitions.insert(input.clone(), ids);
+            }
+            let ids = self.partitions.get(input).cloned().unwrap_or_default();
+            for p in ids {
+                let (_, high) = consumer
+                    .fetch_watermarks(input, p, timeout)
+                    .map_err(|e| format!("log end of {input}/{p}: {e}"))?;
+                let obs = self.upstream.entry((input.clone(), p)).or_default();
+                obs.push_back((now_ms, high));
+                while obs.len() > OBSERVATIONS_MAX {
+                    obs.pop_front();
                 }
+                tpl.add_partition(input, p);
+                keys.push((input.clone(), p));
             }
         }
         if keys.is_empty() {
@@ -161,8 +168,19 @@ impl Completeness {
         let mut topics: Vec<&str> = assigned.iter().map(|(t, _)| t.as_str()).collect();
         topics.sort_unstable();
         topics.dedup();
+        // Topics fed by the same processor share one bound per round.
+        let mut bounds: HashMap<Option<&'static str>, Option<i64>> = HashMap::new();
         for topic in topics {
-            let Some(bound) = self.upstream_bound(consumer, topic, now_ms)? else { continue };
+            let upstream = self.topics.upstream(topic).map(|(p, _)| p);
+            let bound = match bounds.get(&upstream) {
+                Some(b) => *b,
+                None => {
+                    let b = self.upstream_bound(consumer, topic, now_ms)?;
+                    bounds.insert(upstream, b);
+                    b
+                }
+            };
+            let Some(bound) = bound else { continue };
             for (_, p) in assigned.iter().filter(|(t, _)| t == topic) {
                 let (_, high) = consumer
                     .fetch_watermarks(topic, *p, self.timeout)

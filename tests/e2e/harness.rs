@@ -125,6 +125,29 @@ log_filter = "info"
 "#,
             brokers = brokers(),
         );
+        // Keys under a header `extra_toml` shares with the generated config join that section.
+        let mut extra = String::new();
+        let mut merge_into: Option<String> = None;
+        for line in extra_toml.lines() {
+            let t = line.trim();
+            if t.starts_with('[') && !t.starts_with("[[") {
+                let header = format!("{t}\n");
+                merge_into = toml.contains(&format!("\n{header}")).then_some(header);
+                if merge_into.is_some() {
+                    continue;
+                }
+            } else if t.starts_with("[[") {
+                merge_into = None;
+            }
+            match &merge_into {
+                Some(h) => toml = toml.replacen(&format!("\n{h}"), &format!("\n{h}{line}\n"), 1),
+                None => {
+                    extra.push_str(line);
+                    extra.push('\n');
+                }
+            }
+        }
+        let extra_toml = extra.as_str();
         toml.push_str(extra_toml);
         if !extra_toml.contains("[sinks]") {
             toml.push_str("[sinks]\nbatch_linger_ms = 50\n");
