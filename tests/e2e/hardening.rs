@@ -519,3 +519,74 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+async fn complete_through(
+    p: &Pipeline,
+    tenant: &str,
+) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let scope = [("tenant_id", tenant), ("environment", "live")];
+    let v = riverbank::demo::get_json(&p.http, &format!("{}/v1/analytics/audit-volume", p.api_url), &scope)
+        .await?;
+    Ok(v["complete_through"]
+        .as_str()
+        .map(chrono::DateTime::parse_from_rfc3339)
+        .transpose()?
+        .map(|t| t.to_utc()))
+}
+
+/// Finding 5: `complete_through` never claims an instant while events stamped before it can still
+/// arrive. With the audit processor stopped, accepted webhooks are upstream; the answer must not claim
+/// their time (the old sink stamped "now − 30 s" every second while idle). Once the processor runs, it
+/// moves past them, and it never moves backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_through_waits_for_a_stopped_upstream_processor() -> anyhow::Result<()> {
+    // A short margin (produce timeouts 5 s + skew 0.1 s) so the test does not wait for the production one.
+    let extra = "[kafka]\nmessage_timeout_ms = 3000\n[sinks]\nclock_skew_max_ms = 100\n";
+    let audit: &[&str] = &["process", "audit"];
+    let mut p =
+        Pipeline::start_with("harden_complete", &[("tenant-a", 7)], &[&["ingest"], CH_SINK, &["api"]], extra)
+            .await?;
+    let a = crate::harness::sender("tenant-a", 7);
+    // Before anything: the audit topic's partitions have no value yet, so there is none.
+    let first_sent = chrono::Utc::now();
+    let statuses =
+        riverbank::demo::send_all(&p.http, &p.ingest_url, crate::harness::deliveries(&a, "ct", 40)).await;
+    anyhow::ensure!(
+        statuses.iter().all(|s| s.as_ref().is_ok_and(|s| s.is_success())),
+        "accepted: {statuses:?}"
+    );
+    // The processor is down: whatever the sink says, it must not cover the accepted events.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(t) = complete_through(&p, "tenant-a").await? {
+            anyhow::ensure!(
+                t < first_sent,
+                "complete_through {t} claims events accepted at {first_sent} that are upstream"
+            );
+        }
+    }
+    anyhow::ensure!(
+        riverbank::demo::analytics_count(&p.http, &p.api_url, "tenant-a", Environment::Live).await?.0 == 0
+    );
+    p.spawn(audit)?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last: Option<chrono::DateTime<chrono::Utc>> = None;
+    loop {
+        let t = complete_through(&p, "tenant-a").await?;
+        anyhow::ensure!(t >= last, "complete_through moved back: {last:?} → {t:?}");
+        last = t;
+        if t.is_some_and(|t| t > first_sent) {
+            let (n, _) =
+                riverbank::demo::analytics_count(&p.http, &p.api_url, "tenant-a", Environment::Live).await?;
+            anyhow::ensure!(n == 40, "complete through {t:?}, past the sends, but {n} of 40 events counted");
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "complete_through never passed the sends: {t:?}; logs in {}",
+            p.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    p.finish().await
+}
