@@ -3,6 +3,10 @@
 //! (a sandbox key can never write to live); the key's role must allow the endpoint. The body is decoded
 //! and validated by `riverbank_ingest_core::commands`, wrapped in an envelope and produced; with an
 //! `Idempotency-Key`, the same request gets the same answer and produces one event, on any instance.
+//!
+//! A command's `occurred_at` is the time its key was first claimed (pinned in the claim row), so a
+//! retry that takes the claim over produces the same event id with the same `occurred_at`; without a
+//! key, the request's receive time. `ingested_at` is when this copy was accepted.
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -128,16 +132,16 @@ async fn handle(s: Arc<Ingest>, r: Request) -> Result<Response, HttpError> {
     };
     let topic = stream_topic(&s, cmd.stream, env);
     let trace_id = trace_id(&r.headers);
-    let build = |event_id: uuid::Uuid| {
-        let now = Utc::now();
+    let build = |event_id: uuid::Uuid, pinned_at: chrono::DateTime<Utc>| {
         let envelope = Envelope {
             event_id,
             event_type: cmd.event_type.to_owned(),
             schema_version: 1,
             tenant_id: key.tenant_id.clone(),
             environment: env,
-            occurred_at: now,
-            ingested_at: now,
+            // Every copy of this event id (a takeover's too) carries the first claim's time.
+            occurred_at: pinned_at,
+            ingested_at: Utc::now(),
             idempotency_key: idempotency_key.clone(),
             source: "api".to_owned(),
             user_id,
@@ -164,7 +168,7 @@ async fn handle(s: Arc<Ingest>, r: Request) -> Result<Response, HttpError> {
             true,
         )
     });
-    let resp = s.claim_produce_answer(claim, event_id, build).await?;
+    let resp = s.claim_produce_answer(claim, event_id, Utc::now(), build).await?;
     metrics::counter!("riverbank_ingest_commands_total", "endpoint" => r.endpoint.name()).increment(1);
     tracing::debug!(tenant_id = %key.tenant_id, endpoint = r.endpoint.name(), "command answered");
     Ok(resp)

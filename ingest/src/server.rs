@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use rdkafka::producer::FutureProducer;
 use riverbank_ingest_core::provider::{self, ProviderDef};
 use riverbank_ingest_core::schemes::Key;
@@ -353,19 +354,22 @@ impl Ingest {
         Ok(body)
     }
 
-    /// Claim `key` (when given), produce what `build` makes for the event id, record and return the
-    /// answer. `event_id` is the request's own; a claim taken over from an earlier claimant produces
-    /// under the id stored in the claim instead, so both attempts are one event downstream. A request
-    /// whose key was answered before gets that answer again (with `idempotent-replayed: true`) and
-    /// produces nothing.
+    /// Claim `key` (when given), produce what `build` makes for the event id and the pinned time,
+    /// record and return the answer. `event_id` is the request's own; a claim taken over from an
+    /// earlier claimant produces under the id stored in the claim instead, so both attempts are one
+    /// event downstream. The pinned time is the claim's `first_claimed_at` (the same for the first
+    /// claimant and every takeover, so every copy of the event id carries one event time), or
+    /// `received_at` (this request's own receive time) without a key. A request whose key was answered
+    /// before gets that answer again (with `idempotent-replayed: true`) and produces nothing.
     pub(crate) async fn claim_produce_answer<B>(
         &self,
         key: Option<(RequestKey<'_>, &[u8], bool)>,
         event_id: uuid::Uuid,
+        received_at: DateTime<Utc>,
         build: B,
     ) -> Result<Response, HttpError>
     where
-        B: FnOnce(uuid::Uuid) -> Result<Outcome, HttpError>,
+        B: FnOnce(uuid::Uuid, DateTime<Utc>) -> Result<Outcome, HttpError>,
     {
         let db_down = |e: sqlx::Error| {
             tracing::warn!(error = %e, "idempotency store unavailable");
@@ -378,10 +382,12 @@ impl Ingest {
         };
         let mut held = None;
         let mut event_id = event_id;
+        let mut pinned_at = received_at;
         if let Some((k, hash, check_hash)) = &key {
             match self.claims.claim(k, hash, event_id, *check_hash).await.map_err(db_down)? {
-                Claim::Owned { event_id: claimed, owner } => {
+                Claim::Owned { event_id: claimed, owner, first_claimed_at } => {
                     event_id = claimed;
+                    pinned_at = first_claimed_at;
                     held =
                         Some(Held { claims: self.claims.clone(), key: OwnedKey::of(k), owner, armed: true });
                 }
@@ -414,7 +420,7 @@ impl Ingest {
                 }
             }
         }
-        let Outcome { emit, status, response } = match build(event_id) {
+        let Outcome { emit, status, response } = match build(event_id, pinned_at) {
             Ok(o) => o,
             Err(e) => {
                 if let Some(h) = held {

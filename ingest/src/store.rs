@@ -11,9 +11,18 @@
 //! owner token in the row; only the current owner may end the lease or record the answer, so a
 //! claimant that was paused past its lease cannot touch the claim of the request that took over.
 //!
+//! The claim also pins the event's time: `created_at`, set once when the key is first claimed, is
+//! returned to every owner (the first and each takeover) as `first_claimed_at`, and an event without
+//! a time of its own (a command; a webhook whose definition declares no body event time) is stamped
+//! with it. So every copy of one event id carries one `occurred_at`: stores that deduplicate within a
+//! time partition (ClickHouse `ReplacingMergeTree` partitioned by month) see the copies in the same
+//! partition. This holds while the claim exists (`ingest.webhook_dedupe_retention_h`, 168 h, and
+//! `ingest.idempotency_retention_h`); a copy made after the sweep deleted the claim gets a new time.
+//!
 //! Tenant API keys (`ingest.api_keys`) live in `riverbank_runtime::apikeys`: the read API checks them too.
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row as _};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
@@ -70,8 +79,10 @@ fn keyed<'q>(
 pub enum Claim {
     /// This request owns the key as `owner`: produce under `event_id` (on a takeover, the one stored
     /// in the claim, which may differ from the one the request asked for), then [`complete`] or, when
-    /// the outcome is unknown, [`abandon`], both with `owner`.
-    Owned { event_id: Uuid, owner: Uuid },
+    /// the outcome is unknown, [`abandon`], both with `owner`. `first_claimed_at` is when the key was
+    /// first claimed (the row's `created_at`), the same for the first owner and every takeover: the
+    /// event time of an event that has none of its own, so every copy of the event id carries one time.
+    Owned { event_id: Uuid, owner: Uuid, first_claimed_at: DateTime<Utc> },
     /// Answered before: return this again.
     Done { status: u16, response: serde_json::Value, event_id: Uuid },
     /// The key was first used for a different request.
@@ -103,16 +114,16 @@ pub async fn claim(
     loop {
         let inserted = keyed("INSERT INTO ingest.requests (tenant_id, environment, scope, request_key, request_sha256, event_id, lease_until, owner)
              VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 millisecond', $8)
-             ON CONFLICT DO NOTHING", key)
+             ON CONFLICT DO NOTHING
+             RETURNING created_at", key)
         .bind(request_sha256)
         .bind(event_id)
         .bind(lease_ms)
         .bind(owner)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(Claim::Owned { event_id, owner });
+        .fetch_optional(pool)
+        .await?;
+        if let Some(row) = inserted {
+            return Ok(Claim::Owned { event_id, owner, first_claimed_at: row.try_get("created_at")? });
         }
         let row = keyed("SELECT request_sha256, event_id, status_code, response, lease_until < now() AS expired,
                     CASE WHEN lease_until > now() THEN (EXTRACT(EPOCH FROM lease_until - now()) * 1000)::int8
@@ -137,13 +148,14 @@ pub async fn claim(
         let expired: Option<bool> = row.try_get("expired")?;
         if expired == Some(true) {
             // The claimant died, gave up or could not tell whether its event landed: take the key
-            // over, under the event id stored in the claim, so if the event did land, consumers see
-            // the same event twice and keep one.
+            // over, under the event id and with the first claim's time stored in the claim, so if
+            // the event did land, consumers see the same event (same id, same event time) twice and
+            // keep one.
             let took = keyed(
                 "UPDATE ingest.requests SET lease_until = now() + $5 * interval '1 millisecond', owner = $6
                  WHERE tenant_id = $1 AND environment = $2 AND scope = $3 AND request_key = $4
                    AND status_code IS NULL AND lease_until < now()
-                 RETURNING event_id",
+                 RETURNING event_id, created_at",
                 key,
             )
             .bind(lease_ms)
@@ -151,7 +163,11 @@ pub async fn claim(
             .fetch_optional(pool)
             .await?;
             if let Some(took) = took {
-                return Ok(Claim::Owned { event_id: took.try_get("event_id")?, owner });
+                return Ok(Claim::Owned {
+                    event_id: took.try_get("event_id")?,
+                    owner,
+                    first_claimed_at: took.try_get("created_at")?,
+                });
             }
             continue;
         }
@@ -253,7 +269,9 @@ impl OwnedKey {
     }
 }
 
-type ClaimReply = tokio::sync::oneshot::Sender<Result<bool, String>>;
+/// The batched insert's answer: the new row's `created_at` when this item inserted it, `None` when its
+/// key exists already.
+type ClaimReply = tokio::sync::oneshot::Sender<Result<Option<DateTime<Utc>>, String>>;
 
 /// One claim waiting for the batched insert.
 struct ClaimItem {
@@ -325,12 +343,12 @@ impl Claims {
             owner,
             reply,
         };
-        let owned = match self.claims.send(item).await {
+        let inserted = match self.claims.send(item).await {
             Ok(()) => answer.await.map_err(|_| sqlx::Error::PoolClosed)?.map_err(sqlx::Error::Protocol)?,
             Err(_) => return Err(sqlx::Error::PoolClosed),
         };
-        if owned {
-            return Ok(Claim::Owned { event_id, owner });
+        if let Some(first_claimed_at) = inserted {
+            return Ok(Claim::Owned { event_id, owner, first_claimed_at });
         }
         claim(&self.pool, key, request_sha256, event_id, check_hash, self.lease, self.wait, owner).await
     }
@@ -383,13 +401,13 @@ async fn claim_loop(pool: PgPool, rx: ClaimQueue, batch_max: usize, lease_ms: i6
         let mut seen = std::collections::HashSet::new();
         let (firsts, repeats): (Vec<_>, Vec<_>) = batch.into_iter().partition(|i| seen.insert(i.key.clone()));
         for i in repeats {
-            let _ = i.reply.send(Ok(false));
+            let _ = i.reply.send(Ok(None));
         }
         let result = insert_claims(&pool, &firsts, lease_ms).await;
         metrics::histogram!("riverbank_ingest_claim_batch_rows").record(firsts.len() as f64);
         for i in firsts {
             let _ = i.reply.send(match &result {
-                Ok(inserted) => Ok(inserted.contains(&i.key)),
+                Ok(inserted) => Ok(inserted.get(&i.key).copied()),
                 Err(e) => Err(e.to_string()),
             });
         }
@@ -400,13 +418,13 @@ async fn insert_claims(
     pool: &PgPool,
     items: &[ClaimItem],
     lease_ms: i64,
-) -> Result<std::collections::HashSet<OwnedKey>, sqlx::Error> {
+) -> Result<std::collections::HashMap<OwnedKey, DateTime<Utc>>, sqlx::Error> {
     let rows = sqlx::query(
         "INSERT INTO ingest.requests (tenant_id, environment, scope, request_key, request_sha256, event_id, lease_until, owner)
          SELECT t, e, s, k, h, id, now() + $7 * interval '1 millisecond', o
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[], $8::uuid[]) AS u(t, e, s, k, h, id, o)
          ON CONFLICT DO NOTHING
-         RETURNING tenant_id, environment, scope, request_key",
+         RETURNING tenant_id, environment, scope, request_key, created_at",
     )
     .bind(items.iter().map(|i| i.key.tenant_id.clone()).collect::<Vec<_>>())
     .bind(items.iter().map(|i| i.key.environment.as_str()).collect::<Vec<_>>())
@@ -418,7 +436,7 @@ async fn insert_claims(
     .bind(items.iter().map(|i| i.owner).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
-    rows.iter().map(key_of).collect()
+    rows.iter().map(|r| Ok((key_of(r)?, r.try_get("created_at")?))).collect()
 }
 
 fn key_of(r: &sqlx::postgres::PgRow) -> Result<OwnedKey, sqlx::Error> {

@@ -4,6 +4,15 @@
 //! so the provider stops retrying; `riverbank dlq redrive` maps it again after a fix. One whose event
 //! time is not a time or is outside 1970–2100 is parked the same way but answered 422 naming the field
 //! (the provider must fix it; an operator can redrive it after a definition fix).
+//!
+//! **Event time.** `occurred_at` is the body's event time when the definition declares one (the same
+//! in every delivery of the event), else the time the delivery's key was first claimed (pinned in the
+//! claim row, so a takeover or a retry produces the same `occurred_at`), never the per-attempt signed
+//! timestamp or this attempt's receive time: every copy of one event id carries one event time, so
+//! stores that deduplicate within a month partition keep one. `ingested_at` is this copy's receive
+//! time. A provider redelivery is answered from the claim, producing nothing, for
+//! `ingest.webhook_dedupe_retention_h` (168 h), longer than providers retry (a few days); a copy
+//! produced after the sweep deleted the claim is a new claim with a new time (not covered).
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -57,7 +66,10 @@ pub fn event_id(env: Environment, tenant: &str, provider: &str, dedupe_key: &str
 }
 
 /// What an authentic delivery becomes: the mapped event on the webhooks topic, or a dead letter.
-/// Shared by the server and the dead-letter redrive, so both produce the very same event.
+/// Shared by the server and the dead-letter redrive, so both produce the very same event. For a
+/// redrive, `received_at` is the letter's, which the server set to the pinned first-claim time: it is
+/// the event's `ingested_at`, and its `occurred_at` when the body has none. `_signed_timestamp` is not
+/// read (a per-attempt value: copies of one event would get different times).
 #[allow(clippy::too_many_arguments)]
 pub fn emit_for(
     topics: &Topics,
@@ -68,7 +80,7 @@ pub fn emit_for(
     signed_headers: std::collections::BTreeMap<String, String>,
     body: &[u8],
     received_at: DateTime<Utc>,
-    signed_timestamp: Option<i64>,
+    _signed_timestamp: Option<i64>,
     trace_id: Option<String>,
 ) -> Result<(Emit, bool), serde_json::Error> {
     let event_id = event_id(env, tenant, &def.name, &mapping.dedupe_key);
@@ -82,12 +94,15 @@ pub fn emit_for(
         signed_headers,
         body,
         received_at,
-        signed_timestamp,
+        received_at,
         trace_id,
     )
 }
 
-/// [`emit_for`] under a given event id (a claim taken over keeps the id stored in it).
+/// [`emit_for`] under a given event id (a claim taken over keeps the id stored in it). `received_at`
+/// is this copy's receive time (`ingested_at`); `pinned_at` is the time the key was first claimed,
+/// the same for every copy of the event id: the event time when the body has none, and a dead
+/// letter's `received_at` (so a redrive of any copy stamps the same times).
 #[allow(clippy::too_many_arguments)]
 fn emit_with_id(
     event_id: uuid::Uuid,
@@ -99,15 +114,14 @@ fn emit_with_id(
     signed_headers: std::collections::BTreeMap<String, String>,
     body: &[u8],
     received_at: DateTime<Utc>,
-    signed_timestamp: Option<i64>,
+    pinned_at: DateTime<Utc>,
     trace_id: Option<String>,
 ) -> Result<(Emit, bool), serde_json::Error> {
     match &mapping.result {
         Ok(m) => {
-            let occurred_at = m
-                .occurred_at
-                .or_else(|| signed_timestamp.and_then(|t| DateTime::from_timestamp(t, 0)))
-                .unwrap_or(received_at);
+            // The body's time (deterministic per event, range-checked by the mapping), else the pinned
+            // first-claim time: never a per-attempt value.
+            let occurred_at = m.occurred_at.unwrap_or(pinned_at);
             let envelope = Envelope {
                 event_id,
                 event_type: WebhookReceived::EVENT_TYPE.to_owned(),
@@ -156,7 +170,7 @@ fn emit_with_id(
                 tenant_id: Some(tenant.to_owned()),
                 source: Some(def.name.clone()),
                 environment: Some(env),
-                received_at: Some(received_at),
+                received_at: Some(pinned_at),
                 headers: signed_headers,
                 raw_base64: base64::engine::general_purpose::STANDARD.encode(body),
             };
@@ -222,7 +236,7 @@ async fn accept(
         (None, Err(_)) => "dead_lettered",
         (None, Ok(_)) => "accepted",
     };
-    let build = |event_id: uuid::Uuid| {
+    let build = |event_id: uuid::Uuid, pinned_at: DateTime<Utc>| {
         let (emit, dead_lettered) = emit_with_id(
             event_id,
             &s.topics,
@@ -233,7 +247,7 @@ async fn accept(
             signed_headers,
             &body,
             now,
-            accepted.signed_timestamp,
+            pinned_at,
             trace,
         )
         .map_err(|e| s.internal(&e))?;
@@ -257,7 +271,7 @@ async fn accept(
     let claim =
         RequestKey { tenant_id: &tenant, environment: env, scope: &scope, key: &accepted.mapping.dedupe_key };
     let hash = Sha256::digest(&body);
-    let resp = s.claim_produce_answer(Some((claim, hash.as_slice(), false)), event_id, build).await?;
+    let resp = s.claim_produce_answer(Some((claim, hash.as_slice(), false)), event_id, now, build).await?;
     metrics::counter!("riverbank_ingest_webhooks_total", "provider" => provider, "status" => label)
         .increment(1);
     tracing::debug!(tenant_id = %tenant, status = label, "webhook answered");

@@ -194,8 +194,9 @@ impl ProviderDef {
                 within_tolerance(t.timestamp(), now, tolerance_s)?;
             }
         }
-        // A signed header time stands in for a body time the provider does not send: it must be in
-        // range too (a definition's tolerance is no bound on that by itself).
+        // A signed header time is never the event time (a per-attempt value; ingest stamps the first
+        // claim's time), but one outside the range is refused all the same (a definition's tolerance
+        // is no bound on it by itself).
         if let (Some(t), Some(header), Ok(_)) =
             (verified.signed_timestamp, self.signature.timestamp_header(), &mapping.result)
         {
