@@ -1,7 +1,10 @@
 //! ClickHouse: analytics and audit search. No transactions here, so: rows first, then positions;
-//! tables are `ReplacingMergeTree` keyed on the event id (never on a time that a redelivery may
-//! change) so a replayed row collapses onto the original, and every query counts each key once
-//! (`FINAL`); months partition the data for time pruning. DDL and SQL run on ClickHouse 18.16 and on current releases.
+//! tables are `ReplacingMergeTree` keyed on the event id so a replayed row collapses onto the original,
+//! and every query counts each key once (`FINAL`); months of `occurred_at` partition the data for time
+//! pruning. Merges collapse copies only within a partition, so copies of one event id must share
+//! `occurred_at`: events derived by processors copy their input's, and ingest pins it per event id (a
+//! body event time, or the claim's first time; see ingest/src/store.rs). DDL and SQL run on ClickHouse
+//! 18.16 and on current releases.
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -256,6 +256,7 @@ async fn sink_kills_and_a_replay_land_every_row_exactly_once() -> anyhow::Result
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(postgres_landed(&p).await?, want, "postgres after replay");
     assert_eq!(clickhouse_landed(&p).await?, without_balances(&want), "clickhouse after replay");
+    p.assert_reconciled().await;
     p.finish().await
 }
 
@@ -293,6 +294,7 @@ async fn clickhouse_down_for_a_minute_stalls_nothing_else_and_catches_up() -> an
 
     anyhow::ensure!(stack("clickhouse-up")?.success(), "private clickhouse did not restart");
     converge(&p, &reference(&topics, &inputs), true, Duration::from_secs(120)).await?;
+    p.assert_reconciled().await;
     p.finish().await
 }
 

@@ -135,5 +135,6 @@ async fn processor_and_sinks_killed_mid_stream_lose_and_duplicate_nothing() -> a
         );
         assert_eq!(audit_count(&p.http, &p.api_url, tenant, Environment::Live).await?, want[tenant]);
     }
+    p.assert_reconciled().await;
     p.finish().await
 }
