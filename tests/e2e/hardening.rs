@@ -373,6 +373,20 @@ fn status_ends(cfg: &riverbank_runtime::Config, topics: &Topics) -> anyhow::Resu
         .collect()
 }
 
+/// Poll `done` every half second until it says so, at most `timeout`.
+async fn until(
+    p: &Pipeline,
+    timeout: Duration,
+    mut done: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done()? {
+        anyhow::ensure!(Instant::now() < deadline, "not within {timeout:?}; logs in {}", p.dir.display());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
 fn log_of(p: &Pipeline, name: &str) -> String {
     std::fs::read_to_string(p.dir.join(format!("{name}.log"))).unwrap_or_default()
 }
@@ -401,18 +415,17 @@ async fn no_checkpoint_over_a_trimmed_input_log_is_refused_not_started_empty() -
     tpl.add_partition_offset(&input_topic, 0, rdkafka::Offset::Offset(2))?;
     admin.delete_records(&tpl, &rdkafka::admin::AdminOptions::new()).await?;
     p.spawn(TRANSFERS)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    until(&p, Duration::from_secs(60), || {
         let ends = status_ends(&cfg, &topics)?;
         let log = log_of(&p, "process-transfers");
         if ends[1] > 0 && log.contains("refusing to start this partition with empty state") {
             anyhow::ensure!(ends[0] == 0, "partition 0 was started from nothing: {ends:?}");
             anyhow::ensure!(log.contains(&format!("{input_topic}/0")), "the error names the partition");
-            break;
+            return Ok(true);
         }
-        anyhow::ensure!(Instant::now() < deadline, "ends {ends:?}; logs in {}", p.dir.display());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(false)
+    })
+    .await?;
     anyhow::ensure!(p.running(TRANSFERS), "the process keeps running the other partitions");
     p.finish().await
 }
@@ -454,17 +467,16 @@ async fn an_unreadable_checkpoint_blocks_only_its_partition() -> anyhow::Result<
         }
     }
     produce(&p, &more).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    until(&p, Duration::from_secs(60), || {
         let now = status_ends(&cfg, &topics)?;
         let log = log_of(&p, "process-transfers");
         if now[1] > before[1] && log.contains("partition not restored") {
             anyhow::ensure!(now[0] == before[0], "the blocked partition produced: {before:?} → {now:?}");
-            break;
+            return Ok(true);
         }
-        anyhow::ensure!(Instant::now() < deadline, "{before:?} → {now:?}; logs in {}", p.dir.display());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(false)
+    })
+    .await?;
     anyhow::ensure!(p.running(TRANSFERS), "the process keeps running");
     p.finish().await
 }
@@ -588,5 +600,49 @@ async fn complete_through_waits_for_a_stopped_upstream_processor() -> anyhow::Re
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    p.finish().await
+}
+
+/// Findings 2 and 13: start-up refuses existing topics whose configs would lose state (an expiring or
+/// compacted checkpoint topic, a compacted event topic) or whose partition count differs from the
+/// config, naming the topic and the setting; topics riverbank creates itself pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_refuses_topics_that_would_lose_state() -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let p = Pipeline::start_with("harden_topics", &[], &[], "").await?;
+    let kcfg = config(&p).kafka;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &kcfg.brokers).create()?;
+    let name = |n: &str| format!("{}live.{n}", p.topic_prefix);
+    let (expiring, compacted, skewed) =
+        (name("checkpoints.x"), name("events.compacted"), name("events.skewed"));
+    let parts = kcfg.topic_partitions;
+    let topics = [
+        NewTopic::new(&expiring, parts, TopicReplication::Fixed(1)).set("retention.ms", "604800000"),
+        NewTopic::new(&compacted, parts, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
+        NewTopic::new(&skewed, parts + 1, TopicReplication::Fixed(1)),
+    ];
+    for r in admin.create_topics(topics.iter(), &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    let refusal = |topic: &String| {
+        let (kcfg, topic) = (kcfg.clone(), topic.clone());
+        async move {
+            match riverbank_runtime::kafka::ensure_topics(&kcfg, std::slice::from_ref(&topic)).await {
+                Ok(()) => anyhow::bail!("{topic} was accepted"),
+                Err(e) => Ok(e.to_string()),
+            }
+        }
+    };
+    let e = refusal(&expiring).await?;
+    anyhow::ensure!(e.contains(&expiring) && e.contains("retention.ms=604800000"), "{e}");
+    let e = refusal(&compacted).await?;
+    anyhow::ensure!(e.contains(&compacted) && e.contains("cleanup.policy=compact"), "{e}");
+    let e = refusal(&skewed).await?;
+    anyhow::ensure!(e.contains(&skewed) && e.contains("partitions"), "{e}");
+    // What riverbank creates itself is accepted, again and again.
+    let fresh = vec![name("checkpoints.fresh"), name("events.fresh")];
+    riverbank_runtime::kafka::ensure_topics(&kcfg, &fresh).await?;
+    riverbank_runtime::kafka::ensure_topics(&kcfg, &fresh).await?;
     p.finish().await
 }
