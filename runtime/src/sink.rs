@@ -20,7 +20,7 @@ use crate::batch::{self, Tracker};
 use crate::config::Config;
 use crate::kafka;
 use crate::process::{dead_letter, produce_all, Emit};
-use crate::watermark::Completeness;
+use crate::watermark::{self, Completeness};
 
 pub type StoreError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -138,8 +138,16 @@ async fn run_consumer<S: SinkStore>(
         cfg.kafka.message_timeout_ms.max(cfg.ingest.produce_timeout_ms) + cfg.sinks.clock_skew_max_ms,
     )
     .unwrap_or(i64::MAX);
-    let mut completeness =
-        Completeness::new(&cfg.kafka, margin_ms, Duration::from_millis(cfg.kafka.metadata_timeout_ms));
+    let mut completeness = Completeness::new(margin_ms);
+    // Observation rounds (Kafka round trips) run on a thread of their own; the loop only applies them.
+    let (_observer, rounds) = watermark::spawn_observer(
+        &cfg.kafka,
+        watch.clone(),
+        watermark_every,
+        Duration::from_millis(cfg.kafka.metadata_timeout_ms),
+        store.name(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut last_watermark = std::time::Instant::now();
     let mut unpositioned: Vec<(String, i32)> = Vec::new();
     loop {
@@ -213,9 +221,10 @@ async fn run_consumer<S: SinkStore>(
         }
         if last_watermark.elapsed() >= watermark_every {
             last_watermark = std::time::Instant::now();
+            let arrived: Vec<Vec<watermark::Observation>> = rounds.try_iter().collect();
             advance_watermarks(
                 store,
-                &consumer,
+                arrived,
                 &watch.assigned(),
                 &tracker,
                 &meta,
@@ -502,12 +511,12 @@ fn reposition_behind(
     }
 }
 
-/// One complete-through round (see `watermark`); partitions whose value moved get it written with
-/// their unchanged positions.
+/// Apply the observation rounds that arrived (see `watermark`); partitions whose complete-through
+/// moved get it written with their unchanged positions. No I/O but that write.
 #[allow(clippy::too_many_arguments)]
 async fn advance_watermarks<S: SinkStore>(
     store: &S,
-    consumer: &kafka::Consumer,
+    arrived: Vec<Vec<watermark::Observation>>,
     assigned: &[(String, i32)],
     tracker: &Tracker,
     meta: &HashMap<(String, i32), PartMeta>,
@@ -515,21 +524,11 @@ async fn advance_watermarks<S: SinkStore>(
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let now_ms = chrono_now_ms();
-    let started = std::time::Instant::now();
-    let observed = tokio::task::block_in_place(|| {
-        completeness.observe(consumer, assigned, |t, p| tracker.durable(t, p), now_ms)
-    });
-    metrics::histogram!("riverbank_sink_watermark_seconds", "sink" => store.name())
-        .record(started.elapsed().as_secs_f64());
-    let moved = match observed {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::debug!(sink = store.name(), error = %e, "complete-through not advanced this round");
-            return Ok(());
-        }
-    };
-    let positions: Vec<Position> = moved
+    for round in arrived {
+        completeness.add(round, assigned);
+    }
+    let positions: Vec<Position> = completeness
+        .resolve(|t, p| tracker.durable(t, p))
         .into_iter()
         .filter_map(|(t, p, landed)| {
             let next = tracker.durable(&t, p)?;
@@ -549,13 +548,6 @@ async fn advance_watermarks<S: SinkStore>(
         retry(store.name(), "watermark", backoff, shutdown, || store.write(&[], positions)).await?;
     }
     Ok(())
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Retry a store operation with bounded backoff until it succeeds or shutdown is requested.

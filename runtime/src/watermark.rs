@@ -19,6 +19,9 @@
 //! The published value per partition only grows. Readers take the minimum over every partition of
 //! every topic they depend on, and have no value while any partition has none.
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -27,44 +30,217 @@ use rdkafka::{Offset, TopicPartitionList};
 use riverbank_schemas::Topics;
 
 use crate::config::KafkaConfig;
-use crate::kafka::Consumer;
+use crate::kafka::RebalanceWatch;
 
 /// Observations kept per partition (older ones are dropped; the bound then waits for newer ones).
 pub const OBSERVATIONS_MAX: usize = 256;
+/// Observation rounds queued for the sink loop at most (a busy loop drains them between batches).
+pub const ROUNDS_QUEUED_MAX: usize = 8;
 
 type Key = (String, i32);
 
-/// One sink's complete-through bookkeeping.
-pub struct Completeness {
+/// One observation of a sink input partition: its log end, and the bound (ms) that holds once the
+/// store's position reaches it.
+pub type Observation = (String, i32, i64, i64);
+
+/// The Kafka side of complete-through: observation rounds (steps 1–3 of the module comment), on a
+/// thread of its own with clients of its own, so the sink loop never waits for them.
+pub struct Observer {
     cfg: KafkaConfig,
     topics: Topics,
-    margin_ms: i64,
     timeout: Duration,
+    client: BaseConsumer,
     /// Upstream input partitions: (observed at ms, log end), oldest first.
     upstream: HashMap<Key, VecDeque<(i64, i64)>>,
-    /// Sink input partitions: (log end, bound ms), oldest first.
-    pending: HashMap<Key, VecDeque<(i64, i64)>>,
-    /// Complete-through per sink input partition (ms), only growing.
-    landed: HashMap<Key, i64>,
     /// Group readers for upstream processors, by group id.
     readers: HashMap<String, BaseConsumer>,
     /// Partition ids of upstream input topics (the count is verified at start-up and never changes).
     partitions: HashMap<String, Vec<i32>>,
 }
 
-impl Completeness {
-    pub fn new(cfg: &KafkaConfig, margin_ms: i64, timeout: Duration) -> Self {
-        Completeness {
+impl Observer {
+    pub fn new(cfg: &KafkaConfig, timeout: Duration) -> Result<Self, String> {
+        Ok(Observer {
+            client: Self::client(cfg, &format!("{}-watermark-unused", cfg.client_id))?,
             cfg: cfg.clone(),
             topics: Topics::new(cfg.topic_prefix.clone()),
-            margin_ms,
             timeout,
             upstream: HashMap::new(),
-            pending: HashMap::new(),
-            landed: HashMap::new(),
             readers: HashMap::new(),
             partitions: HashMap::new(),
+        })
+    }
+
+    /// A client that never joins a group (it only reads metadata, log ends and committed offsets).
+    fn client(cfg: &KafkaConfig, group: &str) -> Result<BaseConsumer, String> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", format!("{}-watermark", cfg.client_id))
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("log_level", "4")
+            .create()
+            .map_err(|e| format!("watermark reader: {e}"))
+    }
+
+    fn log_end(&self, topic: &str, partition: i32) -> Result<i64, String> {
+        let (_, high) = self
+            .client
+            .fetch_watermarks(topic, partition, self.timeout)
+            .map_err(|e| format!("log end of {topic}/{partition}: {e}"))?;
+        Ok(high)
+    }
+
+    /// The bound (ms) for outputs in `topic`: see the module comment. `None` while unknown.
+    fn upstream_bound(&mut self, topic: &str, now_ms: i64) -> Result<Option<i64>, String> {
+        let Some((processor, inputs)) = self.topics.upstream(topic) else { return Ok(Some(now_ms)) };
+        let mut tpl = TopicPartitionList::new();
+        let mut keys = Vec::new();
+        for input in &inputs {
+            if !self.partitions.contains_key(input) {
+                let md = self
+                    .client
+                    .fetch_metadata(Some(input), self.timeout)
+                    .map_err(|e| format!("metadata of {input}: {e}"))?;
+                let ids: Vec<i32> =
+                    md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+                self.partitions.insert(input.clone(), ids);
+            }
+            let ids = self.partitions.get(input).cloned().unwrap_or_default();
+            for p in ids {
+                let high = self.log_end(input, p)?;
+                let obs = self.upstream.entry((input.clone(), p)).or_default();
+                obs.push_back((now_ms, high));
+                while obs.len() > OBSERVATIONS_MAX {
+                    obs.pop_front();
+                }
+                tpl.add_partition(input, p);
+                keys.push((input.clone(), p));
+            }
         }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let group = self.topics.group(&format!("processor.{processor}"));
+        if !self.readers.contains_key(&group) {
+            self.readers.insert(group.clone(), Self::client(&self.cfg, &group)?);
+        }
+        let reader = self.readers.get(&group).ok_or("watermark reader vanished")?;
+        let committed = reader
+            .committed_offsets(tpl, self.timeout)
+            .map_err(|e| format!("committed offsets of {group}: {e}"))?;
+        let mut bound = i64::MAX;
+        for key in keys {
+            let c = match committed.find_partition(&key.0, key.1).map(|e| e.offset()) {
+                Some(Offset::Offset(c)) => c,
+                _ => 0, // nothing committed yet: only an empty log is caught up
+            };
+            let obs = self.upstream.get_mut(&key).ok_or("observation vanished")?;
+            // The latest observation the processor has reached; older ones are no longer needed.
+            let Some(i) = obs.iter().rposition(|&(_, high)| high <= c) else { return Ok(None) };
+            let at = obs[i].0;
+            obs.drain(..i);
+            bound = bound.min(at);
+        }
+        Ok(Some(bound))
+    }
+
+    /// One observation round over `assigned` at `now_ms`. Blocking.
+    pub fn round(&mut self, assigned: &[(String, i32)], now_ms: i64) -> Result<Vec<Observation>, String> {
+        let mut topics: Vec<&str> = assigned.iter().map(|(t, _)| t.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        // Topics fed by the same processor share one bound per round.
+        let mut bounds: HashMap<Option<&'static str>, Option<i64>> = HashMap::new();
+        let mut out = Vec::new();
+        for topic in topics {
+            let upstream = self.topics.upstream(topic).map(|(p, _)| p);
+            let bound = match bounds.get(&upstream) {
+                Some(b) => *b,
+                None => {
+                    let b = self.upstream_bound(topic, now_ms)?;
+                    bounds.insert(upstream, b);
+                    b
+                }
+            };
+            let Some(bound) = bound else { continue };
+            for (_, p) in assigned.iter().filter(|(t, _)| t == topic) {
+                out.push((topic.to_owned(), *p, self.log_end(topic, *p)?, bound));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs observation rounds every `interval` over the partitions `watch` says are assigned, on a thread
+/// of its own, until the returned guard is dropped. Rounds queue (at most `ROUNDS_QUEUED_MAX`; a full
+/// queue drops the round) for the sink loop to apply with [`Completeness::add`].
+pub fn spawn_observer(
+    cfg: &KafkaConfig,
+    watch: Arc<RebalanceWatch>,
+    interval: Duration,
+    timeout: Duration,
+    sink: &'static str,
+) -> Result<(ObserverGuard, Receiver<Vec<Observation>>), String> {
+    let mut observer = Observer::new(cfg, timeout)?;
+    let (tx, rx): (SyncSender<Vec<Observation>>, _) = sync_channel(ROUNDS_QUEUED_MAX);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::Builder::new()
+        .name(format!("{sink}-watermark"))
+        .spawn(move || {
+            let step = Duration::from_millis(50).min(interval);
+            while !stopped.load(Ordering::Acquire) {
+                let started = std::time::Instant::now();
+                match observer.round(&watch.assigned(), now_ms()) {
+                    Ok(round) => match tx.try_send(round) {
+                        Ok(()) | Err(TrySendError::Full(_)) => {}
+                        Err(TrySendError::Disconnected(_)) => return,
+                    },
+                    Err(e) => tracing::debug!(sink, error = %e, "complete-through round failed"),
+                }
+                metrics::histogram!("riverbank_sink_watermark_seconds", "sink" => sink)
+                    .record(started.elapsed().as_secs_f64());
+                while started.elapsed() < interval && !stopped.load(Ordering::Acquire) {
+                    std::thread::sleep(step);
+                }
+            }
+        })
+        .map_err(|e| format!("watermark thread: {e}"))?;
+    Ok((ObserverGuard { stop }, rx))
+}
+
+/// Stops the observer thread when dropped.
+pub struct ObserverGuard {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for ObserverGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The pure side: observations waiting for the store to reach them, and the published values.
+#[derive(Debug, Default)]
+pub struct Completeness {
+    margin_ms: i64,
+    /// Sink input partitions: (log end, bound ms), oldest first.
+    pending: HashMap<Key, VecDeque<(i64, i64)>>,
+    /// Complete-through per sink input partition (ms), only growing.
+    landed: HashMap<Key, i64>,
+}
+
+impl Completeness {
+    pub fn new(margin_ms: i64) -> Self {
+        Completeness { margin_ms, ..Completeness::default() }
     }
 
     /// The value already in the store for a partition (published values never move back).
@@ -83,119 +259,22 @@ impl Completeness {
         self.landed.retain(|k, _| assigned.contains(k));
     }
 
-    fn reader(&mut self, group: &str) -> Result<&BaseConsumer, String> {
-        if !self.readers.contains_key(group) {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &self.cfg.brokers)
-                .set("client.id", format!("{}-watermark", self.cfg.client_id))
-                .set("group.id", group)
-                .set("enable.auto.commit", "false")
-                .set("log_level", "4")
-                .create()
-                .map_err(|e| format!("watermark reader: {e}"))?;
-            self.readers.insert(group.to_owned(), c);
-        }
-        self.readers.get(group).ok_or_else(|| "watermark reader vanished".to_owned())
-    }
-
-    /// The bound (ms) for outputs in `topic`: see the module comment. `None` while unknown.
-    fn upstream_bound(
-        &mut self,
-        consumer: &Consumer,
-        topic: &str,
-        now_ms: i64,
-    ) -> Result<Option<i64>, String> {
-        let Some((processor, inputs)) = self.topics.upstream(topic) else { return Ok(Some(now_ms)) };
-        let timeout = self.timeout;
-        let mut tpl = TopicPartitionList::new();
-        let mut keys = Vec::new();
-        for input in &inputs {
-            if !self.partitions.contains_key(input) {
-                let md = consumer
-                    .fetch_metadata(Some(input), timeout)
-                    .map_err(|e| format!("metadata of {input}: {e}"))?;
-                let ids: Vec<i32> =
-                    md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-                self.partitions.insert(input.clone(), ids);
+    /// Queue one observation round (partitions not assigned here are ignored).
+    pub fn add(&mut self, round: Vec<Observation>, assigned: &[(String, i32)]) {
+        for (topic, p, high, bound) in round {
+            let key = (topic, p);
+            if !assigned.contains(&key) {
+                continue;
             }
-            let ids = self.partitions.get(input).cloned().unwrap_or_default();
-            for p in ids {
-                let (_, high) = consumer
-                    .fetch_watermarks(input, p, timeout)
-                    .map_err(|e| format!("log end of {input}/{p}: {e}"))?;
-                let obs = self.upstream.entry((input.clone(), p)).or_default();
-                obs.push_back((now_ms, high));
-                while obs.len() > OBSERVATIONS_MAX {
-                    obs.pop_front();
-                }
-                tpl.add_partition(input, p);
-                keys.push((input.clone(), p));
+            let q = self.pending.entry(key).or_default();
+            q.push_back((high, bound));
+            while q.len() > OBSERVATIONS_MAX {
+                q.pop_front();
             }
         }
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        let group = self.topics.group(&format!("processor.{processor}"));
-        let committed = self
-            .reader(&group)?
-            .committed_offsets(tpl, timeout)
-            .map_err(|e| format!("committed offsets of {group}: {e}"))?;
-        let mut bound = i64::MAX;
-        for key in keys {
-            let c = match committed.find_partition(&key.0, key.1).map(|e| e.offset()) {
-                Some(Offset::Offset(c)) => c,
-                _ => 0, // nothing committed yet: only an empty log is caught up
-            };
-            let obs = self.upstream.get_mut(&key).ok_or("observation vanished")?;
-            // The latest observation the processor has reached; older ones are no longer needed.
-            let Some(i) = obs.iter().rposition(|&(_, high)| high <= c) else { return Ok(None) };
-            let at = obs[i].0;
-            obs.drain(..i);
-            bound = bound.min(at);
-        }
-        Ok(Some(bound))
     }
 
-    /// One observation round over the assigned partitions; `durable` gives the store's position.
-    /// Returns the partitions whose complete-through moved, with the new value. Blocking.
-    pub fn observe(
-        &mut self,
-        consumer: &Consumer,
-        assigned: &[(String, i32)],
-        durable: impl Fn(&str, i32) -> Option<i64>,
-        now_ms: i64,
-    ) -> Result<Vec<(String, i32, i64)>, String> {
-        let mut topics: Vec<&str> = assigned.iter().map(|(t, _)| t.as_str()).collect();
-        topics.sort_unstable();
-        topics.dedup();
-        // Topics fed by the same processor share one bound per round.
-        let mut bounds: HashMap<Option<&'static str>, Option<i64>> = HashMap::new();
-        for topic in topics {
-            let upstream = self.topics.upstream(topic).map(|(p, _)| p);
-            let bound = match bounds.get(&upstream) {
-                Some(b) => *b,
-                None => {
-                    let b = self.upstream_bound(consumer, topic, now_ms)?;
-                    bounds.insert(upstream, b);
-                    b
-                }
-            };
-            let Some(bound) = bound else { continue };
-            for (_, p) in assigned.iter().filter(|(t, _)| t == topic) {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, *p, self.timeout)
-                    .map_err(|e| format!("log end of {topic}/{p}: {e}"))?;
-                let q = self.pending.entry((topic.to_owned(), *p)).or_default();
-                q.push_back((high, bound));
-                while q.len() > OBSERVATIONS_MAX {
-                    q.pop_front();
-                }
-            }
-        }
-        Ok(self.resolve(durable))
-    }
-
-    /// Apply store positions to the pending observations.
+    /// Apply store positions to the pending observations. Returns the partitions whose value moved.
     pub fn resolve(&mut self, durable: impl Fn(&str, i32) -> Option<i64>) -> Vec<(String, i32, i64)> {
         let mut moved = Vec::new();
         for ((topic, p), q) in &mut self.pending {
@@ -226,8 +305,7 @@ mod tests {
     use super::*;
 
     fn completeness() -> Completeness {
-        let cfg: KafkaConfig = crate::config::Config::load(None).expect("defaults").kafka;
-        Completeness::new(&cfg, 100, Duration::from_millis(10))
+        Completeness::new(100)
     }
 
     #[test]
