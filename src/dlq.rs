@@ -119,7 +119,6 @@ pub fn redrive_emit(
             &raw,
             received_at,
             None,
-            None,
         )
         .map_err(|_| Outcome::NotRedrivable("event does not serialize"))?;
         return Ok(emit);

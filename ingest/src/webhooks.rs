@@ -68,8 +68,8 @@ pub fn event_id(env: Environment, tenant: &str, provider: &str, dedupe_key: &str
 /// What an authentic delivery becomes: the mapped event on the webhooks topic, or a dead letter.
 /// Shared by the server and the dead-letter redrive, so both produce the very same event. For a
 /// redrive, `received_at` is the letter's, which the server set to the pinned first-claim time: it is
-/// the event's `ingested_at`, and its `occurred_at` when the body has none. `_signed_timestamp` is not
-/// read (a per-attempt value: copies of one event would get different times).
+/// the event's `ingested_at`, and its `occurred_at` when the body has none (never the signed
+/// timestamp: a per-attempt value, so copies of one event would get different times).
 #[allow(clippy::too_many_arguments)]
 pub fn emit_for(
     topics: &Topics,
@@ -80,7 +80,6 @@ pub fn emit_for(
     signed_headers: std::collections::BTreeMap<String, String>,
     body: &[u8],
     received_at: DateTime<Utc>,
-    _signed_timestamp: Option<i64>,
     trace_id: Option<String>,
 ) -> Result<(Emit, bool), serde_json::Error> {
     let event_id = event_id(env, tenant, &def.name, &mapping.dedupe_key);
