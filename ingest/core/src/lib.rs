@@ -8,6 +8,7 @@ pub mod event_time;
 pub mod provider;
 pub mod schemes;
 pub mod standard_webhooks;
+pub mod verify;
 
 /// Request headers by lower-case name.
 pub trait Headers {

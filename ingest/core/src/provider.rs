@@ -9,7 +9,8 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::event_time;
-use crate::schemes::{within_tolerance, Key, Scheme, VerifyError};
+use crate::schemes::{Key, Scheme};
+use crate::verify::{within_tolerance, VerifyError};
 use crate::Headers;
 
 /// Longest id, type, entity key or schema version taken from a delivery, in bytes.

@@ -19,6 +19,9 @@ use sha2::{Sha256, Sha512};
 use crate::standard_webhooks as sw;
 use crate::Headers;
 
+// Defined in the leaf `verify` (standard_webhooks uses them too); kept at their paths here.
+pub use crate::verify::{unix_seconds, within_tolerance, VerifyError};
+
 /// Longest signature header value considered, in bytes (a few rotated signatures fit easily).
 pub const SIGNATURE_HEADER_BYTES_MAX: usize = 1024;
 /// Shortest shared HMAC secret accepted, in bytes.
@@ -232,23 +235,6 @@ fn required<'h>(headers: &'h dyn Headers, name: &str) -> Result<&'h str, VerifyE
     Ok(v)
 }
 
-/// Unix seconds as sent in a header: 1–12 ASCII digits.
-pub fn unix_seconds(text: &str) -> Result<i64, VerifyError> {
-    if text.is_empty() || text.len() > 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(VerifyError::BadTimestamp);
-    }
-    text.parse().map_err(|_| VerifyError::BadTimestamp)
-}
-
-/// `timestamp` must be at most `tolerance_s` away from `now`, either way.
-pub fn within_tolerance(timestamp: i64, now: i64, tolerance_s: i64) -> Result<(), VerifyError> {
-    let skew = now.saturating_sub(timestamp).saturating_abs();
-    if skew > tolerance_s {
-        return Err(VerifyError::OutsideTolerance(skew, tolerance_s));
-    }
-    Ok(())
-}
-
 fn hmac_match<M: Mac + hmac::digest::KeyInit + Clone>(
     keys: &[Key],
     body: &[u8],
@@ -291,37 +277,6 @@ pub struct Verified {
     /// Which of the keys matched (so the caller knows which tenant's secret verified).
     pub key_index: usize,
     pub signed_timestamp: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    #[error("missing header {0}")]
-    MissingHeader(String),
-    #[error("malformed signature: {0}")]
-    Malformed(&'static str),
-    #[error("{0} must be 1-256 printable ASCII characters")]
-    BadId(&'static str),
-    #[error("timestamp must be unix seconds")]
-    BadTimestamp,
-    #[error("timestamp is {0} s away from now; at most {1} s allowed")]
-    OutsideTolerance(i64, i64),
-    #[error("digest algorithm not accepted (HMAC_SHA256_HEX or HMAC_SHA512_HEX)")]
-    UnsupportedAlgorithm,
-    #[error("no signature matches")]
-    NoMatch,
-}
-
-impl VerifyError {
-    /// Whether the request is malformed (400) rather than unauthentic (401).
-    pub fn is_malformed(&self) -> bool {
-        matches!(
-            self,
-            VerifyError::MissingHeader(_)
-                | VerifyError::Malformed(_)
-                | VerifyError::BadId(_)
-                | VerifyError::BadTimestamp
-        )
-    }
 }
 
 /// Signing, for senders: the demo, tests, fuzz seeds and the load benchmark. Returns the headers to send.

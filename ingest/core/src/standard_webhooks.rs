@@ -16,7 +16,7 @@ pub const ID_BYTES_MAX: usize = 256;
 /// Most signatures considered in one header (rotation needs a few, not hundreds).
 pub const SIGNATURES_MAX: usize = 8;
 
-pub use crate::schemes::VerifyError;
+pub use crate::verify::VerifyError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("webhook secret must be 'whsec_' followed by base64 of at least 16 bytes")]
@@ -102,8 +102,8 @@ pub fn verify_indexed(
     if id.is_empty() || id.len() > ID_BYTES_MAX || !id.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         return Err(VerifyError::BadId(HEADER_ID));
     }
-    let timestamp = crate::schemes::unix_seconds(ts_text)?;
-    crate::schemes::within_tolerance(timestamp, now, tolerance_s)?;
+    let timestamp = crate::verify::unix_seconds(ts_text)?;
+    crate::verify::within_tolerance(timestamp, now, tolerance_s)?;
     let candidates: Vec<Vec<u8>> = sigs
         .split(' ')
         .filter_map(|s| s.strip_prefix("v1,"))
