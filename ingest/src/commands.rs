@@ -20,7 +20,7 @@ use riverbank_runtime::process::Emit;
 use riverbank_schemas::{derived_id, Envelope, Environment};
 use sha2::{Digest as _, Sha256};
 
-use crate::server::{header, trace_id, Ingest, Outcome};
+use crate::request::{header, trace_id, Ingest, Outcome};
 use crate::store::RequestKey;
 
 /// Longest `Idempotency-Key`, in bytes.

@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod commands;
+pub mod keys;
+pub mod request;
 pub mod server;
 pub mod store;
 pub mod webhooks;

@@ -27,6 +27,7 @@ use sqlx::{PgPool, Row as _};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
+use riverbank_runtime::CancellationToken;
 use riverbank_schemas::Environment;
 
 /// Bumped when the DDL below changes; each statement is idempotent.
@@ -238,6 +239,27 @@ pub async fn sweep(
         .rows_affected();
     }
     Ok(deleted)
+}
+
+/// Run [`sweep`] every `every` until `shutdown`; a failed pass is logged and the next one retries.
+pub async fn sweep_loop(
+    pool: PgPool,
+    every: Duration,
+    webhook_retention: Duration,
+    api_retention: Duration,
+    rows_max: i64,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match sweep(&pool, webhook_retention, api_retention, rows_max).await {
+            Ok(n) => metrics::counter!("riverbank_ingest_swept_rows_total").increment(n),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; next pass retries"),
+        }
+    }
 }
 
 /// A request key with owned parts (it crosses into the batching task).

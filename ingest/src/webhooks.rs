@@ -28,7 +28,7 @@ use riverbank_runtime::process::Emit;
 use riverbank_schemas::{derived_id, DeadLetter, Envelope, Environment, Topics, WebhookReceived};
 use sha2::{Digest as _, Sha256};
 
-use crate::server::{header, trace_id, Ingest, Outcome};
+use crate::request::{header, trace_id, Ingest, Outcome};
 use crate::store::RequestKey;
 
 /// Axum's header map, read through the core's [`Headers`].
@@ -199,7 +199,7 @@ async fn accept(
     }
     let env = s.environment(headers)?;
     let body = s.read_body(headers, body).await?;
-    let empty = crate::server::KeySet::default();
+    let empty = crate::keys::KeySet::default();
     let set = s.keys.get(&(provider.clone(), env)).unwrap_or(&empty);
     let (keys, owner) = set.candidates(tenant.as_deref());
     let now = Utc::now();
@@ -257,7 +257,7 @@ async fn accept(
                     rule,
                     format!("occurred_at {why}; the delivery is kept on the dead-letter topic as {event_id}"),
                 );
-                (e.status, crate::server::error_body(&e))
+                (e.status, crate::request::error_body(&e))
             }
             None => {
                 let status = if dead_lettered { "dead_lettered" } else { "accepted" };
