@@ -13,8 +13,9 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use riverbank_ingest_core::commands::{self as core, check_id, Endpoint, KycUserAction, Stream};
+use riverbank_runtime::apikeys::ApiKey;
 use riverbank_runtime::http::HttpError;
 use riverbank_runtime::process::Emit;
 use riverbank_schemas::{derived_id, Envelope, Environment};
@@ -72,95 +73,33 @@ async fn command(s: Arc<Ingest>, r: Request) -> Response {
     s.clone().guarded(&headers, handle(s, r)).await
 }
 
+/// Authenticate, check environment and role, decode, then claim → produce → answer.
 async fn handle(s: Arc<Ingest>, r: Request) -> Result<Response, HttpError> {
-    let key = s.api_keys.authenticate(&s.pool, &r.headers).await?;
-    let env = s.environment(&r.headers)?;
-    if env != key.environment {
-        return Err(HttpError::new(
-            StatusCode::FORBIDDEN,
-            "wrong_environment",
-            format!("this key is for {}; it can never act on {env}", key.environment),
-        ));
-    }
-    if !r.endpoint.roles().contains(&key.role) {
-        let allowed: Vec<&str> = r.endpoint.roles().iter().map(|r| r.as_str()).collect();
-        return Err(HttpError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden_role",
-            format!(
-                "role {} may not {}; allowed: {}",
-                key.role.as_str(),
-                r.endpoint.name(),
-                allowed.join(", ")
-            ),
-        ));
-    }
-    let user_id = match header(&r.headers, "x-user-id") {
-        Some(u) => {
-            check_id("x-user-id", u).map_err(|e| HttpError::invalid_field(e.field, e.rule, e.message))?;
-            Some(u.to_owned())
-        }
-        None => None,
-    };
-    let idempotency_key =
-        match header(&r.headers, "idempotency-key").or_else(|| header(&r.headers, "x-idempotency-key")) {
-            Some(k)
-                if k.is_empty()
-                    || k.len() > IDEMPOTENCY_KEY_BYTES_MAX
-                    || !k.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
-            {
-                return Err(HttpError::invalid_field(
-                    "Idempotency-Key",
-                    "format",
-                    "must be 1-255 printable ASCII characters",
-                ))
-            }
-            k => k.map(str::to_owned),
-        };
+    let (key, env) = authorize(&s, &r.headers, r.endpoint).await?;
+    let user_id = user_id(&r.headers)?;
+    let idempotency_key = idempotency_key(&r.headers)?;
     let body = s.read_body(&r.headers, r.body).await?;
     // Maker–checker needs a person: `x-user-id` when the tenant's backend names one, else the key.
     let actor = match &user_id {
         Some(u) => format!("user:{u}"),
         None => format!("key:{}", key.key_id),
     };
-    let cmd = core::decode(r.endpoint, r.path_id.as_deref(), &body, &actor)
-        .map_err(|e| HttpError::invalid_field(e.field, e.rule, e.message))?;
+    let cmd = core::decode(r.endpoint, r.path_id.as_deref(), &body, &actor).map_err(field_error)?;
     let hash = request_sha256(r.method.as_str(), r.uri.path(), &body);
     let event_id = match &idempotency_key {
         Some(k) => event_id(env, &key.tenant_id, k, &hash),
         None => uuid::Uuid::new_v4(),
     };
-    let topic = stream_topic(&s, cmd.stream, env);
-    let trace_id = trace_id(&r.headers);
-    let build = |event_id: uuid::Uuid, pinned_at: chrono::DateTime<Utc>| {
-        let envelope = Envelope {
-            event_id,
-            event_type: cmd.event_type.to_owned(),
-            schema_version: 1,
-            tenant_id: key.tenant_id.clone(),
-            environment: env,
-            // Every copy of this event id (a takeover's too) carries the first claim's time.
-            occurred_at: pinned_at,
-            ingested_at: Utc::now(),
-            idempotency_key: idempotency_key.clone(),
-            source: "api".to_owned(),
-            user_id,
-            customer_id: None,
-            session_id: None,
-            trace_id,
-            payload: cmd.payload,
-        };
-        let payload = serde_json::to_vec(&envelope).map_err(|e| s.internal(&e))?;
-        // Keyed by tenant: the transfers processor needs one tenant's inputs in one total order.
-        let emit = Emit { topic, key: key.tenant_id.clone(), event_id, payload };
-        let response = serde_json::json!({
-            "event_id": event_id,
-            "event_type": cmd.event_type,
-            "entity_id": cmd.entity_key,
-            "status": "accepted",
-        });
-        Ok(Outcome { emit, status: StatusCode::ACCEPTED, response })
+    let accepted = Accepted {
+        topic: stream_topic(&s, cmd.stream, env),
+        cmd,
+        tenant_id: key.tenant_id.clone(),
+        env,
+        idempotency_key: idempotency_key.clone(),
+        user_id,
+        trace_id: trace_id(&r.headers),
     };
+    let build = |event_id: uuid::Uuid, pinned_at: DateTime<Utc>| accepted.outcome(&s, event_id, pinned_at);
     let claim = idempotency_key.as_deref().map(|k| {
         (
             RequestKey { tenant_id: &key.tenant_id, environment: env, scope: "api", key: k },
@@ -172,6 +111,122 @@ async fn handle(s: Arc<Ingest>, r: Request) -> Result<Response, HttpError> {
     metrics::counter!("riverbank_ingest_commands_total", "endpoint" => r.endpoint.name()).increment(1);
     tracing::debug!(tenant_id = %key.tenant_id, endpoint = r.endpoint.name(), "command answered");
     Ok(resp)
+}
+
+/// The request's API key, and the environment it names, which must be the key's; the key's role
+/// must allow `endpoint`.
+async fn authorize(
+    s: &Ingest,
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+) -> Result<(ApiKey, Environment), HttpError> {
+    let key = s.api_keys.authenticate(&s.pool, headers).await?;
+    let env = s.environment(headers)?;
+    if env != key.environment {
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_environment",
+            format!("this key is for {}; it can never act on {env}", key.environment),
+        ));
+    }
+    if !endpoint.roles().contains(&key.role) {
+        let allowed: Vec<&str> = endpoint.roles().iter().map(|r| r.as_str()).collect();
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_role",
+            format!(
+                "role {} may not {}; allowed: {}",
+                key.role.as_str(),
+                endpoint.name(),
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok((key, env))
+}
+
+fn field_error(e: core::FieldError) -> HttpError {
+    HttpError::invalid_field(e.field, e.rule, e.message)
+}
+
+/// `x-user-id`, when sent, checked like any id.
+fn user_id(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
+    match header(headers, "x-user-id") {
+        Some(u) => {
+            check_id("x-user-id", u).map_err(field_error)?;
+            Ok(Some(u.to_owned()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// `Idempotency-Key` (or `x-idempotency-key`), when sent: 1–255 printable ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
+    match header(headers, "idempotency-key").or_else(|| header(headers, "x-idempotency-key")) {
+        Some(k)
+            if k.is_empty()
+                || k.len() > IDEMPOTENCY_KEY_BYTES_MAX
+                || !k.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+        {
+            Err(HttpError::invalid_field(
+                "Idempotency-Key",
+                "format",
+                "must be 1-255 printable ASCII characters",
+            ))
+        }
+        k => Ok(k.map(str::to_owned)),
+    }
+}
+
+/// An authorized, decoded command: everything its event needs but the event id and time, which the
+/// claim decides.
+struct Accepted {
+    cmd: core::Command,
+    topic: String,
+    tenant_id: String,
+    env: Environment,
+    idempotency_key: Option<String>,
+    user_id: Option<String>,
+    trace_id: Option<String>,
+}
+
+impl Accepted {
+    /// The event under `event_id` at `pinned_at`, and the 202 that answers it.
+    fn outcome(
+        self,
+        s: &Ingest,
+        event_id: uuid::Uuid,
+        pinned_at: DateTime<Utc>,
+    ) -> Result<Outcome, HttpError> {
+        let Accepted { cmd, topic, tenant_id, env, idempotency_key, user_id, trace_id } = self;
+        let envelope = Envelope {
+            event_id,
+            event_type: cmd.event_type.to_owned(),
+            schema_version: 1,
+            tenant_id: tenant_id.clone(),
+            environment: env,
+            // Every copy of this event id (a takeover's too) carries the first claim's time.
+            occurred_at: pinned_at,
+            ingested_at: Utc::now(),
+            idempotency_key,
+            source: "api".to_owned(),
+            user_id,
+            customer_id: None,
+            session_id: None,
+            trace_id,
+            payload: cmd.payload,
+        };
+        let payload = serde_json::to_vec(&envelope).map_err(|e| s.internal(&e))?;
+        // Keyed by tenant: the transfers processor needs one tenant's inputs in one total order.
+        let emit = Emit { topic, key: tenant_id, event_id, payload };
+        let response = serde_json::json!({
+            "event_id": event_id,
+            "event_type": cmd.event_type,
+            "entity_id": cmd.entity_key,
+            "status": "accepted",
+        });
+        Ok(Outcome { emit, status: StatusCode::ACCEPTED, response })
+    }
 }
 
 macro_rules! endpoint {

@@ -258,55 +258,10 @@ impl Ingest {
     where
         B: FnOnce(uuid::Uuid, DateTime<Utc>) -> Result<Outcome, HttpError>,
     {
-        let db_down = |e: sqlx::Error| {
-            tracing::warn!(error = %e, "idempotency store unavailable");
-            metrics::counter!("riverbank_ingest_store_errors_total").increment(1);
-            HttpError::unavailable(
-                "store_unavailable",
-                "request not accepted; retry later",
-                self.retry_after_s,
-            )
+        let (held, event_id, pinned_at) = match self.claim(key.as_ref(), event_id, received_at).await? {
+            Claimed::Produce { held, event_id, pinned_at } => (held, event_id, pinned_at),
+            Claimed::Replay(answer) => return Ok(answer),
         };
-        let mut held = None;
-        let mut event_id = event_id;
-        let mut pinned_at = received_at;
-        if let Some((k, hash, check_hash)) = &key {
-            match self.claims.claim(k, hash, event_id, *check_hash).await.map_err(db_down)? {
-                Claim::Owned { event_id: claimed, owner, first_claimed_at } => {
-                    event_id = claimed;
-                    pinned_at = first_claimed_at;
-                    held =
-                        Some(Held { claims: self.claims.clone(), key: OwnedKey::of(k), owner, armed: true });
-                }
-                Claim::Done { status, response, .. } => {
-                    metrics::counter!("riverbank_ingest_duplicates_total", "scope" => scope_label(k.scope))
-                        .increment(1);
-                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                    let mut resp = (status, Json(response)).into_response();
-                    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-                    return Ok(resp);
-                }
-                Claim::Mismatch => {
-                    return Err(HttpError::new(
-                        StatusCode::CONFLICT,
-                        "idempotency_key_reused",
-                        "this Idempotency-Key was used for a different request (method, path or body); \
-                         use a new key for a new request",
-                    ))
-                }
-                Claim::InFlight { lease_left } => {
-                    // Not a 4xx: the other claimant may still fail (or be dead), and then this request
-                    // is the one to produce. Retry when its lease ends at the latest.
-                    let retry_after_s = lease_left.as_millis().div_ceil(1000).max(1);
-                    return Err(HttpError::unavailable(
-                        "request_in_progress",
-                        "a request with this key is still being processed; its outcome is unknown: \
-                         retry the same request",
-                        u64::try_from(retry_after_s).unwrap_or(self.retry_after_s),
-                    ));
-                }
-            }
-        }
         let Outcome { emit, status, response } = match build(event_id, pinned_at) {
             Ok(o) => o,
             Err(e) => {
@@ -317,9 +272,83 @@ impl Ingest {
             }
         };
         debug_assert_eq!(emit.event_id, event_id, "an outcome is produced under the claimed event id");
+        if let Err(e) = self.produce(&emit).await {
+            // The event may still land (a message in flight when the producer gave up): the claim
+            // keeps its hash and event id and only its lease ends, so a retry of the same request
+            // takes over at once and produces the same event id.
+            if let Some(h) = held {
+                h.abandon().await;
+            }
+            return Err(e);
+        }
+        if let Some(h) = held {
+            h.complete(status, response.clone());
+        }
+        Ok((status, Json(response)).into_response())
+    }
+
+    /// The claim step of [`Ingest::claim_produce_answer`]: without a key, produce under `event_id` at
+    /// `received_at`; with one, produce as its owner (under the claim's event id and first-claim time),
+    /// replay its recorded answer, or refuse (a different request under the key: 409; another
+    /// claimant still holds it: 503).
+    async fn claim(
+        &self,
+        key: Option<&(RequestKey<'_>, &[u8], bool)>,
+        event_id: uuid::Uuid,
+        received_at: DateTime<Utc>,
+    ) -> Result<Claimed, HttpError> {
+        let Some((k, hash, check_hash)) = key else {
+            return Ok(Claimed::Produce { held: None, event_id, pinned_at: received_at });
+        };
+        let db_down = |e: sqlx::Error| {
+            tracing::warn!(error = %e, "idempotency store unavailable");
+            metrics::counter!("riverbank_ingest_store_errors_total").increment(1);
+            HttpError::unavailable(
+                "store_unavailable",
+                "request not accepted; retry later",
+                self.retry_after_s,
+            )
+        };
+        match self.claims.claim(k, hash, event_id, *check_hash).await.map_err(db_down)? {
+            Claim::Owned { event_id: claimed, owner, first_claimed_at } => Ok(Claimed::Produce {
+                held: Some(Held { claims: self.claims.clone(), key: OwnedKey::of(k), owner, armed: true }),
+                event_id: claimed,
+                pinned_at: first_claimed_at,
+            }),
+            Claim::Done { status, response, .. } => {
+                metrics::counter!("riverbank_ingest_duplicates_total", "scope" => scope_label(k.scope))
+                    .increment(1);
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                let mut resp = (status, Json(response)).into_response();
+                resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                Ok(Claimed::Replay(resp))
+            }
+            Claim::Mismatch => Err(HttpError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request (method, path or body); \
+                 use a new key for a new request",
+            )),
+            Claim::InFlight { lease_left } => {
+                // Not a 4xx: the other claimant may still fail (or be dead), and then this request
+                // is the one to produce. Retry when its lease ends at the latest.
+                let retry_after_s = lease_left.as_millis().div_ceil(1000).max(1);
+                Err(HttpError::unavailable(
+                    "request_in_progress",
+                    "a request with this key is still being processed; its outcome is unknown: \
+                     retry the same request",
+                    u64::try_from(retry_after_s).unwrap_or(self.retry_after_s),
+                ))
+            }
+        }
+    }
+
+    /// Produce `emit` and wait for the broker's acknowledgement, at most `produce_timeout` (503 +
+    /// `Retry-After` without one: the outcome is unknown).
+    async fn produce(&self, emit: &Emit) -> Result<(), HttpError> {
         let produced = tokio::time::timeout(
             self.produce_timeout,
-            produce_all(&self.producer, std::slice::from_ref(&emit), self.produce_timeout),
+            produce_all(&self.producer, std::slice::from_ref(emit), self.produce_timeout),
         )
         .await
         .unwrap_or_else(|_| {
@@ -328,23 +357,22 @@ impl Ingest {
         if let Err(e) = produced {
             tracing::warn!(topic = %emit.topic, error = %e, "broker did not acknowledge");
             metrics::counter!("riverbank_ingest_broker_unavailable_total").increment(1);
-            // The event may still land (a message in flight when the producer gave up): the claim
-            // keeps its hash and event id and only its lease ends, so a retry of the same request
-            // takes over at once and produces the same event id.
-            if let Some(h) = held {
-                h.abandon().await;
-            }
             return Err(HttpError::unavailable(
                 "broker_unavailable",
                 "outcome unknown: the broker did not acknowledge in time; retry the same request",
                 self.retry_after_s,
             ));
         }
-        if let Some(h) = held {
-            h.complete(status, response.clone());
-        }
-        Ok((status, Json(response)).into_response())
+        Ok(())
     }
+}
+
+/// What claiming a request's key settled.
+enum Claimed {
+    /// Produce under `event_id` at `pinned_at`; `held` is the owned claim (none without a key).
+    Produce { held: Option<Held>, event_id: uuid::Uuid, pinned_at: DateTime<Utc> },
+    /// The key was answered before: this is that answer again.
+    Replay(Response),
 }
 
 fn scope_label(scope: &str) -> &'static str {
