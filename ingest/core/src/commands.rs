@@ -312,289 +312,321 @@ pub fn decode(
     actor: &str,
 ) -> Result<Command, FieldError> {
     use Endpoint::*;
-    let path = |field: &str| -> Result<String, FieldError> {
-        let id = path_id.ok_or_else(|| invalid(field, "required", "missing from the path"))?;
-        check_id(field, id)?;
-        Ok(id.to_owned())
-    };
     match endpoint {
-        CreateTransfer => {
-            let b: CreateTransferBody = json(body)?;
-            check_id("transfer_id", &b.transfer_id)?;
-            let cur = currency("currency", &b.currency)?;
-            let amount = amount("amount", &b.amount, cur)?;
-            for (field, v) in
-                [("source_account", &b.source_account), ("destination_account", &b.destination_account)]
-            {
-                if let Some(v) = v {
-                    check_id(field, v)?;
-                    if v == "external" {
-                        return Err(invalid(
-                            field,
-                            "not_external",
-                            "'external' is the outside world, not an account",
-                        ));
-                    }
-                }
-            }
-            let (needs_source, needs_destination) = match b.kind {
-                TransferKind::Deposit => (false, true),
-                TransferKind::Withdrawal | TransferKind::Payout => (true, false),
-                TransferKind::Internal => (true, true),
-            };
-            for (field, needed, v) in [
-                ("source_account", needs_source, &b.source_account),
-                ("destination_account", needs_destination, &b.destination_account),
-            ] {
-                if needed && v.is_none() {
-                    return Err(invalid(field, "required", format!("a {} needs it", b.kind.as_str())));
-                }
-                if !needed && v.is_some() {
-                    return Err(invalid(field, "not_allowed", format!("a {} has none", b.kind.as_str())));
-                }
-            }
-            if b.kind == TransferKind::Internal && b.source_account == b.destination_account {
-                return Err(invalid("destination_account", "distinct", "must differ from source_account"));
-            }
-            let payload = TransferRequested {
-                transfer_id: b.transfer_id.clone(),
-                kind: b.kind,
-                amount,
-                source_account: b.source_account,
-                destination_account: b.destination_account,
-                requested_by: actor.to_owned(),
-            };
-            Ok(Command {
-                event_type: it::REQUESTED,
-                stream: Stream::Transfers,
-                entity_key: b.transfer_id,
-                payload: to_value(&payload),
-            })
-        }
-        ApproveTransfer | RejectTransfer => {
-            let transfer_id = path("transfer_id")?;
-            let b: ReasonBody = json(body)?;
-            if let Some(r) = &b.reason {
-                check_reason("reason", r)?;
-            }
-            let payload = TransferDecision {
-                transfer_id: transfer_id.clone(),
-                actor: actor.to_owned(),
-                reason: b.reason,
-            };
-            let event_type = if endpoint == ApproveTransfer { it::APPROVED } else { it::APPROVAL_REJECTED };
-            Ok(Command {
-                event_type,
-                stream: Stream::Transfers,
-                entity_key: transfer_id,
-                payload: to_value(&payload),
-            })
-        }
-        CancelTransfer => {
-            let transfer_id = path("transfer_id")?;
-            let b: ReasonBody = json(body)?;
-            if let Some(r) = &b.reason {
-                check_reason("reason", r)?;
-            }
-            let payload = TransferAction { transfer_id: transfer_id.clone(), actor: actor.to_owned() };
-            Ok(Command {
-                event_type: it::CANCEL_REQUESTED,
-                stream: Stream::Transfers,
-                entity_key: transfer_id,
-                payload: to_value(&payload),
-            })
-        }
-        FxQuote => {
-            let b: FxQuoteBody = json(body)?;
-            check_id("quote_id", &b.quote_id)?;
-            let sell = currency("sell_currency", &b.sell_currency)?;
-            let buy = currency("buy_currency", &b.buy_currency)?;
-            if sell == buy {
-                return Err(invalid("buy_currency", "distinct", "must differ from sell_currency"));
-            }
-            let (sell_amount, buy_amount) = match (&b.sell_amount, &b.buy_amount) {
-                (Some(s), None) => (Some(amount("sell_amount", s, sell)?), None),
-                (None, Some(v)) => (None, Some(amount("buy_amount", v, buy)?)),
-                _ => {
-                    return Err(invalid(
-                        "sell_amount",
-                        "exactly_one",
-                        "give exactly one of sell_amount or buy_amount",
-                    ))
-                }
-            };
-            let payload = FxQuoteRequested {
-                quote_id: b.quote_id.clone(),
-                sell_currency: sell,
-                buy_currency: buy,
-                sell_amount,
-                buy_amount,
-                requested_by: actor.to_owned(),
-            };
-            Ok(Command {
-                event_type: ct::FX_QUOTE_REQUESTED,
-                stream: Stream::Fx,
-                entity_key: b.quote_id,
-                payload: to_value(&payload),
-            })
-        }
-        FxConversion => {
-            let b: FxConversionBody = json(body)?;
-            check_id("conversion_id", &b.conversion_id)?;
-            check_id("quote_id", &b.quote_id)?;
-            let payload = FxConversionRequested {
-                conversion_id: b.conversion_id,
-                quote_id: b.quote_id.clone(),
-                requested_by: actor.to_owned(),
-            };
-            Ok(Command {
-                event_type: ct::FX_CONVERSION_REQUESTED,
-                stream: Stream::Fx,
-                // Keyed by quote: a conversion follows its quote.
-                entity_key: b.quote_id,
-                payload: to_value(&payload),
-            })
-        }
-        FxRates => {
-            let b: FxRatesBody = json(body)?;
-            if !crate::event_time::in_range(b.as_of) {
+        CreateTransfer => decode_create_transfer(body, actor),
+        ApproveTransfer => decode_transfer_decision(it::APPROVED, path_id, body, actor),
+        RejectTransfer => decode_transfer_decision(it::APPROVAL_REJECTED, path_id, body, actor),
+        CancelTransfer => decode_cancel_transfer(path_id, body, actor),
+        FxQuote => decode_fx_quote(body, actor),
+        FxConversion => decode_fx_conversion(body, actor),
+        FxRates => decode_fx_rates(body, actor),
+        FeeConfig => decode_fee_config(path_id, body, actor),
+        KycUser(action) => decode_kyc_user(action, path_id, body, actor),
+        KycReviewDecision => decode_kyc_review(path_id, body, actor),
+    }
+}
+
+/// The route's `{id}`, checked as `field`.
+fn path(path_id: Option<&str>, field: &str) -> Result<String, FieldError> {
+    let id = path_id.ok_or_else(|| invalid(field, "required", "missing from the path"))?;
+    check_id(field, id)?;
+    Ok(id.to_owned())
+}
+
+fn decode_create_transfer(body: &[u8], actor: &str) -> Result<Command, FieldError> {
+    let b: CreateTransferBody = json(body)?;
+    check_id("transfer_id", &b.transfer_id)?;
+    let cur = currency("currency", &b.currency)?;
+    let amount = amount("amount", &b.amount, cur)?;
+    check_accounts(&b)?;
+    let payload = TransferRequested {
+        transfer_id: b.transfer_id.clone(),
+        kind: b.kind,
+        amount,
+        source_account: b.source_account,
+        destination_account: b.destination_account,
+        requested_by: actor.to_owned(),
+    };
+    Ok(Command {
+        event_type: it::REQUESTED,
+        stream: Stream::Transfers,
+        entity_key: b.transfer_id,
+        payload: to_value(&payload),
+    })
+}
+
+/// A transfer's accounts: well-formed, never `external`, present exactly when its kind needs them,
+/// and distinct for an internal transfer.
+fn check_accounts(b: &CreateTransferBody) -> Result<(), FieldError> {
+    for (field, v) in [("source_account", &b.source_account), ("destination_account", &b.destination_account)]
+    {
+        if let Some(v) = v {
+            check_id(field, v)?;
+            if v == "external" {
                 return Err(invalid(
-                    "as_of",
-                    "range",
-                    format!("must be within {}", crate::event_time::EVENT_TIME_RANGE),
+                    field,
+                    "not_external",
+                    "'external' is the outside world, not an account",
                 ));
             }
-            if b.rates.is_empty() || b.rates.len() > RATES_PER_REQUEST_MAX {
-                return Err(invalid("rates", "count", "give 1-500 rates"));
-            }
-            let mut rates = Vec::with_capacity(b.rates.len());
-            for (i, r) in b.rates.iter().enumerate() {
-                let base = currency(&format!("rates[{i}].base"), &r.base)?;
-                let quote = currency(&format!("rates[{i}].quote"), &r.quote)?;
-                if base == quote {
-                    return Err(invalid(&format!("rates[{i}].quote"), "distinct", "must differ from base"));
-                }
-                let rate_e9 = parse_rate_e9(&r.rate).ok_or_else(|| {
-                    invalid(
-                        &format!("rates[{i}].rate"),
-                        "decimal",
-                        "a positive decimal with at most 9 places, e.g. \"1.0845\"",
-                    )
-                })?;
-                rates.push(FxRate { base, quote, rate_e9 });
-            }
-            let payload = FxRatesPublished { as_of: b.as_of, rates, published_by: actor.to_owned() };
-            Ok(Command {
-                event_type: ct::FX_RATES_PUBLISHED,
-                stream: Stream::Fx,
-                entity_key: "rates".to_owned(),
-                payload: to_value(&payload),
-            })
-        }
-        FeeConfig => {
-            let kind_text = path("transfer_kind")?;
-            let kind: TransferKind = serde_json::from_value(serde_json::Value::String(kind_text.clone()))
-                .map_err(|_| invalid("transfer_kind", "one_of", "deposit, withdrawal, internal or payout"))?;
-            let b: FeeConfigBody = json(body)?;
-            let cur = currency("currency", &b.currency)?;
-            let fixed = non_negative_amount("fixed", &b.fixed, cur)?;
-            let base_bps = bps("bps", b.bps)?;
-            let min = b.min.as_deref().map(|t| non_negative_amount("min", t, cur)).transpose()?;
-            let max = b.max.as_deref().map(|t| amount("max", t, cur)).transpose()?;
-            if let (Some(lo), Some(hi)) = (min, max) {
-                if lo.amount_minor > hi.amount_minor {
-                    return Err(invalid("min", "at_most_max", "must not exceed max"));
-                }
-            }
-            if b.tiers.len() > FEE_TIERS_MAX {
-                return Err(invalid("tiers", "count", "at most 16 tiers"));
-            }
-            let mut tiers = Vec::with_capacity(b.tiers.len());
-            for (i, t) in b.tiers.iter().enumerate() {
-                let from = non_negative_amount(
-                    &format!("tiers[{i}].monthly_volume_from"),
-                    &t.monthly_volume_from,
-                    cur,
-                )?;
-                if tiers
-                    .last()
-                    .is_some_and(|prev: &FeeTier| prev.monthly_volume_from.amount_minor >= from.amount_minor)
-                {
-                    return Err(invalid(
-                        &format!("tiers[{i}].monthly_volume_from"),
-                        "ascending",
-                        "tiers must ascend",
-                    ));
-                }
-                tiers.push(FeeTier {
-                    monthly_volume_from: from,
-                    bps: bps(&format!("tiers[{i}].bps"), t.bps)?,
-                });
-            }
-            let payload = FeeConfigUpserted {
-                transfer_kind: kind,
-                fixed,
-                bps: base_bps,
-                min,
-                max,
-                tiers,
-                changed_by: actor.to_owned(),
-            };
-            Ok(Command {
-                event_type: ct::FEE_CONFIG_UPSERTED,
-                stream: Stream::Billing,
-                entity_key: kind_text,
-                payload: to_value(&payload),
-            })
-        }
-        KycUser(action) => {
-            let user_id = path("user_id")?;
-            let b: RequiredReasonBody = json(body)?;
-            check_reason("reason", &b.reason)?;
-            if b.reason.trim().is_empty() {
-                return Err(invalid("reason", "required", "say why"));
-            }
-            let payload = KycUserActionRequested {
-                user_id: user_id.clone(),
-                action,
-                reason: b.reason,
-                actor: actor.to_owned(),
-            };
-            Ok(Command {
-                event_type: ct::KYC_USER_ACTION_REQUESTED,
-                stream: Stream::Kyc,
-                entity_key: user_id,
-                payload: to_value(&payload),
-            })
-        }
-        KycReviewDecision => {
-            let case_id = path("case_id")?;
-            let b: ReviewBody = json(body)?;
-            if let Some(r) = &b.reason {
-                check_reason("reason", r)?;
-            }
-            match (b.decision, b.tier) {
-                (_, Some(t)) if t > 3 => return Err(invalid("tier", "range", "KYC tiers are 0-3")),
-                (ReviewDecision::Rejected, Some(_)) => {
-                    return Err(invalid("tier", "not_allowed", "a rejection grants no tier"))
-                }
-                _ => {}
-            }
-            let payload = KycReviewDecided {
-                case_id: case_id.clone(),
-                decision: b.decision,
-                tier: b.tier,
-                reason: b.reason,
-                actor: actor.to_owned(),
-            };
-            Ok(Command {
-                event_type: ct::KYC_REVIEW_DECIDED,
-                stream: Stream::Kyc,
-                entity_key: case_id,
-                payload: to_value(&payload),
-            })
         }
     }
+    let (needs_source, needs_destination) = match b.kind {
+        TransferKind::Deposit => (false, true),
+        TransferKind::Withdrawal | TransferKind::Payout => (true, false),
+        TransferKind::Internal => (true, true),
+    };
+    for (field, needed, v) in [
+        ("source_account", needs_source, &b.source_account),
+        ("destination_account", needs_destination, &b.destination_account),
+    ] {
+        if needed && v.is_none() {
+            return Err(invalid(field, "required", format!("a {} needs it", b.kind.as_str())));
+        }
+        if !needed && v.is_some() {
+            return Err(invalid(field, "not_allowed", format!("a {} has none", b.kind.as_str())));
+        }
+    }
+    if b.kind == TransferKind::Internal && b.source_account == b.destination_account {
+        return Err(invalid("destination_account", "distinct", "must differ from source_account"));
+    }
+    Ok(())
+}
+
+/// Approve or reject (`event_type`) a transfer awaiting approval.
+fn decode_transfer_decision(
+    event_type: &'static str,
+    path_id: Option<&str>,
+    body: &[u8],
+    actor: &str,
+) -> Result<Command, FieldError> {
+    let transfer_id = path(path_id, "transfer_id")?;
+    let b: ReasonBody = json(body)?;
+    if let Some(r) = &b.reason {
+        check_reason("reason", r)?;
+    }
+    let payload =
+        TransferDecision { transfer_id: transfer_id.clone(), actor: actor.to_owned(), reason: b.reason };
+    Ok(Command {
+        event_type,
+        stream: Stream::Transfers,
+        entity_key: transfer_id,
+        payload: to_value(&payload),
+    })
+}
+
+fn decode_cancel_transfer(path_id: Option<&str>, body: &[u8], actor: &str) -> Result<Command, FieldError> {
+    let transfer_id = path(path_id, "transfer_id")?;
+    let b: ReasonBody = json(body)?;
+    if let Some(r) = &b.reason {
+        check_reason("reason", r)?;
+    }
+    let payload = TransferAction { transfer_id: transfer_id.clone(), actor: actor.to_owned() };
+    Ok(Command {
+        event_type: it::CANCEL_REQUESTED,
+        stream: Stream::Transfers,
+        entity_key: transfer_id,
+        payload: to_value(&payload),
+    })
+}
+
+fn decode_fx_quote(body: &[u8], actor: &str) -> Result<Command, FieldError> {
+    let b: FxQuoteBody = json(body)?;
+    check_id("quote_id", &b.quote_id)?;
+    let sell = currency("sell_currency", &b.sell_currency)?;
+    let buy = currency("buy_currency", &b.buy_currency)?;
+    if sell == buy {
+        return Err(invalid("buy_currency", "distinct", "must differ from sell_currency"));
+    }
+    let (sell_amount, buy_amount) = match (&b.sell_amount, &b.buy_amount) {
+        (Some(s), None) => (Some(amount("sell_amount", s, sell)?), None),
+        (None, Some(v)) => (None, Some(amount("buy_amount", v, buy)?)),
+        _ => {
+            return Err(invalid(
+                "sell_amount",
+                "exactly_one",
+                "give exactly one of sell_amount or buy_amount",
+            ))
+        }
+    };
+    let payload = FxQuoteRequested {
+        quote_id: b.quote_id.clone(),
+        sell_currency: sell,
+        buy_currency: buy,
+        sell_amount,
+        buy_amount,
+        requested_by: actor.to_owned(),
+    };
+    Ok(Command {
+        event_type: ct::FX_QUOTE_REQUESTED,
+        stream: Stream::Fx,
+        entity_key: b.quote_id,
+        payload: to_value(&payload),
+    })
+}
+
+fn decode_fx_conversion(body: &[u8], actor: &str) -> Result<Command, FieldError> {
+    let b: FxConversionBody = json(body)?;
+    check_id("conversion_id", &b.conversion_id)?;
+    check_id("quote_id", &b.quote_id)?;
+    let payload = FxConversionRequested {
+        conversion_id: b.conversion_id,
+        quote_id: b.quote_id.clone(),
+        requested_by: actor.to_owned(),
+    };
+    Ok(Command {
+        event_type: ct::FX_CONVERSION_REQUESTED,
+        stream: Stream::Fx,
+        // Keyed by quote: a conversion follows its quote.
+        entity_key: b.quote_id,
+        payload: to_value(&payload),
+    })
+}
+
+fn decode_fx_rates(body: &[u8], actor: &str) -> Result<Command, FieldError> {
+    let b: FxRatesBody = json(body)?;
+    if !crate::event_time::in_range(b.as_of) {
+        return Err(invalid(
+            "as_of",
+            "range",
+            format!("must be within {}", crate::event_time::EVENT_TIME_RANGE),
+        ));
+    }
+    if b.rates.is_empty() || b.rates.len() > RATES_PER_REQUEST_MAX {
+        return Err(invalid("rates", "count", "give 1-500 rates"));
+    }
+    let mut rates = Vec::with_capacity(b.rates.len());
+    for (i, r) in b.rates.iter().enumerate() {
+        let base = currency(&format!("rates[{i}].base"), &r.base)?;
+        let quote = currency(&format!("rates[{i}].quote"), &r.quote)?;
+        if base == quote {
+            return Err(invalid(&format!("rates[{i}].quote"), "distinct", "must differ from base"));
+        }
+        let rate_e9 = parse_rate_e9(&r.rate).ok_or_else(|| {
+            invalid(
+                &format!("rates[{i}].rate"),
+                "decimal",
+                "a positive decimal with at most 9 places, e.g. \"1.0845\"",
+            )
+        })?;
+        rates.push(FxRate { base, quote, rate_e9 });
+    }
+    let payload = FxRatesPublished { as_of: b.as_of, rates, published_by: actor.to_owned() };
+    Ok(Command {
+        event_type: ct::FX_RATES_PUBLISHED,
+        stream: Stream::Fx,
+        entity_key: "rates".to_owned(),
+        payload: to_value(&payload),
+    })
+}
+
+fn decode_fee_config(path_id: Option<&str>, body: &[u8], actor: &str) -> Result<Command, FieldError> {
+    let kind_text = path(path_id, "transfer_kind")?;
+    let kind: TransferKind = serde_json::from_value(serde_json::Value::String(kind_text.clone()))
+        .map_err(|_| invalid("transfer_kind", "one_of", "deposit, withdrawal, internal or payout"))?;
+    let b: FeeConfigBody = json(body)?;
+    let cur = currency("currency", &b.currency)?;
+    let fixed = non_negative_amount("fixed", &b.fixed, cur)?;
+    let base_bps = bps("bps", b.bps)?;
+    let min = b.min.as_deref().map(|t| non_negative_amount("min", t, cur)).transpose()?;
+    let max = b.max.as_deref().map(|t| amount("max", t, cur)).transpose()?;
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if lo.amount_minor > hi.amount_minor {
+            return Err(invalid("min", "at_most_max", "must not exceed max"));
+        }
+    }
+    let tiers = fee_tiers(&b.tiers, cur)?;
+    let payload = FeeConfigUpserted {
+        transfer_kind: kind,
+        fixed,
+        bps: base_bps,
+        min,
+        max,
+        tiers,
+        changed_by: actor.to_owned(),
+    };
+    Ok(Command {
+        event_type: ct::FEE_CONFIG_UPSERTED,
+        stream: Stream::Billing,
+        entity_key: kind_text,
+        payload: to_value(&payload),
+    })
+}
+
+/// At most [`FEE_TIERS_MAX`] tiers in `cur`, strictly ascending by monthly volume.
+fn fee_tiers(tiers: &[FeeTierBody], cur: Currency) -> Result<Vec<FeeTier>, FieldError> {
+    if tiers.len() > FEE_TIERS_MAX {
+        return Err(invalid("tiers", "count", "at most 16 tiers"));
+    }
+    let mut out = Vec::with_capacity(tiers.len());
+    for (i, t) in tiers.iter().enumerate() {
+        let from =
+            non_negative_amount(&format!("tiers[{i}].monthly_volume_from"), &t.monthly_volume_from, cur)?;
+        if out.last().is_some_and(|prev: &FeeTier| prev.monthly_volume_from.amount_minor >= from.amount_minor)
+        {
+            return Err(invalid(
+                &format!("tiers[{i}].monthly_volume_from"),
+                "ascending",
+                "tiers must ascend",
+            ));
+        }
+        out.push(FeeTier { monthly_volume_from: from, bps: bps(&format!("tiers[{i}].bps"), t.bps)? });
+    }
+    Ok(out)
+}
+
+fn decode_kyc_user(
+    action: KycUserAction,
+    path_id: Option<&str>,
+    body: &[u8],
+    actor: &str,
+) -> Result<Command, FieldError> {
+    let user_id = path(path_id, "user_id")?;
+    let b: RequiredReasonBody = json(body)?;
+    check_reason("reason", &b.reason)?;
+    if b.reason.trim().is_empty() {
+        return Err(invalid("reason", "required", "say why"));
+    }
+    let payload = KycUserActionRequested {
+        user_id: user_id.clone(),
+        action,
+        reason: b.reason,
+        actor: actor.to_owned(),
+    };
+    Ok(Command {
+        event_type: ct::KYC_USER_ACTION_REQUESTED,
+        stream: Stream::Kyc,
+        entity_key: user_id,
+        payload: to_value(&payload),
+    })
+}
+
+fn decode_kyc_review(path_id: Option<&str>, body: &[u8], actor: &str) -> Result<Command, FieldError> {
+    let case_id = path(path_id, "case_id")?;
+    let b: ReviewBody = json(body)?;
+    if let Some(r) = &b.reason {
+        check_reason("reason", r)?;
+    }
+    match (b.decision, b.tier) {
+        (_, Some(t)) if t > 3 => return Err(invalid("tier", "range", "KYC tiers are 0-3")),
+        (ReviewDecision::Rejected, Some(_)) => {
+            return Err(invalid("tier", "not_allowed", "a rejection grants no tier"))
+        }
+        _ => {}
+    }
+    let payload = KycReviewDecided {
+        case_id: case_id.clone(),
+        decision: b.decision,
+        tier: b.tier,
+        reason: b.reason,
+        actor: actor.to_owned(),
+    };
+    Ok(Command {
+        event_type: ct::KYC_REVIEW_DECIDED,
+        stream: Stream::Kyc,
+        entity_key: case_id,
+        payload: to_value(&payload),
+    })
 }
 
 #[cfg(test)]
