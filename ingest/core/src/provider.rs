@@ -426,6 +426,54 @@ occurred_at = { pointer = "/at", format = "unix_s" }
         );
     }
 
+    /// The entries of `ingest/<dir>/` (from the source tree), sorted: `(name, path)`.
+    fn shipped(dir: &str) -> Vec<(String, std::path::PathBuf)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+        let mut out: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| {
+                let p = e.expect("dir entry").path();
+                (p.file_name().expect("name").to_string_lossy().into_owned(), p)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn every_shipped_definition_is_built_in() {
+        // A file in ingest/providers/ without its line in BUILTIN ships nothing: no route, no fixture test.
+        let files: Vec<_> = shipped("providers").into_iter().filter(|(n, _)| n.ends_with(".toml")).collect();
+        for (name, path) in &files {
+            let text = std::fs::read_to_string(path).expect("read");
+            let built_in = BUILTIN.iter().find(|(f, _)| f == name);
+            assert!(
+                built_in.is_some(),
+                "ingest/providers/{name} is not in provider::BUILTIN, so it never ships"
+            );
+            assert!(
+                built_in.is_some_and(|(_, t)| *t == text),
+                "BUILTIN's {name} is not ingest/providers/{name}"
+            );
+        }
+        assert_eq!(BUILTIN.len(), files.len(), "BUILTIN names a file that is not in ingest/providers/");
+    }
+
+    #[test]
+    fn every_fixture_folder_has_a_built_in_provider() {
+        // Fixtures of a provider that is not loaded are never exercised (tests/providers.rs walks the
+        // loaded providers and reads their folders).
+        let loaded = load(&[]).expect("built-ins validate");
+        for (name, path) in shipped("fixtures") {
+            if path.is_dir() {
+                assert!(
+                    loaded.contains_key(&name),
+                    "ingest/fixtures/{name}/ has no loaded provider named '{name}' (a file in ingest/providers/ and its BUILTIN line)"
+                );
+            }
+        }
+    }
+
     #[test]
     fn invalid_definitions_are_refused_with_the_reason() {
         let cases = [
