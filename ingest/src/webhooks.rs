@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use riverbank_ingest_core::provider::{Mapping, ProviderDef, Unmappable};
+use riverbank_ingest_core::schemes::VerifyError;
 use riverbank_ingest_core::Headers;
 use riverbank_runtime::config::is_tenant_id;
 use riverbank_runtime::http::HttpError;
@@ -28,7 +29,8 @@ use riverbank_runtime::process::Emit;
 use riverbank_schemas::{derived_id, DeadLetter, Envelope, Environment, Topics, WebhookReceived};
 use sha2::{Digest as _, Sha256};
 
-use crate::request::{header, trace_id, Ingest, Outcome};
+use crate::keys::KeySet;
+use crate::request::{error_body, header, trace_id, Ingest, Outcome};
 use crate::store::RequestKey;
 
 /// Axum's header map, read through the core's [`Headers`].
@@ -189,33 +191,15 @@ async fn accept(
     let def = s.providers.get(&provider).ok_or_else(|| {
         HttpError::new(StatusCode::NOT_FOUND, "unknown_provider", format!("no provider named '{provider}'"))
     })?;
-    if let Some(t) = &tenant {
-        if !is_tenant_id(t) {
-            return Err(HttpError::bad_request(
-                "invalid_tenant",
-                "tenant id must be 1-64 of ASCII letters, digits, '-', '_'",
-            ));
-        }
-    }
+    check_tenant(tenant.as_deref())?;
     let env = s.environment(headers)?;
     let body = s.read_body(headers, body).await?;
-    let empty = crate::keys::KeySet::default();
+    let empty = KeySet::default();
     let set = s.keys.get(&(provider.clone(), env)).unwrap_or(&empty);
     let (keys, owner) = set.candidates(tenant.as_deref());
     let now = Utc::now();
     let view = HeaderView(headers);
-    let accepted = def.accept(keys, &view, &body, now.timestamp()).map_err(|e| {
-        metrics::counter!("riverbank_ingest_webhooks_refused_total", "provider" => provider.clone())
-            .increment(1);
-        let (status, code) = match &e {
-            e if e.is_malformed() => (StatusCode::BAD_REQUEST, "invalid_webhook_headers"),
-            riverbank_ingest_core::schemes::VerifyError::OutsideTolerance(..) => {
-                (StatusCode::UNAUTHORIZED, "timestamp_out_of_tolerance")
-            }
-            _ => (StatusCode::UNAUTHORIZED, "invalid_signature"),
-        };
-        HttpError::new(status, code, e.to_string())
-    })?;
+    let accepted = def.accept(keys, &view, &body, now.timestamp()).map_err(|e| refused(&provider, e))?;
     // The tenant is the one whose key verified the signature, never a field the sender controls alone.
     let tenant = owner
         .of(accepted.key_index)
@@ -228,44 +212,23 @@ async fn accept(
         Err(Unmappable::EventTime { field, rule, why }) => Some((field.clone(), *rule, why.clone())),
         _ => None,
     };
-    let signed_headers = def.signed_header_values(&view);
-    let trace = trace_id(headers);
     let label = match (&refused_time, &accepted.mapping.result) {
         (Some(_), _) => "invalid_event_time",
         (None, Err(_)) => "dead_lettered",
         (None, Ok(_)) => "accepted",
     };
-    let build = |event_id: uuid::Uuid, pinned_at: DateTime<Utc>| {
-        let (emit, dead_lettered) = emit_with_id(
-            event_id,
-            &s.topics,
-            def,
-            &tenant,
-            env,
-            &accepted.mapping,
-            signed_headers,
-            &body,
-            now,
-            pinned_at,
-            trace,
-        )
-        .map_err(|e| s.internal(&e))?;
-        let (status, response) = match refused_time {
-            Some((field, rule, why)) => {
-                let e = HttpError::invalid_field(
-                    field,
-                    rule,
-                    format!("occurred_at {why}; the delivery is kept on the dead-letter topic as {event_id}"),
-                );
-                (e.status, crate::request::error_body(&e))
-            }
-            None => {
-                let status = if dead_lettered { "dead_lettered" } else { "accepted" };
-                (StatusCode::ACCEPTED, serde_json::json!({"event_id": event_id, "status": status}))
-            }
-        };
-        Ok(Outcome { emit, status, response })
+    let delivery = Authentic {
+        def,
+        tenant: &tenant,
+        env,
+        mapping: &accepted.mapping,
+        signed_headers: def.signed_header_values(&view),
+        body: &body,
+        received_at: now,
+        trace_id: trace_id(headers),
+        refused_time,
     };
+    let build = |event_id: uuid::Uuid, pinned_at: DateTime<Utc>| delivery.outcome(s, event_id, pinned_at);
     let scope = format!("webhook:{provider}");
     let claim =
         RequestKey { tenant_id: &tenant, environment: env, scope: &scope, key: &accepted.mapping.dedupe_key };
@@ -275,4 +238,81 @@ async fn accept(
         .increment(1);
     tracing::debug!(tenant_id = %tenant, status = label, "webhook answered");
     Ok(resp)
+}
+
+/// A tenant named in the path: 400 unless it is a well-formed tenant id.
+fn check_tenant(tenant: Option<&str>) -> Result<(), HttpError> {
+    match tenant {
+        Some(t) if !is_tenant_id(t) => Err(HttpError::bad_request(
+            "invalid_tenant",
+            "tenant id must be 1-64 of ASCII letters, digits, '-', '_'",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A delivery that did not verify: 400 when malformed, 401 when unauthentic or outside tolerance.
+fn refused(provider: &str, e: VerifyError) -> HttpError {
+    metrics::counter!("riverbank_ingest_webhooks_refused_total", "provider" => provider.to_owned())
+        .increment(1);
+    let (status, code) = match &e {
+        e if e.is_malformed() => (StatusCode::BAD_REQUEST, "invalid_webhook_headers"),
+        VerifyError::OutsideTolerance(..) => (StatusCode::UNAUTHORIZED, "timestamp_out_of_tolerance"),
+        _ => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+    };
+    HttpError::new(status, code, e.to_string())
+}
+
+/// A verified delivery: everything its event needs but the event id and time, which the claim decides.
+struct Authentic<'a> {
+    def: &'a ProviderDef,
+    tenant: &'a str,
+    env: Environment,
+    mapping: &'a Mapping,
+    signed_headers: std::collections::BTreeMap<String, String>,
+    body: &'a [u8],
+    received_at: DateTime<Utc>,
+    trace_id: Option<String>,
+    /// The event time could not be used: (field, rule, why), answered 422.
+    refused_time: Option<(String, &'static str, String)>,
+}
+
+impl Authentic<'_> {
+    /// The event (or dead letter) under `event_id` at `pinned_at`, and its answer.
+    fn outcome(
+        self,
+        s: &Ingest,
+        event_id: uuid::Uuid,
+        pinned_at: DateTime<Utc>,
+    ) -> Result<Outcome, HttpError> {
+        let (emit, dead_lettered) = emit_with_id(
+            event_id,
+            &s.topics,
+            self.def,
+            self.tenant,
+            self.env,
+            self.mapping,
+            self.signed_headers,
+            self.body,
+            self.received_at,
+            pinned_at,
+            self.trace_id,
+        )
+        .map_err(|e| s.internal(&e))?;
+        let (status, response) = match self.refused_time {
+            Some((field, rule, why)) => {
+                let e = HttpError::invalid_field(
+                    field,
+                    rule,
+                    format!("occurred_at {why}; the delivery is kept on the dead-letter topic as {event_id}"),
+                );
+                (e.status, error_body(&e))
+            }
+            None => {
+                let status = if dead_lettered { "dead_lettered" } else { "accepted" };
+                (StatusCode::ACCEPTED, serde_json::json!({"event_id": event_id, "status": status}))
+            }
+        };
+        Ok(Outcome { emit, status, response })
+    }
 }
