@@ -14,6 +14,7 @@ use riverbank_processors::{TransfersLimits, TransfersProcessor};
 use riverbank_runtime::config::KafkaConfig;
 use riverbank_runtime::process::{produce_all, Emit, InputRef, Processor, Verdict};
 use riverbank_runtime::{CancellationToken, Config};
+use riverbank_schemas::processor::{Output, Spec};
 use riverbank_schemas::{Environment, RawEnvelope, Topics};
 
 use crate::workload::transfer_inputs;
@@ -28,11 +29,15 @@ impl Processor for Passthrough {
     fn name(&self) -> &'static str {
         "passthrough"
     }
-    fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String> {
-        vec![topics.transfer_inputs(env)]
+    fn spec(&self, topics: &Topics, env: Environment) -> Spec {
+        Spec {
+            outputs: vec![Output::new(self.output.clone(), &[])],
+            stateful: false,
+            ..Spec::reading(topics.transfer_inputs(env))
+        }
     }
-    fn checkpoints(&self) -> bool {
-        false
+    fn examples(&self, _: Environment) -> Vec<RawEnvelope> {
+        Vec::new()
     }
     fn apply(&self, _: &mut (), _: &InputRef<'_>, input: RawEnvelope) -> Verdict {
         let payload = serde_json::to_vec(&input).unwrap_or_default();
@@ -201,7 +206,7 @@ pub async fn transfers(
     // (1) apply alone, one core.
     let topics = Topics::new("bench.");
     let p = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
-    let at = InputRef { topic: "bench", partition: 0, offset: 0, environment: Environment::Live };
+    let at = InputRef::log("bench", 0, 0, Environment::Live);
     let mut apply_rates = Vec::new();
     let mut outputs_per_run = 0usize;
     for _ in 0..5 {
@@ -298,7 +303,9 @@ where
 {
     let stop = CancellationToken::new();
     let (c, s) = (cfg.clone(), stop.clone());
-    let task = tokio::spawn(async move { riverbank_runtime::sink::run(&c, store, s).await });
+    let task = tokio::spawn(async move {
+        riverbank_runtime::sink::run(&c, store, crate::registry::sink_inputs(&c), s).await
+    });
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, i64)> = None;
     loop {
@@ -339,7 +346,7 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
         let names: Vec<String> = (0..tenants).map(|i| format!("bench-tenant-{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let p = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
-        let at = InputRef { topic: "bench", partition: 0, offset: 0, environment: Environment::Live };
+        let at = InputRef::log("bench", 0, 0, Environment::Live);
         let mut state = Default::default();
         let mut out = Vec::new();
         for e in transfer_inputs(&refs, per, seed) {
@@ -487,14 +494,15 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
     let paced = outputs(2, (rate_per_s as usize * 10 / tenants / 15).max(1));
     let stop = CancellationToken::new();
     let (c1, s1, p1) = (cfg.clone(), stop.clone(), pool.clone());
-    let pg_task =
-        tokio::spawn(async move { riverbank_runtime::sink::run(&c1, PostgresSink::new(p1), s1).await });
+    let pg_task = tokio::spawn(async move {
+        riverbank_runtime::sink::run(&c1, PostgresSink::new(p1), crate::registry::sink_inputs(&c1), s1).await
+    });
     let (c2, s2) = (cfg.clone(), stop.clone());
     let ch_cfg = cfg.clickhouse.clone();
-    let ch_task =
-        tokio::spawn(
-            async move { riverbank_runtime::sink::run(&c2, ClickHouseSink::new(&ch_cfg), s2).await },
-        );
+    let ch_task = tokio::spawn(async move {
+        riverbank_runtime::sink::run(&c2, ClickHouseSink::new(&ch_cfg), crate::registry::sink_inputs(&c2), s2)
+            .await
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let base = n;
     let per_tick = (rate_per_s / 100).max(1) as usize;

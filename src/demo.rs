@@ -271,7 +271,7 @@ async fn transfers(
     let topics = riverbank_runtime::kafka::topics(&cfg.kafka);
     // What the processor will emit, to know when it has all landed.
     let reference = riverbank_processors::TransfersProcessor::new(topics.clone(), Default::default());
-    let at = InputRef { topic: "demo", partition: 0, offset: 0, environment: env };
+    let at = InputRef::log("demo", 0, 0, env);
     let mut state = riverbank_processors::transfers::TransfersState::default();
     let mut status_events = 0u64;
     for e in &inputs {

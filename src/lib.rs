@@ -2,7 +2,9 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_state;
 pub mod demo;
 pub mod dlq;
 pub mod reconcile;
+pub mod registry;
 pub mod workload;

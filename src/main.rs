@@ -23,10 +23,10 @@ enum Command {
     Run,
     /// The HTTP edge: provider webhooks and tenant API commands.
     Ingest,
-    /// A stream processor.
+    /// A stream processor (and its router), by name: `riverbank process --help` lists them.
     Process {
-        #[arg(value_enum)]
-        processor: ProcessorName,
+        /// One of the registered processors (src/registry.rs): audit, transfers.
+        processor: String,
     },
     /// A sink writing to one store.
     Sink {
@@ -133,12 +133,6 @@ fn parse_role(s: &str) -> Result<riverbank_ingest::core::commands::Role, String>
         .ok_or_else(|| "one of admin, operator, viewer, rates_publisher".to_owned())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ProcessorName {
-    Audit,
-    Transfers,
-}
-
 #[derive(Subcommand)]
 enum BenchName {
     /// apply alone; the transfers processor on the broker with checkpoints; a passthrough ceiling.
@@ -152,6 +146,15 @@ enum BenchName {
     },
     /// Rows/s through each sink vs the bare COPY / inserter rate; produce → queryable latency.
     Sinks(Workload),
+    /// One transfers partition at scale: snapshot, restore, steady-state checkpoint cost; bincode vs JSON.
+    State {
+        #[arg(long, default_value_t = 1_000_000)]
+        accounts: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        transfers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        batch_inputs: usize,
+    },
 }
 
 /// The workload of the transfers and sinks benchmarks.
@@ -190,8 +193,9 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run => run_all(&cfg, stop).await,
             Command::Ingest => riverbank_ingest::serve(&cfg, stop).await,
-            Command::Process { processor: ProcessorName::Audit } => run_audit(&cfg, stop).await,
-            Command::Process { processor: ProcessorName::Transfers } => run_transfers(&cfg, stop).await,
+            Command::Process { processor } => {
+                riverbank::registry::processor(&cfg, &processor)?.run(cfg.clone(), stop).await
+            }
             Command::Sink { store: StoreName::Postgres } => run_postgres_sink(&cfg, stop).await,
             Command::Sink { store: StoreName::Clickhouse } => run_clickhouse_sink(&cfg, stop).await,
             Command::Api => riverbank_api::serve(&cfg, stop).await,
@@ -205,6 +209,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bench { which: BenchName::Sinks(w) } => {
                 riverbank::bench::sinks(&cfg, w.tenants, w.per_tenant, w.rate_per_s).await
+            }
+            Command::Bench { which: BenchName::State { accounts, transfers, batch_inputs } } => {
+                riverbank::bench_state::state(&cfg, accounts, transfers, batch_inputs).await
             }
             Command::Keys { action } => keys(&cfg, action).await,
             Command::Dlq { action: DlqAction::List { env, json } } => {
@@ -236,7 +243,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn migrate(cfg: &Config) -> anyhow::Result<()> {
-    kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await.context("creating topics")?;
+    kafka::ensure_topics(&cfg.kafka, &riverbank::registry::all_topics(cfg))
+        .await
+        .context("creating topics")?;
     let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
         .await
         .context("connecting to postgres")?;
@@ -292,26 +301,6 @@ async fn keys(cfg: &Config, action: KeysAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_audit(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
-    let processor = riverbank_processors::AuditProcessor::new(kafka::topics(&cfg.kafka));
-    riverbank_runtime::process::run(cfg, processor, stop).await
-}
-
-async fn run_transfers(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
-    let limits = riverbank_processors::TransfersLimits {
-        final_retention_ms: cfg.transfers.final_retention_s.saturating_mul(1000),
-        final_retained_max: cfg.transfers.final_retained_max,
-    };
-    let reuse = riverbank_processors::ReuseLimits {
-        id_reuse_refused_ms: cfg.transfers.id_reuse_refused_s.saturating_mul(1000),
-        tombstones_retained_max: cfg.transfers.tombstones_retained_max,
-        clock_step_max_ms: cfg.transfers.clock_step_max_ms,
-    };
-    let processor = riverbank_processors::TransfersProcessor::new(kafka::topics(&cfg.kafka), limits)
-        .with_reuse_limits(reuse);
-    riverbank_runtime::process::run(cfg, processor, stop).await
-}
-
 async fn run_postgres_sink(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
     let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
         .await
@@ -320,7 +309,7 @@ async fn run_postgres_sink(cfg: &Config, stop: CancellationToken) -> anyhow::Res
         riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
     }
     let store = riverbank_sinks::postgres::PostgresSink::new(pool);
-    riverbank_runtime::sink::run(cfg, store, stop).await
+    riverbank_runtime::sink::run(cfg, store, riverbank::registry::sink_inputs(cfg), stop).await
 }
 
 async fn run_clickhouse_sink(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
@@ -328,7 +317,7 @@ async fn run_clickhouse_sink(cfg: &Config, stop: CancellationToken) -> anyhow::R
         riverbank_sinks::clickhouse::create(&cfg.clickhouse).await.context("clickhouse ddl")?;
     }
     let store = riverbank_sinks::clickhouse::ClickHouseSink::new(&cfg.clickhouse);
-    riverbank_runtime::sink::run(cfg, store, stop).await
+    riverbank_runtime::sink::run(cfg, store, riverbank::registry::sink_inputs(cfg), stop).await
 }
 
 /// Every component as a task; the first to fail stops the others.
@@ -342,8 +331,10 @@ async fn run_all(cfg: &Config, stop: CancellationToken) -> anyhow::Result<()> {
         }};
     }
     component!("ingest", |c, s| riverbank_ingest::serve(&c, s));
-    component!("processor:audit", |c, s| run_audit(&c, s));
-    component!("processor:transfers", |c, s| run_transfers(&c, s));
+    for p in riverbank::registry::processors(cfg) {
+        let (name, run) = (p.name(), p.run(cfg.clone(), stop.clone()));
+        tasks.spawn(async move { (name, run.await) });
+    }
     component!("sink:postgres", |c, s| run_postgres_sink(&c, s));
     component!("sink:clickhouse", |c, s| run_clickhouse_sink(&c, s));
     component!("api", |c, s| riverbank_api::serve(&c, s));

@@ -216,6 +216,8 @@ struct Stores {
     ch_timeout: Duration,
     kafka: KafkaConfig,
     topics: Topics,
+    /// The sinks' inputs per environment (from the registry).
+    sink_inputs: HashMap<Environment, Vec<String>>,
     /// The sinks themselves, to read their positions exactly as they do on assignment.
     pg_sink: PostgresSink,
     ch_sink: ClickHouseSink,
@@ -468,6 +470,12 @@ impl Stores {
             ch_timeout: Duration::from_millis(cfg.clickhouse.request_timeout_ms),
             kafka: cfg.kafka.clone(),
             topics: kafka::topics(&cfg.kafka),
+            sink_inputs: cfg
+                .kafka
+                .environments
+                .iter()
+                .map(|&e| (e, crate::registry::sink_inputs_in(cfg, e)))
+                .collect(),
             pg_sink: PostgresSink::new(pg.clone()),
             ch_sink: ClickHouseSink::new(&cfg.clickhouse),
             pg,
@@ -714,7 +722,7 @@ impl Stores {
 
     /// Each sink's positions as the sink itself loads them on assignment, against the log ends.
     async fn positions(&self, env: Environment) -> anyhow::Result<Vec<CheckResult>> {
-        let inputs = riverbank_sinks::rows::inputs(&self.topics, env);
+        let inputs = self.sink_inputs.get(&env).cloned().unwrap_or_default();
         let ends = self.log_ends(&inputs).await?;
         let mut stored: Vec<(&str, &String, i32, i64)> = Vec::new();
         for topic in &inputs {

@@ -1,6 +1,6 @@
 //! Audit: every accepted input that concerns money or identity yields one append-only audit record.
 //! Records carry ids, actions and sizes only, never payload contents (which may hold PII).
-use riverbank_schemas::processor::{Emit, InputRef, Processor, Verdict};
+use riverbank_schemas::processor::{Emit, InputRef, Output, Processor, Spec, Verdict};
 use riverbank_schemas::{
     derived_id, AuditRecord, Envelope, Environment, RawEnvelope, Topics, WebhookReceived,
 };
@@ -37,22 +37,14 @@ impl AuditProcessor {
             trace_id: input.trace_id.clone(),
             payload_bytes: input.payload.body_bytes,
         };
-        Envelope {
-            event_id: audit_id,
-            event_type: AuditRecord::EVENT_TYPE.to_owned(),
-            schema_version: AuditRecord::SCHEMA_VERSION,
-            tenant_id: input.tenant_id.clone(),
-            environment: input.environment,
-            occurred_at: input.occurred_at,
-            ingested_at: input.ingested_at,
-            idempotency_key: None,
-            source: input.source.clone(),
-            user_id: None,
-            customer_id: None,
-            session_id: None,
-            trace_id: input.trace_id.clone(),
-            payload: record,
-        }
+        Envelope::derived(
+            input,
+            audit_id,
+            AuditRecord::EVENT_TYPE,
+            AuditRecord::SCHEMA_VERSION,
+            &input.source,
+            record,
+        )
     }
 }
 
@@ -63,12 +55,43 @@ impl Processor for AuditProcessor {
         "audit"
     }
 
-    fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String> {
-        vec![topics.ingest_webhooks(env)]
+    fn spec(&self, topics: &Topics, env: Environment) -> Spec {
+        Spec {
+            outputs: vec![Output::new(topics.audit_events(env), &[AuditRecord::EVENT_TYPE])],
+            stateful: false,
+            ..Spec::reading(topics.ingest_webhooks(env))
+        }
     }
 
-    fn checkpoints(&self) -> bool {
-        false
+    fn examples(&self, env: Environment) -> Vec<RawEnvelope> {
+        let t = chrono::DateTime::<chrono::Utc>::from_timestamp(1_790_000_000, 0).unwrap_or_default();
+        let webhook = |id: &str, payload: serde_json::Value| Envelope {
+            event_id: derived_id(&["audit-example", id]),
+            event_type: WebhookReceived::EVENT_TYPE.to_owned(),
+            schema_version: WebhookReceived::SCHEMA_VERSION,
+            tenant_id: "tenant-a".to_owned(),
+            environment: env,
+            occurred_at: t,
+            ingested_at: t,
+            idempotency_key: None,
+            source: "acmepay".to_owned(),
+            user_id: None,
+            customer_id: None,
+            session_id: None,
+            trace_id: Some(format!("trace-{id}")),
+            payload,
+        };
+        vec![
+            webhook(
+                "a",
+                serde_json::json!({"provider": "acmepay", "provider_event_id": "evt_1", "body_bytes": 120, "body": {"x": 1}, "event_type": "payment.completed"}),
+            ),
+            webhook(
+                "b",
+                serde_json::json!({"provider": "idcheck", "provider_event_id": "evt_2", "body_bytes": 80, "body": {}}),
+            ),
+            webhook("c", serde_json::json!({"provider": 5})),
+        ]
     }
 
     fn apply(&self, _state: &mut (), at: &InputRef<'_>, input: RawEnvelope) -> Verdict {
@@ -128,12 +151,7 @@ mod tests {
     }
 
     fn at() -> InputRef<'static> {
-        InputRef {
-            topic: "p.sandbox.ingest.webhooks",
-            partition: 0,
-            offset: 7,
-            environment: Environment::Sandbox,
-        }
+        InputRef::log("p.sandbox.ingest.webhooks", 0, 7, Environment::Sandbox)
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 pub mod audit;
 pub mod transfers;
+pub mod volume;
 
 pub use audit::AuditProcessor;
 pub use transfers::{ReuseLimits, TransfersLimits, TransfersProcessor};
+pub use volume::VolumeProcessor;

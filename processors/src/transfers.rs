@@ -8,9 +8,10 @@
 //! posting is planned for both legs before either is written, so a refused posting leaves the ledger as
 //! it was. A posting that would overflow is a business answer: a REJECTED transfer at request time, an
 //! `InputRejected` for later phases.
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use riverbank_schemas::processor::{Emit, InputRef, KvState, Processor, Verdict};
+use riverbank_schemas::processor::{Emit, InputRef, Output, Processor, Spec, Verdict};
+use riverbank_schemas::state::{Cell, Table};
 use riverbank_schemas::transfers::{
     input_types as it, BalanceChanged, InputRejected, LedgerPosting, PostingPhase, ProviderStatus,
     ProviderTransferStatus, RiskDecided, RiskOutcome, TransferAction, TransferDecision, TransferKind,
@@ -131,7 +132,7 @@ pub struct Transfer {
     /// `TransfersState::final_seq_last`). Restore orders finals by it, so count-based eviction forgets
     /// the same transfer live and after a restore even when several became final at the same clock.
     /// Absent in checkpoints written before it existed (those sort first, by time then key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub final_seq: Option<u64>,
 }
 
@@ -167,125 +168,97 @@ pub struct Policy {
     pub applied_inputs: VecDeque<Uuid>,
 }
 
-/// Per-partition state. Keys: `t/{tenant}/{transfer}`, `a/{tenant}/{account}/{currency}`, `p/{tenant}`,
-/// `x/{tenant}/{transfer}` (tombstones), `clock`, `final_seq`.
-#[derive(Debug, Default, Clone, PartialEq)]
+/// Per-partition state: tables that record their own changes for the checkpoints. Checkpoint keys:
+/// `t/{tenant}/{transfer}`, `a/{tenant}/{account}/{currency}`, `p/{tenant}`, `x/{tenant}/{transfer}`
+/// (tombstones), `clock`, `final_seq`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TransfersState {
-    pub transfers: BTreeMap<String, Transfer>,
-    pub accounts: BTreeMap<String, Account>,
-    pub policies: BTreeMap<String, Policy>,
-    /// Forgotten final transfers whose ids stay refused, by `x/{tenant}/{transfer}`.
-    pub tombstones: BTreeMap<String, Tombstone>,
+    pub transfers: Table<Transfer>,
+    pub accounts: Table<Account>,
+    pub policies: Table<Policy>,
+    /// Forgotten final transfers whose ids stay refused.
+    pub tombstones: Table<Tombstone>,
     /// The event clock (ms): the processor's only notion of "now" (see [`ReuseLimits`]).
-    pub clock_ms: i64,
+    pub clock: Cell<i64>,
     /// The last `final_seq` given to a transfer (0: none yet). Only grows.
-    pub final_seq_last: u64,
+    pub final_seq: Cell<u64>,
     /// Final transfers in the order they became final (derived; rebuilt on restore by `final_seq`).
     finals: VecDeque<(i64, String)>,
     /// Tombstone keys in the order they were made (derived; rebuilt on restore by `final_seq`).
     tombstone_order: VecDeque<String>,
-    dirty: BTreeSet<String>,
 }
 
-fn transfer_key(tenant: &str, id: &str) -> String {
-    format!("t/{tenant}/{id}")
-}
+riverbank_schemas::state_tables!(
+    TransfersState { transfers, accounts, policies, tombstones, clock, final_seq },
+    after_restore = rebuild_orders
+);
 
-fn account_key(tenant: &str, account: &str, currency: Currency) -> String {
-    format!("a/{tenant}/{account}/{currency}")
-}
-
-fn tombstone_key(tenant: &str, id: &str) -> String {
-    format!("x/{tenant}/{id}")
-}
-
-const CLOCK_KEY: &str = "clock";
-const FINAL_SEQ_KEY: &str = "final_seq";
-
-impl KvState for TransfersState {
-    fn entries(&self) -> Vec<(String, serde_json::Value)> {
-        let mut out = Vec::with_capacity(
-            self.transfers.len() + self.accounts.len() + self.policies.len() + self.tombstones.len() + 2,
-        );
-        out.extend(self.transfers.iter().map(|(k, v)| (k.clone(), to_value(v))));
-        out.extend(self.accounts.iter().map(|(k, v)| (k.clone(), to_value(v))));
-        out.extend(self.policies.iter().map(|(k, v)| (format!("p/{k}"), to_value(v))));
-        out.extend(self.tombstones.iter().map(|(k, v)| (k.clone(), to_value(v))));
-        out.push((CLOCK_KEY.to_owned(), serde_json::Value::from(self.clock_ms)));
-        out.push((FINAL_SEQ_KEY.to_owned(), serde_json::Value::from(self.final_seq_last)));
-        out
+impl Default for TransfersState {
+    fn default() -> Self {
+        Self::new()
     }
+}
 
-    fn take_changes(&mut self) -> Vec<(String, Option<serde_json::Value>)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty
-            .into_iter()
-            .map(|k| {
-                let v = if let Some(rest) = k.strip_prefix("p/") {
-                    self.policies.get(rest).map(to_value)
-                } else if k == CLOCK_KEY {
-                    Some(serde_json::Value::from(self.clock_ms))
-                } else if k == FINAL_SEQ_KEY {
-                    Some(serde_json::Value::from(self.final_seq_last))
-                } else if k.starts_with("t/") {
-                    self.transfers.get(&k).map(to_value)
-                } else if k.starts_with("x/") {
-                    self.tombstones.get(&k).map(to_value)
-                } else {
-                    self.accounts.get(&k).map(to_value)
-                };
-                (k, v)
-            })
-            .collect()
-    }
+/// Key of a transfer in [`TransfersState::transfers`].
+pub fn transfer_key(tenant: &str, id: &str) -> String {
+    format!("{tenant}/{id}")
+}
 
-    fn restore(entries: Vec<(String, serde_json::Value)>) -> Result<Self, String> {
-        let mut s = TransfersState::default();
-        for (k, v) in entries {
-            let bad = |e: serde_json::Error| format!("checkpoint entry {k}: {e}");
-            if let Some(rest) = k.strip_prefix("p/") {
-                s.policies.insert(rest.to_owned(), serde_json::from_value(v).map_err(bad)?);
-            } else if k == CLOCK_KEY {
-                s.clock_ms = v.as_i64().ok_or_else(|| "checkpoint clock is not an integer".to_owned())?;
-            } else if k == FINAL_SEQ_KEY {
-                s.final_seq_last =
-                    v.as_u64().ok_or_else(|| "checkpoint final_seq is not an unsigned integer".to_owned())?;
-            } else if k.starts_with("t/") {
-                let t: Transfer = serde_json::from_value(v).map_err(bad)?;
-                s.transfers.insert(k, t);
-            } else if k.starts_with("a/") {
-                let a: Account = serde_json::from_value(v).map_err(bad)?;
-                s.accounts.insert(k, a);
-            } else if k.starts_with("x/") {
-                let t: Tombstone = serde_json::from_value(v).map_err(bad)?;
-                s.tombstones.insert(k, t);
-            } else {
-                return Err(format!("unknown checkpoint entry {k}"));
-            }
+/// Key of an account in [`TransfersState::accounts`].
+pub fn account_key(tenant: &str, account: &str, currency: Currency) -> String {
+    format!("{tenant}/{account}/{currency}")
+}
+
+/// Key of a tombstone in [`TransfersState::tombstones`].
+pub fn tombstone_key(tenant: &str, id: &str) -> String {
+    format!("{tenant}/{id}")
+}
+
+impl TransfersState {
+    pub fn new() -> Self {
+        TransfersState {
+            transfers: Table::new("t"),
+            accounts: Table::new("a"),
+            policies: Table::new("p"),
+            tombstones: Table::new("x"),
+            clock: Cell::new("clock"),
+            final_seq: Cell::new("final_seq"),
+            finals: VecDeque::new(),
+            tombstone_order: VecDeque::new(),
         }
+    }
+
+    pub fn clock_ms(&self) -> i64 {
+        *self.clock.get()
+    }
+
+    pub fn final_seq_last(&self) -> u64 {
+        *self.final_seq.get()
+    }
+
+    /// Rebuild the eviction orders after a restore.
+    fn rebuild_orders(&mut self) -> Result<(), String> {
         // The order they became final: by `final_seq`, as live. Transfers from a checkpoint older than
         // `final_seq` have none: they became final before every numbered one and keep the old order.
-        let mut finals: Vec<(Option<u64>, i64, String)> = s
+        let mut finals: Vec<(Option<u64>, i64, String)> = self
             .transfers
             .iter()
             .filter_map(|(k, t)| t.final_at_ms.map(|at| (t.final_seq, at, k.clone())))
             .collect();
         finals.sort();
         let mut tombstones: Vec<(u64, i64, String)> =
-            s.tombstones.iter().map(|(k, t)| (t.final_seq, t.final_at_ms, k.clone())).collect();
+            self.tombstones.iter().map(|(k, t)| (t.final_seq, t.final_at_ms, k.clone())).collect();
         tombstones.sort();
         // Never hand out a sequence number twice, even if the counter's entry is missing.
         let seq_max = finals.iter().filter_map(|f| f.0).chain(tombstones.iter().map(|t| t.0)).max();
-        s.final_seq_last = s.final_seq_last.max(seq_max.unwrap_or(0));
-        s.finals = finals.into_iter().map(|(_, at, k)| (at, k)).collect();
-        s.tombstone_order = tombstones.into_iter().map(|(_, _, k)| k).collect();
-        Ok(s)
+        let last = self.final_seq_last().max(seq_max.unwrap_or(0));
+        if last != self.final_seq_last() {
+            self.final_seq.set(last);
+        }
+        self.finals = finals.into_iter().map(|(_, at, k)| (at, k)).collect();
+        self.tombstone_order = tombstones.into_iter().map(|(_, _, k)| k).collect();
+        Ok(())
     }
-}
-
-fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
-    // Plain structs of strings and integers always serialize.
-    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
 impl TransfersState {
@@ -293,7 +266,7 @@ impl TransfersState {
     /// i128, which cannot overflow for fewer than 2^64 accounts.
     pub fn posted_sums(&self) -> BTreeMap<String, i128> {
         let mut sums = BTreeMap::new();
-        for (k, a) in &self.accounts {
+        for (k, a) in self.accounts.iter() {
             let currency = k.rsplit('/').next().unwrap_or_default().to_owned();
             *sums.entry(currency).or_insert(0) += i128::from(a.posted);
         }
@@ -313,22 +286,7 @@ impl Out<'_> {
     fn push<P: Serialize>(&mut self, topic: String, event_type: &str, payload: P) {
         let index = self.emits.len().to_string();
         let event_id = derived_id(&["transfers", &self.input.event_id.to_string(), &index]);
-        let envelope = Envelope {
-            event_id,
-            event_type: event_type.to_owned(),
-            schema_version: 1,
-            tenant_id: self.input.tenant_id.clone(),
-            environment: self.input.environment,
-            occurred_at: self.input.occurred_at,
-            ingested_at: self.input.ingested_at,
-            idempotency_key: None,
-            source: "riverbank.transfers".to_owned(),
-            user_id: None,
-            customer_id: None,
-            session_id: None,
-            trace_id: self.input.trace_id.clone(),
-            payload,
-        };
+        let envelope = Envelope::derived(self.input, event_id, event_type, 1, "riverbank.transfers", payload);
         let payload = serde_json::to_vec(&envelope).unwrap_or_default();
         self.emits.push(Emit { topic, key: self.input.tenant_id.clone(), event_id, payload });
     }
@@ -358,8 +316,20 @@ impl Processor for TransfersProcessor {
         "transfers"
     }
 
-    fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String> {
-        vec![topics.transfer_inputs(env)]
+    fn spec(&self, topics: &Topics, env: Environment) -> Spec {
+        Spec {
+            outputs: vec![
+                Output::new(topics.transfer_status(env), &[TransferStatusChanged::EVENT_TYPE]),
+                Output::new(topics.transfer_rejections(env), &[InputRejected::EVENT_TYPE]),
+                Output::new(topics.ledger_postings(env), &[LedgerPosting::EVENT_TYPE]),
+                Output::new(topics.balances(env), &[BalanceChanged::EVENT_TYPE]),
+            ],
+            ..Spec::reading(topics.transfer_inputs(env))
+        }
+    }
+
+    fn examples(&self, env: Environment) -> Vec<RawEnvelope> {
+        examples(env)
     }
 
     fn apply(&self, state: &mut TransfersState, at: &InputRef<'_>, input: RawEnvelope) -> Verdict {
@@ -398,14 +368,14 @@ impl TransfersProcessor {
     /// Move the event clock towards `occurred_ms`, by at most `clock_step_max_ms` (see [`ReuseLimits`]).
     /// An empty state's clock (0) is set outright, or it would never catch up with event time.
     fn advance_clock(&self, state: &mut TransfersState, occurred_ms: i64) {
-        let next = if state.clock_ms == 0 {
+        let clock = state.clock_ms();
+        let next = if clock == 0 {
             occurred_ms
         } else {
-            occurred_ms.min(state.clock_ms.saturating_add(self.reuse.clock_step_max_ms.max(0)))
+            occurred_ms.min(clock.saturating_add(self.reuse.clock_step_max_ms.max(0)))
         };
-        if next > state.clock_ms {
-            state.clock_ms = next;
-            state.dirty.insert(CLOCK_KEY.to_owned());
+        if next > clock {
+            state.clock.set(next);
         }
     }
 
@@ -417,7 +387,7 @@ impl TransfersProcessor {
         transfer_id: &str,
     ) -> Result<Option<&'s mut Transfer>, ()> {
         let key = transfer_key(&out.input.tenant_id, transfer_id);
-        match state.transfers.get_mut(&key) {
+        match state.transfers.get(&key) {
             None if state.tombstones.contains_key(&tombstone_key(&out.input.tenant_id, transfer_id)) => {
                 out.reject(Some(transfer_id), "transfer ended and is no longer retained");
                 Err(())
@@ -431,12 +401,12 @@ impl TransfersProcessor {
                 out.reject(Some(transfer_id), "transfer has reached the most status changes it can record");
                 Err(())
             }
-            Some(t) => {
+            Some(_) => {
+                let Some(t) = state.transfers.get_mut(&key) else { return Err(()) };
                 t.applied_inputs.push_back(out.input.event_id);
                 if t.applied_inputs.len() > APPLIED_INPUTS_PER_TRANSFER_MAX {
                     t.applied_inputs.pop_front();
                 }
-                state.dirty.insert(key);
                 Ok(Some(t))
             }
         }
@@ -516,7 +486,6 @@ impl TransfersProcessor {
             self.status(out, &mut t, TransferStatus::Pending, None);
             self.status(out, &mut t, TransferStatus::ComplianceCheck, None);
         }
-        state.dirty.insert(key.clone());
         state.transfers.insert(key, t);
     }
 
@@ -700,21 +669,22 @@ impl TransfersProcessor {
 
     fn policy(&self, state: &mut TransfersState, out: &mut Out<'_>, p: TransferPolicySet) {
         let tenant = out.input.tenant_id.clone();
-        let policy = state.policies.entry(tenant.clone()).or_default();
-        if policy.applied_inputs.contains(&out.input.event_id) {
+        if state.policies.get(&tenant).is_some_and(|p| p.applied_inputs.contains(&out.input.event_id)) {
             return;
         }
         if let Some(bad) = p.overdraft_accounts.iter().find(|a| !valid_account(a)) {
             out.reject(None, format!("overdraft account '{bad}' is not a valid account id"));
             return;
         }
-        policy.approval_thresholds = p.approval_thresholds;
-        policy.overdraft_accounts = p.overdraft_accounts;
-        policy.applied_inputs.push_back(out.input.event_id);
-        if policy.applied_inputs.len() > APPLIED_INPUTS_PER_TRANSFER_MAX {
-            policy.applied_inputs.pop_front();
-        }
-        state.dirty.insert(format!("p/{tenant}"));
+        let input = out.input.event_id;
+        state.policies.upsert(&tenant, |policy| {
+            policy.approval_thresholds = p.approval_thresholds;
+            policy.overdraft_accounts = p.overdraft_accounts;
+            policy.applied_inputs.push_back(input);
+            if policy.applied_inputs.len() > APPLIED_INPUTS_PER_TRANSFER_MAX {
+                policy.applied_inputs.pop_front();
+            }
+        });
     }
 
     fn store(&self, state: &mut TransfersState, t: Transfer) {
@@ -722,23 +692,22 @@ impl TransfersProcessor {
         if t.status.is_final() && t.final_at_ms.is_none() {
             let mut t = t;
             // 2^64 finals cannot happen; saturating keeps even that from wrapping to an earlier position.
-            state.final_seq_last = state.final_seq_last.saturating_add(1);
-            state.dirty.insert(FINAL_SEQ_KEY.to_owned());
-            t.final_at_ms = Some(state.clock_ms);
-            t.final_seq = Some(state.final_seq_last);
-            state.finals.push_back((state.clock_ms, key.clone()));
-            state.transfers.insert(key.clone(), t);
+            let seq = state.final_seq_last().saturating_add(1);
+            state.final_seq.set(seq);
+            t.final_at_ms = Some(state.clock_ms());
+            t.final_seq = Some(seq);
+            state.finals.push_back((state.clock_ms(), key.clone()));
+            state.transfers.insert(key, t);
         } else {
-            state.transfers.insert(key.clone(), t);
+            state.transfers.insert(key, t);
         }
-        state.dirty.insert(key);
     }
 
     /// Forget final transfers past retention (event clock) or past the count limit, leaving a tombstone
     /// for each; then drop tombstones past their own limits (see [`ReuseLimits`]).
     fn evict(&self, state: &mut TransfersState) {
         while let Some((at, key)) = state.finals.front().cloned() {
-            let expired = state.clock_ms.saturating_sub(at) > self.limits.final_retention_ms;
+            let expired = state.clock_ms().saturating_sub(at) > self.limits.final_retention_ms;
             if !expired && state.finals.len() <= self.limits.final_retained_max {
                 break;
             }
@@ -750,22 +719,19 @@ impl TransfersProcessor {
                     final_seq: t.final_seq.unwrap_or(0),
                 };
                 state.tombstones.insert(tomb.clone(), stone);
-                state.tombstone_order.push_back(tomb.clone());
-                state.dirty.insert(tomb);
+                state.tombstone_order.push_back(tomb);
             }
-            state.dirty.insert(key);
         }
         while let Some(tomb) = state.tombstone_order.front().cloned() {
             if let Some(stone) = state.tombstones.get(&tomb) {
                 let expired =
-                    state.clock_ms.saturating_sub(stone.final_at_ms) > self.reuse.id_reuse_refused_ms;
+                    state.clock_ms().saturating_sub(stone.final_at_ms) > self.reuse.id_reuse_refused_ms;
                 if !expired && state.tombstones.len() <= self.reuse.tombstones_retained_max {
                     break;
                 }
             }
             state.tombstone_order.pop_front();
             state.tombstones.remove(&tomb);
-            state.dirty.insert(tomb);
         }
     }
 
@@ -899,8 +865,7 @@ impl TransfersProcessor {
                 available_minor: leg.available,
                 version: leg.after.version,
             };
-            state.accounts.insert(leg.key.clone(), leg.after);
-            state.dirty.insert(leg.key);
+            state.accounts.insert(leg.key, leg.after);
             let posting = LedgerPosting {
                 posting_id,
                 transfer_id: t.transfer_id.clone(),
@@ -913,6 +878,83 @@ impl TransfersProcessor {
             out.push(out.topics.balances(out.env), BalanceChanged::EVENT_TYPE, balance);
         }
     }
+}
+
+/// A day of a small tenant's life, for the conformance suite: a policy, deposits approved and
+/// completed, an internal transfer, one blocked by risk then cancelled, a failed payout retried, an
+/// approval by a second person, refusals (insufficient funds, maker-checker, unknown transfer), a
+/// payload that does not decode and an input type transfers has no rule for.
+pub fn examples(env: Environment) -> Vec<RawEnvelope> {
+    use serde_json::json;
+    let usd = |minor: i64| json!({"amount_minor": minor, "currency": "USD"});
+    let request = |id: &str, kind: &str, minor: i64, src: Option<&str>, dst: Option<&str>| {
+        let mut p = json!({"transfer_id": id, "kind": kind, "amount": usd(minor), "requested_by": "maker"});
+        if let Some(s) = src {
+            p["source_account"] = s.into();
+        }
+        if let Some(d) = dst {
+            p["destination_account"] = d.into();
+        }
+        (it::REQUESTED, p)
+    };
+    let risk = |id: &str, decision: &str| {
+        (
+            it::RISK_DECIDED,
+            json!({"transfer_id": id, "decision": decision, "score": 40, "reasons": ["velocity"], "rule_set_version": "r1"}),
+        )
+    };
+    let provider =
+        |id: &str, status: &str| (it::PROVIDER_STATUS, json!({"transfer_id": id, "status": status}));
+    let action = |t: &'static str, id: &str, actor: &str| (t, json!({"transfer_id": id, "actor": actor}));
+    let steps: Vec<(&str, serde_json::Value)> = vec![
+        (it::POLICY_SET, json!({"approval_thresholds": [usd(50_000)], "overdraft_accounts": []})),
+        request("d1", "deposit", 10_000, None, Some("acct_1")),
+        risk("d1", "approve"),
+        provider("d1", "processing"),
+        provider("d1", "completed"),
+        request("i1", "internal", 2_500, Some("acct_1"), Some("acct_2")),
+        risk("i1", "approve"),
+        provider("i1", "completed"),
+        request("w1", "withdrawal", 1_000_000, Some("acct_2"), None),
+        request("p1", "payout", 1_000, Some("acct_1"), None),
+        risk("p1", "block"),
+        action(it::CANCEL_REQUESTED, "p1", "ops"),
+        request("p2", "payout", 1_500, Some("acct_1"), None),
+        risk("p2", "approve"),
+        provider("p2", "failed"),
+        action(it::RETRY_REQUESTED, "p2", "ops"),
+        risk("p2", "review"),
+        action(it::APPROVED, "p2", "maker"),
+        action(it::APPROVED, "p2", "checker"),
+        provider("p2", "completed"),
+        provider("zz", "completed"),
+        (it::REQUESTED, json!({"transfer_id": 5})),
+        ("transfer.unheard_of", json!({})),
+    ];
+    let t0 = chrono::DateTime::<chrono::Utc>::from_timestamp(1_790_000_000, 0).unwrap_or_default();
+    steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, (event_type, payload))| {
+            let at = t0 + chrono::Duration::seconds(i as i64);
+            Envelope {
+                event_id: derived_id(&["transfers-example", &i.to_string()]),
+                event_type: event_type.to_owned(),
+                schema_version: 1,
+                tenant_id: "tenant-a".to_owned(),
+                environment: env,
+                occurred_at: at,
+                ingested_at: at,
+                idempotency_key: None,
+                source: "api".to_owned(),
+                user_id: None,
+                customer_id: None,
+                session_id: None,
+                trace_id: None,
+                payload,
+            }
+        })
+        .collect()
 }
 
 fn overflow_reason(t: &Transfer, account: &str) -> String {

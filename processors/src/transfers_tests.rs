@@ -1,10 +1,45 @@
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::TimeZone;
 use proptest::prelude::*;
 use riverbank_schemas::transfers::TransferStatus as S;
 
 use super::*;
+use riverbank_schemas::state::{Encoded, State as _};
+
+/// A state's snapshot as a restore reads it.
+fn entries(s: &TransfersState) -> Vec<(String, Encoded)> {
+    s.snapshot().into_iter().map(|(k, v)| (k, Encoded::Bin(v))).collect()
+}
+
+/// The same entries as a checkpoint written before bincode held them (JSON values).
+fn json_entries(s: &TransfersState) -> Vec<(String, serde_json::Value)> {
+    fn json<V: serde::de::DeserializeOwned + Serialize>(b: &[u8]) -> serde_json::Value {
+        serde_json::to_value(bincode_decode::<V>(b)).expect("json")
+    }
+    s.snapshot()
+        .into_iter()
+        .map(|(k, v)| {
+            let j = match k.split('/').next() {
+                Some("t") => json::<Transfer>(&v),
+                Some("a") => json::<Account>(&v),
+                Some("p") => json::<Policy>(&v),
+                Some("x") => json::<Tombstone>(&v),
+                Some("clock") => json::<i64>(&v),
+                _ => json::<u64>(&v),
+            };
+            (k, j)
+        })
+        .collect()
+}
+
+fn bincode_decode<V: serde::de::DeserializeOwned>(b: &[u8]) -> V {
+    Encoded::Bin(b.to_vec()).decode().expect("decodes")
+}
+
+fn restore(e: Vec<(String, Encoded)>) -> Result<TransfersState, String> {
+    TransfersState::restore(&e)
+}
 
 const TENANT: &str = "tenant-a";
 
@@ -72,12 +107,7 @@ impl H {
     }
 
     fn apply_envelope(&mut self, e: RawEnvelope) -> Outs {
-        let at = InputRef {
-            topic: "live.transfers.inputs",
-            partition: 0,
-            offset: 0,
-            environment: Environment::Live,
-        };
+        let at = InputRef::log("live.transfers.inputs", 0, 0, Environment::Live);
         match self.p.apply(&mut self.state, &at, e) {
             Verdict::Emit(out) => Outs(out),
             Verdict::Poison(r) => panic!("poison: {r}"),
@@ -450,7 +480,7 @@ fn duplicates_emit_nothing_and_unknown_transfers_are_refused() {
 #[test]
 fn malformed_inputs_are_poison() {
     let mut h = H::new();
-    let at = InputRef { topic: "x", partition: 0, offset: 0, environment: Environment::Live };
+    let at = InputRef::log("x", 0, 0, Environment::Live);
     let bad = envelope(1, it::REQUESTED, serde_json::json!({"transfer_id": 5}));
     assert!(matches!(h.p.apply(&mut h.state, &at, bad), Verdict::Poison(r) if r.contains("schema")));
     let unknown = envelope(2, "transfer.teleported", serde_json::json!({}));
@@ -612,8 +642,8 @@ fn check_invariants(state: &TransfersState, ever_overdraft: &BTreeSet<String>) -
     let debit: i128 = state.accounts.values().map(|a| i128::from(a.pending_debit)).sum();
     let credit: i128 = state.accounts.values().map(|a| i128::from(a.pending_credit)).sum();
     prop_assert_eq!(debit, credit, "every hold has two sides");
-    for (k, a) in &state.accounts {
-        let account = k.split('/').nth(2).unwrap_or_default();
+    for (k, a) in state.accounts.iter() {
+        let account = k.split('/').nth(1).unwrap_or_default();
         let allowed = account == EXTERNAL_ACCOUNT || ever_overdraft.contains(account);
         let available = i128::from(a.posted) - i128::from(a.pending_debit);
         prop_assert!(allowed || available >= 0, "{} went negative: {:?}", k, a);
@@ -692,22 +722,22 @@ proptest! {
         let cut = cut % inputs.len().max(1);
         let (whole, end) = run_with(tight(), &inputs);
         let mut h = H { p: tight(), state: TransfersState::default(), seq: 0 };
-        let mut kv: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        let mut kv: BTreeMap<String, Encoded> = BTreeMap::new();
         for e in &inputs[..cut] {
             h.apply_envelope(e.clone());
             for (k, v) in h.state.take_changes() {
-                match v { Some(v) => { kv.insert(k, v); } None => { kv.remove(&k); } }
+                match v { Some(v) => { kv.insert(k, Encoded::Bin(v)); } None => { kv.remove(&k); } }
             }
         }
-        let from_deltas = TransfersState::restore(kv.into_iter().collect()).map_err(TestCaseError::fail)?;
-        let from_snapshot = TransfersState::restore(h.state.entries()).map_err(TestCaseError::fail)?;
-        prop_assert_eq!(from_deltas.entries(), h.state.entries());
+        let from_deltas = restore(kv.into_iter().collect()).map_err(TestCaseError::fail)?;
+        let from_snapshot = restore(entries(&h.state)).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(entries(&from_deltas), entries(&h.state));
         for state in [from_deltas, from_snapshot] {
             let mut h2 = H { p: tight(), state, seq: 0 };
             for (i, e) in inputs.iter().enumerate().skip(cut) {
                 prop_assert_eq!(&h2.apply_envelope(e.clone()), &whole[i]);
             }
-            prop_assert_eq!(h2.state.entries(), end.entries());
+            prop_assert_eq!(entries(&h2.state), entries(&end));
         }
         prop_assert!(end.tombstones.len() <= 3 && end.transfers.values().filter(|t| t.status.is_final()).count() <= 2);
     }
@@ -718,7 +748,7 @@ proptest! {
         let (a, sa) = run(&inputs);
         let (b, sb) = run(&inputs);
         prop_assert_eq!(&a, &b);
-        prop_assert_eq!(sa.entries(), sb.entries());
+        prop_assert_eq!(entries(&sa), entries(&sb));
         // Feeding every input twice in a row: the second copy never emits anything.
         let doubled: Vec<RawEnvelope> = inputs.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
         let (d, sd) = run(&doubled);
@@ -727,7 +757,7 @@ proptest! {
         for (i, o) in d.iter().enumerate().skip(1).step_by(2) {
             prop_assert!(o.0.iter().all(|e| a[i / 2].0.contains(e)), "second copy emitted something new");
         }
-        prop_assert_eq!(sd.entries(), sa.entries());
+        prop_assert_eq!(entries(&sd), entries(&sa));
     }
 
     #[test]
@@ -738,16 +768,16 @@ proptest! {
         // Run to `cut` keeping a snapshot at the start and deltas after each input, then restore
         // from snapshot + deltas and continue.
         let mut h = H::new();
-        let mut kv: BTreeMap<String, serde_json::Value> = h.state.entries().into_iter().collect();
+        let mut kv: BTreeMap<String, Encoded> = entries(&h.state).into_iter().collect();
         for e in &inputs[..cut] {
             h.apply_envelope(e.clone());
             for (k, v) in h.state.take_changes() {
-                match v { Some(v) => { kv.insert(k, v); } None => { kv.remove(&k); } }
+                match v { Some(v) => { kv.insert(k, Encoded::Bin(v)); } None => { kv.remove(&k); } }
             }
         }
-        let restored = TransfersState::restore(kv.into_iter().collect()).map_err(TestCaseError::fail)?;
-        let mut fresh = TransfersState::restore(h.state.entries()).map_err(TestCaseError::fail)?;
-        prop_assert_eq!(restored.entries(), fresh.entries());
+        let restored = restore(kv.into_iter().collect()).map_err(TestCaseError::fail)?;
+        let mut fresh = restore(entries(&h.state)).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(entries(&restored), entries(&fresh));
         let mut h2 = H { p: h.p.clone(), state: restored, seq: 0 };
         for (i, e) in inputs.iter().enumerate().skip(cut) {
             prop_assert_eq!(&h2.apply_envelope(e.clone()), &whole[i]);
@@ -761,7 +791,7 @@ proptest! {
 /// Posted balances summed per currency in i128, so the sum itself cannot overflow.
 fn wide_posted_sums(state: &TransfersState) -> BTreeMap<String, i128> {
     let mut sums = BTreeMap::new();
-    for (k, a) in &state.accounts {
+    for (k, a) in state.accounts.iter() {
         let currency = k.rsplit('/').next().unwrap_or_default().to_owned();
         *sums.entry(currency).or_insert(0i128) += i128::from(a.posted);
     }
@@ -955,8 +985,8 @@ fn count_eviction_with_tied_final_times_is_the_same_after_restore() {
         live.apply_envelope(e);
     }
     let _ = live.state.take_changes();
-    let restored = TransfersState::restore(live.state.entries()).expect("restores");
-    assert_eq!(restored.entries(), live.state.entries());
+    let restored = restore(entries(&live.state)).expect("restores");
+    assert_eq!(entries(&restored), entries(&live.state));
     let mut again = H { p: live.p.clone(), state: restored, seq: live.seq };
     // The same inputs to both: a third final passes the cap of 2, then late callbacks for both.
     let follow: Vec<(&str, serde_json::Value)> = vec![
@@ -977,7 +1007,7 @@ fn count_eviction_with_tied_final_times_is_the_same_after_restore() {
         let b = again.send(event_type, payload);
         assert_eq!(a, b, "{event_type}: live and restored instances answer alike");
     }
-    assert_eq!(live.state.entries(), again.state.entries());
+    assert_eq!(entries(&live.state), entries(&again.state));
     assert_eq!(live.state.take_changes(), again.state.take_changes());
 }
 
@@ -1015,9 +1045,13 @@ fn tombstones_bound_the_refusal_window_by_time_and_count() {
     h.send(it::POLICY_SET, serde_json::json!({}));
     let kept: Vec<&String> = h.state.tombstones.keys().collect();
     assert_eq!(kept, vec![&tombstone_key(TENANT, "c"), &tombstone_key(TENANT, "d")]);
-    let entries = h.state.entries();
-    assert_eq!(entries.iter().filter(|(k, _)| k.starts_with("x/")).count(), 2, "tombstones are checkpointed");
-    let back = TransfersState::restore(entries).expect("restores");
+    let snapshot = entries(&h.state);
+    assert_eq!(
+        snapshot.iter().filter(|(k, _)| k.starts_with("x/")).count(),
+        2,
+        "tombstones are checkpointed"
+    );
+    let back = restore(snapshot).expect("restores");
     assert_eq!(back.tombstones, h.state.tombstones);
 }
 
@@ -1027,14 +1061,14 @@ fn the_event_clock_moves_at_most_one_step_per_input() {
     let mut h = H::new();
     h.send(it::POLICY_SET, serde_json::json!({}));
     let start = 1_790_000_001_000;
-    assert_eq!(h.state.clock_ms, start, "an empty state's clock is set outright");
+    assert_eq!(h.state.clock_ms(), start, "an empty state's clock is set outright");
     h.send_shifted(8 * DAY_MS, it::POLICY_SET, serde_json::json!({}));
-    assert_eq!(h.state.clock_ms, start + step, "one skewed input moves the clock one step");
+    assert_eq!(h.state.clock_ms(), start + step, "one skewed input moves the clock one step");
     h.send_shifted(8 * DAY_MS, it::POLICY_SET, serde_json::json!({}));
-    assert_eq!(h.state.clock_ms, start + 2 * step);
+    assert_eq!(h.state.clock_ms(), start + 2 * step);
     // Inputs behind the clock never move it back; ordinary inputs a second apart move it by a second.
     h.send(it::POLICY_SET, serde_json::json!({}));
-    assert_eq!(h.state.clock_ms, start + 2 * step);
+    assert_eq!(h.state.clock_ms(), start + 2 * step);
 }
 
 #[test]
@@ -1047,20 +1081,18 @@ fn a_checkpoint_without_final_sequences_still_restores_in_the_old_order() {
     h.deposit_completed("x1", "acct_1", 10);
     h.deposit_completed("x2", "acct_1", 10);
     // As written before `final_seq` existed: no counter entry, no sequence in the transfers.
-    let old: Vec<(String, serde_json::Value)> = h
-        .state
-        .entries()
+    let old: Vec<(String, Encoded)> = json_entries(&h.state)
         .into_iter()
-        .filter(|(k, _)| k != FINAL_SEQ_KEY)
+        .filter(|(k, _)| k != "final_seq")
         .map(|(k, mut v)| {
             if let Some(o) = v.as_object_mut() {
                 o.remove("final_seq");
             }
-            (k, v)
+            (k, Encoded::Json(v))
         })
         .collect();
-    let mut again = H { p: h.p.clone(), state: TransfersState::restore(old).expect("restores"), seq: h.seq };
-    assert_eq!(again.state.final_seq_last, 0);
+    let mut again = H { p: h.p.clone(), state: restore(old).expect("restores"), seq: h.seq };
+    assert_eq!(again.state.final_seq_last(), 0);
     again.deposit_completed("x3", "acct_1", 10);
     assert_eq!(again.state.transfers[&transfer_key(TENANT, "x3")].final_seq, Some(1));
     assert!(

@@ -3,11 +3,16 @@
 //! reflects. State and offset are one record, so they are written atomically.
 //!
 //! Restore reads only the tail of the checkpoint partition: the newest complete snapshot plus the deltas
-//! its writer appended after it. A snapshot is written at least every `snapshot_every_batches` batches,
-//! so restore time is bounded by that, not by history. A snapshot left incomplete by a crash is ignored
-//! (the previous one and its deltas are used). Records from another writer (a zombie) are ignored unless
-//! they hold the newest complete snapshot — and any checkpoint is a correct state for its offset,
-//! because processors are deterministic, so at worst some inputs are replayed into identical outputs.
+//! its writer appended after it. A snapshot is written once the deltas since the last one add up to its
+//! size (at least `record_bytes_max`), or after `snapshot_every_batches` deltas: restore reads at most
+//! about twice the state, and the snapshot's cost is spread over the batches whose changes called for
+//! it. A snapshot left incomplete by a crash is ignored (the previous one and its deltas are used).
+//! Records from another writer (a zombie) are ignored unless they hold the newest complete snapshot —
+//! and any checkpoint is a correct state for its offset, because processors are deterministic, so at
+//! worst some inputs are replayed into identical outputs.
+//!
+//! Records are bincode behind a one-byte format tag; records written before (JSON, starting with `{`)
+//! are still read, so an upgrade restores old checkpoints.
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -15,15 +20,68 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use riverbank_schemas::processor::Emit;
+use riverbank_schemas::state::{Change, Encoded, Entry};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::KafkaConfig;
-use crate::process::Emit;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// First byte of a bincode checkpoint record (JSON records start with `{`).
+const FORMAT_BINCODE_V1: u8 = 0xB1;
+
+/// A checkpoint record as restore sees it (values still encoded).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Record {
+    Snapshot {
+        input_topic: String,
+        partition: i32,
+        writer: Uuid,
+        snapshot_seq: u64,
+        chunk: u32,
+        chunks: u32,
+        next_offset: i64,
+        entries: Vec<(String, Encoded)>,
+    },
+    Delta {
+        input_topic: String,
+        partition: i32,
+        writer: Uuid,
+        snapshot_seq: u64,
+        delta_seq: u64,
+        next_offset: i64,
+        changes: Vec<(String, Option<Encoded>)>,
+    },
+}
+
+/// The record on the wire (bincode).
+#[derive(Debug, Serialize, Deserialize)]
+enum Wire {
+    Snapshot {
+        input_topic: String,
+        partition: i32,
+        writer: Uuid,
+        snapshot_seq: u64,
+        chunk: u32,
+        chunks: u32,
+        next_offset: i64,
+        entries: Vec<Entry>,
+    },
+    Delta {
+        input_topic: String,
+        partition: i32,
+        writer: Uuid,
+        snapshot_seq: u64,
+        delta_seq: u64,
+        next_offset: i64,
+        changes: Vec<Change>,
+    },
+}
+
+/// Records written before bincode (JSON, values as JSON).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Legacy {
     Snapshot {
         input_topic: String,
         partition: i32,
@@ -45,13 +103,123 @@ pub enum Record {
     },
 }
 
+fn encode(w: &Wire) -> Vec<u8> {
+    let mut out = vec![FORMAT_BINCODE_V1];
+    // Strings, integers and byte vectors always serialize.
+    out.extend(bincode::serialize(w).unwrap_or_default());
+    out
+}
+
+/// Decode a checkpoint record of either format.
+pub fn decode(bytes: &[u8]) -> Result<Record, String> {
+    match bytes.first() {
+        Some(&FORMAT_BINCODE_V1) => {
+            let w: Wire = bincode::deserialize(&bytes[1..]).map_err(|e| e.to_string())?;
+            Ok(match w {
+                Wire::Snapshot {
+                    input_topic,
+                    partition,
+                    writer,
+                    snapshot_seq,
+                    chunk,
+                    chunks,
+                    next_offset,
+                    entries,
+                } => {
+                    let entries = entries.into_iter().map(|(k, v)| (k, Encoded::Bin(v))).collect();
+                    Record::Snapshot {
+                        input_topic,
+                        partition,
+                        writer,
+                        snapshot_seq,
+                        chunk,
+                        chunks,
+                        next_offset,
+                        entries,
+                    }
+                }
+                Wire::Delta {
+                    input_topic,
+                    partition,
+                    writer,
+                    snapshot_seq,
+                    delta_seq,
+                    next_offset,
+                    changes,
+                } => {
+                    let changes = changes.into_iter().map(|(k, v)| (k, v.map(Encoded::Bin))).collect();
+                    Record::Delta {
+                        input_topic,
+                        partition,
+                        writer,
+                        snapshot_seq,
+                        delta_seq,
+                        next_offset,
+                        changes,
+                    }
+                }
+            })
+        }
+        Some(b'{') => {
+            let l: Legacy = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            Ok(match l {
+                Legacy::Snapshot {
+                    input_topic,
+                    partition,
+                    writer,
+                    snapshot_seq,
+                    chunk,
+                    chunks,
+                    next_offset,
+                    entries,
+                } => {
+                    let entries = entries.into_iter().map(|(k, v)| (k, Encoded::Json(v))).collect();
+                    Record::Snapshot {
+                        input_topic,
+                        partition,
+                        writer,
+                        snapshot_seq,
+                        chunk,
+                        chunks,
+                        next_offset,
+                        entries,
+                    }
+                }
+                Legacy::Delta {
+                    input_topic,
+                    partition,
+                    writer,
+                    snapshot_seq,
+                    delta_seq,
+                    next_offset,
+                    changes,
+                } => {
+                    let changes = changes.into_iter().map(|(k, v)| (k, v.map(Encoded::Json))).collect();
+                    Record::Delta {
+                        input_topic,
+                        partition,
+                        writer,
+                        snapshot_seq,
+                        delta_seq,
+                        next_offset,
+                        changes,
+                    }
+                }
+            })
+        }
+        _ => Err("not a checkpoint record (unknown format)".to_owned()),
+    }
+}
+
 /// What a restore found: entries and the next input offset they reflect.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Restored {
-    pub entries: Vec<(String, serde_json::Value)>,
+    pub entries: Vec<(String, Encoded)>,
     pub next_offset: i64,
     pub snapshot_seq: u64,
     pub records_read: usize,
+    /// Bytes of the snapshot restored (its entries' keys and values).
+    pub snapshot_bytes: usize,
 }
 
 /// Where a writer stands for one input partition.
@@ -63,6 +231,10 @@ pub struct Writer {
     pub batches_since_snapshot: u32,
     /// A new writer must start with a snapshot: its deltas need a base of its own.
     pub needs_snapshot: bool,
+    /// Size of the last snapshot (keys and values): the state's size then.
+    pub snapshot_bytes: usize,
+    /// Bytes of deltas written since.
+    pub delta_bytes: usize,
 }
 
 impl Writer {
@@ -73,7 +245,15 @@ impl Writer {
             delta_seq: 0,
             batches_since_snapshot: 0,
             needs_snapshot: true,
+            snapshot_bytes: 0,
+            delta_bytes: 0,
         }
+    }
+
+    fn snapshot_due(&self, limits: &Limits) -> bool {
+        self.needs_snapshot
+            || self.batches_since_snapshot + 1 >= limits.snapshot_every_batches
+            || self.delta_bytes >= self.snapshot_bytes.max(limits.record_bytes_max)
     }
 }
 
@@ -90,6 +270,10 @@ fn record_key(input_topic: &str, partition: i32) -> String {
     format!("{input_topic}/{partition}")
 }
 
+fn entry_bytes(k: &str, v: &[u8]) -> usize {
+    k.len() + v.len() + 8
+}
+
 /// The checkpoint records for one batch of one partition.
 #[allow(clippy::too_many_arguments)]
 pub fn records_for_batch(
@@ -99,8 +283,8 @@ pub fn records_for_batch(
     input_topic: &str,
     partition: i32,
     next_offset: i64,
-    snapshot: impl FnOnce() -> Vec<(String, serde_json::Value)>,
-    changes: Vec<(String, Option<serde_json::Value>)>,
+    snapshot: impl FnOnce() -> Vec<Entry>,
+    changes: Vec<Change>,
 ) -> Vec<(i32, Emit)> {
     let key = record_key(input_topic, partition);
     let emit = |payload: Vec<u8>| {
@@ -109,11 +293,10 @@ pub fn records_for_batch(
             Emit { topic: checkpoint_topic.to_owned(), key: key.clone(), event_id: Uuid::nil(), payload },
         )
     };
-    let snapshot_due = w.needs_snapshot || w.batches_since_snapshot + 1 >= limits.snapshot_every_batches;
-    if !snapshot_due {
+    if !w.snapshot_due(limits) {
         w.delta_seq += 1;
         w.batches_since_snapshot += 1;
-        let r = Record::Delta {
+        let r = Wire::Delta {
             input_topic: input_topic.to_owned(),
             partition,
             writer: w.writer,
@@ -122,8 +305,9 @@ pub fn records_for_batch(
             next_offset,
             changes,
         };
-        let bytes = serde_json::to_vec(&r).unwrap_or_default();
+        let bytes = encode(&r);
         if bytes.len() <= limits.record_bytes_max {
+            w.delta_bytes += bytes.len();
             return vec![emit(bytes)];
         }
         // Too large for one record: a snapshot (in chunks) replaces it.
@@ -134,11 +318,13 @@ pub fn records_for_batch(
     w.delta_seq = 0;
     w.batches_since_snapshot = 0;
     w.needs_snapshot = false;
-    // Chunk by serialized size.
-    let mut chunks: Vec<Vec<(String, serde_json::Value)>> = vec![Vec::new()];
+    w.delta_bytes = 0;
+    w.snapshot_bytes = entries.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+    // Chunk by encoded size.
+    let mut chunks: Vec<Vec<Entry>> = vec![Vec::new()];
     let mut size = 0usize;
     for e in entries {
-        let n = e.0.len() + serde_json::to_vec(&e.1).map(|v| v.len()).unwrap_or(0) + 8;
+        let n = entry_bytes(&e.0, &e.1);
         if size + n > limits.record_bytes_max / 2 && !chunks.last().is_some_and(Vec::is_empty) {
             chunks.push(Vec::new());
             size = 0;
@@ -153,7 +339,7 @@ pub fn records_for_batch(
         .into_iter()
         .enumerate()
         .map(|(i, entries)| {
-            let r = Record::Snapshot {
+            let r = Wire::Snapshot {
                 input_topic: input_topic.to_owned(),
                 partition,
                 writer: w.writer,
@@ -163,7 +349,7 @@ pub fn records_for_batch(
                 next_offset,
                 entries,
             };
-            emit(serde_json::to_vec(&r).unwrap_or_default())
+            emit(encode(&r))
         })
         .collect()
 }
@@ -187,9 +373,10 @@ pub fn rebuild(records: &[Record], input_topic: &str, partition: i32) -> Option<
         }
     }
     let (_, writer, seq) = best?;
-    let mut kv: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut kv: BTreeMap<String, Encoded> = BTreeMap::new();
     let mut next_offset = 0;
     let mut first_snapshot_pos = usize::MAX;
+    let mut snapshot_bytes = 0;
     for (pos, r) in records.iter().enumerate() {
         if let Record::Snapshot {
             writer: w,
@@ -203,7 +390,10 @@ pub fn rebuild(records: &[Record], input_topic: &str, partition: i32) -> Option<
         {
             if *w == writer && *s == seq && t == input_topic && *p == partition {
                 first_snapshot_pos = first_snapshot_pos.min(pos);
-                kv.extend(entries.iter().cloned());
+                for (k, v) in entries {
+                    snapshot_bytes += k.len() + 8 + if let Encoded::Bin(b) = v { b.len() } else { 0 };
+                    kv.insert(k.clone(), v.clone());
+                }
                 next_offset = *n;
             }
         }
@@ -246,6 +436,7 @@ pub fn rebuild(records: &[Record], input_topic: &str, partition: i32) -> Option<
         next_offset,
         snapshot_seq: seq,
         records_read: records.len(),
+        snapshot_bytes,
     })
 }
 
@@ -299,7 +490,7 @@ pub fn restore(
                     if last >= high {
                         break;
                     }
-                    let r: Record = serde_json::from_slice(m.payload().unwrap_or_default()).map_err(|e| {
+                    let r = decode(m.payload().unwrap_or_default()).map_err(|e| {
                         format!("checkpoint record at {checkpoint_topic}/{partition}@{last}: {e}")
                     })?;
                     records.push(r);
@@ -331,11 +522,19 @@ mod tests {
     }
 
     fn decode(emits: Vec<(i32, Emit)>) -> Vec<Record> {
-        emits.into_iter().map(|(_, e)| serde_json::from_slice(&e.payload).expect("record")).collect()
+        emits.into_iter().map(|(_, e)| super::decode(&e.payload).expect("record")).collect()
     }
 
-    fn kv(pairs: &[(&str, i64)]) -> Vec<(String, serde_json::Value)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect()
+    fn v(n: i64) -> Vec<u8> {
+        riverbank_schemas::state::encode(&n)
+    }
+
+    fn kv(pairs: &[(&str, i64)]) -> Vec<Entry> {
+        pairs.iter().map(|(k, n)| (k.to_string(), v(*n))).collect()
+    }
+
+    fn restored(entries: Vec<Entry>) -> Vec<(String, Encoded)> {
+        entries.into_iter().map(|(k, b)| (k, Encoded::Bin(b))).collect()
     }
 
     #[test]
@@ -352,7 +551,7 @@ mod tests {
             0,
             20,
             || unreachable!(),
-            vec![("b".into(), Some(2.into()))],
+            vec![("b".into(), Some(v(2)))],
         )));
         log.extend(decode(records_for_batch(
             &mut w,
@@ -368,7 +567,7 @@ mod tests {
             matches!(log[0], Record::Snapshot { .. }) && matches!(log[2], Record::Delta { delta_seq: 2, .. })
         );
         let r = rebuild(&log, "in", 0).expect("restorable");
-        assert_eq!((r.entries.clone(), r.next_offset), (kv(&[("b", 2)]), 30));
+        assert_eq!((r.entries.clone(), r.next_offset), (restored(kv(&[("b", 2)])), 30));
         // Third batch since the snapshot: a new snapshot.
         log.extend(decode(records_for_batch(
             &mut w,
@@ -382,7 +581,7 @@ mod tests {
         )));
         assert!(matches!(log[3], Record::Snapshot { snapshot_seq: 2, .. }));
         let r = rebuild(&log, "in", 0).expect("restorable");
-        assert_eq!((r.entries, r.next_offset), (kv(&[("b", 2), ("c", 3)]), 40));
+        assert_eq!((r.entries, r.next_offset), (restored(kv(&[("b", 2), ("c", 3)])), 40));
         assert_eq!(rebuild(&log, "in", 1), None, "another partition has none");
     }
 
@@ -390,12 +589,11 @@ mod tests {
     fn incomplete_snapshots_and_foreign_writers_are_ignored() {
         let l = limits(200);
         let mut w = Writer::new(0);
-        let big: Vec<(String, serde_json::Value)> =
-            (0..20).map(|i| (format!("k{i:02}"), serde_json::Value::from(i))).collect();
+        let big: Vec<Entry> = (0..20).map(|i| (format!("k{i:02}"), v(i))).collect();
         let mut log = decode(records_for_batch(&mut w, &l, "c", "in", 0, 5, || big.clone(), vec![]));
         assert!(log.len() > 2, "chunked: {}", log.len());
         let full = rebuild(&log, "in", 0).expect("complete");
-        assert_eq!(full.entries, big);
+        assert_eq!(full.entries, restored(big.clone()));
         // A crash mid-snapshot: the second snapshot lacks its last chunk; the first still counts.
         let mut w2 = Writer::new(1);
         let mut partial = decode(records_for_batch(&mut w2, &l, "c", "in", 0, 9, || big.clone(), vec![]));
@@ -424,12 +622,55 @@ mod tests {
         let l = limits(300);
         let mut w = Writer::new(0);
         records_for_batch(&mut w, &l, "c", "in", 0, 1, Vec::new, vec![]);
-        let changes: Vec<(String, Option<serde_json::Value>)> =
-            (0..30).map(|i| (format!("key-{i}"), Some(i.into()))).collect();
-        let snap: Vec<(String, serde_json::Value)> =
+        let changes: Vec<Change> = (0..30).map(|i| (format!("key-{i}"), Some(v(i)))).collect();
+        let snap: Vec<Entry> =
             changes.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())).collect();
         let recs = decode(records_for_batch(&mut w, &l, "c", "in", 0, 2, || snap.clone(), changes));
         assert!(recs.iter().all(|r| matches!(r, Record::Snapshot { snapshot_seq: 2, .. })));
         assert_eq!(rebuild(&recs, "in", 0).expect("complete").entries.len(), 30);
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn json_records_written_before_bincode_still_decode() {
+        let old = br#"{"kind":"delta","input_topic":"in","partition":0,"writer":"00000000-0000-0000-0000-000000000001","snapshot_seq":1,"delta_seq":1,"next_offset":9,"changes":[["clock",5],["t/x",null]]}"#;
+        let Record::Delta { changes, next_offset, .. } = decode(old).expect("decodes") else {
+            panic!("a delta")
+        };
+        assert_eq!(next_offset, 9);
+        assert_eq!(
+            changes,
+            vec![("clock".to_owned(), Some(Encoded::Json(5.into()))), ("t/x".to_owned(), None)]
+        );
+        assert!(decode(b"\x00junk").is_err());
+    }
+
+    #[test]
+    fn snapshots_come_when_deltas_add_up_to_the_state_not_every_few_batches() {
+        let l = Limits {
+            snapshot_every_batches: 1_000,
+            record_bytes_max: 1_000,
+            restore_window_records: 16,
+            restore_timeout: Duration::from_secs(1),
+        };
+        let mut w = Writer::new(0);
+        let state: Vec<Entry> = (0..400).map(|i| (format!("k{i:04}"), vec![0u8; 8])).collect();
+        let first = records_for_batch(&mut w, &l, "c", "in", 0, 1, || state.clone(), vec![]);
+        assert!(first.len() > 1 && w.snapshot_bytes > 6_000, "a chunked snapshot of ~8 KB");
+        let mut deltas = 0;
+        loop {
+            let change = vec![("k0001".to_owned(), Some(vec![1u8; 8]))];
+            let out = records_for_batch(&mut w, &l, "c", "in", 0, 2 + deltas, || state.clone(), change);
+            if matches!(super::decode(&out[0].1.payload).expect("record"), Record::Snapshot { .. }) {
+                break;
+            }
+            deltas += 1;
+        }
+        // Each delta is ~80 bytes: a snapshot once ~8 KB of them were written, not after 3 batches.
+        assert!((60..200).contains(&deltas), "{deltas} deltas before the next snapshot");
     }
 }

@@ -137,6 +137,10 @@ pub struct ProcessorConfig {
     pub restore_window_records: i64,
     pub restore_timeout_ms: u64,
     pub idle_wake_ms: u64,
+    /// Largest state of one partition (bytes, measured at each snapshot).
+    pub state_bytes_max: usize,
+    /// How often the router writes a tick into each partition of a processor's log.
+    pub tick_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,6 +307,8 @@ impl Config {
         );
         positive("processor.restore_timeout_ms", self.processor.restore_timeout_ms);
         positive("processor.idle_wake_ms", self.processor.idle_wake_ms);
+        positive("processor.state_bytes_max", self.processor.state_bytes_max as u64);
+        positive("processor.tick_interval_ms", self.processor.tick_interval_ms);
         positive("sinks.idle_watermark_ms", self.sinks.idle_watermark_ms);
         positive("transfers.final_retained_max", self.transfers.final_retained_max as u64);
         positive("transfers.tombstones_retained_max", self.transfers.tombstones_retained_max as u64);

@@ -301,7 +301,7 @@ pub fn event_ids_at(
                 if at.contains(&(m.partition(), m.offset())) {
                     let id = m.headers().and_then(|h| {
                         h.iter()
-                            .find(|h| h.key == crate::process::EVENT_ID_HEADER)
+                            .find(|h| h.key == crate::produce::EVENT_ID_HEADER)
                             .and_then(|h| h.value)
                             .map(|v| String::from_utf8_lossy(v).into_owned())
                     });

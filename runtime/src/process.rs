@@ -1,132 +1,81 @@
-//! The processor loop: consume → apply (pure) → produce outputs → checkpoint state → commit.
+//! The processor loop: consume the processor's log → apply (pure, `engine::step`) → produce outputs →
+//! checkpoint state → commit.
 //!
 //! Delivery: effectively once without Kafka transactions. Outputs carry ids derived from their input;
 //! a batch's outputs are acknowledged (acks=all) before its checkpoint (state + next offset, one record
 //! per partition) is written, and the checkpoint before the group commit. On (re)assignment a partition's
 //! state is restored from its checkpoint and consumption resumes at the checkpoint's offset, so a crash at
-//! any point replays inputs into identical outputs, which consumers deduplicate by event id.
+//! any point replays inputs into identical outputs, which consumers deduplicate by event id. A partition
+//! that stays with this instance across a rebalance keeps its state (no restore, no new snapshot) when
+//! nobody else wrote its checkpoint partition in between.
 //! Stateless processors (no checkpoints) use the group's committed offsets as their position.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer as _;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-pub use riverbank_schemas::processor::{Emit, InputRef, KvState, Processor, Verdict};
-use riverbank_schemas::{derived_id, DeadLetter, Environment, RawEnvelope, Topics};
+use rdkafka::message::{Headers as _, Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+pub use riverbank_schemas::processor::{Emit, InputRef, Processor, Spec, Verdict};
+use riverbank_schemas::{Environment, Topics};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::batch::{self, Tracker};
 use crate::checkpoint::{self, Writer};
 use crate::config::Config;
+pub use crate::dead_letter::dead_letter;
+use crate::engine::{self, LogRecord, Panicked, Partition};
 use crate::kafka;
+pub use crate::produce::{produce_all, produce_at, EVENT_ID_HEADER};
+use crate::produce::{SOURCE_HEADER, TICK_HEADER};
 
 /// Inputs remembered as having panicked the processor (dead-lettered on their replay); a bound on memory.
 const PANICKED_REMEMBERED_MAX: usize = 10_000;
 
-/// Header carrying the event id, so consumers can deduplicate without decoding the payload.
-pub const EVENT_ID_HEADER: &str = "riverbank-event-id";
+/// Bounds of the restore retries of a blocked partition.
+const BLOCKED_RETRY_INITIAL: Duration = Duration::from_secs(1);
+const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// A dead letter for a Kafka input, as an `Emit` to the environment's dead-letter topic.
-pub fn dead_letter(
-    topics: &Topics,
-    env: Environment,
-    rejected_by: &str,
-    message: &OwnedMessage,
-    reason: String,
-) -> Emit {
-    use base64::Engine as _;
-    let id = derived_id(&[
-        "deadletter",
-        rejected_by,
-        message.topic(),
-        &message.partition().to_string(),
-        &message.offset().to_string(),
-    ]);
-    let letter = DeadLetter {
-        dead_letter_id: id,
-        rejected_by: rejected_by.to_owned(),
-        reason,
-        source_topic: Some(message.topic().to_owned()),
-        source_partition: Some(message.partition()),
-        source_offset: Some(message.offset()),
-        tenant_id: None,
-        source: None,
-        environment: Some(env),
-        received_at: None,
-        headers: Default::default(),
-        raw_base64: base64::engine::general_purpose::STANDARD.encode(message.payload().unwrap_or_default()),
-    };
-    Emit {
-        topic: topics.dead_letters(env),
-        key: message.topic().to_owned(),
-        event_id: id,
-        payload: serde_json::to_vec(&letter).unwrap_or_default(),
-    }
-}
+type PartKey = (String, i32);
 
-/// Produce every emit and wait until all are acknowledged. Sends are pipelined; the producer's queue
-/// bounds memory (a full queue makes `send` wait, which is the backpressure).
-pub async fn produce_all(producer: &FutureProducer, emits: &[Emit], timeout: Duration) -> Result<(), String> {
-    let items: Vec<(Option<i32>, &Emit)> = emits.iter().map(|e| (None, e)).collect();
-    produce_at(producer, &items, timeout).await
-}
-
-/// As `produce_all`, with an explicit partition where one is given (checkpoints).
-pub async fn produce_at(
-    producer: &FutureProducer,
-    items: &[(Option<i32>, &Emit)],
-    timeout: Duration,
-) -> Result<(), String> {
-    let sends = items.iter().map(|(partition, e)| {
-        let id = e.event_id.to_string();
-        let headers = OwnedHeaders::new().insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });
-        let mut record = FutureRecord::to(&e.topic).key(&e.key).payload(&e.payload).headers(headers);
-        if let Some(p) = partition {
-            record = record.partition(*p);
-        }
-        producer.send(record, timeout)
-    });
-    for result in futures::future::join_all(sends).await {
-        if let Err((err, _)) = result {
-            return Err(format!("produce failed: {err}"));
+/// Every topic a processor needs in the configured environments (created and verified at start).
+pub fn topics_of(cfg: &Config, name: &str, specs: &[(Environment, Spec)]) -> Vec<String> {
+    let topics = kafka::topics(&cfg.kafka);
+    let mut all = kafka::all_topics(&cfg.kafka);
+    for (env, spec) in specs {
+        all.extend(spec.inputs().cloned());
+        all.extend(spec.output_topics().cloned());
+        if spec.stateful {
+            all.push(topics.checkpoints(*env, name));
         }
     }
-    Ok(())
+    all.sort();
+    all.dedup();
+    all
 }
 
-/// Run `processor` until `shutdown`; transient failures restart the consumer from the last checkpoint.
+/// Run `processor` (and its router, if its spec needs one) until `shutdown`; transient failures
+/// restart the consumer from the last checkpoint.
 pub async fn run<P: Processor>(
     cfg: &Config,
     processor: P,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topics = kafka::topics(&cfg.kafka);
-    let mut all = kafka::all_topics(&cfg.kafka);
-    if processor.checkpoints() {
-        all.extend(cfg.kafka.environments.iter().map(|&env| topics.checkpoints(env, processor.name())));
-    }
-    kafka::ensure_topics(&cfg.kafka, &all).await?;
-    let inputs: Vec<String> =
-        cfg.kafka.environments.iter().flat_map(|&env| processor.inputs(&topics, env)).collect();
+    let specs: Vec<(Environment, Spec)> =
+        cfg.kafka.environments.iter().map(|&env| (env, processor.spec(&topics, env))).collect();
+    kafka::ensure_topics(&cfg.kafka, &topics_of(cfg, processor.name(), &specs)).await?;
+    let router = specs.iter().any(|(_, s)| s.routes()).then(|| {
+        let (c, name, s, stop) = (cfg.clone(), processor.name(), specs.clone(), shutdown.clone());
+        tokio::spawn(async move { crate::router::run(&c, name, &s, stop).await })
+    });
     let producer = kafka::producer(&cfg.kafka)?;
     let mut backoff =
         Backoff::new(cfg.processor.retry_backoff_initial_ms, cfg.processor.retry_backoff_max_ms);
-    let mut panicked: HashMap<(String, i32, i64), String> = HashMap::new();
+    let mut panicked: HashMap<(String, i32, i64), Panicked> = HashMap::new();
     while !shutdown.is_cancelled() {
-        match run_consumer(
-            cfg,
-            &topics,
-            &inputs,
-            &processor,
-            &producer,
-            &shutdown,
-            &mut backoff,
-            &mut panicked,
-        )
-        .await
-        {
+        let mut l = Loop::new(cfg, &topics, &specs, &processor, &producer, &shutdown)?;
+        match l.run(&mut backoff, &mut panicked).await {
             Ok(()) => break,
             Err(e) => {
                 let delay = backoff.next_delay();
@@ -135,14 +84,29 @@ pub async fn run<P: Processor>(
             }
         }
     }
+    if let Some(router) = router {
+        router.abort();
+    }
     tracing::info!(processor = processor.name(), "processor stopped");
     Ok(())
 }
 
-/// One input partition's state and its checkpoint writer.
+/// One log partition: state, checkpoint writer, and where the checkpoint stands.
 struct Part<S> {
-    state: S,
+    part: Partition<S>,
     writer: Writer,
+    /// The next input offset the last checkpoint (or restore) reflects.
+    next: i64,
+    /// The checkpoint partition's end after this instance's last checkpoint record (`None`: none
+    /// written yet). If the end is still there after a rebalance, nobody else wrote since.
+    checkpoint_end: Option<i64>,
+}
+
+/// A partition whose state could not be restored: paused, its restore retried with backoff, while the
+/// other partitions go on.
+struct Blocked {
+    retry_at: Instant,
+    attempts: u32,
 }
 
 fn limits(cfg: &Config) -> checkpoint::Limits {
@@ -154,84 +118,6 @@ fn limits(cfg: &Config) -> checkpoint::Limits {
     }
 }
 
-/// Restore one partition: its state and the offset to resume from (the input's start when it has no
-/// checkpoint yet, so a stateful processor never starts mid-history with empty state).
-async fn restore_part<P: Processor>(
-    cfg: &Config,
-    processor: &P,
-    consumer: &kafka::Consumer,
-    checkpoint_topic: String,
-    topic: &str,
-    partition: i32,
-) -> anyhow::Result<(Part<P::State>, i64)> {
-    let started = Instant::now();
-    let (kcfg, l, input) = (cfg.kafka.clone(), limits(cfg), topic.to_owned());
-    let ct = checkpoint_topic.clone();
-    let restored =
-        tokio::task::spawn_blocking(move || checkpoint::restore(&kcfg, &l, &ct, &input, partition)).await?;
-    let restored = restored.map_err(anyhow::Error::msg)?;
-    let (low, high) =
-        consumer.fetch_watermarks(topic, partition, Duration::from_millis(cfg.kafka.metadata_timeout_ms))?;
-    let restored = match restored {
-        Some(r) if r.next_offset <= high && r.next_offset < low => anyhow::bail!(
-            "{topic}/{partition}: the checkpoint resumes at offset {}, but the log starts at {low}: inputs \
-             were deleted unread (retention); refusing to continue without them",
-            r.next_offset
-        ),
-        Some(r) if r.next_offset > high => {
-            // The checkpoint names offsets this log never had: the input topic was recreated. Its state
-            // belongs to another history; start over from this log's beginning.
-            tracing::warn!(processor = processor.name(), topic, partition, checkpoint_offset = r.next_offset, log_end = high, "checkpoint is past the input's end (topic recreated?); processing from the start with fresh state");
-            None
-        }
-        other => other,
-    };
-    match restored {
-        Some(r) => {
-            let (records, seq, next) = (r.records_read, r.snapshot_seq, r.next_offset);
-            let state = P::State::restore(r.entries).map_err(anyhow::Error::msg)?;
-            metrics::histogram!("riverbank_processor_restore_seconds", "processor" => processor.name())
-                .record(started.elapsed().as_secs_f64());
-            tracing::info!(
-                processor = processor.name(),
-                topic,
-                partition,
-                next_offset = next,
-                records,
-                restore_ms = started.elapsed().as_millis() as u64,
-                "state restored from checkpoint"
-            );
-            Ok((Part { state, writer: Writer::new(seq) }, next))
-        }
-        None if low > 0 => anyhow::bail!(
-            "{topic}/{partition}: no checkpoint, and the log starts at offset {low} (earlier inputs were \
-             deleted): refusing to start this partition with empty state; restore the checkpoint topic, or \
-             rebuild from a complete input log"
-        ),
-        None => {
-            tracing::info!(
-                processor = processor.name(),
-                topic,
-                partition,
-                from = low,
-                "no checkpoint: processing from the start of the input"
-            );
-            Ok((Part { state: P::State::default(), writer: Writer::new(0) }, low))
-        }
-    }
-}
-
-/// A partition whose state could not be restored: paused, its restore retried with backoff, while the
-/// other partitions go on.
-struct Blocked {
-    retry_at: Instant,
-    attempts: u32,
-}
-
-/// Bounds of the restore retries of a blocked partition.
-const BLOCKED_RETRY_INITIAL: Duration = Duration::from_secs(1);
-const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(60);
-
 fn pause(consumer: &kafka::Consumer, topic: &str, partition: i32, on: bool) {
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition(topic, partition);
@@ -241,261 +127,420 @@ fn pause(consumer: &kafka::Consumer, topic: &str, partition: i32, on: bool) {
     }
 }
 
-fn block(
-    processor: &str,
-    consumer: &kafka::Consumer,
-    blocked: &mut HashMap<(String, i32), Blocked>,
-    key: (String, i32),
-    error: &anyhow::Error,
-) {
-    let attempts = blocked.get(&key).map_or(1, |b| b.attempts + 1);
-    let delay = BLOCKED_RETRY_INITIAL.saturating_mul(1 << attempts.min(6)).min(BLOCKED_RETRY_MAX);
-    tracing::error!(processor, topic = %key.0, partition = key.1, error = %error, attempts, retry_in = ?delay, "partition not restored; it waits (the others go on)");
-    metrics::counter!("riverbank_processor_restore_failures_total", "processor" => processor.to_owned())
-        .increment(1);
-    pause(consumer, &key.0, key.1, true);
-    blocked.insert(key, Blocked { retry_at: Instant::now() + delay, attempts });
+fn header<'m>(m: &'m OwnedMessage, key: &str) -> Option<&'m str> {
+    let h = m.headers()?.iter().find(|h| h.key == key)?;
+    std::str::from_utf8(h.value?).ok()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_consumer<P: Processor>(
-    cfg: &Config,
-    topics: &Topics,
-    inputs: &[String],
-    processor: &P,
-    producer: &FutureProducer,
-    shutdown: &CancellationToken,
-    backoff: &mut Backoff,
-    panicked: &mut HashMap<(String, i32, i64), String>,
-) -> anyhow::Result<()> {
-    let (consumer, watch) =
-        kafka::consumer(&cfg.kafka, &topics.group(&format!("processor.{}", processor.name())))?;
-    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs)?;
-    let stateful = processor.checkpoints();
-    let mut generation = watch.generation();
-    let mut parts: HashMap<(String, i32), Part<P::State>> = HashMap::new();
-    let mut blocked: HashMap<(String, i32), Blocked> = HashMap::new();
-    let mut tracker = Tracker::default();
-    let linger = Duration::from_millis(cfg.processor.batch_linger_ms);
-    let produce_timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
-    let seek_timeout = Duration::from_millis(cfg.kafka.commit_timeout_ms);
-    let checkpoint_limits = limits(cfg);
-    let idle = Duration::from_millis(cfg.processor.idle_wake_ms);
-    loop {
-        let mut to_restore: Vec<(String, i32)> = Vec::new();
-        if watch.generation() != generation {
-            // Partitions may have moved: forget them all, and restore every assigned one from its
-            // checkpoint now (in parallel), before its inputs arrive.
-            generation = watch.generation();
-            parts.clear();
-            for (t, p) in blocked.keys() {
-                pause(&consumer, t, *p, false);
-            }
-            blocked.clear();
-            tracker = Tracker::default();
-            if stateful {
-                to_restore = watch.assigned();
-            }
-        }
-        let now = Instant::now();
-        let due: Vec<(String, i32)> =
-            blocked.iter().filter(|(_, b)| b.retry_at <= now).map(|(k, _)| k.clone()).collect();
-        to_restore.extend(due);
-        if !to_restore.is_empty() {
-            let consumer = &consumer;
-            let restores = to_restore.iter().filter_map(|(topic, partition)| {
-                let env = topics.environment_of(topic)?;
-                let ct = topics.checkpoints(env, processor.name());
-                Some(async move {
-                    let r = restore_part(cfg, processor, consumer, ct, topic, *partition).await;
-                    ((topic.clone(), *partition), r)
-                })
-            });
-            for (key, restored) in futures::future::join_all(restores).await {
-                match restored {
-                    Ok((part, next)) => {
-                        if blocked.remove(&key).is_some() {
-                            pause(consumer, &key.0, key.1, false);
-                            tracing::info!(processor = processor.name(), topic = %key.0, partition = key.1, "partition restored after all");
-                        }
-                        tracker.set_durable(&key.0, key.1, next);
-                        parts.insert(key, part);
-                    }
-                    Err(e) => block(processor.name(), consumer, &mut blocked, key, &e),
+/// The state of one run of the consumer loop.
+struct Loop<'a, P: Processor> {
+    cfg: &'a Config,
+    topics: &'a Topics,
+    specs: &'a [(Environment, Spec)],
+    processor: &'a P,
+    producer: &'a FutureProducer,
+    shutdown: &'a CancellationToken,
+    consumer: kafka::Consumer,
+    watch: std::sync::Arc<kafka::RebalanceWatch>,
+    stateful: bool,
+    generation: u64,
+    parts: HashMap<PartKey, Part<P::State>>,
+    blocked: HashMap<PartKey, Blocked>,
+    tracker: Tracker,
+}
+
+impl<'a, P: Processor> Loop<'a, P> {
+    fn new(
+        cfg: &'a Config,
+        topics: &'a Topics,
+        specs: &'a [(Environment, Spec)],
+        processor: &'a P,
+        producer: &'a FutureProducer,
+        shutdown: &'a CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let (consumer, watch) =
+            kafka::consumer(&cfg.kafka, &topics.group(&format!("processor.{}", processor.name())))?;
+        let logs: Vec<&str> = specs.iter().map(|(_, s)| s.log.as_str()).collect();
+        consumer.subscribe(&logs)?;
+        let stateful = specs.iter().any(|(_, s)| s.stateful);
+        Ok(Loop {
+            cfg,
+            topics,
+            specs,
+            processor,
+            producer,
+            shutdown,
+            consumer,
+            generation: watch.generation(),
+            watch,
+            stateful,
+            parts: HashMap::new(),
+            blocked: HashMap::new(),
+            tracker: Tracker::default(),
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        self.processor.name()
+    }
+
+    fn spec_of(&self, log: &str) -> Option<(Environment, &'a Spec)> {
+        self.specs.iter().find(|(_, s)| s.log == log).map(|(e, s)| (*e, s))
+    }
+
+    fn checkpoint_topic(&self, log: &str) -> Option<String> {
+        self.spec_of(log).map(|(env, _)| self.topics.checkpoints(env, self.name()))
+    }
+
+    async fn run(
+        &mut self,
+        backoff: &mut Backoff,
+        panicked: &mut HashMap<(String, i32, i64), Panicked>,
+    ) -> anyhow::Result<()> {
+        let linger = Duration::from_millis(self.cfg.processor.batch_linger_ms);
+        let idle = Duration::from_millis(self.cfg.processor.idle_wake_ms);
+        loop {
+            let mut to_restore =
+                if self.watch.generation() != self.generation { self.rebalanced() } else { vec![] };
+            let now = Instant::now();
+            to_restore.extend(self.blocked.iter().filter(|(_, b)| b.retry_at <= now).map(|(k, _)| k.clone()));
+            self.restore_all(to_restore).await;
+            let (messages, error) = batch::collect(
+                &self.consumer,
+                self.cfg.processor.batch_events_max,
+                linger,
+                self.shutdown,
+                &self.watch.changed,
+                idle,
+            )
+            .await;
+            if messages.is_empty() {
+                match error {
+                    Some(e) => return Err(e.into()),
+                    None if self.shutdown.is_cancelled() => return Ok(()),
+                    None => continue,
                 }
             }
-        }
-        let (messages, error) =
-            batch::collect(&consumer, cfg.processor.batch_events_max, linger, shutdown, &watch.changed, idle)
-                .await;
-        if messages.is_empty() {
-            match error {
-                Some(e) => return Err(e.into()),
-                None if shutdown.is_cancelled() => return Ok(()),
-                None => continue, // idle or rebalanced: partitions are restored as their inputs come
+            let (emits, taken) = self.apply_batch(&messages, panicked).await?;
+            if !taken.is_empty() {
+                self.finish_batch(&emits, &taken).await?;
+                backoff.reset();
+            }
+            if let Some(e) = error {
+                return Err(e.into());
             }
         }
-        tracker.begin_batch();
+    }
+
+    /// After a rebalance: keep the partitions still assigned whose checkpoint nobody else wrote since
+    /// ours; drop the rest. Returns the assigned partitions to restore.
+    fn rebalanced(&mut self) -> Vec<PartKey> {
+        self.generation = self.watch.generation();
+        let assigned = self.watch.assigned();
+        for (t, p) in self.blocked.keys() {
+            pause(&self.consumer, t, *p, false);
+        }
+        self.blocked.clear();
+        self.tracker = Tracker::default();
+        let parts = std::mem::take(&mut self.parts);
+        for (key, part) in parts {
+            if assigned.contains(&key) && self.unchanged_since_ours(&key, &part) {
+                self.tracker.set_durable(&key.0, key.1, part.next);
+                self.parts.insert(key, part);
+            }
+        }
+        if !self.stateful {
+            return vec![];
+        }
+        tracing::info!(
+            processor = self.name(),
+            assigned = assigned.len(),
+            kept = self.parts.len(),
+            "rebalanced"
+        );
+        assigned.into_iter().filter(|k| !self.parts.contains_key(k)).collect()
+    }
+
+    /// Whether this partition's checkpoint still ends where this instance's last record left it.
+    fn unchanged_since_ours(&self, key: &PartKey, part: &Part<P::State>) -> bool {
+        if !self.stateful {
+            return true;
+        }
+        let (Some(end), Some(ct)) = (part.checkpoint_end, self.checkpoint_topic(&key.0)) else {
+            return false;
+        };
+        let timeout = Duration::from_millis(self.cfg.kafka.metadata_timeout_ms);
+        let high = tokio::task::block_in_place(|| self.consumer.fetch_watermarks(&ct, key.1, timeout));
+        matches!(high, Ok((_, h)) if h == end)
+    }
+
+    /// Restore partitions from their checkpoints, in parallel; a failure blocks that partition only.
+    async fn restore_all(&mut self, keys: Vec<PartKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        let this = &*self;
+        let restores = keys.into_iter().filter_map(|key| {
+            let ct = this.checkpoint_topic(&key.0)?;
+            Some(async move {
+                let r = restore_part::<P>(this.cfg, this.name(), &this.consumer, ct, &key.0, key.1).await;
+                (key, r)
+            })
+        });
+        let results = futures::future::join_all(restores).await;
+        for (key, restored) in results {
+            match restored {
+                Ok(part) => {
+                    if self.blocked.remove(&key).is_some() {
+                        pause(&self.consumer, &key.0, key.1, false);
+                        tracing::info!(processor = self.name(), topic = %key.0, partition = key.1, "partition restored after all");
+                    }
+                    self.tracker.set_durable(&key.0, key.1, part.next);
+                    self.parts.insert(key, part);
+                }
+                Err(e) => self.block(key, &e),
+            }
+        }
+    }
+
+    fn block(&mut self, key: PartKey, error: &anyhow::Error) {
+        let attempts = self.blocked.get(&key).map_or(1, |b| b.attempts + 1);
+        let delay = BLOCKED_RETRY_INITIAL.saturating_mul(1 << attempts.min(6)).min(BLOCKED_RETRY_MAX);
+        tracing::error!(processor = self.name(), topic = %key.0, partition = key.1, error = %error, attempts, retry_in = ?delay, "partition not restored (or over its state limit); it waits (the others go on)");
+        metrics::counter!("riverbank_processor_restore_failures_total", "processor" => self.name())
+            .increment(1);
+        pause(&self.consumer, &key.0, key.1, true);
+        self.parts.remove(&key);
+        self.tracker.forget(&key.0, key.1);
+        self.blocked.insert(key, Blocked { retry_at: Instant::now() + delay, attempts });
+    }
+
+    /// Make sure a partition has state before its first message: restore it (stateful) or start empty.
+    async fn ensure_part(&mut self, key: &PartKey) -> bool {
+        if self.parts.contains_key(key) {
+            return true;
+        }
+        if !self.stateful {
+            let part =
+                Part { part: Partition::empty(), writer: Writer::new(0), next: 0, checkpoint_end: None };
+            self.parts.insert(key.clone(), part);
+            return true;
+        }
+        self.restore_all(vec![key.clone()]).await;
+        self.parts.contains_key(key)
+    }
+
+    /// Apply every admissible message of a batch. Returns the outputs and the messages taken.
+    async fn apply_batch<'m>(
+        &mut self,
+        messages: &'m [OwnedMessage],
+        panicked: &mut HashMap<(String, i32, i64), Panicked>,
+    ) -> anyhow::Result<(Vec<Emit>, Vec<&'m OwnedMessage>)> {
+        self.tracker.begin_batch();
+        let seek_timeout = Duration::from_millis(self.cfg.kafka.commit_timeout_ms);
         let mut emits = Vec::new();
-        let mut taken: Vec<&OwnedMessage> = Vec::with_capacity(messages.len());
-        let mut touched: BTreeSet<(String, i32)> = BTreeSet::new();
-        for m in &messages {
-            let Some(env) = topics.environment_of(m.topic()) else {
-                anyhow::bail!("subscribed to a topic outside the prefix: {}", m.topic());
-            };
+        let mut taken = Vec::with_capacity(messages.len());
+        let name = self.name();
+        for m in messages {
             let key = (m.topic().to_owned(), m.partition());
-            if blocked.contains_key(&key) {
+            let Some((env, spec)) = self.spec_of(m.topic()) else {
+                anyhow::bail!("subscribed to a topic that is not this processor's log: {}", m.topic());
+            };
+            if self.blocked.contains_key(&key) || !self.ensure_part(&key).await {
                 continue; // fetched before the pause; read again once restored
             }
-            if !parts.contains_key(&key) {
-                if stateful {
-                    let ct = topics.checkpoints(env, processor.name());
-                    match restore_part(cfg, processor, &consumer, ct, m.topic(), m.partition()).await {
-                        Ok((part, next)) => {
-                            tracker.set_durable(m.topic(), m.partition(), next);
-                            parts.insert(key.clone(), part);
-                        }
-                        Err(e) => {
-                            block(processor.name(), &consumer, &mut blocked, key, &e);
-                            continue;
-                        }
-                    }
-                } else {
-                    parts.insert(key.clone(), Part { state: P::State::default(), writer: Writer::new(0) });
-                }
-            }
-            if !batch::take(&consumer, &mut tracker, m, seek_timeout, processor.name(), stateful)? {
+            let stateful = self.stateful;
+            if !batch::take(&self.consumer, &mut self.tracker, m, seek_timeout, name, stateful)? {
                 continue;
             }
-            let at =
-                InputRef { topic: m.topic(), partition: m.partition(), offset: m.offset(), environment: env };
-            let verdict = if let Some(reason) = panicked.get(&(key.0.clone(), key.1, m.offset())) {
-                Verdict::Poison(reason.clone())
-            } else {
-                match serde_json::from_slice::<RawEnvelope>(m.payload().unwrap_or_default()) {
-                    Err(e) => Verdict::Poison(format!("not an envelope: {e}")),
-                    Ok(envelope) if envelope.environment != env => Verdict::Poison(format!(
-                        "envelope says environment {} on a {} topic",
-                        envelope.environment, env
-                    )),
-                    Ok(envelope) => {
-                        let Some(part) = parts.get_mut(&key) else {
-                            anyhow::bail!("partition state vanished")
-                        };
-                        let state = &mut part.state;
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            processor.apply(state, &at, envelope)
-                        })) {
-                            Ok(v) => v,
-                            Err(panic) => {
-                                // The state may be half-changed: drop it and restart from the checkpoint;
-                                // on the replay this input is dead-lettered instead of applied, so the
-                                // partition goes on and replays decide the same.
-                                let what = panic
-                                    .downcast_ref::<&str>()
-                                    .map(|s| (*s).to_owned())
-                                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                                    .unwrap_or_else(|| "a panic".to_owned());
-                                let reason =
-                                    format!("processor {} panicked on this input: {what}", processor.name());
-                                tracing::error!(processor = processor.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "input dead-lettered; restarting from the checkpoint");
-                                metrics::counter!("riverbank_processor_panics_total", "processor" => processor.name())
-                                    .increment(1);
-                                if panicked.len() >= PANICKED_REMEMBERED_MAX {
-                                    panicked.clear();
-                                }
-                                panicked.insert((key.0.clone(), key.1, m.offset()), reason);
-                                anyhow::bail!(
-                                    "processor panicked at {}/{}@{}",
-                                    m.topic(),
-                                    m.partition(),
-                                    m.offset()
-                                );
-                            }
-                        }
-                    }
-                }
+            let rec = LogRecord {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload().unwrap_or_default(),
+                source: header(m, SOURCE_HEADER),
+                tick: header(m, TICK_HEADER),
             };
-            match verdict {
-                Verdict::Emit(out) => emits.extend(out),
-                Verdict::Poison(reason) => {
-                    tracing::warn!(processor = processor.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "dead-lettered");
-                    metrics::counter!("riverbank_dead_letters_total", "component" => processor.name())
+            let ctx = engine::Ctx { topics: self.topics, env, spec };
+            let at = (key.0.clone(), key.1, m.offset());
+            let Some(part) = self.parts.get_mut(&key) else { anyhow::bail!("partition state vanished") };
+            match engine::step(self.processor, &ctx, &mut part.part, &rec, panicked.get(&at)) {
+                Ok(out) => emits.extend(out),
+                Err(p) => {
+                    // The state may be half-changed: drop it and restart from the checkpoint; on the
+                    // replay this input (or timer) is dead-lettered instead, so the partition goes on
+                    // and replays decide the same.
+                    tracing::error!(processor = self.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %p.reason, "input dead-lettered; restarting from the checkpoint");
+                    metrics::counter!("riverbank_processor_panics_total", "processor" => self.name())
                         .increment(1);
-                    emits.push(dead_letter(
-                        topics,
-                        env,
-                        &format!("processor:{}", processor.name()),
-                        m,
-                        reason,
-                    ));
+                    if panicked.len() >= PANICKED_REMEMBERED_MAX {
+                        panicked.clear();
+                    }
+                    panicked.insert(at, p);
+                    anyhow::bail!("processor panicked at {}/{}@{}", m.topic(), m.partition(), m.offset());
                 }
             }
-            touched.insert(key);
             taken.push(m);
         }
-        if taken.is_empty() {
-            continue;
-        }
-        produce_all(producer, &emits, produce_timeout).await.map_err(anyhow::Error::msg)?;
+        Ok((emits, taken))
+    }
+
+    /// Produce a batch's outputs, checkpoint the touched partitions, commit.
+    async fn finish_batch(&mut self, emits: &[Emit], taken: &[&OwnedMessage]) -> anyhow::Result<()> {
+        let produce_timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
+        produce_all(self.producer, emits, produce_timeout).await.map_err(anyhow::Error::msg)?;
         let owned: Vec<OwnedMessage> = taken.iter().map(|m| (*m).clone()).collect();
         let next = batch::next_offsets(&owned);
-        if stateful {
-            let started = Instant::now();
-            let mut records = Vec::new();
-            for (topic, partition, next_offset) in &next {
-                let env = topics.environment_of(topic).unwrap_or(Environment::Live);
-                let Some(part) = parts.get_mut(&(topic.clone(), *partition)) else { continue };
-                let changes = part.state.take_changes();
-                let state = &part.state;
-                records.extend(checkpoint::records_for_batch(
-                    &mut part.writer,
-                    &checkpoint_limits,
-                    &topics.checkpoints(env, processor.name()),
-                    topic,
-                    *partition,
-                    *next_offset,
-                    || state.entries(),
-                    changes,
-                ));
-            }
-            let items: Vec<(Option<i32>, &Emit)> = records.iter().map(|(p, e)| (Some(*p), e)).collect();
-            produce_at(producer, &items, produce_timeout).await.map_err(anyhow::Error::msg)?;
-            let bytes: usize = records.iter().map(|(_, e)| e.payload.len()).sum();
-            let name = processor.name();
-            metrics::histogram!("riverbank_processor_checkpoint_seconds", "processor" => name)
-                .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("riverbank_processor_checkpoint_bytes", "processor" => name)
-                .record(bytes as f64);
-            tracing::debug!(
-                processor = processor.name(),
-                records = records.len(),
-                bytes,
-                checkpoint_ms = started.elapsed().as_millis() as u64,
-                "checkpoint written"
-            );
+        if self.stateful {
+            self.checkpoint(&next).await?;
         }
         for (t, p, o) in &next {
-            tracker.made_durable(t, *p, *o);
+            self.tracker.made_durable(t, *p, *o);
         }
-        batch::commit(&consumer, &next, shutdown.is_cancelled())?;
-        backoff.reset();
-        let name = processor.name();
+        batch::commit(&self.consumer, &next, self.shutdown.is_cancelled())?;
+        let name = self.name();
         metrics::counter!("riverbank_processor_events_in_total", "processor" => name)
             .increment(taken.len() as u64);
         metrics::counter!("riverbank_processor_events_out_total", "processor" => name)
             .increment(emits.len() as u64);
         metrics::histogram!("riverbank_processor_batch_events", "processor" => name)
             .record(taken.len() as f64);
-        tracing::debug!(
-            processor = processor.name(),
-            inputs = taken.len(),
-            outputs = emits.len(),
-            "batch done"
-        );
-        if let Some(e) = error {
-            return Err(e.into());
+        tracing::debug!(processor = name, inputs = taken.len(), outputs = emits.len(), "batch done");
+        Ok(())
+    }
+
+    /// Write one checkpoint record set per touched partition; remember where each partition's ends.
+    async fn checkpoint(&mut self, next: &[(String, i32, i64)]) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let l = limits(self.cfg);
+        let mut records = Vec::new();
+        for (topic, partition, next_offset) in next {
+            let Some(ct) = self.checkpoint_topic(topic) else { continue };
+            let Some(p) = self.parts.get_mut(&(topic.clone(), *partition)) else { continue };
+            let changes = p.part.take_changes();
+            let part = &p.part;
+            let r = checkpoint::records_for_batch(
+                &mut p.writer,
+                &l,
+                &ct,
+                topic,
+                *partition,
+                *next_offset,
+                || part.snapshot(),
+                changes,
+            );
+            p.next = *next_offset;
+            records.extend(r.into_iter().map(|r| (topic.clone(), r)));
+        }
+        let items: Vec<(Option<i32>, &Emit)> = records.iter().map(|(_, (p, e))| (Some(*p), e)).collect();
+        let produce_timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
+        let landed = produce_at(self.producer, &items, produce_timeout).await.map_err(anyhow::Error::msg)?;
+        for ((log, (partition, _)), (_, offset)) in records.iter().zip(&landed) {
+            if let Some(p) = self.parts.get_mut(&(log.clone(), *partition)) {
+                p.checkpoint_end = Some(p.checkpoint_end.unwrap_or(0).max(offset + 1));
+            }
+        }
+        self.check_state_sizes(next);
+        let bytes: usize = records.iter().map(|(_, (_, e))| e.payload.len()).sum();
+        let name = self.name();
+        metrics::histogram!("riverbank_processor_checkpoint_seconds", "processor" => name)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("riverbank_processor_checkpoint_bytes", "processor" => name).record(bytes as f64);
+        Ok(())
+    }
+
+    /// Stop a partition whose state (measured at its last snapshot) passed `processor.state_bytes_max`.
+    fn check_state_sizes(&mut self, next: &[(String, i32, i64)]) {
+        let max = self.cfg.processor.state_bytes_max;
+        for (topic, partition, _) in next {
+            let key = (topic.clone(), *partition);
+            let Some(bytes) = self.parts.get(&key).map(|p| p.writer.snapshot_bytes) else { continue };
+            metrics::gauge!("riverbank_processor_state_bytes", "processor" => self.name()).set(bytes as f64);
+            if bytes > max {
+                let e = anyhow::anyhow!(
+                    "{topic}/{partition}: state is {bytes} bytes, over processor.state_bytes_max = {max}; \
+                     raise the limit or lower the processor's retention limits"
+                );
+                self.block(key, &e);
+            }
         }
     }
+}
+
+/// Restore one partition: its state and the offset to resume from (the input's start when it has no
+/// checkpoint yet, so a stateful processor never starts mid-history with empty state).
+async fn restore_part<P: Processor>(
+    cfg: &Config,
+    name: &str,
+    consumer: &kafka::Consumer,
+    checkpoint_topic: String,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<Part<P::State>> {
+    let started = Instant::now();
+    let (kcfg, l, input, ct) = (cfg.kafka.clone(), limits(cfg), topic.to_owned(), checkpoint_topic.clone());
+    let restored =
+        tokio::task::spawn_blocking(move || checkpoint::restore(&kcfg, &l, &ct, &input, partition)).await?;
+    let restored = restored.map_err(anyhow::Error::msg)?;
+    let timeout = Duration::from_millis(cfg.kafka.metadata_timeout_ms);
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let restored = match restored {
+        Some(r) if r.next_offset <= high && r.next_offset < low => anyhow::bail!(
+            "{topic}/{partition}: the checkpoint resumes at offset {}, but the log starts at {low}: inputs \
+             were deleted unread (retention); refusing to continue without them",
+            r.next_offset
+        ),
+        Some(r) if r.next_offset > high => {
+            // The checkpoint names offsets this log never had: the input topic was recreated. Its state
+            // belongs to another history; start over from this log's beginning.
+            tracing::warn!(processor = name, topic, partition, checkpoint_offset = r.next_offset, log_end = high, "checkpoint is past the input's end (topic recreated?); processing from the start with fresh state");
+            None
+        }
+        other => other,
+    };
+    let Some(r) = restored else {
+        anyhow::ensure!(
+            low == 0,
+            "{topic}/{partition}: no checkpoint, and the log starts at offset {low} (earlier inputs were \
+             deleted): refusing to start this partition with empty state; restore the checkpoint topic, or \
+             rebuild from a complete input log"
+        );
+        tracing::info!(
+            processor = name,
+            topic,
+            partition,
+            from = low,
+            "no checkpoint: processing from the start of the input"
+        );
+        return Ok(Part {
+            part: Partition::empty(),
+            writer: Writer::new(0),
+            next: low,
+            checkpoint_end: None,
+        });
+    };
+    anyhow::ensure!(
+        r.snapshot_bytes <= cfg.processor.state_bytes_max,
+        "{topic}/{partition}: the checkpointed state is {} bytes, over processor.state_bytes_max = {}; raise the \
+         limit to restore it",
+        r.snapshot_bytes,
+        cfg.processor.state_bytes_max
+    );
+    let part = Partition::restore(&r.entries).map_err(anyhow::Error::msg)?;
+    let elapsed = started.elapsed();
+    metrics::histogram!("riverbank_processor_restore_seconds", "processor" => name.to_owned())
+        .record(elapsed.as_secs_f64());
+    tracing::info!(
+        processor = name,
+        topic,
+        partition,
+        next_offset = r.next_offset,
+        records = r.records_read,
+        bytes = r.snapshot_bytes,
+        restore_ms = elapsed.as_millis() as u64,
+        "state restored from checkpoint"
+    );
+    let mut writer = Writer::new(r.snapshot_seq);
+    writer.snapshot_bytes = r.snapshot_bytes;
+    Ok(Part { part, writer, next: r.next_offset, checkpoint_end: None })
 }

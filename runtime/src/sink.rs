@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::batch::{self, Tracker};
 use crate::config::Config;
+use crate::dead_letter::dead_letter;
 use crate::kafka;
-use crate::process::{dead_letter, produce_all, Emit};
+use crate::produce::{produce_all, Emit};
 use crate::watermark::{self, Completeness};
 
 pub type StoreError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,7 +56,6 @@ pub trait SinkStore: Send + Sync + 'static {
     type Row: Send + Sync;
     /// `postgres`, `clickhouse`: names the consumer group and the positions the store keeps.
     fn name(&self) -> &'static str;
-    fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String>;
     /// Turn one message into rows (possibly none) and its ingestion time (ms); `Err(reason)`
     /// dead-letters it. `env` is the environment of the topic it was read from.
     fn decode(
@@ -82,11 +82,18 @@ pub trait SinkStore: Send + Sync + 'static {
 
 /// Run the sink until `shutdown`. Store outages are retried with bounded backoff, forever: the sink
 /// reports them in the log and catches up when the store returns. Nothing is skipped.
-pub async fn run<S: SinkStore>(cfg: &Config, store: S, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run<S: SinkStore>(
+    cfg: &Config,
+    store: S,
+    inputs: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let topics = kafka::topics(&cfg.kafka);
-    kafka::ensure_topics(&cfg.kafka, &kafka::all_topics(&cfg.kafka)).await?;
-    let inputs: Vec<String> =
-        cfg.kafka.environments.iter().flat_map(|&env| store.inputs(&topics, env)).collect();
+    let mut all = kafka::all_topics(&cfg.kafka);
+    all.extend(inputs.iter().cloned());
+    all.sort();
+    all.dedup();
+    kafka::ensure_topics(&cfg.kafka, &all).await?;
     let producer = kafka::producer(&cfg.kafka)?;
     let mut backoff = Backoff::new(cfg.sinks.retry_backoff_initial_ms, cfg.sinks.retry_backoff_max_ms);
     while !shutdown.is_cancelled() {
@@ -333,7 +340,7 @@ async fn land_batch<S: SinkStore>(
 fn event_id_of(m: &OwnedMessage) -> Option<uuid::Uuid> {
     use rdkafka::message::Headers as _;
     let h = m.headers()?;
-    let v = h.iter().find(|h| h.key == crate::process::EVENT_ID_HEADER)?.value?;
+    let v = h.iter().find(|h| h.key == crate::produce::EVENT_ID_HEADER)?.value?;
     uuid::Uuid::parse_str(std::str::from_utf8(v).ok()?).ok()
 }
 

@@ -95,6 +95,36 @@ impl<P> Envelope<P> {
     }
 }
 
+impl<P> Envelope<P> {
+    /// An event derived from `cause`: same tenant, environment, event time, ingest time and trace; the
+    /// given id (derived from the cause, never random), type, version, source and payload.
+    pub fn derived<Q>(
+        cause: &Envelope<Q>,
+        event_id: Uuid,
+        event_type: &str,
+        schema_version: u16,
+        source: &str,
+        payload: P,
+    ) -> Envelope<P> {
+        Envelope {
+            event_id,
+            event_type: event_type.to_owned(),
+            schema_version,
+            tenant_id: cause.tenant_id.clone(),
+            environment: cause.environment,
+            occurred_at: cause.occurred_at,
+            ingested_at: cause.ingested_at,
+            idempotency_key: None,
+            source: source.to_owned(),
+            user_id: None,
+            customer_id: None,
+            session_id: None,
+            trace_id: cause.trace_id.clone(),
+            payload,
+        }
+    }
+}
+
 impl RawEnvelope {
     /// Decode the payload into its typed form; the error names the event type that failed.
     pub fn decode_payload<P: serde::de::DeserializeOwned>(self) -> Result<Envelope<P>, String> {

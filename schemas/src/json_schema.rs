@@ -8,6 +8,7 @@ use crate::transfers::{
     BalanceChanged, InputRejected, LedgerPosting, ProviderStatus, RiskDecided, TransferAction,
     TransferDecision, TransferPolicySet, TransferRequested, TransferStatusChanged,
 };
+use crate::volume::VolumeWindowClosed;
 use crate::{AuditRecord, DeadLetter, Envelope, Money, WebhookReceived};
 
 /// (file name, pretty JSON) for every published schema.
@@ -40,6 +41,7 @@ pub fn generated() -> Vec<(&'static str, String)> {
         ("envelope.fee_config_upserted.v1.json", render::<Envelope<FeeConfigUpserted>>()),
         ("envelope.kyc_user_action_requested.v1.json", render::<Envelope<KycUserActionRequested>>()),
         ("envelope.kyc_review_decided.v1.json", render::<Envelope<KycReviewDecided>>()),
+        ("envelope.volume_window_closed.v1.json", render::<Envelope<VolumeWindowClosed>>()),
     ]
 }
 

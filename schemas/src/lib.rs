@@ -9,8 +9,10 @@ pub mod json_schema;
 pub mod money;
 pub mod processor;
 pub mod roles;
+pub mod state;
 pub mod topics;
 pub mod transfers;
+pub mod volume;
 
 pub use envelope::{Envelope, Environment, RawEnvelope};
 pub use events::{AuditRecord, DeadLetter, WebhookReceived};

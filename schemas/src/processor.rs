@@ -2,6 +2,7 @@
 //! It lives here, beside the event types, so processors depend on nothing that does I/O.
 use uuid::Uuid;
 
+pub use crate::state::{State, Timer, Timers};
 use crate::{Environment, RawEnvelope, Topics};
 
 /// One record to produce. `event_id` must be derived from the input (never random).
@@ -22,48 +23,100 @@ pub enum Verdict {
     Poison(String),
 }
 
+/// How an input reached the processor's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via<'a> {
+    /// Written to the log itself (by ingest or another processor).
+    Log,
+    /// Copied by the router from a partitioned input, at that input's position.
+    Routed { topic: &'a str, partition: i32, offset: i64 },
+    /// Copied by the router from a broadcast (reference) input into every partition of the log. The
+    /// position names the version of the reference data a decision used.
+    Broadcast { topic: &'a str, partition: i32, offset: i64 },
+}
+
 /// Where an input came from: deterministic facts a processor may use (never the clock).
 #[derive(Debug, Clone, Copy)]
 pub struct InputRef<'a> {
+    /// The processor's log.
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
     pub environment: Environment,
+    /// The partition's event clock (ms): the latest tick in the log so far (0 before the first, and
+    /// always for a processor without ticks). Never the wall clock.
+    pub now_ms: i64,
+    pub via: Via<'a>,
+}
+
+impl<'a> InputRef<'a> {
+    /// An input written straight to the log (tests and stateless processors).
+    pub fn log(topic: &'a str, partition: i32, offset: i64, environment: Environment) -> Self {
+        InputRef { topic, partition, offset, environment, now_ms: 0, via: Via::Log }
+    }
+}
+
+/// A topic a processor produces, and the event types it carries there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub topic: String,
+    pub event_types: Vec<&'static str>,
+}
+
+impl Output {
+    pub fn new(topic: String, event_types: &[&'static str]) -> Self {
+        Output { topic, event_types: event_types.to_vec() }
+    }
+}
+
+/// What a processor reads and writes in one environment. Everything else (topic creation, the router,
+/// ticks, the sinks' inputs, the registry's checks) is derived from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// The one log the processor consumes: each partition is one totally ordered history, so a replay
+    /// sees the same inputs in the same order.
+    pub log: String,
+    /// Partitioned inputs the router copies into the log, each record to the partition of its key.
+    pub routed: Vec<String>,
+    /// Reference inputs the router copies into every partition of the log.
+    pub broadcast: Vec<String>,
+    /// Whether the router writes ticks (time) into every partition of the log; a processor with timers
+    /// needs them.
+    pub ticks: bool,
+    pub outputs: Vec<Output>,
+    /// Whether the runtime checkpoints this processor's state (a stateless one needs no checkpoints).
+    pub stateful: bool,
+}
+
+impl Spec {
+    /// A processor reading one log, with no router.
+    pub fn reading(log: String) -> Self {
+        Spec { log, routed: vec![], broadcast: vec![], ticks: false, outputs: vec![], stateful: true }
+    }
+    /// Whether a router runs for this processor.
+    pub fn routes(&self) -> bool {
+        self.ticks || !self.routed.is_empty() || !self.broadcast.is_empty()
+    }
+    pub fn output_topics(&self) -> impl Iterator<Item = &String> {
+        self.outputs.iter().map(|o| &o.topic)
+    }
+    /// Every topic this processor reads.
+    pub fn inputs(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.log).chain(&self.routed).chain(&self.broadcast)
+    }
 }
 
 /// A pure state machine over its own state: no I/O, no clock, no randomness.
 pub trait Processor: Send + Sync + 'static {
-    type State: KvState + Send;
+    type State: State;
     fn name(&self) -> &'static str;
-    /// The input topics. A stateful processor has exactly one, so each partition is one totally
-    /// ordered history and a replay sees the same inputs in the same order.
-    fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String>;
-    /// Whether the runtime checkpoints this processor's state (a stateless one needs no checkpoints).
-    fn checkpoints(&self) -> bool {
-        true
-    }
+    fn spec(&self, topics: &Topics, env: Environment) -> Spec;
     fn apply(&self, state: &mut Self::State, at: &InputRef<'_>, input: RawEnvelope) -> Verdict;
-}
-
-/// Processor state as keyed entries, so the runtime can checkpoint it as a full snapshot now and
-/// then, and as the changed entries (a delta) after every batch.
-pub trait KvState: Default + Sized {
-    /// Every entry: a full snapshot.
-    fn entries(&self) -> Vec<(String, serde_json::Value)>;
-    /// Entries changed since the last call: `Some` upserted, `None` removed.
-    fn take_changes(&mut self) -> Vec<(String, Option<serde_json::Value>)>;
-    /// Rebuild from entries (a snapshot with later deltas applied).
-    fn restore(entries: Vec<(String, serde_json::Value)>) -> Result<Self, String>;
-}
-
-impl KvState for () {
-    fn entries(&self) -> Vec<(String, serde_json::Value)> {
-        Vec::new()
+    /// A timer of the state came due (the runtime removed it first). `at` is the tick that fired it.
+    fn on_timer(&self, _state: &mut Self::State, _at: &InputRef<'_>, _timer: Timer) -> Verdict {
+        Verdict::Emit(Vec::new())
     }
-    fn take_changes(&mut self) -> Vec<(String, Option<serde_json::Value>)> {
-        Vec::new()
-    }
-    fn restore(_: Vec<(String, serde_json::Value)>) -> Result<Self, String> {
-        Ok(())
-    }
+    /// Representative inputs (valid and invalid) for the conformance suite every registered processor
+    /// runs: replays, duplicates, checkpoint cuts and mutations are built from them.
+    fn examples(&self, env: Environment) -> Vec<RawEnvelope>;
 }

@@ -17,7 +17,8 @@ impl Topics {
         &self.prefix
     }
 
-    fn name(&self, env: Environment, base: &str) -> String {
+    /// The topic `base` in `env`, under the prefix.
+    pub fn name(&self, env: Environment, base: &str) -> String {
         format!("{}{}.{}", self.prefix, env.as_str(), base)
     }
 
@@ -79,6 +80,16 @@ impl Topics {
     /// KYC admin commands and mapped KYC provider results.
     pub fn kyc_commands(&self, env: Environment) -> String {
         self.name(env, "kyc.commands")
+    }
+
+    /// A processor's log (its one input, which its router fills): `{processor}.inputs`.
+    pub fn log(&self, env: Environment, processor: &str) -> String {
+        self.name(env, &format!("{processor}.inputs"))
+    }
+
+    /// Closed volume windows (the runtime's worked example, `processors/src/volume.rs`).
+    pub fn volume_windows(&self, env: Environment) -> String {
+        self.name(env, "volume.windows")
     }
 
     /// Every topic riverbank owns in one environment.

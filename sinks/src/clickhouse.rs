@@ -12,7 +12,7 @@ use clickhouse::{Client, Row};
 use riverbank_runtime::config::ClickHouseConfig;
 use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
 use riverbank_runtime::stores::{clickhouse_client, clickhouse_server_client};
-use riverbank_schemas::{Environment, Topics};
+use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 
 use crate::rows::{self, Meta, Row as Decoded};
@@ -424,10 +424,6 @@ impl SinkStore for ClickHouseSink {
 
     fn name(&self) -> &'static str {
         SINK_NAME
-    }
-
-    fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String> {
-        rows::inputs(topics, env)
     }
 
     fn decode(

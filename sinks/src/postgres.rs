@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
 use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
-use riverbank_schemas::{AuditRecord, Environment, Topics};
+use riverbank_schemas::{AuditRecord, Environment};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -34,10 +34,6 @@ impl SinkStore for PostgresSink {
 
     fn name(&self) -> &'static str {
         SINK_NAME
-    }
-
-    fn inputs(&self, topics: &Topics, env: Environment) -> Vec<String> {
-        rows::inputs(topics, env)
     }
 
     fn decode(

@@ -2,7 +2,7 @@
 //! means a variant here, a table in each store and a statement in each sink, not a new sink.
 use chrono::{DateTime, Utc};
 use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
-use riverbank_schemas::{AuditRecord, Environment, RawEnvelope, Topics};
+use riverbank_schemas::{AuditRecord, Environment, RawEnvelope};
 use uuid::Uuid;
 
 /// Envelope facts every row keeps.
@@ -33,15 +33,14 @@ impl Row {
     }
 }
 
-/// The topics the sinks read in one environment.
-pub fn inputs(topics: &Topics, env: Environment) -> Vec<String> {
-    vec![
-        topics.audit_events(env),
-        topics.transfer_status(env),
-        topics.ledger_postings(env),
-        topics.balances(env),
-    ]
-}
+/// The event types the sinks project. The sinks read every topic a registered processor declares
+/// with one of these (`src/registry.rs`); a declared output with none must be read by a processor.
+pub const PROJECTED: &[&str] = &[
+    AuditRecord::EVENT_TYPE,
+    TransferStatusChanged::EVENT_TYPE,
+    LedgerPosting::EVENT_TYPE,
+    BalanceChanged::EVENT_TYPE,
+];
 
 fn typed<P: serde::de::DeserializeOwned>(e: &RawEnvelope) -> Result<P, String> {
     serde_json::from_value(e.payload.clone())

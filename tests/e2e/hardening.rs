@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use riverbank::workload::transfer_inputs;
-use riverbank_runtime::checkpoint::Record;
 use riverbank_runtime::process::{produce_all, produce_at, Emit, InputRef, Processor, Verdict};
+use riverbank_schemas::processor::{Output, Spec};
 use riverbank_schemas::transfers::{TransferKind, TransferStatus, TransferStatusChanged};
 use riverbank_schemas::{Currency, Envelope, Environment, Money, RawEnvelope, Topics};
 
@@ -85,27 +85,24 @@ async fn a_zombie_snapshot_behind_the_group_offset_is_replayed_from() -> anyhow:
     let producer = riverbank_runtime::kafka::producer(&cfg.kafka)?;
     let input_topic = topics.transfer_inputs(Environment::Live);
     let ct = topics.checkpoints(Environment::Live, "transfers");
+    let limits = riverbank_runtime::checkpoint::Limits {
+        snapshot_every_batches: 1,
+        record_bytes_max: 1 << 16,
+        restore_window_records: 16,
+        restore_timeout: Duration::from_secs(10),
+    };
     let records: Vec<(i32, Emit)> = (0..cfg.kafka.topic_partitions)
-        .map(|partition| {
-            let r = Record::Snapshot {
-                input_topic: input_topic.clone(),
+        .flat_map(|partition| {
+            let mut w = riverbank_runtime::checkpoint::Writer::new(0);
+            riverbank_runtime::checkpoint::records_for_batch(
+                &mut w,
+                &limits,
+                &ct,
+                &input_topic,
                 partition,
-                writer: uuid::Uuid::new_v4(),
-                snapshot_seq: 1,
-                chunk: 0,
-                chunks: 1,
-                next_offset: 0,
-                entries: Vec::new(),
-            };
-            let payload = serde_json::to_vec(&r).expect("record");
-            (
-                partition,
-                Emit {
-                    topic: ct.clone(),
-                    key: format!("{input_topic}/{partition}"),
-                    event_id: uuid::Uuid::nil(),
-                    payload,
-                },
+                0,
+                Vec::new,
+                Vec::new(),
             )
         })
         .collect();
@@ -128,11 +125,15 @@ impl Processor for Panicky {
     fn name(&self) -> &'static str {
         "panicky"
     }
-    fn inputs(&self, _topics: &Topics, _env: Environment) -> Vec<String> {
-        vec![self.topic.clone()]
+    fn spec(&self, _topics: &Topics, _env: Environment) -> Spec {
+        Spec {
+            outputs: vec![Output::new(format!("{}.out", self.topic), &[])],
+            stateful: false,
+            ..Spec::reading(self.topic.clone())
+        }
     }
-    fn checkpoints(&self) -> bool {
-        false
+    fn examples(&self, _env: Environment) -> Vec<RawEnvelope> {
+        Vec::new()
     }
     fn apply(&self, _state: &mut (), _at: &InputRef<'_>, input: RawEnvelope) -> Verdict {
         assert!(input.event_type != "test.explode", "boom: an input-reachable assertion");

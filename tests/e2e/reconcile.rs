@@ -35,7 +35,7 @@ const MUTATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// (status events, ledger legs) an uninterrupted run of the transfers processor emits.
 fn reference(topics: &Topics, inputs: &[RawEnvelope]) -> (i64, i64) {
     let p = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
-    let at = InputRef { topic: "x", partition: 0, offset: 0, environment: Environment::Live };
+    let at = InputRef::log("x", 0, 0, Environment::Live);
     let mut state = Default::default();
     let (mut statuses, mut legs) = (0, 0);
     for e in inputs {

@@ -34,7 +34,7 @@ pub(crate) struct Landed {
 
 pub(crate) fn reference(topics: &Topics, inputs: &[RawEnvelope]) -> Landed {
     let p = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
-    let at = InputRef { topic: "x", partition: 0, offset: 0, environment: Environment::Live };
+    let at = InputRef::log("x", 0, 0, Environment::Live);
     let mut state = Default::default();
     let mut l = Landed::default();
     for e in inputs {

@@ -61,7 +61,7 @@ struct Outputs {
 fn expected(topics: &Topics, inputs: &[RawEnvelope]) -> Outputs {
     let p = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
     let mut state = Default::default();
-    let at = InputRef { topic: "x", partition: 0, offset: 0, environment: Environment::Live };
+    let at = InputRef::log("x", 0, 0, Environment::Live);
     let mut outputs = Outputs::default();
     for e in inputs {
         let Verdict::Emit(out) = p.apply(&mut state, &at, e.clone()) else {

@@ -1,0 +1,200 @@
+//! The router: brings a processor's inputs together in its one log, so each log partition is one totally
+//! ordered history (the Kafka Streams repartition-topic pattern).
+//!
+//! - A *routed* (partitioned) input record is copied to the log under its own key, so it lands in the
+//!   partition every other record of that key (tenant) lands in.
+//! - A *broadcast* (reference) input record is copied into every partition of the log, so each
+//!   partition sees the rate, rule set or list version at one deterministic point of its own history.
+//! - *Ticks*: every `processor.tick_interval_ms` a record holding the wall time goes into every
+//!   partition; the partition clock is the latest tick, so timers fire in idle partitions too and a
+//!   replay sees the same ticks.
+//!
+//! Copies carry `riverbank-source: {topic}/{partition}/{offset}`. The router's producer is idempotent
+//! (one source partition's copies stay in order), it commits a batch's source offsets only after the
+//! copies are acknowledged, and the processor skips a copy at or below the highest source offset it
+//! applied (`engine.rs`), so a router crash or rebalance never applies an input twice or skips one.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer as _;
+use rdkafka::message::{Headers as _, Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use riverbank_schemas::processor::{Emit, Spec};
+use riverbank_schemas::{derived_id, Environment};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::batch::{self, Tracker};
+use crate::config::Config;
+use crate::kafka;
+use crate::produce::{send, Outgoing, EVENT_ID_HEADER, SOURCE_HEADER, TICK_HEADER};
+
+/// Where a source topic's records go.
+#[derive(Debug, Clone)]
+struct Route {
+    log: String,
+    broadcast: bool,
+}
+
+/// Run the router of processor `name` until `shutdown` (restarting after transient failures).
+pub async fn run(
+    cfg: &Config,
+    name: &'static str,
+    specs: &[(Environment, Spec)],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut routes: HashMap<String, Route> = HashMap::new();
+    for (_, s) in specs {
+        for t in &s.routed {
+            routes.insert(t.clone(), Route { log: s.log.clone(), broadcast: false });
+        }
+        for t in &s.broadcast {
+            routes.insert(t.clone(), Route { log: s.log.clone(), broadcast: true });
+        }
+    }
+    let tick_logs: Vec<String> = specs.iter().filter(|(_, s)| s.ticks).map(|(_, s)| s.log.clone()).collect();
+    let producer = kafka::producer(&cfg.kafka)?;
+    let ticker = (!tick_logs.is_empty()).then(|| {
+        let (c, p, stop) = (cfg.clone(), producer.clone(), shutdown.clone());
+        tokio::spawn(async move { ticks(&c, &p, &tick_logs, stop).await })
+    });
+    let mut backoff =
+        Backoff::new(cfg.processor.retry_backoff_initial_ms, cfg.processor.retry_backoff_max_ms);
+    while !routes.is_empty() && !shutdown.is_cancelled() {
+        match copy_loop(cfg, name, &routes, &producer, &shutdown, &mut backoff).await {
+            Ok(()) => break,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(processor = name, error = %e, ?delay, "router failed; restarting from its committed offsets");
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+    if let Some(t) = ticker {
+        shutdown.cancelled().await;
+        t.abort();
+    }
+    Ok(())
+}
+
+/// Write a tick into every partition of every log that wants them, every `tick_interval_ms`.
+async fn ticks(cfg: &Config, producer: &FutureProducer, logs: &[String], shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_millis(cfg.processor.tick_interval_ms));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
+    loop {
+        tokio::select! { _ = shutdown.cancelled() => return, _ = every.tick() => {} }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let header = [(TICK_HEADER, now_ms.to_string())];
+        let mut emits = Vec::new();
+        for log in logs {
+            for p in 0..cfg.kafka.topic_partitions {
+                let id = derived_id(&["tick", log, &p.to_string(), &now_ms.to_string()]);
+                let payload = format!("{{\"tick_ms\":{now_ms}}}").into_bytes();
+                emits.push((p, Emit { topic: log.clone(), key: "tick".to_owned(), event_id: id, payload }));
+            }
+        }
+        let out: Vec<Outgoing<'_>> =
+            emits.iter().map(|(p, e)| Outgoing { emit: e, partition: Some(*p), headers: &header }).collect();
+        if let Err(e) = send(producer, &out, timeout).await {
+            // A lost tick only delays timers until the next one.
+            tracing::warn!(error = %e, "ticks not written");
+        }
+    }
+}
+
+/// The copies of one source record: one to its key's partition, or one per partition (broadcast).
+fn copies(m: &OwnedMessage, route: &Route, partitions: i32) -> Vec<(Option<i32>, Emit)> {
+    let id = m
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == EVENT_ID_HEADER))
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            derived_id(&["routed", m.topic(), &m.partition().to_string(), &m.offset().to_string()])
+        });
+    let emit = Emit {
+        topic: route.log.clone(),
+        key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+        event_id: id,
+        payload: m.payload().unwrap_or_default().to_vec(),
+    };
+    if route.broadcast {
+        (0..partitions).map(|p| (Some(p), emit.clone())).collect()
+    } else {
+        vec![(None, emit)]
+    }
+}
+
+async fn copy_loop(
+    cfg: &Config,
+    name: &str,
+    routes: &HashMap<String, Route>,
+    producer: &FutureProducer,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let topics = kafka::topics(&cfg.kafka);
+    let (consumer, watch) = kafka::consumer(&cfg.kafka, &topics.group(&format!("router.{name}")))?;
+    let sources: Vec<&str> = routes.keys().map(String::as_str).collect();
+    consumer.subscribe(&sources)?;
+    let who = format!("router:{name}");
+    let mut tracker = Tracker::default();
+    let mut generation = watch.generation();
+    let (linger, idle) = (
+        Duration::from_millis(cfg.processor.batch_linger_ms),
+        Duration::from_millis(cfg.processor.idle_wake_ms),
+    );
+    let seek_timeout = Duration::from_millis(cfg.kafka.commit_timeout_ms);
+    let timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
+    loop {
+        if watch.generation() != generation {
+            generation = watch.generation();
+            tracker = Tracker::default();
+        }
+        let (messages, error) =
+            batch::collect(&consumer, cfg.processor.batch_events_max, linger, shutdown, &watch.changed, idle)
+                .await;
+        if messages.is_empty() {
+            match error {
+                Some(e) => return Err(e.into()),
+                None if shutdown.is_cancelled() => return Ok(()),
+                None => continue,
+            }
+        }
+        tracker.begin_batch();
+        let mut out: Vec<(Option<i32>, Emit, String)> = Vec::new();
+        let mut taken = Vec::new();
+        for m in &messages {
+            let Some(route) = routes.get(m.topic()) else { continue };
+            if !batch::take(&consumer, &mut tracker, m, seek_timeout, &who, false)? {
+                continue;
+            }
+            let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
+            out.extend(
+                copies(m, route, cfg.kafka.topic_partitions).into_iter().map(|(p, e)| (p, e, source.clone())),
+            );
+            taken.push(m.clone());
+        }
+        let headers: Vec<[(&'static str, String); 1]> =
+            out.iter().map(|(_, _, s)| [(SOURCE_HEADER, s.clone())]).collect();
+        let items: Vec<Outgoing<'_>> = out
+            .iter()
+            .zip(&headers)
+            .map(|((p, e, _), h)| Outgoing { emit: e, partition: *p, headers: h })
+            .collect();
+        send(producer, &items, timeout).await.map_err(anyhow::Error::msg)?;
+        let next = batch::next_offsets(&taken);
+        for (t, p, o) in &next {
+            tracker.made_durable(t, *p, *o);
+        }
+        batch::commit(&consumer, &next, shutdown.is_cancelled())?;
+        metrics::counter!("riverbank_router_copies_total", "processor" => name.to_owned())
+            .increment(out.len() as u64);
+        backoff.reset();
+        if let Some(e) = error {
+            return Err(e.into());
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The one list of processors. Registering a processor is one line in [`processors`]; everything else
+//! is derived from its declaration (`Processor::spec`): topic creation, `riverbank run`,
+//! `riverbank process NAME`, the sinks' inputs, and the checks in `tests/registry.rs` (every declared
+//! output has a consumer and a JSON Schema per event type; the conformance suite runs every processor).
+use riverbank_runtime::registry::Runnable;
+use riverbank_runtime::{kafka, Config};
+use riverbank_schemas::{Environment, Topics};
+
+/// Every processor riverbank runs.
+pub fn processors(cfg: &Config) -> Vec<Box<dyn Runnable>> {
+    let topics = kafka::topics(&cfg.kafka);
+    vec![
+        Box::new(riverbank_processors::AuditProcessor::new(topics.clone())),
+        Box::new(transfers(cfg, topics)),
+    ]
+}
+
+fn transfers(cfg: &Config, topics: Topics) -> riverbank_processors::TransfersProcessor {
+    let t = &cfg.transfers;
+    let limits = riverbank_processors::TransfersLimits {
+        final_retention_ms: t.final_retention_s.saturating_mul(1000),
+        final_retained_max: t.final_retained_max,
+    };
+    let reuse = riverbank_processors::ReuseLimits {
+        id_reuse_refused_ms: t.id_reuse_refused_s.saturating_mul(1000),
+        tombstones_retained_max: t.tombstones_retained_max,
+        clock_step_max_ms: t.clock_step_max_ms,
+    };
+    riverbank_processors::TransfersProcessor::new(topics, limits).with_reuse_limits(reuse)
+}
+
+/// Worked examples of the runtime: `riverbank process NAME` runs one; `riverbank run` does not, and
+/// nothing is required to consume their outputs. The conformance suite runs them like the others.
+pub fn examples(cfg: &Config) -> Vec<Box<dyn Runnable>> {
+    let topics = kafka::topics(&cfg.kafka);
+    vec![Box::new(riverbank_processors::VolumeProcessor::new(topics))]
+}
+
+/// The processor (or example) called `name`, or an error listing the names there are.
+pub fn processor(cfg: &Config, name: &str) -> anyhow::Result<Box<dyn Runnable>> {
+    let mut all = processors(cfg);
+    all.extend(examples(cfg));
+    let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+    let list = names.join(", ");
+    all.into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| anyhow::anyhow!("no processor {name:?}; there are: {list}"))
+}
+
+/// Every topic riverbank uses in the configured environments: the edge's, and every processor's
+/// log, inputs, outputs and checkpoints.
+pub fn all_topics(cfg: &Config) -> Vec<String> {
+    let mut all = kafka::all_topics(&cfg.kafka);
+    for p in processors(cfg) {
+        let specs = specs_of(cfg, p.as_ref());
+        all.extend(riverbank_runtime::process::topics_of(cfg, p.name(), &specs));
+    }
+    all.sort();
+    all.dedup();
+    all
+}
+
+fn specs_of(cfg: &Config, p: &dyn Runnable) -> Vec<(Environment, riverbank_schemas::processor::Spec)> {
+    let topics = kafka::topics(&cfg.kafka);
+    cfg.kafka.environments.iter().map(|&env| (env, p.spec(&topics, env))).collect()
+}
+
+/// The topics the sinks read in one environment: every declared output carrying an event type the
+/// sinks project (`riverbank_sinks::rows::PROJECTED`).
+pub fn sink_inputs_in(cfg: &Config, env: Environment) -> Vec<String> {
+    let topics = kafka::topics(&cfg.kafka);
+    let mut out: Vec<String> = processors(cfg)
+        .iter()
+        .flat_map(|p| p.spec(&topics, env).outputs)
+        .filter(|o| o.event_types.iter().any(|t| riverbank_sinks::rows::PROJECTED.contains(t)))
+        .map(|o| o.topic)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The sinks' inputs in every configured environment.
+pub fn sink_inputs(cfg: &Config) -> Vec<String> {
+    cfg.kafka.environments.iter().flat_map(|&env| sink_inputs_in(cfg, env)).collect()
+}
