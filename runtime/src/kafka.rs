@@ -347,6 +347,14 @@ pub struct ReadRecord {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// Headers whose values are UTF-8 (event id, router source, tick).
+    pub headers: Vec<(String, String)>,
+}
+
+impl ReadRecord {
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
 }
 
 /// Read every partition of `topic` from its start to the high watermark seen on entry, at most
@@ -397,6 +405,7 @@ pub fn read_all(
             None => continue,
             Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
             Some(Ok(m)) => {
+                use rdkafka::message::Headers as _;
                 use rdkafka::Message as _;
                 let end = ends.get(&m.partition()).copied().unwrap_or(0);
                 if m.offset() < end {
@@ -405,6 +414,19 @@ pub fn read_all(
                         offset: m.offset(),
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().unwrap_or_default().to_vec(),
+                        headers: m
+                            .headers()
+                            .map(|h| {
+                                h.iter()
+                                    .filter_map(|h| {
+                                        Some((
+                                            h.key.to_owned(),
+                                            std::str::from_utf8(h.value?).ok()?.to_owned(),
+                                        ))
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
                     });
                 }
                 if m.offset() >= end - 1 {

@@ -9,6 +9,7 @@ mod hardening;
 mod harness;
 mod ingest;
 mod reconcile;
+mod runtime;
 mod sinks;
 mod skeleton;
 mod transfers;
