@@ -12,8 +12,9 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use riverbank_processors::{TransfersLimits, TransfersProcessor};
 use riverbank_runtime::config::KafkaConfig;
-use riverbank_runtime::process::{produce_all, Emit, InputRef, Processor, Verdict};
+use riverbank_runtime::produce::{produce_all, Emit};
 use riverbank_runtime::{CancellationToken, Config};
+use riverbank_schemas::processor::{InputRef, Processor, Verdict};
 use riverbank_schemas::processor::{Output, Spec};
 use riverbank_schemas::{Environment, RawEnvelope, Topics};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use riverbank_runtime::process::{produce_all, Emit};
+use riverbank_runtime::produce::{produce_all, Emit};
 use riverbank_runtime::{kafka, Config};
 use riverbank_schemas::{DeadLetter, Environment, RawEnvelope};
 

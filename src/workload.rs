@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use riverbank_runtime::config::KafkaConfig;
-use riverbank_runtime::process::{produce_all, Emit};
+use riverbank_runtime::produce::{produce_all, Emit};
 use riverbank_schemas::transfers::input_types as it;
 use riverbank_schemas::{derived_id, Envelope, Environment, RawEnvelope, Topics};
 

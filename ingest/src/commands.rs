@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use riverbank_ingest_core::commands::{self as core, check_id, Endpoint, KycUserAction, Stream};
 use riverbank_runtime::apikeys::ApiKey;
 use riverbank_runtime::http::HttpError;
-use riverbank_runtime::process::Emit;
+use riverbank_runtime::produce::Emit;
 use riverbank_schemas::{derived_id, Envelope, Environment};
 use sha2::{Digest as _, Sha256};
 

@@ -23,7 +23,7 @@ use riverbank_ingest_core::provider::ProviderDef;
 use riverbank_runtime::config::Config;
 use riverbank_runtime::http::{within, HttpError, InFlight};
 use riverbank_runtime::kafka;
-use riverbank_runtime::process::{produce_all, Emit};
+use riverbank_runtime::produce::{produce_all, Emit};
 use riverbank_schemas::{Environment, Topics};
 use sqlx::PgPool;
 

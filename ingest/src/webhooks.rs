@@ -25,7 +25,7 @@ use riverbank_ingest_core::schemes::VerifyError;
 use riverbank_ingest_core::Headers;
 use riverbank_runtime::config::is_tenant_id;
 use riverbank_runtime::http::HttpError;
-use riverbank_runtime::process::Emit;
+use riverbank_runtime::produce::Emit;
 use riverbank_schemas::{derived_id, DeadLetter, Envelope, Environment, Topics, WebhookReceived};
 use sha2::{Digest as _, Sha256};
 

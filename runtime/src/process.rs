@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Headers as _, Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
-pub use riverbank_schemas::processor::{Emit, InputRef, Processor, Spec, Verdict};
+use riverbank_schemas::processor::{Emit, Processor, Spec};
 use riverbank_schemas::{Environment, Topics};
 use tokio_util::sync::CancellationToken;
 
@@ -23,11 +23,9 @@ use crate::backoff::Backoff;
 use crate::batch::{self, Tracker};
 use crate::checkpoint::{self, Writer};
 use crate::config::Config;
-pub use crate::dead_letter::dead_letter;
 use crate::engine::{self, LogRecord, Panicked, Partition};
 use crate::kafka;
-pub use crate::produce::{produce_all, produce_at, EVENT_ID_HEADER};
-use crate::produce::{SOURCE_HEADER, TICK_HEADER};
+use crate::produce::{produce_all, produce_at, SOURCE_HEADER, TICK_HEADER};
 
 /// Inputs remembered as having panicked the processor (dead-lettered on their replay); a bound on memory.
 const PANICKED_REMEMBERED_MAX: usize = 10_000;

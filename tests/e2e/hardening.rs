@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use riverbank::workload::transfer_inputs;
-use riverbank_runtime::process::{produce_all, produce_at, Emit, InputRef, Processor, Verdict};
+use riverbank_runtime::produce::{produce_all, produce_at, Emit};
+use riverbank_schemas::processor::{InputRef, Processor, Verdict};
 use riverbank_schemas::processor::{Output, Spec};
 use riverbank_schemas::transfers::{TransferKind, TransferStatus, TransferStatusChanged};
 use riverbank_schemas::{Currency, Envelope, Environment, Money, RawEnvelope, Topics};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use riverbank::reconcile::{Check, CheckResult, Report};
 use riverbank::workload::{produce_inputs, transfer_inputs};
 use riverbank_processors::{TransfersLimits, TransfersProcessor};
-use riverbank_runtime::process::{InputRef, Processor, Verdict};
+use riverbank_schemas::processor::{InputRef, Processor, Verdict};
 use riverbank_schemas::transfers::{LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{Environment, RawEnvelope, Topics};
 use tokio::process::Command;

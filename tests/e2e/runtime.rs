@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::TimeZone;
 use riverbank_runtime::engine::OwnedRecord;
 use riverbank_runtime::kafka::ReadRecord;
-use riverbank_runtime::process::{produce_all, Emit};
+use riverbank_runtime::produce::{produce_all, Emit};
 use riverbank_runtime::produce::{SOURCE_HEADER, TICK_HEADER};
 use riverbank_schemas::transfers::{InputRejected, TransferKind, TransferStatus, TransferStatusChanged};
 use riverbank_schemas::volume::VolumeWindowClosed;

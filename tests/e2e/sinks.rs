@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use riverbank::workload::{produce_inputs, transfer_inputs, Lcg};
 use riverbank_processors::{TransfersLimits, TransfersProcessor};
-use riverbank_runtime::process::{InputRef, Processor, Verdict};
+use riverbank_schemas::processor::{InputRef, Processor, Verdict};
 use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{Environment, RawEnvelope, Topics};
 

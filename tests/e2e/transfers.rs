@@ -8,7 +8,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use riverbank_processors::{TransfersLimits, TransfersProcessor};
 use riverbank_runtime::config::KafkaConfig;
-use riverbank_runtime::process::{InputRef, Processor, Verdict};
+use riverbank_schemas::processor::{InputRef, Processor, Verdict};
 use riverbank_schemas::transfers::{BalanceChanged, TransferStatusChanged};
 use riverbank_schemas::{Environment, RawEnvelope, Topics};
 
