@@ -52,6 +52,63 @@ pub async fn collect(
     (batch, None)
 }
 
+/// What one consumer loop does at each point of the skeleton every loop shares ([`drive`]): the
+/// processor loop, the router and the sink loop differ only here.
+// `async fn` here is fine: the stages are this crate's loops, and whether their futures are `Send` is
+// checked where they are spawned, at the concrete types.
+#[allow(async_fn_in_trait)]
+pub trait Stage {
+    fn consumer(&self) -> &Consumer;
+    fn watch(&self) -> &crate::kafka::RebalanceWatch;
+    /// Messages per batch at most, and how long a batch may linger for more.
+    fn batch_limits(&self) -> (usize, Duration);
+    /// Wake after this long without a message (for [`Stage::idle`] and shutdown checks).
+    fn idle_wake(&self) -> Duration;
+    /// The partitions may have moved: position (restore, seek) what is assigned now.
+    async fn rebalanced(&mut self) -> anyhow::Result<()>;
+    /// A batch of at least one message, in the order the consumer delivered them.
+    async fn batch(&mut self, messages: Vec<OwnedMessage>) -> anyhow::Result<()>;
+    /// No message arrived within the idle wake.
+    async fn idle(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// After every wake (a batch or idle): periodic work.
+    async fn after(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// The consumer loop skeleton: on a new rebalance generation, reposition; collect a bounded batch;
+/// hand it (or the idle wake) to the stage; return on shutdown, or with a consumer error after the
+/// messages already collected were handled (nothing taken is dropped).
+pub async fn drive<S: Stage>(stage: &mut S, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut generation = None;
+    loop {
+        let now = stage.watch().generation();
+        if generation != Some(now) {
+            generation = Some(now);
+            stage.rebalanced().await?;
+        }
+        let (max, linger) = stage.batch_limits();
+        let (messages, error) =
+            collect(stage.consumer(), max, linger, shutdown, &stage.watch().changed, stage.idle_wake()).await;
+        if messages.is_empty() {
+            match error {
+                Some(e) => return Err(e.into()),
+                None if shutdown.is_cancelled() => return Ok(()),
+                None if Some(stage.watch().generation()) != generation => continue,
+                None => stage.idle().await?,
+            }
+        } else {
+            stage.batch(messages).await?;
+        }
+        stage.after().await?;
+        if let Some(e) = error {
+            return Err(e.into());
+        }
+    }
+}
+
 /// The next offset to consume per (topic, partition) after `batch`.
 pub fn next_offsets(batch: &[OwnedMessage]) -> Vec<(String, i32, i64)> {
     let mut out: Vec<(String, i32, i64)> = Vec::new();

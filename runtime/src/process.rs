@@ -72,8 +72,12 @@ pub async fn run<P: Processor>(
         Backoff::new(cfg.processor.retry_backoff_initial_ms, cfg.processor.retry_backoff_max_ms);
     let mut panicked: HashMap<(String, i32, i64), Panicked> = HashMap::new();
     while !shutdown.is_cancelled() {
-        let mut l = Loop::new(cfg, &topics, &specs, &processor, &producer, &shutdown)?;
-        match l.run(&mut backoff, &mut panicked).await {
+        let mut l = Loop::new(cfg, &topics, &specs, &processor, &producer, &shutdown, &mut panicked)?;
+        let result = batch::drive(&mut l, &shutdown).await;
+        if l.progressed {
+            backoff.reset();
+        }
+        match result {
             Ok(()) => break,
             Err(e) => {
                 let delay = backoff.next_delay();
@@ -141,10 +145,48 @@ struct Loop<'a, P: Processor> {
     consumer: kafka::Consumer,
     watch: std::sync::Arc<kafka::RebalanceWatch>,
     stateful: bool,
-    generation: u64,
     parts: HashMap<PartKey, Part<P::State>>,
     blocked: HashMap<PartKey, Blocked>,
     tracker: Tracker,
+    panicked: &'a mut HashMap<(String, i32, i64), Panicked>,
+    /// A batch completed since the loop started (the restart backoff resets).
+    progressed: bool,
+}
+
+impl<P: Processor> batch::Stage for Loop<'_, P> {
+    fn consumer(&self) -> &kafka::Consumer {
+        &self.consumer
+    }
+    fn watch(&self) -> &kafka::RebalanceWatch {
+        &self.watch
+    }
+    fn batch_limits(&self) -> (usize, Duration) {
+        (self.cfg.processor.batch_events_max, Duration::from_millis(self.cfg.processor.batch_linger_ms))
+    }
+    fn idle_wake(&self) -> Duration {
+        Duration::from_millis(self.cfg.processor.idle_wake_ms)
+    }
+    async fn rebalanced(&mut self) -> anyhow::Result<()> {
+        let keys = self.rebalance();
+        self.restore_all(keys).await;
+        Ok(())
+    }
+    async fn batch(&mut self, messages: Vec<OwnedMessage>) -> anyhow::Result<()> {
+        let (emits, taken) = self.apply_batch(&messages).await?;
+        if !taken.is_empty() {
+            self.finish_batch(&emits, &taken).await?;
+            self.progressed = true;
+        }
+        Ok(())
+    }
+    /// Retry the restores of blocked partitions that are due.
+    async fn after(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let due: Vec<PartKey> =
+            self.blocked.iter().filter(|(_, b)| b.retry_at <= now).map(|(k, _)| k.clone()).collect();
+        self.restore_all(due).await;
+        Ok(())
+    }
 }
 
 impl<'a, P: Processor> Loop<'a, P> {
@@ -155,6 +197,7 @@ impl<'a, P: Processor> Loop<'a, P> {
         processor: &'a P,
         producer: &'a FutureProducer,
         shutdown: &'a CancellationToken,
+        panicked: &'a mut HashMap<(String, i32, i64), Panicked>,
     ) -> anyhow::Result<Self> {
         let (consumer, watch) =
             kafka::consumer(&cfg.kafka, &topics.group(&format!("processor.{}", processor.name())))?;
@@ -169,12 +212,13 @@ impl<'a, P: Processor> Loop<'a, P> {
             producer,
             shutdown,
             consumer,
-            generation: watch.generation(),
             watch,
             stateful,
             parts: HashMap::new(),
             blocked: HashMap::new(),
             tracker: Tracker::default(),
+            panicked,
+            progressed: false,
         })
     }
 
@@ -190,50 +234,9 @@ impl<'a, P: Processor> Loop<'a, P> {
         self.spec_of(log).map(|(env, _)| self.topics.checkpoints(env, self.name()))
     }
 
-    async fn run(
-        &mut self,
-        backoff: &mut Backoff,
-        panicked: &mut HashMap<(String, i32, i64), Panicked>,
-    ) -> anyhow::Result<()> {
-        let linger = Duration::from_millis(self.cfg.processor.batch_linger_ms);
-        let idle = Duration::from_millis(self.cfg.processor.idle_wake_ms);
-        loop {
-            let mut to_restore =
-                if self.watch.generation() != self.generation { self.rebalanced() } else { vec![] };
-            let now = Instant::now();
-            to_restore.extend(self.blocked.iter().filter(|(_, b)| b.retry_at <= now).map(|(k, _)| k.clone()));
-            self.restore_all(to_restore).await;
-            let (messages, error) = batch::collect(
-                &self.consumer,
-                self.cfg.processor.batch_events_max,
-                linger,
-                self.shutdown,
-                &self.watch.changed,
-                idle,
-            )
-            .await;
-            if messages.is_empty() {
-                match error {
-                    Some(e) => return Err(e.into()),
-                    None if self.shutdown.is_cancelled() => return Ok(()),
-                    None => continue,
-                }
-            }
-            let (emits, taken) = self.apply_batch(&messages, panicked).await?;
-            if !taken.is_empty() {
-                self.finish_batch(&emits, &taken).await?;
-                backoff.reset();
-            }
-            if let Some(e) = error {
-                return Err(e.into());
-            }
-        }
-    }
-
     /// After a rebalance: keep the partitions still assigned whose checkpoint nobody else wrote since
     /// ours; drop the rest. Returns the assigned partitions to restore.
-    fn rebalanced(&mut self) -> Vec<PartKey> {
-        self.generation = self.watch.generation();
+    fn rebalance(&mut self) -> Vec<PartKey> {
         let assigned = self.watch.assigned();
         for (t, p) in self.blocked.keys() {
             pause(&self.consumer, t, *p, false);
@@ -332,7 +335,6 @@ impl<'a, P: Processor> Loop<'a, P> {
     async fn apply_batch<'m>(
         &mut self,
         messages: &'m [OwnedMessage],
-        panicked: &mut HashMap<(String, i32, i64), Panicked>,
     ) -> anyhow::Result<(Vec<Emit>, Vec<&'m OwnedMessage>)> {
         self.tracker.begin_batch();
         let seek_timeout = Duration::from_millis(self.cfg.kafka.commit_timeout_ms);
@@ -362,7 +364,7 @@ impl<'a, P: Processor> Loop<'a, P> {
             let ctx = engine::Ctx { topics: self.topics, env, spec };
             let at = (key.0.clone(), key.1, m.offset());
             let Some(part) = self.parts.get_mut(&key) else { anyhow::bail!("partition state vanished") };
-            match engine::step(self.processor, &ctx, &mut part.part, &rec, panicked.get(&at)) {
+            match engine::step(self.processor, &ctx, &mut part.part, &rec, self.panicked.get(&at)) {
                 Ok(out) => emits.extend(out),
                 Err(p) => {
                     // The state may be half-changed: drop it and restart from the checkpoint; on the
@@ -371,10 +373,10 @@ impl<'a, P: Processor> Loop<'a, P> {
                     tracing::error!(processor = self.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %p.reason, "input dead-lettered; restarting from the checkpoint");
                     metrics::counter!("riverbank_processor_panics_total", "processor" => self.name())
                         .increment(1);
-                    if panicked.len() >= PANICKED_REMEMBERED_MAX {
-                        panicked.clear();
+                    if self.panicked.len() >= PANICKED_REMEMBERED_MAX {
+                        self.panicked.clear();
                     }
-                    panicked.insert(at, p);
+                    self.panicked.insert(at, p);
                     anyhow::bail!("processor panicked at {}/{}@{}", m.topic(), m.partition(), m.offset());
                 }
             }

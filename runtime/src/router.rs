@@ -127,54 +127,51 @@ fn copies(m: &OwnedMessage, route: &Route, partitions: i32) -> Vec<(Option<i32>,
     }
 }
 
-async fn copy_loop(
-    cfg: &Config,
-    name: &str,
-    routes: &HashMap<String, Route>,
-    producer: &FutureProducer,
-    shutdown: &CancellationToken,
-    backoff: &mut Backoff,
-) -> anyhow::Result<()> {
-    let topics = kafka::topics(&cfg.kafka);
-    let (consumer, watch) = kafka::consumer(&cfg.kafka, &topics.group(&format!("router.{name}")))?;
-    let sources: Vec<&str> = routes.keys().map(String::as_str).collect();
-    consumer.subscribe(&sources)?;
-    let who = format!("router:{name}");
-    let mut tracker = Tracker::default();
-    let mut generation = watch.generation();
-    let (linger, idle) = (
-        Duration::from_millis(cfg.processor.batch_linger_ms),
-        Duration::from_millis(cfg.processor.idle_wake_ms),
-    );
-    let seek_timeout = Duration::from_millis(cfg.kafka.commit_timeout_ms);
-    let timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
-    loop {
-        if watch.generation() != generation {
-            generation = watch.generation();
-            tracker = Tracker::default();
-        }
-        let (messages, error) =
-            batch::collect(&consumer, cfg.processor.batch_events_max, linger, shutdown, &watch.changed, idle)
-                .await;
-        if messages.is_empty() {
-            match error {
-                Some(e) => return Err(e.into()),
-                None if shutdown.is_cancelled() => return Ok(()),
-                None => continue,
-            }
-        }
-        tracker.begin_batch();
+/// The router's consumer loop: copy each batch, then commit its source offsets.
+struct Copier<'a> {
+    cfg: &'a Config,
+    name: &'static str,
+    routes: &'a HashMap<String, Route>,
+    producer: &'a FutureProducer,
+    shutdown: &'a CancellationToken,
+    consumer: kafka::Consumer,
+    watch: std::sync::Arc<kafka::RebalanceWatch>,
+    tracker: Tracker,
+    who: String,
+    progressed: bool,
+}
+
+impl batch::Stage for Copier<'_> {
+    fn consumer(&self) -> &kafka::Consumer {
+        &self.consumer
+    }
+    fn watch(&self) -> &kafka::RebalanceWatch {
+        &self.watch
+    }
+    fn batch_limits(&self) -> (usize, Duration) {
+        (self.cfg.processor.batch_events_max, Duration::from_millis(self.cfg.processor.batch_linger_ms))
+    }
+    fn idle_wake(&self) -> Duration {
+        Duration::from_millis(self.cfg.processor.idle_wake_ms)
+    }
+    async fn rebalanced(&mut self) -> anyhow::Result<()> {
+        // The group's committed offsets are the position: forget what this instance knew.
+        self.tracker = Tracker::default();
+        Ok(())
+    }
+    async fn batch(&mut self, messages: Vec<OwnedMessage>) -> anyhow::Result<()> {
+        let seek_timeout = Duration::from_millis(self.cfg.kafka.commit_timeout_ms);
+        self.tracker.begin_batch();
         let mut out: Vec<(Option<i32>, Emit, String)> = Vec::new();
         let mut taken = Vec::new();
         for m in &messages {
-            let Some(route) = routes.get(m.topic()) else { continue };
-            if !batch::take(&consumer, &mut tracker, m, seek_timeout, &who, false)? {
+            let Some(route) = self.routes.get(m.topic()) else { continue };
+            if !batch::take(&self.consumer, &mut self.tracker, m, seek_timeout, &self.who, false)? {
                 continue;
             }
             let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
-            out.extend(
-                copies(m, route, cfg.kafka.topic_partitions).into_iter().map(|(p, e)| (p, e, source.clone())),
-            );
+            let partitions = self.cfg.kafka.topic_partitions;
+            out.extend(copies(m, route, partitions).into_iter().map(|(p, e)| (p, e, source.clone())));
             taken.push(m.clone());
         }
         let headers: Vec<[(&'static str, String); 1]> =
@@ -184,17 +181,47 @@ async fn copy_loop(
             .zip(&headers)
             .map(|((p, e, _), h)| Outgoing { emit: e, partition: *p, headers: h })
             .collect();
-        send(producer, &items, timeout).await.map_err(anyhow::Error::msg)?;
+        let timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
+        send(self.producer, &items, timeout).await.map_err(anyhow::Error::msg)?;
         let next = batch::next_offsets(&taken);
         for (t, p, o) in &next {
-            tracker.made_durable(t, *p, *o);
+            self.tracker.made_durable(t, *p, *o);
         }
-        batch::commit(&consumer, &next, shutdown.is_cancelled())?;
-        metrics::counter!("riverbank_router_copies_total", "processor" => name.to_owned())
+        batch::commit(&self.consumer, &next, self.shutdown.is_cancelled())?;
+        metrics::counter!("riverbank_router_copies_total", "processor" => self.name)
             .increment(out.len() as u64);
-        backoff.reset();
-        if let Some(e) = error {
-            return Err(e.into());
-        }
+        self.progressed = true;
+        Ok(())
     }
+}
+
+async fn copy_loop(
+    cfg: &Config,
+    name: &'static str,
+    routes: &HashMap<String, Route>,
+    producer: &FutureProducer,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let topics = kafka::topics(&cfg.kafka);
+    let (consumer, watch) = kafka::consumer(&cfg.kafka, &topics.group(&format!("router.{name}")))?;
+    let sources: Vec<&str> = routes.keys().map(String::as_str).collect();
+    consumer.subscribe(&sources)?;
+    let mut copier = Copier {
+        cfg,
+        name,
+        routes,
+        producer,
+        shutdown,
+        consumer,
+        watch,
+        tracker: Tracker::default(),
+        who: format!("router:{name}"),
+        progressed: false,
+    };
+    let result = batch::drive(&mut copier, shutdown).await;
+    if copier.progressed {
+        backoff.reset();
+    }
+    result
 }

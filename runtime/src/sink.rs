@@ -118,7 +118,111 @@ struct PartMeta {
     last_event_id: Option<uuid::Uuid>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The sink's consumer loop on the shared skeleton (`batch::drive`).
+struct SinkLoop<'a, S: SinkStore> {
+    cfg: &'a Config,
+    topics: &'a Topics,
+    store: &'a S,
+    producer: &'a FutureProducer,
+    shutdown: &'a CancellationToken,
+    backoff: &'a mut Backoff,
+    consumer: kafka::Consumer,
+    watch: std::sync::Arc<kafka::RebalanceWatch>,
+    tracker: Tracker,
+    meta: HashMap<(String, i32), PartMeta>,
+    completeness: Completeness,
+    /// Observation rounds (Kafka round trips) run on a thread of their own; the loop only applies them.
+    rounds: std::sync::mpsc::Receiver<Vec<watermark::Observation>>,
+    _observer: watermark::ObserverGuard,
+    last_watermark: std::time::Instant,
+    /// Assigned partitions whose seek failed (not fetching yet): sought again while idle.
+    unpositioned: Vec<(String, i32)>,
+}
+
+impl<S: SinkStore> batch::Stage for SinkLoop<'_, S> {
+    fn consumer(&self) -> &kafka::Consumer {
+        &self.consumer
+    }
+    fn watch(&self) -> &kafka::RebalanceWatch {
+        &self.watch
+    }
+    fn batch_limits(&self) -> (usize, Duration) {
+        (self.cfg.sinks.batch_rows_max, Duration::from_millis(self.cfg.sinks.batch_linger_ms))
+    }
+    fn idle_wake(&self) -> Duration {
+        Duration::from_millis(self.cfg.sinks.idle_watermark_ms)
+    }
+    /// Position every assigned partition at the store's offset now, so a store that is behind the group
+    /// (a replay, a restored backup) is caught up even with no new input. One seek attempt each:
+    /// positioning never holds up polling (a partition not yet fetching is sought again while idle, and
+    /// `take` keeps every partition in sequence regardless).
+    async fn rebalanced(&mut self) -> anyhow::Result<()> {
+        self.tracker = Tracker::default();
+        self.meta.clear();
+        let assigned = self.watch.assigned();
+        self.completeness.retain(&assigned);
+        let started = std::time::Instant::now();
+        let seek_timeout = Duration::from_millis(self.cfg.sinks.seek_timeout_ms);
+        self.unpositioned = position_assigned(
+            self.cfg,
+            self.store,
+            &self.consumer,
+            &assigned,
+            &mut self.tracker,
+            &mut self.meta,
+            &mut self.completeness,
+            self.backoff,
+            self.shutdown,
+            seek_timeout,
+        )
+        .await?;
+        tracing::info!(
+            sink = self.store.name(),
+            partitions = assigned.len(),
+            not_fetching_yet = self.unpositioned.len(),
+            positioning_ms = started.elapsed().as_millis() as u64,
+            "assigned partitions positioned at the store's offsets"
+        );
+        Ok(())
+    }
+    async fn batch(&mut self, messages: Vec<OwnedMessage>) -> anyhow::Result<()> {
+        self.land(messages).await
+    }
+    async fn idle(&mut self) -> anyhow::Result<()> {
+        let seek_timeout = Duration::from_millis(self.cfg.sinks.seek_timeout_ms);
+        let assigned = self.watch.assigned();
+        reposition_behind(
+            self.store.name(),
+            &self.consumer,
+            &assigned,
+            &self.tracker,
+            &mut self.unpositioned,
+            seek_timeout,
+        );
+        Ok(())
+    }
+    /// Apply the complete-through observation rounds that arrived, every `watermark_interval_ms`.
+    async fn after(&mut self) -> anyhow::Result<()> {
+        if self.last_watermark.elapsed() < Duration::from_millis(self.cfg.sinks.watermark_interval_ms) {
+            return Ok(());
+        }
+        self.last_watermark = std::time::Instant::now();
+        let arrived: Vec<Vec<watermark::Observation>> = self.rounds.try_iter().collect();
+        let assigned = self.watch.assigned();
+        advance_watermarks(
+            self.store,
+            arrived,
+            &assigned,
+            &self.tracker,
+            &self.meta,
+            &mut self.completeness,
+            self.backoff,
+            self.shutdown,
+        )
+        .await
+    }
+}
+
 async fn run_consumer<S: SinkStore>(
     cfg: &Config,
     topics: &Topics,
@@ -131,210 +235,135 @@ async fn run_consumer<S: SinkStore>(
     let (consumer, watch) = kafka::consumer(&cfg.kafka, &topics.group(&format!("sink.{}", store.name())))?;
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
-    let mut generation = watch.generation();
-    let mut tracker = Tracker::default();
-    let mut meta: HashMap<(String, i32), PartMeta> = HashMap::new();
-    let linger = Duration::from_millis(cfg.sinks.batch_linger_ms);
-    let produce_timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
-    let seek_timeout = Duration::from_millis(cfg.sinks.seek_timeout_ms);
-    let idle = Duration::from_millis(cfg.sinks.idle_watermark_ms);
-    let watermark_every = Duration::from_millis(cfg.sinks.watermark_interval_ms);
     // An event is stamped `ingested_at` before it is produced and may take up to the produce timeout to
     // be acknowledged; hosts' clocks may differ by up to the configured skew.
     let margin_ms = i64::try_from(
         cfg.kafka.message_timeout_ms.max(cfg.ingest.produce_timeout_ms) + cfg.sinks.clock_skew_max_ms,
     )
     .unwrap_or(i64::MAX);
-    let mut completeness = Completeness::new(margin_ms);
-    // Observation rounds (Kafka round trips) run on a thread of their own; the loop only applies them.
-    let (_observer, rounds) = watermark::spawn_observer(
+    let (observer, rounds) = watermark::spawn_observer(
         &cfg.kafka,
         watch.clone(),
-        watermark_every,
+        Duration::from_millis(cfg.sinks.watermark_interval_ms),
         Duration::from_millis(cfg.kafka.metadata_timeout_ms),
         store.name(),
     )
     .map_err(anyhow::Error::msg)?;
-    let mut last_watermark = std::time::Instant::now();
-    let mut unpositioned: Vec<(String, i32)> = Vec::new();
-    loop {
-        if watch.generation() != generation {
-            // New assignment: position every assigned partition at the store's offset now, so a store
-            // that is behind the group (a replay, a restored backup) is caught up even with no new input.
-            // One seek attempt each: positioning never holds up polling (a partition not yet fetching
-            // is sought again while idle, and `take` keeps every partition in sequence regardless).
-            generation = watch.generation();
-            tracker = Tracker::default();
-            meta.clear();
-            let assigned = watch.assigned();
-            completeness.retain(&assigned);
-            let started = std::time::Instant::now();
-            unpositioned = position_assigned(
-                cfg,
-                store,
-                &consumer,
-                &assigned,
-                &mut tracker,
-                &mut meta,
-                &mut completeness,
-                backoff,
-                shutdown,
-                seek_timeout,
-            )
-            .await?;
-            tracing::info!(
-                sink = store.name(),
-                partitions = assigned.len(),
-                not_fetching_yet = unpositioned.len(),
-                positioning_ms = started.elapsed().as_millis() as u64,
-                "assigned partitions positioned at the store's offsets"
-            );
-        }
-        let (messages, error) =
-            batch::collect(&consumer, cfg.sinks.batch_rows_max, linger, shutdown, &watch.changed, idle).await;
-        if messages.is_empty() {
-            match error {
-                Some(e) => return Err(e.into()),
-                None if shutdown.is_cancelled() => return Ok(()),
-                None if watch.generation() != generation => continue,
-                None => {
-                    reposition_behind(
-                        store.name(),
-                        &consumer,
-                        &watch.assigned(),
-                        &tracker,
-                        &mut unpositioned,
-                        seek_timeout,
-                    );
-                }
-            }
-        } else {
-            land_batch(
-                cfg,
-                topics,
-                store,
-                producer,
-                &consumer,
-                messages,
-                &mut tracker,
-                &mut meta,
-                &mut completeness,
-                backoff,
-                shutdown,
-                produce_timeout,
-                seek_timeout,
-            )
-            .await?;
-        }
-        if last_watermark.elapsed() >= watermark_every {
-            last_watermark = std::time::Instant::now();
-            let arrived: Vec<Vec<watermark::Observation>> = rounds.try_iter().collect();
-            advance_watermarks(
-                store,
-                arrived,
-                &watch.assigned(),
-                &tracker,
-                &meta,
-                &mut completeness,
-                backoff,
-                shutdown,
-            )
-            .await?;
-        }
-        if let Some(e) = error {
-            return Err(e.into());
-        }
-    }
+    let mut l = SinkLoop {
+        cfg,
+        topics,
+        store,
+        producer,
+        shutdown,
+        backoff,
+        consumer,
+        watch,
+        tracker: Tracker::default(),
+        meta: HashMap::new(),
+        completeness: Completeness::new(margin_ms),
+        rounds,
+        _observer: observer,
+        last_watermark: std::time::Instant::now(),
+        unpositioned: Vec::new(),
+    };
+    batch::drive(&mut l, shutdown).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn land_batch<S: SinkStore>(
-    cfg: &Config,
-    topics: &Topics,
-    store: &S,
-    producer: &FutureProducer,
-    consumer: &kafka::Consumer,
-    messages: Vec<OwnedMessage>,
-    tracker: &mut Tracker,
-    meta: &mut HashMap<(String, i32), PartMeta>,
-    completeness: &mut Completeness,
-    backoff: &mut Backoff,
-    shutdown: &CancellationToken,
-    produce_timeout: Duration,
-    seek_timeout: Duration,
-) -> anyhow::Result<()> {
-    tracker.begin_batch();
-    let mut rows = Vec::with_capacity(messages.len());
-    let mut dead = Vec::new();
-    let mut taken: Vec<OwnedMessage> = Vec::with_capacity(messages.len());
-    for m in messages {
-        if !tracker.has_position(m.topic(), m.partition()) {
-            // Assigned in the middle of this batch (before the loop saw the rebalance): its position
-            // comes from the store, like any assigned partition's.
-            let one = [(m.topic().to_owned(), m.partition())];
-            resolve_positions(cfg, store, consumer, &one, tracker, meta, completeness, backoff, shutdown)
+impl<S: SinkStore> SinkLoop<'_, S> {
+    /// Decode a batch (dead-lettering what cannot be), then make it durable.
+    async fn land(&mut self, messages: Vec<OwnedMessage>) -> anyhow::Result<()> {
+        let (store, topics) = (self.store, self.topics);
+        let seek_timeout = Duration::from_millis(self.cfg.sinks.seek_timeout_ms);
+        self.tracker.begin_batch();
+        let mut rows = Vec::with_capacity(messages.len());
+        let mut dead = Vec::new();
+        let mut taken: Vec<OwnedMessage> = Vec::with_capacity(messages.len());
+        for m in messages {
+            if !self.tracker.has_position(m.topic(), m.partition()) {
+                // Assigned in the middle of this batch (before the loop saw the rebalance): its position
+                // comes from the store, like any assigned partition's.
+                let one = [(m.topic().to_owned(), m.partition())];
+                resolve_positions(
+                    self.cfg,
+                    store,
+                    &self.consumer,
+                    &one,
+                    &mut self.tracker,
+                    &mut self.meta,
+                    &mut self.completeness,
+                    self.backoff,
+                    self.shutdown,
+                )
                 .await?;
-        }
-        if !batch::take(consumer, tracker, &m, seek_timeout, store.name(), false)? {
-            continue;
-        }
-        let env = topics.environment_of(m.topic()).unwrap_or(Environment::Live);
-        match store.decode(m.topic(), env, m.partition(), m.offset(), m.payload().unwrap_or_default()) {
-            Ok((r, _ingested_ms)) => rows.extend(r),
-            Err(reason) => {
-                tracing::warn!(sink = store.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "dead-lettered");
-                metrics::counter!("riverbank_dead_letters_total", "component" => store.name()).increment(1);
-                dead.push(dead_letter(topics, env, &format!("sink:{}", store.name()), &m, reason));
             }
-        }
-        taken.push(m);
-    }
-    if taken.is_empty() {
-        return Ok(());
-    }
-    // Dead letters are acknowledged before their offsets are passed.
-    if !dead.is_empty() {
-        let dead: &[Emit] = &dead;
-        retry(store.name(), "dead-letter", backoff, shutdown, || async move {
-            produce_all(producer, dead, produce_timeout).await.map_err(StoreError::from)
-        })
-        .await?;
-    }
-    let next = batch::next_offsets(&taken);
-    for m in &taken {
-        let e = meta.entry((m.topic().to_owned(), m.partition())).or_default();
-        e.last_event_id = event_id_of(m);
-    }
-    let positions: Vec<Position> = next
-        .iter()
-        .map(|(t, p, o)| {
-            let pm = meta.get(&(t.clone(), *p)).cloned().unwrap_or_default();
-            Position {
-                topic: t.clone(),
-                partition: *p,
-                next_offset: *o,
-                landed_through_ms: completeness.landed(t, *p),
-                last_event_id: pm.last_event_id,
-                log_epoch: pm.log_epoch,
+            if !batch::take(&self.consumer, &mut self.tracker, &m, seek_timeout, store.name(), false)? {
+                continue;
             }
-        })
-        .collect();
-    let (rows, positions) = (&rows, &positions);
-    let started = std::time::Instant::now();
-    retry(store.name(), "write", backoff, shutdown, || store.write(rows, positions)).await?;
-    let sink = store.name();
-    metrics::histogram!("riverbank_sink_write_seconds", "sink" => sink)
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("riverbank_sink_rows_total", "sink" => sink).increment(rows.len() as u64);
-    metrics::counter!("riverbank_sink_messages_total", "sink" => sink).increment(taken.len() as u64);
-    for (t, p, o) in &next {
-        tracker.made_durable(t, *p, *o);
+            let env = topics.environment_of(m.topic()).unwrap_or(Environment::Live);
+            match store.decode(m.topic(), env, m.partition(), m.offset(), m.payload().unwrap_or_default()) {
+                Ok((r, _ingested_ms)) => rows.extend(r),
+                Err(reason) => {
+                    tracing::warn!(sink = store.name(), topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "dead-lettered");
+                    metrics::counter!("riverbank_dead_letters_total", "component" => store.name())
+                        .increment(1);
+                    dead.push(dead_letter(topics, env, &format!("sink:{}", store.name()), &m, reason));
+                }
+            }
+            taken.push(m);
+        }
+        if taken.is_empty() {
+            return Ok(());
+        }
+        self.write(&rows, &dead, &taken).await
     }
-    if let Err(e) = batch::commit(consumer, &next, false) {
-        tracing::debug!(sink = store.name(), error = %e, "group commit failed (advisory only)");
+
+    /// Dead letters first (acknowledged before their offsets are passed), then rows and positions in
+    /// one store write; the group commit after is advisory.
+    async fn write(&mut self, rows: &[S::Row], dead: &[Emit], taken: &[OwnedMessage]) -> anyhow::Result<()> {
+        let (store, producer) = (self.store, self.producer);
+        let produce_timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
+        if !dead.is_empty() {
+            retry(store.name(), "dead-letter", self.backoff, self.shutdown, || async move {
+                produce_all(producer, dead, produce_timeout).await.map_err(StoreError::from)
+            })
+            .await?;
+        }
+        let next = batch::next_offsets(taken);
+        for m in taken {
+            let e = self.meta.entry((m.topic().to_owned(), m.partition())).or_default();
+            e.last_event_id = event_id_of(m);
+        }
+        let positions: Vec<Position> = next
+            .iter()
+            .map(|(t, p, o)| {
+                let pm = self.meta.get(&(t.clone(), *p)).cloned().unwrap_or_default();
+                Position {
+                    topic: t.clone(),
+                    partition: *p,
+                    next_offset: *o,
+                    landed_through_ms: self.completeness.landed(t, *p),
+                    last_event_id: pm.last_event_id,
+                    log_epoch: pm.log_epoch,
+                }
+            })
+            .collect();
+        let positions = &positions;
+        let started = std::time::Instant::now();
+        retry(store.name(), "write", self.backoff, self.shutdown, || store.write(rows, positions)).await?;
+        let sink = store.name();
+        metrics::histogram!("riverbank_sink_write_seconds", "sink" => sink)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("riverbank_sink_rows_total", "sink" => sink).increment(rows.len() as u64);
+        metrics::counter!("riverbank_sink_messages_total", "sink" => sink).increment(taken.len() as u64);
+        for (t, p, o) in &next {
+            self.tracker.made_durable(t, *p, *o);
+        }
+        if let Err(e) = batch::commit(&self.consumer, &next, false) {
+            tracing::debug!(sink, error = %e, "group commit failed (advisory only)");
+        }
+        tracing::debug!(sink, messages = taken.len(), rows = rows.len(), "batch durable");
+        Ok(())
     }
-    tracing::debug!(sink = store.name(), messages = taken.len(), rows = rows.len(), "batch durable");
-    Ok(())
 }
 
 fn event_id_of(m: &OwnedMessage) -> Option<uuid::Uuid> {
