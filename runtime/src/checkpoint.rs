@@ -110,102 +110,104 @@ fn encode(w: &Wire) -> Vec<u8> {
     out
 }
 
+impl Wire {
+    fn into_record(self) -> Record {
+        match self {
+            Wire::Snapshot {
+                input_topic,
+                partition,
+                writer,
+                snapshot_seq,
+                chunk,
+                chunks,
+                next_offset,
+                entries,
+            } => {
+                let entries = entries.into_iter().map(|(k, v)| (k, Encoded::Bin(v))).collect();
+                Record::Snapshot {
+                    input_topic,
+                    partition,
+                    writer,
+                    snapshot_seq,
+                    chunk,
+                    chunks,
+                    next_offset,
+                    entries,
+                }
+            }
+            Wire::Delta { input_topic, partition, writer, snapshot_seq, delta_seq, next_offset, changes } => {
+                let changes = changes.into_iter().map(|(k, v)| (k, v.map(Encoded::Bin))).collect();
+                Record::Delta {
+                    input_topic,
+                    partition,
+                    writer,
+                    snapshot_seq,
+                    delta_seq,
+                    next_offset,
+                    changes,
+                }
+            }
+        }
+    }
+}
+
+impl Legacy {
+    fn into_record(self) -> Record {
+        match self {
+            Legacy::Snapshot {
+                input_topic,
+                partition,
+                writer,
+                snapshot_seq,
+                chunk,
+                chunks,
+                next_offset,
+                entries,
+            } => {
+                let entries = entries.into_iter().map(|(k, v)| (k, Encoded::Json(v))).collect();
+                Record::Snapshot {
+                    input_topic,
+                    partition,
+                    writer,
+                    snapshot_seq,
+                    chunk,
+                    chunks,
+                    next_offset,
+                    entries,
+                }
+            }
+            Legacy::Delta {
+                input_topic,
+                partition,
+                writer,
+                snapshot_seq,
+                delta_seq,
+                next_offset,
+                changes,
+            } => {
+                let changes = changes.into_iter().map(|(k, v)| (k, v.map(Encoded::Json))).collect();
+                Record::Delta {
+                    input_topic,
+                    partition,
+                    writer,
+                    snapshot_seq,
+                    delta_seq,
+                    next_offset,
+                    changes,
+                }
+            }
+        }
+    }
+}
+
 /// Decode a checkpoint record of either format.
 pub fn decode(bytes: &[u8]) -> Result<Record, String> {
     match bytes.first() {
         Some(&FORMAT_BINCODE_V1) => {
-            let w: Wire = bincode::deserialize(&bytes[1..]).map_err(|e| e.to_string())?;
-            Ok(match w {
-                Wire::Snapshot {
-                    input_topic,
-                    partition,
-                    writer,
-                    snapshot_seq,
-                    chunk,
-                    chunks,
-                    next_offset,
-                    entries,
-                } => {
-                    let entries = entries.into_iter().map(|(k, v)| (k, Encoded::Bin(v))).collect();
-                    Record::Snapshot {
-                        input_topic,
-                        partition,
-                        writer,
-                        snapshot_seq,
-                        chunk,
-                        chunks,
-                        next_offset,
-                        entries,
-                    }
-                }
-                Wire::Delta {
-                    input_topic,
-                    partition,
-                    writer,
-                    snapshot_seq,
-                    delta_seq,
-                    next_offset,
-                    changes,
-                } => {
-                    let changes = changes.into_iter().map(|(k, v)| (k, v.map(Encoded::Bin))).collect();
-                    Record::Delta {
-                        input_topic,
-                        partition,
-                        writer,
-                        snapshot_seq,
-                        delta_seq,
-                        next_offset,
-                        changes,
-                    }
-                }
-            })
+            bincode::deserialize::<Wire>(&bytes[1..]).map(Wire::into_record).map_err(|e| e.to_string())
         }
         Some(b'{') => {
-            let l: Legacy = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-            Ok(match l {
-                Legacy::Snapshot {
-                    input_topic,
-                    partition,
-                    writer,
-                    snapshot_seq,
-                    chunk,
-                    chunks,
-                    next_offset,
-                    entries,
-                } => {
-                    let entries = entries.into_iter().map(|(k, v)| (k, Encoded::Json(v))).collect();
-                    Record::Snapshot {
-                        input_topic,
-                        partition,
-                        writer,
-                        snapshot_seq,
-                        chunk,
-                        chunks,
-                        next_offset,
-                        entries,
-                    }
-                }
-                Legacy::Delta {
-                    input_topic,
-                    partition,
-                    writer,
-                    snapshot_seq,
-                    delta_seq,
-                    next_offset,
-                    changes,
-                } => {
-                    let changes = changes.into_iter().map(|(k, v)| (k, v.map(Encoded::Json))).collect();
-                    Record::Delta {
-                        input_topic,
-                        partition,
-                        writer,
-                        snapshot_seq,
-                        delta_seq,
-                        next_offset,
-                        changes,
-                    }
-                }
-            })
+            serde_json::from_slice::<Legacy>(bytes).map(Legacy::into_record).map_err(|e| e.to_string())
         }
         _ => Err("not a checkpoint record (unknown format)".to_owned()),
     }
@@ -354,8 +356,8 @@ pub fn records_for_batch(
         .collect()
 }
 
-/// Rebuild from records in log order (the tail of a checkpoint partition). `None`: no complete snapshot.
-pub fn rebuild(records: &[Record], input_topic: &str, partition: i32) -> Option<Restored> {
+/// The newest complete snapshot for one partition: its (writer, seq).
+fn newest_complete(records: &[Record], input_topic: &str, partition: i32) -> Option<(Uuid, u64)> {
     // Complete snapshots, by (writer, seq): chunk count and the position of their last chunk.
     let mut seen: HashMap<(Uuid, u64), (u32, u32, usize)> = HashMap::new();
     let mut best: Option<(usize, Uuid, u64)> = None;
@@ -372,7 +374,12 @@ pub fn rebuild(records: &[Record], input_topic: &str, partition: i32) -> Option<
             }
         }
     }
-    let (_, writer, seq) = best?;
+    best.map(|(_, w, s)| (w, s))
+}
+
+/// Rebuild from records in log order (the tail of a checkpoint partition). `None`: no complete snapshot.
+pub fn rebuild(records: &[Record], input_topic: &str, partition: i32) -> Option<Restored> {
+    let (writer, seq) = newest_complete(records, input_topic, partition)?;
     let mut kv: BTreeMap<String, Encoded> = BTreeMap::new();
     let mut next_offset = 0;
     let mut first_snapshot_pos = usize::MAX;

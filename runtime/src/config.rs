@@ -278,6 +278,19 @@ impl Config {
     /// Every problem at once, so an operator fixes the file in one go.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
+        self.check_positive(&mut errors);
+        self.check_ranges(&mut errors);
+        self.check_edges(&mut errors);
+        self.check_webhooks(&mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// Limits that must be above zero.
+    fn check_positive(&self, errors: &mut Vec<String>) {
         let mut positive = |name: &str, value: u64| {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
@@ -324,6 +337,11 @@ impl Config {
         positive("api.request_timeout_ms", self.api.request_timeout_ms);
         positive("api.in_flight_requests_max", self.api.in_flight_requests_max as u64);
         positive("api.page_rows_max", u64::from(self.api.page_rows_max));
+    }
+
+    /// Sizes, ranges and orderings of the Kafka, processor, sink and telemetry settings.
+    fn check_ranges(&self, errors: &mut Vec<String>) {
+        let k = &self.kafka;
         if !(4096..=1_000_000).contains(&self.processor.checkpoint_record_bytes_max) {
             errors.push("processor.checkpoint_record_bytes_max must be 4096..=1000000 (under the broker's message limit)".into());
         }
@@ -358,6 +376,11 @@ impl Config {
         if self.sinks.retry_backoff_max_ms < self.sinks.retry_backoff_initial_ms {
             errors.push("sinks.retry_backoff_max_ms must be at least retry_backoff_initial_ms".into());
         }
+    }
+
+    /// The HTTP edges' settings that depend on each other.
+    fn check_edges(&self, errors: &mut Vec<String>) {
+        let i = &self.ingest;
         if i.idempotency_lease_ms <= i.request_timeout_ms {
             errors.push(
                 "ingest.idempotency_lease_ms must exceed ingest.request_timeout_ms (a live request keeps its key)"
@@ -401,6 +424,11 @@ impl Config {
         if !self.clickhouse.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             errors.push("clickhouse.database may hold only ASCII letters, digits and '_'".into());
         }
+    }
+
+    /// Static webhook keys: well-formed and not repeated.
+    fn check_webhooks(&self, errors: &mut Vec<String>) {
+        let i = &self.ingest;
         let mut seen = std::collections::HashSet::new();
         for (n, w) in i.webhooks.iter().enumerate() {
             let at = format!("ingest.webhooks[{n}]");
@@ -418,11 +446,6 @@ impl Config {
                     "{at} repeats provider/tenant/environment; list all its secrets in one entry"
                 ));
             }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errors))
         }
     }
 }
