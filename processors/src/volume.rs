@@ -6,6 +6,9 @@
 //! - **Event-time timers**: a window of one minute (by the input's `occurred_at`) closes on the tick
 //!   after its end plus `LATENESS_MS`; inputs for a window that already closed open a correction
 //!   (`late: true`) that closes on the next tick.
+//! - **Duplicates count once**: an upstream processor that crashed re-emits identical events (same ids)
+//!   that the router copies again; a window remembers the event ids it counted, and keeps them for
+//!   `CLOSED_REMEMBERED_MS` of partition clock after it closed (a second timer forgets them).
 //!
 //! Run it with `riverbank process volume` (it is an example: `riverbank run` does not start it).
 use std::collections::BTreeMap;
@@ -27,6 +30,10 @@ pub const LATENESS_MS: i64 = 5_000;
 pub const REPORT_CURRENCY: &str = "USD";
 /// Open windows per partition at most; an input that would open one more is dead-lettered with the reason.
 pub const OPEN_WINDOWS_MAX: usize = 100_000;
+/// Inputs counted per window at most (their ids are remembered); more are dead-lettered with the reason.
+pub const WINDOW_INPUTS_MAX: usize = 100_000;
+/// A closed window's counted ids are remembered this long (ms of partition clock) after it closed.
+pub const CLOSED_REMEMBERED_MS: i64 = 3_600_000;
 
 #[derive(Debug, Clone)]
 pub struct VolumeProcessor {
@@ -50,6 +57,8 @@ pub struct Window {
     pub late: bool,
     /// The first input of the window (names the output, so a correction has an id of its own).
     pub first_input: Uuid,
+    /// Every input counted (duplicates are recognised by id).
+    pub applied: std::collections::BTreeSet<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,12 +73,19 @@ pub struct VolumeState {
     pub windows: Table<Window>,
     /// Latest rate per `{base}/{quote}`.
     pub rates: Table<Rate>,
+    /// Ids counted by closed windows, by window key, until their `forget/` timer.
+    pub closed: Table<std::collections::BTreeSet<Uuid>>,
     pub timers: Timers,
 }
 
 impl VolumeState {
     pub fn new() -> Self {
-        VolumeState { windows: Table::new("w"), rates: Table::new("r"), timers: Timers::new("tm") }
+        VolumeState {
+            windows: Table::new("w"),
+            rates: Table::new("r"),
+            closed: Table::new("c"),
+            timers: Timers::new("tm"),
+        }
     }
 }
 
@@ -79,7 +95,7 @@ impl Default for VolumeState {
     }
 }
 
-riverbank_schemas::state_tables!(VolumeState { windows, rates }, timers = timers);
+riverbank_schemas::state_tables!(VolumeState { windows, rates, closed }, timers = timers);
 
 fn decode<P: serde::de::DeserializeOwned>(input: &RawEnvelope) -> Result<P, String> {
     if input.schema_version != 1 {
@@ -140,7 +156,15 @@ impl Processor for VolumeProcessor {
     }
 
     fn on_timer(&self, state: &mut VolumeState, at: &InputRef<'_>, timer: Timer) -> Verdict {
-        let Some(w) = state.windows.remove(&timer.key) else { return Verdict::Emit(Vec::new()) };
+        if let Some(key) = timer.key.strip_prefix("forget/") {
+            state.closed.remove(key);
+            return Verdict::Emit(Vec::new());
+        }
+        let key = timer.key.strip_prefix("close/").unwrap_or(&timer.key).to_owned();
+        let Some(mut w) = state.windows.remove(&key) else { return Verdict::Emit(Vec::new()) };
+        let applied = std::mem::take(&mut w.applied);
+        state.closed.upsert(&key, |ids| ids.extend(applied));
+        state.timers.schedule(&format!("forget/{key}"), at.now_ms.saturating_add(CLOSED_REMEMBERED_MS), "");
         let rates_used = w
             .completed
             .keys()
@@ -203,6 +227,17 @@ fn count(
     let t = input.occurred_at.timestamp_millis();
     let start = t.div_euclid(WINDOW_MS) * WINDOW_MS;
     let key = format!("{}/{start}", input.tenant_id);
+    let id = input.event_id;
+    let counted = state.windows.get(&key).is_some_and(|w| w.applied.contains(&id))
+        || state.closed.get(&key).is_some_and(|ids| ids.contains(&id));
+    if counted {
+        return Verdict::Emit(Vec::new()); // a duplicate (an upstream replay), already counted
+    }
+    if state.windows.get(&key).is_some_and(|w| w.applied.len() >= WINDOW_INPUTS_MAX) {
+        return Verdict::Poison(format!(
+            "{WINDOW_INPUTS_MAX} inputs already counted in this window (WINDOW_INPUTS_MAX)"
+        ));
+    }
     if !state.windows.contains_key(&key) {
         if state.windows.len() >= OPEN_WINDOWS_MAX {
             return Verdict::Poison(format!(
@@ -220,7 +255,7 @@ fn count(
         };
         state.windows.insert(key.clone(), w);
         // A late window closes on the next tick.
-        state.timers.schedule(&key, close_at.max(at.now_ms), "");
+        state.timers.schedule(&format!("close/{key}"), close_at.max(at.now_ms), "");
     }
     let mut refused = None;
     state.windows.upsert(&key, |w| match completed {
@@ -230,11 +265,15 @@ fn count(
                 Some(n) => {
                     *sum = n;
                     w.completed_count += 1;
+                    w.applied.insert(id);
                 }
                 None => refused = Some(format!("volume of {} in this window would overflow", m.currency)),
             }
         }
-        None => w.rejected_count += 1,
+        None => {
+            w.rejected_count += 1;
+            w.applied.insert(id);
+        }
     });
     match refused {
         Some(reason) => Verdict::Poison(reason),
@@ -352,10 +391,19 @@ mod tests {
         assert_eq!(a[0].rates_used.len(), 1);
         assert_eq!(a[0].rates_used[0].version, "live.fx.commands/2/41");
         assert!(!a[0].late);
-        // An input for the closed window: a correction, closed on the next tick.
+        // The same input again (an upstream replay) after the close: already counted.
         let now = end + LATENESS_MS + 10;
-        p.apply(&mut r, &at(now, Via::Routed { topic: "x", partition: 0, offset: 9 }), ex[0].clone());
+        let routed = Via::Routed { topic: "x", partition: 0, offset: 9 };
+        assert_eq!(p.apply(&mut r, &at(now, routed), ex[0].clone()), Verdict::Emit(vec![]));
+        assert!(fire(&p, &mut r, now).is_empty(), "a duplicate opens no correction");
+        // A new input for the closed window: a correction, closed on the next tick.
+        let mut new = ex[0].clone();
+        new.event_id = derived_id(&["volume-late"]);
+        p.apply(&mut r, &at(now, routed), new);
         let late = fire(&p, &mut r, now);
         assert!(late.len() == 1 && late[0].late && late[0].completed_count == 1, "{late:?}");
+        // An hour of partition clock later the closed windows' ids are forgotten.
+        fire(&p, &mut r, now + CLOSED_REMEMBERED_MS + 1);
+        assert!(r.closed.is_empty());
     }
 }
