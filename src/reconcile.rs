@@ -48,6 +48,8 @@ pub enum Check {
     StatusStores,
     /// `ledger_postings` in both stores: legs, debits, credits per currency.
     LedgerStores,
+    /// `transfer_rejections` in both stores: rows per refused input type.
+    RejectionStores,
     /// All legs of a tenant's currency sum to zero.
     LedgerCurrencySum,
     /// Each posting's legs sum to zero.
@@ -68,6 +70,7 @@ impl Check {
             Check::AuditStores => "audit_stores",
             Check::StatusStores => "status_stores",
             Check::LedgerStores => "ledger_stores",
+            Check::RejectionStores => "rejection_stores",
             Check::LedgerCurrencySum => "ledger_currency_sum",
             Check::PostingBalanced => "posting_balanced",
             Check::BalancePosted => "balance_posted",
@@ -449,6 +452,13 @@ struct ChStatus {
 }
 
 #[derive(Row, Deserialize)]
+struct ChCount {
+    tenant_id: String,
+    kind: String,
+    n: i64,
+}
+
+#[derive(Row, Deserialize)]
 struct ChLedger {
     tenant_id: String,
     currency: String,
@@ -628,6 +638,33 @@ impl Stores {
             &pg_groups,
             &ch_groups,
         ));
+
+        let pg_rejections: Vec<(String, String, i64)> = self
+            .pg_fetch(
+                &mut tx,
+                "postgres: transfer_rejections",
+                "SELECT tenant_id, input_event_type, count(*)::int8 FROM transfer_rejections WHERE environment = $1
+                 GROUP BY tenant_id, input_event_type ORDER BY tenant_id, input_event_type LIMIT $2",
+                env,
+                None,
+            )
+            .await?;
+        let ch_rejections: Vec<ChCount> = self
+            .ch_fetch(
+                "clickhouse: transfer_rejections",
+                self.ch_query(&format!(
+                    "SELECT tenant_id, input_event_type AS kind, toInt64(uniqExact(event_id)) AS n
+                     FROM transfer_rejections FINAL WHERE environment = ?
+                     GROUP BY tenant_id, kind ORDER BY tenant_id, kind LIMIT {}",
+                    scope_limit()
+                ))
+                .bind(env.as_str()),
+            )
+            .await?;
+        let pg_counts: Groups = pg_rejections.into_iter().map(|(t, k, n)| ((t, k), vec![n])).collect();
+        let ch_counts: Groups =
+            ch_rejections.into_iter().map(|r| ((r.tenant_id, r.kind), vec![r.n])).collect();
+        out.extend(compare_stores(Check::RejectionStores, env, &["rows"], &pg_counts, &ch_counts));
 
         // 2. Legs sum to zero: per currency (from the Postgres aggregate above), then per posting.
         for ((tenant, currency), v) in &pg_groups {

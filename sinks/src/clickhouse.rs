@@ -16,7 +16,7 @@ use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 
 use crate::rows::{self, Meta, Row as Decoded};
-use riverbank_schemas::transfers::{LedgerPosting, PostingPhase, TransferStatusChanged};
+use riverbank_schemas::transfers::{InputRejected, LedgerPosting, PostingPhase, TransferStatusChanged};
 use riverbank_schemas::AuditRecord;
 
 pub const SINK_NAME: &str = "clickhouse";
@@ -83,6 +83,20 @@ pub fn ddl() -> Vec<&'static str> {
             account String,
             amount_minor Int64,
             currency String,
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
+        // Inputs the transfers processor refused, with the reason.
+        "CREATE TABLE IF NOT EXISTS transfer_rejections (
+            event_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            input_event_id UUID,
+            input_event_type String,
+            transfer_id String,
+            reason String,
             occurred_at DateTime('UTC'),
             occurred_ms UInt16
         ) ENGINE = ReplacingMergeTree()
@@ -229,6 +243,36 @@ pub struct PostingRow {
     pub occurred_ms: u16,
 }
 
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct RejectionRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub environment: i8,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub input_event_id: uuid::Uuid,
+    pub input_event_type: String,
+    /// Empty when the refused input named no transfer.
+    pub transfer_id: String,
+    pub reason: String,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+}
+
+fn rejection(m: &Meta, r: &InputRejected) -> Result<RejectionRow, String> {
+    Ok(RejectionRow {
+        event_id: m.event_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        input_event_id: r.input_event_id,
+        input_event_type: r.input_event_type.clone(),
+        transfer_id: r.transfer_id.clone().unwrap_or_default(),
+        reason: r.reason.clone(),
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
+}
+
 fn millis(t: chrono::DateTime<chrono::Utc>) -> u16 {
     u16::try_from(t.timestamp_subsec_millis()).unwrap_or(999)
 }
@@ -266,6 +310,7 @@ pub enum ChRow {
     Audit(AuditEventRow),
     Fact(TransferFactRow),
     Posting(PostingRow),
+    Rejection(RejectionRow),
 }
 
 impl ChRow {
@@ -279,6 +324,7 @@ impl ChRow {
             Decoded::Status(m, s) => (TransferStatusChanged::EVENT_TYPE, Some(ChRow::Fact(fact(m, s)?))),
             Decoded::Posting(m, p) => (LedgerPosting::EVENT_TYPE, Some(ChRow::Posting(posting(m, p)?))),
             Decoded::Balance(..) => (BalanceChanged::EVENT_TYPE, None),
+            Decoded::Rejection(m, r) => (InputRejected::EVENT_TYPE, Some(ChRow::Rejection(rejection(m, r)?))),
         };
         let mut out = vec![ChRow::Event(EventRow::of(r.meta(), event_type)?)];
         out.extend(typed);
@@ -384,12 +430,14 @@ pub async fn insert_rows(
     timeout: Duration,
 ) -> Result<(), StoreError> {
     let (mut events, mut audit, mut facts, mut postings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rejections = Vec::new();
     for r in rows {
         match r {
             ChRow::Event(e) => events.push(e.clone()),
             ChRow::Audit(a) => audit.push(a.clone()),
             ChRow::Fact(f) => facts.push(f.clone()),
             ChRow::Posting(p) => postings.push(p.clone()),
+            ChRow::Rejection(r) => rejections.push(r.clone()),
         }
     }
     let t = |name: &str| format!("{table_prefix}{name}");
@@ -404,6 +452,10 @@ pub async fn insert_rows(
     }
     if !postings.is_empty() {
         within(timeout, "insert ledger_postings", insert(client, &t("ledger_postings"), &postings)).await?;
+    }
+    if !rejections.is_empty() {
+        let table = t("transfer_rejections");
+        within(timeout, "insert transfer_rejections", insert(client, &table, &rejections)).await?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
-use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
+use riverbank_schemas::transfers::{BalanceChanged, InputRejected, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{AuditRecord, Environment};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -54,18 +54,21 @@ impl SinkStore for PostgresSink {
     async fn write(&self, rows: &[Row], positions: &[Position]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let (mut audit, mut status, mut postings, mut balances) = (vec![], vec![], vec![], vec![]);
+        let mut rejections = vec![];
         for r in rows {
             match r {
                 Row::Audit(m, a) => audit.push((m, a)),
                 Row::Status(m, s) => status.push((m, s)),
                 Row::Posting(m, p) => postings.push((m, p)),
                 Row::Balance(m, b) => balances.push((m, b)),
+                Row::Rejection(m, r) => rejections.push((m, r)),
             }
         }
         insert_audit(&mut tx, &audit).await?;
         insert_status(&mut tx, &status).await?;
         insert_postings(&mut tx, &postings).await?;
         upsert_balances(&mut tx, &balances).await?;
+        insert_rejections(&mut tx, &rejections).await?;
         store_positions(&mut tx, SINK_NAME, positions).await?;
         tx.commit().await?;
         Ok(())
@@ -207,6 +210,30 @@ async fn insert_postings(tx: &mut Tx<'_>, rows: &[(&Meta, &LedgerPosting)]) -> R
     .bind(rows.iter().map(|(_, p)| p.account.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, p)| p.amount_minor).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, p)| p.currency.code().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_rejections(tx: &mut Tx<'_>, rows: &[(&Meta, &InputRejected)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO transfer_rejections (event_id, tenant_id, environment, input_event_id, input_event_type,
+             transfer_id, reason, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+             $8::timestamptz[])
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.transfer_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;

@@ -1,7 +1,7 @@
 //! What the sinks write: one small mapping per event type. Adding a processor's output to the stores
 //! means a variant here, a table in each store and a statement in each sink, not a new sink.
 use chrono::{DateTime, Utc};
-use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
+use riverbank_schemas::transfers::{BalanceChanged, InputRejected, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{AuditRecord, Environment, RawEnvelope};
 use uuid::Uuid;
 
@@ -23,12 +23,17 @@ pub enum Row {
     Status(Meta, TransferStatusChanged),
     Posting(Meta, LedgerPosting),
     Balance(Meta, BalanceChanged),
+    Rejection(Meta, InputRejected),
 }
 
 impl Row {
     pub fn meta(&self) -> &Meta {
         match self {
-            Row::Audit(m, _) | Row::Status(m, _) | Row::Posting(m, _) | Row::Balance(m, _) => m,
+            Row::Audit(m, _)
+            | Row::Status(m, _)
+            | Row::Posting(m, _)
+            | Row::Balance(m, _)
+            | Row::Rejection(m, _) => m,
         }
     }
 }
@@ -40,6 +45,7 @@ pub const PROJECTED: &[&str] = &[
     TransferStatusChanged::EVENT_TYPE,
     LedgerPosting::EVENT_TYPE,
     BalanceChanged::EVENT_TYPE,
+    InputRejected::EVENT_TYPE,
 ];
 
 fn typed<P: serde::de::DeserializeOwned>(e: &RawEnvelope) -> Result<P, String> {
@@ -158,6 +164,15 @@ pub fn decode(
             }
             check_text("account", &b.account)?;
             Row::Balance(meta, b)
+        }
+        InputRejected::EVENT_TYPE => {
+            let r: InputRejected = typed(&e)?;
+            check_text("input_event_type", &r.input_event_type)?;
+            check_text("reason", &r.reason)?;
+            if let Some(t) = &r.transfer_id {
+                check_text("transfer_id", t)?;
+            }
+            Row::Rejection(meta, r)
         }
         other => return Err(format!("the sinks have no mapping for {other}")),
     };
