@@ -146,6 +146,8 @@ struct Loop<'a, P: Processor> {
     watch: std::sync::Arc<kafka::RebalanceWatch>,
     stateful: bool,
     parts: HashMap<PartKey, Part<P::State>>,
+    /// Partitions revoked while nothing is assigned (between an eager rebalance's revoke and assign).
+    parked: HashMap<PartKey, Part<P::State>>,
     blocked: HashMap<PartKey, Blocked>,
     tracker: Tracker,
     panicked: &'a mut HashMap<(String, i32, i64), Panicked>,
@@ -215,6 +217,7 @@ impl<'a, P: Processor> Loop<'a, P> {
             watch,
             stateful,
             parts: HashMap::new(),
+            parked: HashMap::new(),
             blocked: HashMap::new(),
             tracker: Tracker::default(),
             panicked,
@@ -243,14 +246,23 @@ impl<'a, P: Processor> Loop<'a, P> {
         }
         self.blocked.clear();
         self.tracker = Tracker::default();
-        let parts = std::mem::take(&mut self.parts);
-        for (key, part) in parts {
-            if assigned.contains(&key) && self.unchanged_since_ours(&key, &part) {
+        // Partitions not assigned now are parked, not dropped: an eager rebalance revokes everything
+        // before it assigns, and a partition that comes back unchanged is taken up again as it was.
+        // Parked ones are dropped once an assignment without them arrives.
+        let mut candidates = std::mem::take(&mut self.parts);
+        candidates.extend(std::mem::take(&mut self.parked));
+        for (key, part) in candidates {
+            if !assigned.contains(&key) {
+                if !assigned.is_empty() {
+                    continue;
+                }
+                self.parked.insert(key, part);
+            } else if self.unchanged_since_ours(&key, &part) {
                 self.tracker.set_durable(&key.0, key.1, part.next);
                 self.parts.insert(key, part);
             }
         }
-        if !self.stateful {
+        if !self.stateful || assigned.is_empty() {
             return vec![];
         }
         tracing::info!(

@@ -216,3 +216,101 @@ async fn routed_broadcast_and_timers_replay_byte_identically_after_sigkill() -> 
     );
     p.finish().await
 }
+
+/// A component's log with terminal colours removed.
+fn log_of(p: &Pipeline, name: &str) -> String {
+    let raw = std::fs::read_to_string(p.dir.join(format!("{name}.log"))).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `(assigned, kept)` of every `rebalanced` line of a processor's log.
+fn rebalances(log: &str) -> Vec<(usize, usize)> {
+    let field = |line: &str, name: &str| -> Option<usize> {
+        line.split_whitespace().find_map(|w| w.strip_prefix(name)?.parse().ok())
+    };
+    log.lines()
+        .filter(|l| l.contains("rebalanced"))
+        .filter_map(|l| Some((field(l, "assigned=")?, field(l, "kept=")?)))
+        .collect()
+}
+
+/// Completed inputs counted across the closed windows on the output topic.
+fn counted(p: &Pipeline, topics: &Topics) -> anyhow::Result<u64> {
+    let mut seen: HashMap<uuid::Uuid, u64> = HashMap::new();
+    for r in read(p, &topics.volume_windows(Environment::Live))? {
+        let e: Envelope<VolumeWindowClosed> = serde_json::from_slice(&r.payload)?;
+        seen.insert(e.event_id, e.payload.completed_count);
+    }
+    Ok(seen.values().sum())
+}
+
+async fn until_counted(p: &Pipeline, topics: &Topics, want: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = counted(p, topics)?;
+        if n == want as u64 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{n} of {want} counted; logs in {}", p.dir.display());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A second instance joins: the first keeps the partitions it still owns as they were (no restore, no
+/// new snapshot: its writer goes on with deltas), and both go on counting every input once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_stays_on_its_instance_keeps_its_state_across_a_rebalance() -> anyhow::Result<()> {
+    let extra = "[kafka]\ntopic_partitions = 4\n[processor]\ntick_interval_ms = 200\n";
+    let mut p = Pipeline::start_with("rt_keep", &[], &[], extra).await?;
+    let cfg = riverbank_runtime::Config::load(Some(&p.config))?;
+    let topics = Topics::new(p.topic_prefix.clone());
+    let producer = riverbank_runtime::kafka::producer(&cfg.kafka)?;
+    p.spawn_named("vol-a", VOLUME)?;
+    let (first, c0) = wave(&topics, 0);
+    produce_all(&producer, &first, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    until_counted(&p, &topics, c0).await?;
+    let restores_before = log_of(&p, "vol-a").matches("state restored from checkpoint").count();
+    p.spawn_named("vol-b", VOLUME)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (assigned, kept) = loop {
+        if let Some(&(a, k)) = rebalances(&log_of(&p, "vol-a")).iter().rev().find(|(a, _)| *a < 4 && *a > 0) {
+            break (a, k);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "vol-a never gave partitions away; logs in {}",
+            p.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(kept, assigned, "every partition vol-a still owns is kept, none restored");
+    let (second, c1) = wave(&topics, 1);
+    produce_all(&producer, &second, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    until_counted(&p, &topics, c0 + c1).await?;
+    let restores_after = log_of(&p, "vol-a").matches("state restored from checkpoint").count();
+    assert_eq!(restores_after, restores_before, "vol-a restored nothing after the rebalance");
+    // No new snapshot by vol-a: one snapshot per partition from its start, plus one per partition
+    // vol-b took over (a new writer starts with one); none for those vol-a kept.
+    let ct = topics.checkpoints(Environment::Live, "volume");
+    let mut snapshots = 0;
+    for r in read(&p, &ct)? {
+        let record = riverbank_runtime::checkpoint::decode(&r.payload).map_err(anyhow::Error::msg)?;
+        snapshots += usize::from(matches!(record, riverbank_runtime::checkpoint::Record::Snapshot { .. }));
+    }
+    assert_eq!(snapshots, 4 + (4 - kept), "snapshots written (vol-a kept {kept})");
+    p.finish().await
+}
