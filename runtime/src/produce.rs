@@ -1,6 +1,7 @@
 //! Producing to Kafka: every record carries its event id in a header, sends are pipelined and awaited.
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 pub use riverbank_schemas::processor::Emit;
@@ -41,13 +42,23 @@ pub async fn produce_at(
     send(producer, &out, timeout).await
 }
 
+/// Waits between attempts to enqueue while the producer's queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);
+
 /// Send records with their headers; wait for every acknowledgement. Returns where each landed.
+///
+/// Records are enqueued strictly in order (waiting while the producer's queue is full), and the
+/// producer is idempotent, so records to one partition land in the order given: the router's copies of
+/// a source partition, a snapshot's chunks and a processor's outputs keep their order. (librdkafka's
+/// own retrying `send` can reorder records that found the queue full.)
 pub async fn send(
     producer: &FutureProducer,
     items: &[Outgoing<'_>],
     timeout: Duration,
 ) -> Result<Vec<(i32, i64)>, String> {
-    let sends = items.iter().map(|o| {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pending = Vec::with_capacity(items.len());
+    for o in items {
         let id = o.emit.event_id.to_string();
         let mut headers =
             OwnedHeaders::new().insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });
@@ -59,13 +70,28 @@ pub async fn send(
         if let Some(p) = o.partition {
             record = record.partition(p);
         }
-        producer.send(record, timeout)
-    });
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break pending.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(format!(
+                            "produce failed: the producer's queue stayed full for {timeout:?}"
+                        ));
+                    }
+                    record = r;
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Err((e, _)) => return Err(format!("produce failed: {e}")),
+            }
+        }
+    }
     let mut landed = Vec::with_capacity(items.len());
-    for result in futures::future::join_all(sends).await {
-        match result {
-            Ok(delivery) => landed.push((delivery.partition, delivery.offset)),
-            Err((err, _)) => return Err(format!("produce failed: {err}")),
+    for delivery in pending {
+        match delivery.await {
+            Ok(Ok(d)) => landed.push((d.partition, d.offset)),
+            Ok(Err((err, _))) => return Err(format!("produce failed: {err}")),
+            Err(_) => return Err("produce failed: the producer went away".to_owned()),
         }
     }
     Ok(landed)

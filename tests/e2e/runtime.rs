@@ -314,3 +314,34 @@ async fn a_partition_that_stays_on_its_instance_keeps_its_state_across_a_rebalan
     assert_eq!(snapshots, 4 + (4 - kept), "snapshots written (vol-a kept {kept})");
     p.finish().await
 }
+
+/// Records sent together land in the order given, also when the producer's queue fills up (the
+/// router's deduplication of its copies and snapshot chunk order rely on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_sent_together_land_in_order_when_the_producer_queue_is_full() -> anyhow::Result<()> {
+    let p = Pipeline::start_with("rt_order", &[], &[], "[kafka]\nproducer_queue_messages_max = 50\n").await?;
+    let cfg = riverbank_runtime::Config::load(Some(&p.config))?;
+    let topic = format!("{}live.order-check", p.topic_prefix);
+    riverbank_runtime::kafka::ensure_topics(&cfg.kafka, std::slice::from_ref(&topic)).await?;
+    let producer = riverbank_runtime::kafka::producer(&cfg.kafka)?;
+    let emits: Vec<Emit> = (0..5_000u32)
+        .map(|i| Emit {
+            topic: topic.clone(),
+            key: "k".into(),
+            event_id: derived_id(&["order", &i.to_string()]),
+            payload: i.to_string().into_bytes(),
+        })
+        .collect();
+    produce_all(&producer, &emits, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
+    let mut got = read(&p, &topic)?;
+    got.sort_by_key(|r| (r.partition, r.offset));
+    let order: Vec<u32> =
+        got.iter().map(|r| String::from_utf8_lossy(&r.payload).parse().unwrap_or(u32::MAX)).collect();
+    let want: Vec<u32> = (0..5_000).collect();
+    assert!(
+        order == want,
+        "records landed out of order (first difference at {:?})",
+        order.iter().zip(&want).position(|(a, b)| a != b)
+    );
+    p.finish().await
+}
