@@ -410,11 +410,15 @@ fn restore_reads(l: &Limits, needed: usize, total: usize) -> usize {
 /// Produce checkpoint records to partition 0; returns the payload bytes.
 async fn produce_checkpoint(
     producer: &rdkafka::producer::FutureProducer,
+    writer: &mut Writer,
     records: &[(i32, Emit)],
     timeout: Duration,
 ) -> anyhow::Result<usize> {
     let items: Vec<(Option<i32>, &Emit)> = records.iter().map(|(p, e)| (Some(*p), e)).collect();
-    produce_at(producer, &items, timeout).await.map_err(anyhow::Error::msg)?;
+    let landed = produce_at(producer, &items, timeout).await.map_err(anyhow::Error::msg)?;
+    if let Some((_, first)) = landed.first() {
+        writer.landed(*first); // later deltas name where their snapshot starts, as the loop does
+    }
     Ok(records.iter().map(|(_, e)| e.payload.len()).sum())
 }
 
@@ -493,6 +497,8 @@ async fn run(
     let l = limits(cfg);
     let timeout = Duration::from_millis(cfg.kafka.message_timeout_ms);
     let producer = kafka::producer(&cfg.kafka)?;
+    // Checkpoint records go through the loop's own checkpoint producer (no linger).
+    let ckpt_producer = kafka::checkpoint_producer(&cfg.kafka)?;
 
     // (0) The state.
     let built = build(accounts, transfers)?;
@@ -544,7 +550,7 @@ async fn run(
     );
     let chunk_ms = ms(t0.elapsed());
     let t0 = Instant::now();
-    let snap_payload = produce_checkpoint(&producer, &records, timeout).await?;
+    let snap_payload = produce_checkpoint(&ckpt_producer, &mut writer, &records, timeout).await?;
     let snap_produce_ms = ms(t0.elapsed());
     let snap_records = records.len();
     drop(records);
@@ -566,7 +572,7 @@ async fn run(
         .context("restore found no complete snapshot")?;
     let restore_read_ms = ms(t0.elapsed());
     let t0 = Instant::now();
-    let mut rpart = Partition::<TransfersState>::restore(&restored.entries).map_err(anyhow::Error::msg)?;
+    let mut rpart = Partition::<TransfersState>::restore(restored.entries).map_err(anyhow::Error::msg)?;
     let restore_decode_ms = ms(t0.elapsed());
     let restore_ms = restore_read_ms + restore_decode_ms;
     anyhow::ensure!(
@@ -643,7 +649,7 @@ async fn run(
     let mut writer = Writer::new(restored.snapshot_seq);
     writer.snapshot_bytes = restored.snapshot_bytes;
     let mut offset = restored.next_offset;
-    drop(restored);
+
     let (mut apply, mut outputs, mut encode, mut produce, mut delta_bytes, mut delta_entries) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut emitted, mut snapshots_due) = (0usize, 0usize);
@@ -687,7 +693,7 @@ async fn run(
         let encode_ms = ms(t0.elapsed());
         let snapshot = writer.delta_seq == 0;
         let t0 = Instant::now();
-        let bytes = produce_checkpoint(&producer, &recs, timeout).await?;
+        let bytes = produce_checkpoint(&ckpt_producer, &mut writer, &recs, timeout).await?;
         let produce_ms = ms(t0.elapsed());
         if b == 0 {
             first = Some((snapshot, recs.len(), bytes, encode_ms, produce_ms, apply_ms + outputs_ms));
@@ -778,7 +784,7 @@ async fn run(
         .context("restore found no complete snapshot")?;
     let worst_read_ms = ms(t0.elapsed());
     let t0 = Instant::now();
-    let wpart = Partition::<TransfersState>::restore(&worst.entries).map_err(anyhow::Error::msg)?;
+    let wpart = Partition::<TransfersState>::restore(worst.entries).map_err(anyhow::Error::msg)?;
     let worst_decode_ms = ms(t0.elapsed());
     let worst_ms = worst_read_ms + worst_decode_ms;
     anyhow::ensure!(
@@ -792,7 +798,7 @@ async fn run(
         worst_ms / 1000.0,
         if worst_ms / 1000.0 < RESTORE_GOAL_S { "met" } else { "NOT met" }
     );
-    drop(worst);
+
     drop(wpart);
     drop(rpart);
 

@@ -51,6 +51,9 @@ pub enum Record {
         delta_seq: u64,
         next_offset: i64,
         changes: Vec<(String, Option<Encoded>)>,
+        /// Offset (in the checkpoint partition) of the first chunk of the snapshot this delta builds
+        /// on, so a restore reads from there instead of searching the tail; -1 when unknown.
+        base_offset: i64,
     },
 }
 
@@ -75,6 +78,7 @@ enum Wire {
         delta_seq: u64,
         next_offset: i64,
         changes: Vec<Change>,
+        base_offset: i64,
     },
 }
 
@@ -135,7 +139,16 @@ impl Wire {
                     entries,
                 }
             }
-            Wire::Delta { input_topic, partition, writer, snapshot_seq, delta_seq, next_offset, changes } => {
+            Wire::Delta {
+                input_topic,
+                partition,
+                writer,
+                snapshot_seq,
+                delta_seq,
+                next_offset,
+                changes,
+                base_offset,
+            } => {
                 let changes = changes.into_iter().map(|(k, v)| (k, v.map(Encoded::Bin))).collect();
                 Record::Delta {
                     input_topic,
@@ -145,6 +158,7 @@ impl Wire {
                     delta_seq,
                     next_offset,
                     changes,
+                    base_offset,
                 }
             }
         }
@@ -194,6 +208,7 @@ impl Legacy {
                     delta_seq,
                     next_offset,
                     changes,
+                    base_offset: -1,
                 }
             }
         }
@@ -237,6 +252,10 @@ pub struct Writer {
     pub snapshot_bytes: usize,
     /// Bytes of deltas written since.
     pub delta_bytes: usize,
+    /// Offset of the first chunk of this writer's current snapshot, once the loop knows it.
+    pub snapshot_offset: Option<i64>,
+    /// The last records made were a snapshot whose offset the loop must record ([`Writer::landed`]).
+    pub snapshot_pending: bool,
 }
 
 impl Writer {
@@ -249,6 +268,16 @@ impl Writer {
             needs_snapshot: true,
             snapshot_bytes: 0,
             delta_bytes: 0,
+            snapshot_offset: None,
+            snapshot_pending: false,
+        }
+    }
+
+    /// The records of the last batch landed at `first_offset` and on: if they were a snapshot, later
+    /// deltas point there.
+    pub fn landed(&mut self, first_offset: i64) {
+        if std::mem::take(&mut self.snapshot_pending) {
+            self.snapshot_offset = Some(first_offset);
         }
     }
 
@@ -306,6 +335,7 @@ pub fn records_for_batch(
             delta_seq: w.delta_seq,
             next_offset,
             changes,
+            base_offset: w.snapshot_offset.unwrap_or(-1),
         };
         let bytes = encode(&r);
         if bytes.len() <= limits.record_bytes_max {
@@ -321,6 +351,8 @@ pub fn records_for_batch(
     w.batches_since_snapshot = 0;
     w.needs_snapshot = false;
     w.delta_bytes = 0;
+    w.snapshot_offset = None;
+    w.snapshot_pending = true;
     w.snapshot_bytes = entries.iter().map(|(k, v)| entry_bytes(k, v)).sum();
     // Chunk by encoded size.
     let mut chunks: Vec<Vec<Entry>> = vec![Vec::new()];
@@ -379,70 +411,72 @@ fn newest_complete(records: &[Record], input_topic: &str, partition: i32) -> Opt
 
 /// Rebuild from records in log order (the tail of a checkpoint partition). `None`: no complete snapshot.
 pub fn rebuild(records: &[Record], input_topic: &str, partition: i32) -> Option<Restored> {
-    let (writer, seq) = newest_complete(records, input_topic, partition)?;
+    rebuild_owned(records.to_vec(), input_topic, partition)
+}
+
+/// As [`rebuild`], taking the records: their entries are moved, not copied.
+pub fn rebuild_owned(records: Vec<Record>, input_topic: &str, partition: i32) -> Option<Restored> {
+    let (writer, seq) = newest_complete(&records, input_topic, partition)?;
+    let records_read = records.len();
+    let ours = |w: &Uuid, s: &u64, t: &String, p: &i32| {
+        *w == writer && *s == seq && t == input_topic && *p == partition
+    };
     let mut kv: BTreeMap<String, Encoded> = BTreeMap::new();
-    let mut next_offset = 0;
-    let mut first_snapshot_pos = usize::MAX;
-    let mut snapshot_bytes = 0;
-    for (pos, r) in records.iter().enumerate() {
-        if let Record::Snapshot {
-            writer: w,
-            snapshot_seq: s,
-            entries,
-            next_offset: n,
-            input_topic: t,
-            partition: p,
-            ..
-        } = r
-        {
-            if *w == writer && *s == seq && t == input_topic && *p == partition {
-                first_snapshot_pos = first_snapshot_pos.min(pos);
+    let (mut next_offset, mut snapshot_bytes, mut expected_delta) = (0, 0, 1);
+    let mut in_snapshot = false;
+    for r in records {
+        match r {
+            Record::Snapshot {
+                writer: w,
+                snapshot_seq: s,
+                entries,
+                next_offset: n,
+                input_topic: t,
+                partition: p,
+                ..
+            } if ours(&w, &s, &t, &p) => {
+                in_snapshot = true;
                 for (k, v) in entries {
-                    snapshot_bytes += k.len() + 8 + if let Encoded::Bin(b) = v { b.len() } else { 0 };
-                    kv.insert(k.clone(), v.clone());
+                    snapshot_bytes += k.len() + 8 + if let Encoded::Bin(b) = &v { b.len() } else { 0 };
+                    kv.insert(k, v);
                 }
-                next_offset = *n;
+                next_offset = n;
             }
-        }
-    }
-    let mut expected_delta = 1;
-    for r in records.iter().skip(first_snapshot_pos) {
-        if let Record::Delta {
-            writer: w,
-            snapshot_seq: s,
-            delta_seq,
-            next_offset: n,
-            changes,
-            input_topic: t,
-            partition: p,
-        } = r
-        {
-            if *w != writer || *s != seq || t != input_topic || *p != partition {
-                continue;
-            }
-            if *delta_seq != expected_delta {
-                break; // a gap: stop at the last contiguous delta
-            }
-            expected_delta += 1;
-            for (k, v) in changes {
-                match v {
-                    Some(v) => {
-                        kv.insert(k.clone(), v.clone());
-                    }
-                    None => {
-                        kv.remove(k);
+            Record::Delta {
+                writer: w,
+                snapshot_seq: s,
+                delta_seq,
+                next_offset: n,
+                changes,
+                input_topic: t,
+                partition: p,
+                ..
+            } if in_snapshot && ours(&w, &s, &t, &p) => {
+                if delta_seq != expected_delta {
+                    break; // a gap: stop at the last contiguous delta
+                }
+                expected_delta += 1;
+                for (k, v) in changes {
+                    match v {
+                        Some(v) => {
+                            kv.insert(k, v);
+                        }
+                        None => {
+                            kv.remove(&k);
+                        }
                     }
                 }
+                debug_assert!(n >= next_offset, "checkpoint offsets only grow");
+                next_offset = n;
             }
-            debug_assert!(*n >= next_offset, "checkpoint offsets only grow");
-            next_offset = *n;
+            _ => {}
         }
     }
     Some(Restored {
         entries: kv.into_iter().collect(),
         next_offset,
         snapshot_seq: seq,
-        records_read: records.len(),
+        records_read,
         snapshot_bytes,
     })
 }
@@ -471,47 +505,101 @@ pub fn restore(
     if high <= low {
         return Ok(None);
     }
+    let reader = Reader { consumer: &consumer, topic: checkpoint_topic, partition, deadline, limits };
+    // The last record says where its snapshot starts: a delta names its snapshot's first offset, a
+    // snapshot chunk its index. Read from there; search the tail only if that does not hold one.
+    let start = match reader.read(high - 1, high)?.pop() {
+        Some(Record::Delta { base_offset, .. }) if base_offset >= low && base_offset < high => {
+            Some(base_offset)
+        }
+        Some(Record::Snapshot { chunk, .. }) => Some((high - 1 - i64::from(chunk)).max(low)),
+        _ => None,
+    };
+    if let Some(start) = start {
+        let records = reader.read(start, high)?;
+        let started = Instant::now();
+        let rebuilt = rebuild_owned(records, input_topic, partition);
+        tracing::debug!(rebuild_ms = started.elapsed().as_millis() as u64, "checkpoint rebuilt");
+        if let Some(restored) = rebuilt {
+            return Ok(Some(restored));
+        }
+    }
     let mut window = limits.restore_window_records.max(1);
     loop {
         let start = (high - window).max(low);
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(checkpoint_topic, partition, Offset::Offset(start))
-            .map_err(|e| e.to_string())?;
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
-        let mut records = Vec::with_capacity((high - start) as usize);
-        let mut last = start - 1;
-        while last < high - 1 {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(format!(
-                    "restoring {checkpoint_topic}/{partition} took over {:?}",
-                    limits.restore_timeout
-                ));
-            }
-            match consumer.poll(remaining.min(Duration::from_millis(500))) {
-                None => continue,
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(format!("reading checkpoints: {e}")),
-                Some(Ok(m)) => {
-                    last = m.offset();
-                    if last >= high {
-                        break;
-                    }
-                    let r = decode(m.payload().unwrap_or_default()).map_err(|e| {
-                        format!("checkpoint record at {checkpoint_topic}/{partition}@{last}: {e}")
-                    })?;
-                    records.push(r);
-                }
-            }
-        }
-        if let Some(mut restored) = rebuild(&records, input_topic, partition) {
-            restored.records_read = records.len();
+        if let Some(restored) = rebuild_owned(reader.read(start, high)?, input_topic, partition) {
             return Ok(Some(restored));
         }
         if start == low {
             return Ok(None);
         }
         window = window.saturating_mul(4);
+    }
+}
+
+/// Reads ranges of one checkpoint partition within a deadline.
+struct Reader<'a> {
+    consumer: &'a BaseConsumer,
+    topic: &'a str,
+    partition: i32,
+    deadline: Instant,
+    limits: &'a Limits,
+}
+
+impl Reader<'_> {
+    /// The records at offsets `start..high`, decoded.
+    fn read(&self, start: i64, high: i64) -> Result<Vec<Record>, String> {
+        let started = Instant::now();
+        let records = self.read_range(start, high)?;
+        tracing::debug!(
+            topic = self.topic,
+            partition = self.partition,
+            start,
+            high,
+            records = records.len(),
+            read_ms = started.elapsed().as_millis() as u64,
+            "checkpoint records read"
+        );
+        Ok(records)
+    }
+
+    fn read_range(&self, start: i64, high: i64) -> Result<Vec<Record>, String> {
+        let (topic, partition) = (self.topic, self.partition);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(start)).map_err(|e| e.to_string())?;
+        self.consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let mut records = Vec::with_capacity(usize::try_from(high - start).unwrap_or(0));
+        let mut last = start - 1;
+        while last < high - 1 {
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(format!(
+                    "restoring {topic}/{partition} took over {:?}",
+                    self.limits.restore_timeout
+                ));
+            }
+            match self.consumer.poll(remaining.min(Duration::from_millis(500))) {
+                None => continue,
+                // An end-of-partition before any record of this read is the previous read's (the
+                // consumer was reassigned after it reached the end): not this range's end.
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) if last >= start => break,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => continue,
+                Some(Err(e)) => return Err(format!("reading checkpoints: {e}")),
+                Some(Ok(m)) => {
+                    if m.offset() < start {
+                        continue; // fetched for the previous read
+                    }
+                    last = m.offset();
+                    if last >= high {
+                        break;
+                    }
+                    let r = decode(m.payload().unwrap_or_default())
+                        .map_err(|e| format!("checkpoint record at {topic}/{partition}@{last}: {e}"))?;
+                    records.push(r);
+                }
+            }
+        }
+        Ok(records)
     }
 }
 

@@ -63,9 +63,9 @@ impl<S: State> Partition<S> {
         out.extend(self.meta.take_changes());
         out
     }
-    pub fn restore(entries: &[(String, Encoded)]) -> Result<Self, String> {
+    pub fn restore(entries: Vec<(String, Encoded)>) -> Result<Self, String> {
         let (meta, own): (Vec<_>, Vec<_>) =
-            entries.iter().cloned().partition(|(k, _)| k.starts_with(META_PREFIX));
+            entries.into_iter().partition(|(k, _)| k.starts_with(META_PREFIX));
         Ok(Partition { state: S::restore(&own)?, meta: Meta::restore(&meta)? })
     }
 }

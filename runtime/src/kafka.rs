@@ -39,12 +39,23 @@ fn base(cfg: &KafkaConfig, role: &str) -> ClientConfig {
 /// Idempotent producer with acks=all: a send is acknowledged only when the broker has it durably,
 /// and librdkafka's retries never duplicate or reorder within a partition.
 pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, KafkaSetupError> {
+    producer_lingering(cfg, cfg.producer_linger_ms)
+}
+
+/// The producer of checkpoint records: as [`producer`], without linger. A batch's checkpoint is sent
+/// all at once after its outputs are acknowledged and the loop waits for it, so lingering would only
+/// add its time to every batch.
+pub fn checkpoint_producer(cfg: &KafkaConfig) -> Result<FutureProducer, KafkaSetupError> {
+    producer_lingering(cfg, 0)
+}
+
+fn producer_lingering(cfg: &KafkaConfig, linger_ms: u64) -> Result<FutureProducer, KafkaSetupError> {
     let mut c = base(cfg, "producer");
     c.set("acks", "all")
         .set("enable.idempotence", "true")
         .set("max.in.flight.requests.per.connection", "5")
         .set("compression.type", "lz4")
-        .set("linger.ms", cfg.producer_linger_ms.to_string())
+        .set("linger.ms", linger_ms.to_string())
         .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
         .set("queue.buffering.max.messages", cfg.producer_queue_messages_max.to_string())
         .set("queue.buffering.max.kbytes", cfg.producer_queue_kbytes_max.to_string())

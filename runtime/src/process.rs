@@ -68,11 +68,13 @@ pub async fn run<P: Processor>(
         tokio::spawn(async move { crate::router::run(&c, name, &s, stop).await })
     });
     let producer = kafka::producer(&cfg.kafka)?;
+    let checkpoints = kafka::checkpoint_producer(&cfg.kafka)?;
+    let producers = Producers { outputs: &producer, checkpoints: &checkpoints };
     let mut backoff =
         Backoff::new(cfg.processor.retry_backoff_initial_ms, cfg.processor.retry_backoff_max_ms);
     let mut panicked: HashMap<(String, i32, i64), Panicked> = HashMap::new();
     while !shutdown.is_cancelled() {
-        let mut l = Loop::new(cfg, &topics, &specs, &processor, &producer, &shutdown, &mut panicked)?;
+        let mut l = Loop::new(cfg, &topics, &specs, &processor, producers, &shutdown, &mut panicked)?;
         let result = batch::drive(&mut l, &shutdown).await;
         if l.progressed {
             backoff.reset();
@@ -91,6 +93,13 @@ pub async fn run<P: Processor>(
     }
     tracing::info!(processor = processor.name(), "processor stopped");
     Ok(())
+}
+
+/// The loop's producers: outputs (with linger, for throughput) and checkpoints (without).
+#[derive(Clone, Copy)]
+struct Producers<'a> {
+    outputs: &'a FutureProducer,
+    checkpoints: &'a FutureProducer,
 }
 
 /// One log partition: state, checkpoint writer, and where the checkpoint stands.
@@ -140,7 +149,7 @@ struct Loop<'a, P: Processor> {
     topics: &'a Topics,
     specs: &'a [(Environment, Spec)],
     processor: &'a P,
-    producer: &'a FutureProducer,
+    producers: Producers<'a>,
     shutdown: &'a CancellationToken,
     consumer: kafka::Consumer,
     watch: std::sync::Arc<kafka::RebalanceWatch>,
@@ -197,7 +206,7 @@ impl<'a, P: Processor> Loop<'a, P> {
         topics: &'a Topics,
         specs: &'a [(Environment, Spec)],
         processor: &'a P,
-        producer: &'a FutureProducer,
+        producers: Producers<'a>,
         shutdown: &'a CancellationToken,
         panicked: &'a mut HashMap<(String, i32, i64), Panicked>,
     ) -> anyhow::Result<Self> {
@@ -211,7 +220,7 @@ impl<'a, P: Processor> Loop<'a, P> {
             topics,
             specs,
             processor,
-            producer,
+            producers,
             shutdown,
             consumer,
             watch,
@@ -400,7 +409,7 @@ impl<'a, P: Processor> Loop<'a, P> {
     /// Produce a batch's outputs, checkpoint the touched partitions, commit.
     async fn finish_batch(&mut self, emits: &[Emit], taken: &[&OwnedMessage]) -> anyhow::Result<()> {
         let produce_timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
-        produce_all(self.producer, emits, produce_timeout).await.map_err(anyhow::Error::msg)?;
+        produce_all(self.producers.outputs, emits, produce_timeout).await.map_err(anyhow::Error::msg)?;
         let owned: Vec<OwnedMessage> = taken.iter().map(|m| (*m).clone()).collect();
         let next = batch::next_offsets(&owned);
         if self.stateful {
@@ -446,9 +455,15 @@ impl<'a, P: Processor> Loop<'a, P> {
         }
         let items: Vec<(Option<i32>, &Emit)> = records.iter().map(|(_, (p, e))| (Some(*p), e)).collect();
         let produce_timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
-        let landed = produce_at(self.producer, &items, produce_timeout).await.map_err(anyhow::Error::msg)?;
+        let landed = produce_at(self.producers.checkpoints, &items, produce_timeout)
+            .await
+            .map_err(anyhow::Error::msg)?;
         for ((log, (partition, _)), (_, offset)) in records.iter().zip(&landed) {
             if let Some(p) = self.parts.get_mut(&(log.clone(), *partition)) {
+                if p.checkpoint_end.is_none_or(|end| end <= *offset) {
+                    // The first record of this partition's batch: a snapshot's first chunk, if any.
+                    p.writer.landed(*offset);
+                }
                 p.checkpoint_end = Some(p.checkpoint_end.unwrap_or(0).max(offset + 1));
             }
         }
@@ -538,7 +553,7 @@ async fn restore_part<P: Processor>(
         r.snapshot_bytes,
         cfg.processor.state_bytes_max
     );
-    let part = Partition::restore(&r.entries).map_err(anyhow::Error::msg)?;
+    let part = Partition::restore(r.entries).map_err(anyhow::Error::msg)?;
     let elapsed = started.elapsed();
     metrics::histogram!("riverbank_processor_restore_seconds", "processor" => name.to_owned())
         .record(elapsed.as_secs_f64());

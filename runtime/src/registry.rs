@@ -103,7 +103,7 @@ pub fn replay<P: Processor>(
             if restored.next_offset != i as i64 + 1 {
                 return Err(format!("restored at {} after input {i}", restored.next_offset));
             }
-            part = Partition::restore(&restored.entries)?;
+            part = Partition::restore(restored.entries)?;
         }
     }
     Ok(out)
