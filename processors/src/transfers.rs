@@ -937,22 +937,8 @@ pub fn examples(env: Environment) -> Vec<RawEnvelope> {
         .enumerate()
         .map(|(i, (event_type, payload))| {
             let at = t0 + chrono::Duration::seconds(i as i64);
-            Envelope {
-                event_id: derived_id(&["transfers-example", &i.to_string()]),
-                event_type: event_type.to_owned(),
-                schema_version: 1,
-                tenant_id: "tenant-a".to_owned(),
-                environment: env,
-                occurred_at: at,
-                ingested_at: at,
-                idempotency_key: None,
-                source: "api".to_owned(),
-                user_id: None,
-                customer_id: None,
-                session_id: None,
-                trace_id: None,
-                payload,
-            }
+            let id = derived_id(&["transfers-example", &i.to_string()]);
+            Envelope::new(id, event_type, "tenant-a", env, at, "api", payload)
         })
         .collect()
 }

@@ -96,6 +96,35 @@ impl<P> Envelope<P> {
 }
 
 impl<P> Envelope<P> {
+    /// An event as an edge (or a test, or an example) first states it: one time for both `occurred_at`
+    /// and `ingested_at`, no optional context.
+    pub fn new(
+        event_id: Uuid,
+        event_type: &str,
+        tenant_id: &str,
+        environment: Environment,
+        at: DateTime<Utc>,
+        source: &str,
+        payload: P,
+    ) -> Envelope<P> {
+        Envelope {
+            event_id,
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            tenant_id: tenant_id.to_owned(),
+            environment,
+            occurred_at: at,
+            ingested_at: at,
+            idempotency_key: None,
+            source: source.to_owned(),
+            user_id: None,
+            customer_id: None,
+            session_id: None,
+            trace_id: None,
+            payload,
+        }
+    }
+
     /// An event derived from `cause`: same tenant, environment, event time, ingest time and trace; the
     /// given id (derived from the cause, never random), type, version, source and payload.
     pub fn derived<Q>(

@@ -28,22 +28,15 @@ fn envelope(
     // Two hours ago, so every window is past its close when the first tick arrives.
     let base = chrono::Utc::now().timestamp() / 3600 * 3600 - 7200;
     let at = chrono::Utc.timestamp_opt(base + minute * 60 + 7, 0).single().unwrap_or_default();
-    Envelope {
-        event_id: derived_id(&["rt-volume", id]),
-        event_type: event_type.to_owned(),
-        schema_version: 1,
-        tenant_id: tenant.to_owned(),
-        environment: Environment::Live,
-        occurred_at: at,
-        ingested_at: at,
-        idempotency_key: None,
-        source: "riverbank.transfers".to_owned(),
-        user_id: None,
-        customer_id: None,
-        session_id: None,
-        trace_id: None,
+    Envelope::new(
+        derived_id(&["rt-volume", id]),
+        event_type,
+        tenant,
+        Environment::Live,
+        at,
+        "riverbank.transfers",
         payload,
-    }
+    )
 }
 
 /// A wave of inputs: completed transfers (USD and EUR), a status that is not counted, rejections.
