@@ -314,22 +314,8 @@ fn inputs(state: &TransfersState, accounts: usize, n: usize) -> anyhow::Result<V
     for (seq, (_, lane, k)) in placed.into_iter().enumerate() {
         let (tenant_id, event_type, payload) = lanes[lane][k].clone();
         let at = chrono::DateTime::from_timestamp_millis(CLOCK_MS + 10 * seq as i64).unwrap_or_default();
-        let e = Envelope {
-            event_id: derived_id(&["bench-state", &seq.to_string()]),
-            event_type: event_type.to_owned(),
-            schema_version: 1,
-            tenant_id,
-            environment: Environment::Live,
-            occurred_at: at,
-            ingested_at: at,
-            idempotency_key: None,
-            source: "api".to_owned(),
-            user_id: None,
-            customer_id: None,
-            session_id: None,
-            trace_id: None,
-            payload,
-        };
+        let id = derived_id(&["bench-state", &seq.to_string()]);
+        let e = Envelope::new(id, event_type, &tenant_id, Environment::Live, at, "api", payload);
         if rng.below(20) == 0 {
             out.push(e.clone());
         }
