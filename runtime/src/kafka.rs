@@ -283,7 +283,7 @@ pub fn event_ids_at(
     at: &[(i32, i64)],
     timeout: Duration,
 ) -> Result<std::collections::HashMap<i32, Option<String>>, String> {
-    use rdkafka::message::{Headers as _, Message as _};
+    use rdkafka::message::Message as _;
     let mut out = std::collections::HashMap::new();
     if at.is_empty() {
         return Ok(out);
@@ -310,12 +310,7 @@ pub fn event_ids_at(
             Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
             Some(Ok(m)) => {
                 if at.contains(&(m.partition(), m.offset())) {
-                    let id = m.headers().and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == crate::produce::EVENT_ID_HEADER)
-                            .and_then(|h| h.value)
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                    });
+                    let id = crate::produce::header(&m, crate::produce::EVENT_ID_HEADER).map(str::to_owned);
                     out.insert(m.partition(), id);
                 }
             }

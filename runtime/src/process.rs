@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer as _;
-use rdkafka::message::{Headers as _, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use riverbank_schemas::processor::{Emit, Processor, Spec};
 use riverbank_schemas::{Environment, Topics};
@@ -25,7 +25,7 @@ use crate::checkpoint::{self, Writer};
 use crate::config::Config;
 use crate::engine::{self, LogRecord, Panicked, Partition};
 use crate::kafka;
-use crate::produce::{produce_all, produce_at, SOURCE_HEADER, TICK_HEADER};
+use crate::produce::{header, produce_all, produce_at, SOURCE_HEADER, TICK_HEADER};
 
 /// Inputs remembered as having panicked the processor (dead-lettered on their replay); a bound on memory.
 const PANICKED_REMEMBERED_MAX: usize = 10_000;
@@ -136,11 +136,6 @@ fn pause(consumer: &kafka::Consumer, topic: &str, partition: i32, on: bool) {
     if let Err(e) = r {
         tracing::debug!(topic, partition, error = %e, pause = on, "pause/resume not applied");
     }
-}
-
-fn header<'m>(m: &'m OwnedMessage, key: &str) -> Option<&'m str> {
-    let h = m.headers()?.iter().find(|h| h.key == key)?;
-    std::str::from_utf8(h.value?).ok()
 }
 
 /// The state of one run of the consumer loop.

@@ -96,3 +96,15 @@ pub async fn send(
     }
     Ok(landed)
 }
+
+/// A header's value, if the message carries it as UTF-8 text.
+pub fn header<'m, M: rdkafka::Message>(m: &'m M, key: &str) -> Option<&'m str> {
+    use rdkafka::message::Headers as _;
+    let h = m.headers()?.iter().find(|h| h.key == key)?;
+    std::str::from_utf8(h.value?).ok()
+}
+
+/// The event id a message carries in [`EVENT_ID_HEADER`].
+pub fn event_id<M: rdkafka::Message>(m: &M) -> Option<uuid::Uuid> {
+    header(m, EVENT_ID_HEADER)?.parse().ok()
+}

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer as _;
-use rdkafka::message::{Headers as _, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use riverbank_schemas::processor::{Emit, Spec};
 use riverbank_schemas::{derived_id, Environment};
@@ -27,7 +27,7 @@ use crate::backoff::Backoff;
 use crate::batch::{self, Tracker};
 use crate::config::Config;
 use crate::kafka;
-use crate::produce::{send, Outgoing, EVENT_ID_HEADER, SOURCE_HEADER, TICK_HEADER};
+use crate::produce::{send, Outgoing, SOURCE_HEADER, TICK_HEADER};
 
 /// Where a source topic's records go.
 #[derive(Debug, Clone)]
@@ -105,15 +105,9 @@ async fn ticks(cfg: &Config, producer: &FutureProducer, logs: &[String], shutdow
 
 /// The copies of one source record: one to its key's partition, or one per partition (broadcast).
 fn copies(m: &OwnedMessage, route: &Route, partitions: i32) -> Vec<(Option<i32>, Emit)> {
-    let id = m
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == EVENT_ID_HEADER))
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            derived_id(&["routed", m.topic(), &m.partition().to_string(), &m.offset().to_string()])
-        });
+    let id = crate::produce::event_id(m).unwrap_or_else(|| {
+        derived_id(&["routed", m.topic(), &m.partition().to_string(), &m.offset().to_string()])
+    });
     let emit = Emit {
         topic: route.log.clone(),
         key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),

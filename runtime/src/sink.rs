@@ -331,7 +331,7 @@ impl<S: SinkStore> SinkLoop<'_, S> {
         let next = batch::next_offsets(taken);
         for m in taken {
             let e = self.meta.entry((m.topic().to_owned(), m.partition())).or_default();
-            e.last_event_id = event_id_of(m);
+            e.last_event_id = crate::produce::event_id(m);
         }
         let positions: Vec<Position> = next
             .iter()
@@ -364,13 +364,6 @@ impl<S: SinkStore> SinkLoop<'_, S> {
         tracing::debug!(sink, messages = taken.len(), rows = rows.len(), "batch durable");
         Ok(())
     }
-}
-
-fn event_id_of(m: &OwnedMessage) -> Option<uuid::Uuid> {
-    use rdkafka::message::Headers as _;
-    let h = m.headers()?;
-    let v = h.iter().find(|h| h.key == crate::produce::EVENT_ID_HEADER)?.value?;
-    uuid::Uuid::parse_str(std::str::from_utf8(v).ok()?).ok()
 }
 
 /// Load the store's positions for `parts` and decide where each resumes (`resume_at`).
