@@ -1,8 +1,12 @@
 //! The router: brings a processor's inputs together in its one log, so each log partition is one totally
 //! ordered history (the Kafka Streams repartition-topic pattern).
 //!
-//! - A *routed* (partitioned) input record is copied to the log under its own key, so it lands in the
-//!   partition every other record of that key (tenant) lands in.
+//! - A *routed* (partitioned) input record is copied to the log keyed by its tenant (its key up to the
+//!   first `/`: provider webhooks are keyed `{tenant}/{entity}`, everything else by tenant), so it lands in
+//!   the partition every other record of that tenant lands in.
+//! - A provider webhook (`webhook.received`) is copied without its raw `body` (set to null): the body may
+//!   hold personal data and never leaves the ingest topic; processors read the fields the provider
+//!   definition extracted at the edge.
 //! - A *broadcast* (reference) input record is copied into every partition of the log, so each
 //!   partition sees the rate, rule set or list version at one deterministic point of its own history.
 //! - *Ticks*: every `processor.tick_interval_ms` a record holding the wall time goes into every
@@ -108,17 +112,41 @@ fn copies(m: &OwnedMessage, route: &Route, partitions: i32) -> Vec<(Option<i32>,
     let id = crate::produce::event_id(m).unwrap_or_else(|| {
         derived_id(&["routed", m.topic(), &m.partition().to_string(), &m.offset().to_string()])
     });
+    let key = String::from_utf8_lossy(m.key().unwrap_or_default());
+    let payload = m.payload().unwrap_or_default();
     let emit = Emit {
         topic: route.log.clone(),
-        key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+        key: tenant_of_key(&key).to_owned(),
         event_id: id,
-        payload: m.payload().unwrap_or_default().to_vec(),
+        payload: without_webhook_body(payload).unwrap_or_else(|| payload.to_vec()),
     };
     if route.broadcast {
         (0..partitions).map(|p| (Some(p), emit.clone())).collect()
     } else {
         vec![(None, emit)]
     }
+}
+
+/// The tenant part of a record key: up to the first `/`.
+pub fn tenant_of_key(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(tenant, _)| tenant)
+}
+
+/// A `webhook.received` envelope with its `payload.body` set to null; `None` for any other record (or
+/// one that is not JSON: it is copied as it is and the processor dead-letters it).
+pub fn without_webhook_body(payload: &[u8]) -> Option<Vec<u8>> {
+    // Cheap test first: most routed records are not webhooks.
+    let marker = b"\"webhook.received\"";
+    if !payload.windows(marker.len()).any(|w| w == marker) {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    if v.get("event_type")?.as_str()? != riverbank_schemas::WebhookReceived::EVENT_TYPE {
+        return None;
+    }
+    let body = v.get_mut("payload")?.as_object_mut()?.get_mut("body")?;
+    *body = serde_json::Value::Null;
+    serde_json::to_vec(&v).ok()
 }
 
 /// The router's consumer loop: copy each batch, then commit its source offsets.
@@ -218,4 +246,33 @@ async fn copy_loop(
         backoff.reset();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_are_keyed_by_tenant() {
+        assert_eq!(tenant_of_key("acme/dep_1"), "acme");
+        assert_eq!(tenant_of_key("acme/a/b"), "acme");
+        assert_eq!(tenant_of_key("acme"), "acme");
+        assert_eq!(tenant_of_key(""), "");
+    }
+
+    #[test]
+    fn webhook_copies_drop_the_raw_body_and_keep_everything_else() {
+        let env = serde_json::json!({
+            "event_type": "webhook.received",
+            "payload": {"provider": "idcheck", "fields": {"user_id": "usr_1"}, "body": {"name": "Jane Doe"}},
+        });
+        let out = without_webhook_body(&serde_json::to_vec(&env).unwrap()).expect("a webhook");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["payload"]["body"], serde_json::Value::Null);
+        assert_eq!(v["payload"]["fields"]["user_id"], "usr_1");
+        assert!(!String::from_utf8(out).unwrap().contains("Jane"));
+        let other = serde_json::json!({"event_type": "transfer.status_changed", "payload": {"body": 1}});
+        assert_eq!(without_webhook_body(&serde_json::to_vec(&other).unwrap()), None);
+        assert_eq!(without_webhook_body(b"not json \"webhook.received\""), None);
+    }
 }

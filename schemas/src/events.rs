@@ -30,6 +30,12 @@ pub struct WebhookReceived {
     pub provider_schema_version: Option<String>,
     /// Size of the raw body as received, in bytes.
     pub body_bytes: u64,
+    /// Named values the provider definition's `[fields]` extracts from the body at the edge (a user id,
+    /// a case id, a tier, a transfer reference, an amount), as strings. Never personal data: the
+    /// definitions name pseudonymous ids and codes only. Processors read these, never `body`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, String>,
+    /// The provider's JSON as sent. Routers copying a webhook into a processor's log drop it (null).
     pub body: serde_json::Value,
 }
 

@@ -82,6 +82,32 @@ impl Topics {
         self.name(env, "kyc.commands")
     }
 
+    /// What the KYC processor decides: `user.*` events and its refused inputs (`kyc.input_rejected`).
+    pub fn kyc_events(&self, env: Environment) -> String {
+        self.name(env, "kyc.events")
+    }
+
+    /// Screening requests: the transfers processor's `transfer.screening_requested`, one per transfer that
+    /// reaches COMPLIANCE_CHECK, with what risk scoring needs to decide.
+    pub fn transfer_screening(&self, env: Environment) -> String {
+        self.name(env, "transfers.screening")
+    }
+
+    /// Commands to risk scoring, keyed by tenant: manual review decisions.
+    pub fn risk_commands(&self, env: Environment) -> String {
+        self.name(env, "risk.commands")
+    }
+
+    /// Reference data for risk scoring, broadcast to every partition: rule sets and sanctions lists.
+    pub fn risk_reference(&self, env: Environment) -> String {
+        self.name(env, "risk.reference")
+    }
+
+    /// Explained risk decisions (live and shadow), review queue changes and refused risk inputs.
+    pub fn risk_decisions(&self, env: Environment) -> String {
+        self.name(env, "risk.decisions")
+    }
+
     /// A processor's log (its one input, which its router fills): `{processor}.inputs`.
     pub fn log(&self, env: Environment, processor: &str) -> String {
         self.name(env, &format!("{processor}.inputs"))
@@ -106,6 +132,11 @@ impl Topics {
             self.fx_commands(env),
             self.billing_commands(env),
             self.kyc_commands(env),
+            self.kyc_events(env),
+            self.transfer_screening(env),
+            self.risk_commands(env),
+            self.risk_reference(env),
+            self.risk_decisions(env),
         ]
     }
 
@@ -129,9 +160,17 @@ impl Topics {
             self.transfer_rejections(env),
             self.ledger_postings(env),
             self.balances(env),
+            self.transfer_screening(env),
         ];
         if transfers.iter().any(|t| t == topic) {
             return Some(("transfers", vec![self.transfer_inputs(env)]));
+        }
+        // Routed processors: one hop (their log), not the topics their router copies from.
+        if topic == self.kyc_events(env) {
+            return Some(("kyc", vec![self.log(env, "kyc")]));
+        }
+        if topic == self.risk_decisions(env) {
+            return Some(("risk", vec![self.log(env, "risk")]));
         }
         None
     }
