@@ -202,6 +202,9 @@ fn build(accounts: usize, transfers: usize) -> anyhow::Result<Built> {
             applied_inputs: (0..inputs).map(|_| uuid(&mut rng)).collect::<VecDeque<_>>(),
             final_at_ms,
             final_seq: final_at_ms.map(|_| finals as u64),
+            user_id: None,
+            counterparty: None,
+            external_ref: None,
         };
         state.transfers.insert(transfer_key(&ten, &id), transfer);
     }

@@ -86,7 +86,7 @@ enum KeysAction {
         tenant: String,
         #[arg(long, value_parser = parse_env)]
         env: riverbank_schemas::Environment,
-        /// admin, operator, viewer or rates_publisher.
+        /// admin, operator, viewer, rates_publisher or compliance_officer.
         #[arg(long, value_parser = parse_role)]
         role: riverbank_ingest::core::commands::Role,
         #[arg(long, default_value = "")]
@@ -130,7 +130,7 @@ fn parse_env(s: &str) -> Result<riverbank_schemas::Environment, String> {
 
 fn parse_role(s: &str) -> Result<riverbank_ingest::core::commands::Role, String> {
     riverbank_ingest::core::commands::Role::parse(s)
-        .ok_or_else(|| "one of admin, operator, viewer, rates_publisher".to_owned())
+        .ok_or_else(|| "one of admin, operator, viewer, rates_publisher, compliance_officer".to_owned())
 }
 
 #[derive(Subcommand)]

@@ -56,6 +56,7 @@ fn stream_topic(s: &Ingest, stream: Stream, env: Environment) -> String {
         Stream::Fx => s.topics.fx_commands(env),
         Stream::Billing => s.topics.billing_commands(env),
         Stream::Kyc => s.topics.kyc_commands(env),
+        Stream::Risk => s.topics.risk_commands(env),
     }
 }
 
@@ -84,7 +85,8 @@ async fn handle(s: Arc<Ingest>, r: Request) -> Result<Response, HttpError> {
         Some(u) => format!("user:{u}"),
         None => format!("key:{}", key.key_id),
     };
-    let cmd = core::decode(r.endpoint, r.path_id.as_deref(), &body, &actor).map_err(field_error)?;
+    let cmd =
+        core::decode(r.endpoint, r.path_id.as_deref(), &body, &actor, &s.name_key).map_err(field_error)?;
     let hash = request_sha256(r.method.as_str(), r.uri.path(), &body);
     let event_id = match &idempotency_key {
         Some(k) => event_id(env, &key.tenant_id, k, &hash),
@@ -267,3 +269,4 @@ endpoint!(kyc_freeze, Endpoint::KycUser(KycUserAction::Freeze), path);
 endpoint!(kyc_unfreeze, Endpoint::KycUser(KycUserAction::Unfreeze), path);
 endpoint!(kyc_close, Endpoint::KycUser(KycUserAction::Close), path);
 endpoint!(kyc_review, Endpoint::KycReviewDecision, path);
+endpoint!(risk_review, Endpoint::RiskReviewDecision, path);

@@ -121,6 +121,8 @@ pub struct Ingest {
     in_flight: InFlight,
     pub(crate) kafka: riverbank_runtime::config::KafkaConfig,
     pub(crate) api_keys: riverbank_runtime::apikeys::KeyCache,
+    /// Key of counterparty name digests (`risk.name_key`).
+    pub(crate) name_key: Vec<u8>,
 }
 
 impl Ingest {
@@ -154,6 +156,7 @@ impl Ingest {
                 i.api_key_cache_entries_max,
                 i.retry_after_s,
             ),
+            name_key: cfg.risk.name_key.expose().as_bytes().to_vec(),
         })
     }
 

@@ -34,6 +34,7 @@ pub fn router(state: Arc<Ingest>) -> Router {
         .route("/v1/kyc/users/{id}/unfreeze", post(commands::kyc_unfreeze))
         .route("/v1/kyc/users/{id}/close", post(commands::kyc_close))
         .route("/v1/kyc/cases/{id}/decision", post(commands::kyc_review))
+        .route("/v1/risk/reviews/{id}/decision", post(commands::risk_review))
         .route("/health", get(health))
         .with_state(state)
 }

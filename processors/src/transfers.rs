@@ -13,9 +13,10 @@ use std::collections::{BTreeMap, VecDeque};
 use riverbank_schemas::processor::{Emit, InputRef, Output, Processor, Spec, Verdict};
 use riverbank_schemas::state::{Cell, Table};
 use riverbank_schemas::transfers::{
-    input_types as it, BalanceChanged, InputRejected, LedgerPosting, PostingPhase, ProviderStatus,
-    ProviderTransferStatus, RiskDecided, RiskOutcome, TransferAction, TransferDecision, TransferKind,
-    TransferPolicySet, TransferRequested, TransferStatus, TransferStatusChanged,
+    input_types as it, BalanceChanged, Counterparty, ExternalRef, InputRejected, LedgerPosting, PostingPhase,
+    ProviderStatus, ProviderTransferStatus, RiskDecided, RiskOutcome, ScreeningRequested, TransferAction,
+    TransferDecision, TransferKind, TransferPolicySet, TransferRequested, TransferStatus,
+    TransferStatusChanged,
 };
 use riverbank_schemas::{derived_id, Currency, Envelope, Environment, Money, RawEnvelope, Topics};
 use serde::{Deserialize, Serialize};
@@ -134,6 +135,14 @@ pub struct Transfer {
     /// Absent in checkpoints written before it existed (those sort first, by time then key).
     #[serde(default)]
     pub final_seq: Option<u64>,
+    /// The end user whose money moves (risk screens against their KYC and velocity).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub counterparty: Option<Counterparty>,
+    /// The provider executing it and its reference (its callbacks find the transfer by it).
+    #[serde(default)]
+    pub external_ref: Option<ExternalRef>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +332,7 @@ impl Processor for TransfersProcessor {
                 Output::new(topics.transfer_rejections(env), &[InputRejected::EVENT_TYPE]),
                 Output::new(topics.ledger_postings(env), &[LedgerPosting::EVENT_TYPE]),
                 Output::new(topics.balances(env), &[BalanceChanged::EVENT_TYPE]),
+                Output::new(topics.transfer_screening(env), &[ScreeningRequested::EVENT_TYPE]),
             ],
             ..Spec::reading(topics.transfer_inputs(env))
         }
@@ -462,6 +472,9 @@ impl TransfersProcessor {
             applied_inputs: VecDeque::from([out.input.event_id]),
             final_at_ms: None,
             final_seq: None,
+            user_id: r.user_id.clone(),
+            counterparty: r.counterparty.clone(),
+            external_ref: r.external_ref.clone(),
         };
         self.status(out, &mut t, TransferStatus::Initiated, None);
         self.status(out, &mut t, TransferStatus::Validating, None);
@@ -765,6 +778,22 @@ impl TransfersProcessor {
             cause_event_id: out.input.event_id,
         };
         out.push(out.topics.transfer_status(out.env), TransferStatusChanged::EVENT_TYPE, e);
+        if next == TransferStatus::ComplianceCheck {
+            // Every transfer that reaches COMPLIANCE_CHECK asks risk scoring, with what its rules read.
+            let screening = ScreeningRequested {
+                transfer_id: t.transfer_id.clone(),
+                kind: t.kind,
+                amount: t.amount,
+                requested_by: t.requested_by.clone(),
+                user_id: t.user_id.clone(),
+                source_account: t.source.clone(),
+                destination_account: t.destination.clone(),
+                counterparty: t.counterparty.clone(),
+                version: t.version,
+                needs_approval: t.needs_approval,
+            };
+            out.push(out.topics.transfer_screening(out.env), ScreeningRequested::EVENT_TYPE, screening);
+        }
     }
 
     fn overdraft_allowed(state: &TransfersState, tenant: &str, account: &str) -> bool {

@@ -37,6 +37,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub processor: ProcessorConfig,
     pub transfers: TransfersConfig,
+    pub risk: RiskConfig,
     pub sinks: SinksConfig,
     pub postgres: PostgresConfig,
     pub clickhouse: ClickHouseConfig,
@@ -155,6 +156,16 @@ pub struct TransfersConfig {
     /// The processor's event clock advances at most this much per input (a skewed ingest clock
     /// cannot evict a partition's final transfers at once).
     pub clock_step_max_ms: i64,
+}
+
+/// Risk scoring (and the edge's part of it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskConfig {
+    /// Key of the counterparty name digests (`riverbank_schemas::risk::name_keys`): the edge digests
+    /// names with it and `riverbank risk lists publish` digests sanctions entries with it. At least 16
+    /// bytes. Changing it makes published lists stop matching until they are published again.
+    pub name_key: Secret<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -347,6 +358,9 @@ impl Config {
         }
         if self.processor.restore_window_records < 1 {
             errors.push("processor.restore_window_records must be at least 1".into());
+        }
+        if self.risk.name_key.expose().len() < 16 {
+            errors.push("risk.name_key must be at least 16 bytes".into());
         }
         if self.transfers.final_retention_s < 0 {
             errors.push("transfers.final_retention_s must not be negative".into());

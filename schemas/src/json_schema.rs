@@ -5,8 +5,8 @@ use crate::commands::{
     KycUserActionRequested,
 };
 use crate::transfers::{
-    BalanceChanged, InputRejected, LedgerPosting, ProviderStatus, RiskDecided, TransferAction,
-    TransferDecision, TransferPolicySet, TransferRequested, TransferStatusChanged,
+    BalanceChanged, InputRejected, LedgerPosting, ProviderStatus, RiskDecided, ScreeningRequested,
+    TransferAction, TransferDecision, TransferPolicySet, TransferRequested, TransferStatusChanged,
 };
 use crate::volume::VolumeWindowClosed;
 use crate::{AuditRecord, DeadLetter, Envelope, Money, WebhookReceived};
@@ -42,6 +42,8 @@ pub fn generated() -> Vec<(&'static str, String)> {
         ("envelope.kyc_user_action_requested.v1.json", render::<Envelope<KycUserActionRequested>>()),
         ("envelope.kyc_review_decided.v1.json", render::<Envelope<KycReviewDecided>>()),
         ("envelope.volume_window_closed.v1.json", render::<Envelope<VolumeWindowClosed>>()),
+        ("envelope.transfer_screening_requested.v1.json", render::<Envelope<ScreeningRequested>>()),
+        ("envelope.risk_review_decided.v1.json", render::<Envelope<crate::risk::RiskReviewDecided>>()),
     ]
 }
 

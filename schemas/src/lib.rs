@@ -8,6 +8,7 @@ pub mod events;
 pub mod json_schema;
 pub mod money;
 pub mod processor;
+pub mod risk;
 pub mod roles;
 pub mod state;
 pub mod topics;

@@ -12,6 +12,8 @@ pub enum Role {
     Admin,
     /// A rates feed: may only publish FX rates.
     RatesPublisher,
+    /// Decides transfers that risk scoring held for manual review (never one they requested).
+    ComplianceOfficer,
 }
 
 impl Role {
@@ -21,11 +23,12 @@ impl Role {
             Role::Operator => "operator",
             Role::Admin => "admin",
             Role::RatesPublisher => "rates_publisher",
+            Role::ComplianceOfficer => "compliance_officer",
         }
     }
 
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher]
+        [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher, Role::ComplianceOfficer]
             .into_iter()
             .find(|r| r.as_str() == s)
     }

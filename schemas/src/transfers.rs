@@ -138,6 +138,70 @@ pub struct TransferRequested {
     pub destination_account: Option<String>,
     /// Pseudonymous actor id of the requester (maker).
     pub requested_by: String,
+    /// The tenant's end user whose money moves (pseudonymous, as the KYC vendors know them): risk
+    /// scoring screens the transfer against this user's KYC status, tier and velocity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The other party (payee, payer, wallet), for sanctions, jurisdiction and counterparty velocity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterparty: Option<Counterparty>,
+    /// The provider executing the transfer and its reference for it: the provider's status callbacks
+    /// find the transfer by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ref: Option<ExternalRef>,
+}
+
+/// The other party of a transfer. Its name never travels in clear: the edge turns it into
+/// `name_keys` (keyed digests of its normalized forms, `risk::name_keys`), which sanctions lists are
+/// matched against.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Counterparty {
+    /// The counterparty's id at the tenant or provider (payee id, wallet address, account number token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// ISO 3166-1 alpha-2 country (upper case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// Keyed digests of the normalized name (see `risk::name_keys`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub name_keys: Vec<String>,
+}
+
+/// A provider's reference for a transfer it executes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalRef {
+    /// The provider definition's name (`acmepay`, `chainwatch`).
+    pub provider: String,
+    /// The provider's id for the transfer (a deposit id, a payout id, a transaction hash).
+    pub reference: String,
+}
+
+/// `transfer.screening_requested`: a transfer reached COMPLIANCE_CHECK (on request, or again after a
+/// retry) and waits for risk scoring. Carries everything the rules read, so risk needs no other copy
+/// of the transfer. Emitted on `transfers.screening`, keyed by tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScreeningRequested {
+    pub transfer_id: String,
+    pub kind: TransferKind,
+    pub amount: Money,
+    pub requested_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub source_account: String,
+    pub destination_account: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterparty: Option<Counterparty>,
+    /// The transfer's version when it entered COMPLIANCE_CHECK: a retry screens again under a new one.
+    pub version: u32,
+    /// Whether the tenant's policy also needs a human approval (maker–checker) for it.
+    pub needs_approval: bool,
+}
+
+impl ScreeningRequested {
+    pub const EVENT_TYPE: &'static str = "transfer.screening_requested";
 }
 
 /// A human decision on a transfer (maker–checker): `transfer.approved` / `transfer.approval_rejected`.
@@ -196,6 +260,9 @@ pub struct RiskDecided {
     pub score: u32,
     pub reasons: Vec<String>,
     pub rule_set_version: String,
+    /// The compliance officer whose manual review made this decision (absent: the rules decided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_by: Option<String>,
 }
 
 /// `tenant.transfer_policy_set`: per-tenant rules the transfers processor enforces.

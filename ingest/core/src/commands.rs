@@ -7,7 +7,10 @@ use riverbank_schemas::commands::{
     FxRate, FxRatesPublished, KycReviewDecided, KycUserActionRequested, ReviewDecision,
 };
 use riverbank_schemas::money::AMOUNT_MINOR_MAX;
-use riverbank_schemas::transfers::{input_types as it, TransferAction, TransferDecision, TransferRequested};
+use riverbank_schemas::risk::RiskReviewDecided;
+use riverbank_schemas::transfers::{
+    input_types as it, Counterparty, ExternalRef, TransferAction, TransferDecision, TransferRequested,
+};
 use riverbank_schemas::{Currency, Money, MoneyError, TransferKind};
 
 pub use riverbank_schemas::commands::KycUserAction;
@@ -29,6 +32,7 @@ pub enum Stream {
     Fx,
     Billing,
     Kyc,
+    Risk,
 }
 
 /// One endpoint of the command API.
@@ -44,11 +48,12 @@ pub enum Endpoint {
     FeeConfig,
     KycUser(KycUserAction),
     KycReviewDecision,
+    RiskReviewDecision,
 }
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 12] = [
+    pub const ALL: [Endpoint; 13] = [
         Endpoint::CreateTransfer,
         Endpoint::ApproveTransfer,
         Endpoint::RejectTransfer,
@@ -61,6 +66,7 @@ impl Endpoint {
         Endpoint::KycUser(KycUserAction::Unfreeze),
         Endpoint::KycUser(KycUserAction::Close),
         Endpoint::KycReviewDecision,
+        Endpoint::RiskReviewDecision,
     ];
 
     /// Roles allowed to call this endpoint.
@@ -70,6 +76,7 @@ impl Endpoint {
             CreateTransfer | CancelTransfer | FxQuote | FxConversion => &[Role::Operator, Role::Admin],
             ApproveTransfer | RejectTransfer | FeeConfig | KycUser(_) | KycReviewDecision => &[Role::Admin],
             FxRates => &[Role::RatesPublisher, Role::Admin],
+            RiskReviewDecision => &[Role::ComplianceOfficer],
         }
     }
 
@@ -88,6 +95,7 @@ impl Endpoint {
             KycUser(KycUserAction::Unfreeze) => "kyc_unfreeze",
             KycUser(KycUserAction::Close) => "kyc_close",
             KycReviewDecision => "kyc_review_decision",
+            RiskReviewDecision => "risk_review_decision",
         }
     }
 }
@@ -219,6 +227,28 @@ struct CreateTransferBody {
     source_account: Option<String>,
     #[serde(default)]
     destination_account: Option<String>,
+    /// The end user whose money moves (pseudonymous id, as the KYC vendors know them).
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    counterparty: Option<CounterpartyBody>,
+    /// The provider executing it (a provider definition's name) and its reference for the transfer.
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    provider_reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterpartyBody {
+    #[serde(default)]
+    id: Option<String>,
+    /// Personal data: never leaves the edge; it becomes keyed digests (`risk::name_keys`).
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    country: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -305,15 +335,19 @@ fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
 
 /// Decode and validate one request. `path_id` is the `{id}` of the route (transfer, fee kind, user,
 /// case); `actor` is who acts (from the API key, or `x-user-id`).
+///
+/// `name_key` is the deployment's key for counterparty name digests (`risk::name_keys`).
 pub fn decode(
     endpoint: Endpoint,
     path_id: Option<&str>,
     body: &[u8],
     actor: &str,
+    name_key: &[u8],
 ) -> Result<Command, FieldError> {
     use Endpoint::*;
     match endpoint {
-        CreateTransfer => decode_create_transfer(body, actor),
+        CreateTransfer => decode_create_transfer(body, actor, name_key),
+        RiskReviewDecision => decode_risk_review(path_id, body, actor),
         ApproveTransfer => decode_transfer_decision(it::APPROVED, path_id, body, actor),
         RejectTransfer => decode_transfer_decision(it::APPROVAL_REJECTED, path_id, body, actor),
         CancelTransfer => decode_cancel_transfer(path_id, body, actor),
@@ -333,12 +367,29 @@ fn path(path_id: Option<&str>, field: &str) -> Result<String, FieldError> {
     Ok(id.to_owned())
 }
 
-fn decode_create_transfer(body: &[u8], actor: &str) -> Result<Command, FieldError> {
+/// Longest counterparty name, in bytes.
+pub const NAME_BYTES_MAX: usize = 200;
+
+fn decode_create_transfer(body: &[u8], actor: &str, name_key: &[u8]) -> Result<Command, FieldError> {
     let b: CreateTransferBody = json(body)?;
     check_id("transfer_id", &b.transfer_id)?;
     let cur = currency("currency", &b.currency)?;
     let amount = amount("amount", &b.amount, cur)?;
     check_accounts(&b)?;
+    if let Some(u) = &b.user_id {
+        check_id("user_id", u)?;
+    }
+    let counterparty = b.counterparty.as_ref().map(|c| counterparty(c, name_key)).transpose()?;
+    let external_ref = match (&b.provider, &b.provider_reference) {
+        (None, None) => None,
+        (Some(p), Some(r)) => {
+            check_id("provider", p)?;
+            check_reference("provider_reference", r)?;
+            Some(ExternalRef { provider: p.clone(), reference: r.clone() })
+        }
+        (Some(_), None) => return Err(invalid("provider_reference", "required", "given with provider")),
+        (None, Some(_)) => return Err(invalid("provider", "required", "given with provider_reference")),
+    };
     let payload = TransferRequested {
         transfer_id: b.transfer_id.clone(),
         kind: b.kind,
@@ -346,6 +397,9 @@ fn decode_create_transfer(body: &[u8], actor: &str) -> Result<Command, FieldErro
         source_account: b.source_account,
         destination_account: b.destination_account,
         requested_by: actor.to_owned(),
+        user_id: b.user_id,
+        counterparty,
+        external_ref,
     };
     Ok(Command {
         event_type: it::REQUESTED,
@@ -391,6 +445,74 @@ fn check_accounts(b: &CreateTransferBody) -> Result<(), FieldError> {
         return Err(invalid("destination_account", "distinct", "must differ from source_account"));
     }
     Ok(())
+}
+
+/// A provider's reference: 1-128 printable ASCII characters without spaces (ids, hashes).
+pub fn check_reference(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.is_empty() || value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            field,
+            "reference_format",
+            "must be 1-128 printable ASCII characters, no spaces",
+        ));
+    }
+    Ok(())
+}
+
+fn counterparty(c: &CounterpartyBody, name_key: &[u8]) -> Result<Counterparty, FieldError> {
+    if let Some(id) = &c.id {
+        check_reference("counterparty.id", id)?;
+    }
+    if let Some(country) = &c.country {
+        if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid(
+                "counterparty.country",
+                "country_code",
+                "must be ISO 3166-1 alpha-2, like \"DE\"",
+            ));
+        }
+    }
+    let mut name_keys = Vec::new();
+    if let Some(name) = &c.name {
+        if name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "counterparty.name",
+                "text_format",
+                "must be at most 200 bytes, without control characters",
+            ));
+        }
+        name_keys = riverbank_schemas::risk::name_keys(name_key, name);
+        if name_keys.is_empty() {
+            return Err(invalid("counterparty.name", "name_format", "must contain a letter or a digit"));
+        }
+    }
+    Ok(Counterparty { id: c.id.clone(), country: c.country.clone(), name_keys })
+}
+
+/// A compliance officer's decision on a transfer risk scoring held for review.
+fn decode_risk_review(path_id: Option<&str>, body: &[u8], actor: &str) -> Result<Command, FieldError> {
+    let transfer_id = path(path_id, "transfer_id")?;
+    let b: RiskReviewBody = json(body)?;
+    check_reason("reason", &b.reason)?;
+    let payload = RiskReviewDecided {
+        transfer_id: transfer_id.clone(),
+        decision: b.decision,
+        reason: b.reason,
+        actor: actor.to_owned(),
+    };
+    Ok(Command {
+        event_type: riverbank_schemas::risk::RISK_REVIEW_DECIDED,
+        stream: Stream::Risk,
+        entity_key: transfer_id,
+        payload: to_value(&payload),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RiskReviewBody {
+    decision: ReviewDecision,
+    reason: String,
 }
 
 /// Approve or reject (`event_type`) a transfer awaiting approval.
@@ -634,7 +756,7 @@ mod tests {
     use super::*;
 
     fn err(endpoint: Endpoint, path: Option<&str>, body: &str) -> (String, &'static str) {
-        let e = decode(endpoint, path, body.as_bytes(), "user:u1").expect_err(body);
+        let e = decode(endpoint, path, body.as_bytes(), "user:u1", b"k").expect_err(body);
         (e.field, e.rule)
     }
 
@@ -919,8 +1041,8 @@ mod tests {
             (KycReviewDecision, Some("case_1"), r#"{"decision":"approved","tier":2}"#, "kyc.review_decided"),
         ];
         for (endpoint, path, body, event_type) in ok {
-            let c =
-                decode(endpoint, path, body.as_bytes(), "key:k1").unwrap_or_else(|e| panic!("{body}: {e}"));
+            let c = decode(endpoint, path, body.as_bytes(), "key:k1", b"k")
+                .unwrap_or_else(|e| panic!("{body}: {e}"));
             assert_eq!(c.event_type, event_type);
         }
     }
