@@ -4,6 +4,7 @@ use crate::commands::{
     FeeConfigUpserted, FxConversionRequested, FxQuoteRequested, FxRatesPublished, KycReviewDecided,
     KycUserActionRequested,
 };
+use crate::kyc::{KycInputRejected, UserKycChanged};
 use crate::transfers::{
     BalanceChanged, InputRejected, LedgerPosting, ProviderStatus, RiskDecided, ScreeningRequested,
     TransferAction, TransferDecision, TransferPolicySet, TransferRequested, TransferStatusChanged,
@@ -44,6 +45,13 @@ pub fn generated() -> Vec<(&'static str, String)> {
         ("envelope.volume_window_closed.v1.json", render::<Envelope<VolumeWindowClosed>>()),
         ("envelope.transfer_screening_requested.v1.json", render::<Envelope<ScreeningRequested>>()),
         ("envelope.risk_review_decided.v1.json", render::<Envelope<crate::risk::RiskReviewDecided>>()),
+        ("envelope.user_kyc_updated.v1.json", render::<Envelope<UserKycChanged>>()),
+        ("envelope.user_verified.v1.json", render::<Envelope<UserKycChanged>>()),
+        ("envelope.user_frozen.v1.json", render::<Envelope<UserKycChanged>>()),
+        ("envelope.user_unfrozen.v1.json", render::<Envelope<UserKycChanged>>()),
+        ("envelope.user_closed.v1.json", render::<Envelope<UserKycChanged>>()),
+        ("envelope.user_kyc_expiring.v1.json", render::<Envelope<UserKycChanged>>()),
+        ("envelope.kyc_input_rejected.v1.json", render::<Envelope<KycInputRejected>>()),
     ]
 }
 

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod envelope;
 pub mod events;
 pub mod json_schema;
+pub mod kyc;
 pub mod money;
 pub mod processor;
 pub mod risk;
