@@ -148,7 +148,7 @@ fn emit_with_id(
                     entity_key: m.entity_key.clone(),
                     provider_schema_version: m.schema_version.clone(),
                     body_bytes: body.len() as u64,
-                    fields: Default::default(),
+                    fields: m.fields.clone(),
                     body: m.body.clone(),
                 },
             };

@@ -13,6 +13,10 @@ use crate::schemes::{Key, Scheme};
 use crate::verify::{within_tolerance, VerifyError};
 use crate::Headers;
 
+pub mod fields;
+
+pub use fields::{FieldSource, FieldSpec};
+
 /// Longest id, type, entity key or schema version taken from a delivery, in bytes.
 pub const FIELD_BYTES_MAX: usize = 256;
 
@@ -34,6 +38,10 @@ pub struct ProviderDef {
     pub description: String,
     pub signature: Scheme,
     pub event: EventSpec,
+    /// Named values taken from the verified body into `WebhookReceived.fields` (see [`fields`]): ids,
+    /// codes and amounts, never personal data.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -175,6 +183,7 @@ impl ProviderDef {
                 ));
             }
         }
+        fields::validate(&self.fields)?;
         Ok(())
     }
 
@@ -275,7 +284,17 @@ impl ProviderDef {
             }
             None => None,
         };
-        Ok(Mapped { provider_event_type, event_type, occurred_at, entity_key, schema_version, body })
+        let (fields, field_problems) = fields::extract(&self.fields, &body);
+        Ok(Mapped {
+            provider_event_type,
+            event_type,
+            occurred_at,
+            entity_key,
+            schema_version,
+            fields,
+            field_problems,
+            body,
+        })
     }
 }
 
@@ -358,6 +377,10 @@ pub struct Mapped {
     pub occurred_at: Option<DateTime<Utc>>,
     pub entity_key: Option<String>,
     pub schema_version: Option<String>,
+    /// The definition's `[fields]` that have a value.
+    pub fields: BTreeMap<String, String>,
+    /// Fields whose value was there but unusable (an object, too long), and why.
+    pub field_problems: BTreeMap<String, String>,
     pub body: serde_json::Value,
 }
 

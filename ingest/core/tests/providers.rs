@@ -247,3 +247,255 @@ fn sha1_digests_are_refused() {
     let view: &[(&str, &str)] = &[];
     assert_eq!(Headers::get(&view, "x"), None);
 }
+
+/// What each shipped fixture's `[fields]` give: the names the processors read (KYC: user_id, case_id,
+/// tier, level, reason; transfers: reference, amount, currency, …). Every mapped fixture is listed.
+#[test]
+fn every_fixture_yields_the_declared_fields() {
+    let expected: &[(&str, &str, &[(&str, &str)])] = &[
+        (
+            "acmepay",
+            "deposit_completed.json",
+            &[
+                ("amount", "250.00"),
+                ("currency", "USDC"),
+                ("destination_account", "acct_7Hq2"),
+                ("reference", "dep_01JD8Q4Z7K2M"),
+            ],
+        ),
+        (
+            "acmepay",
+            "deposit_received.json",
+            &[
+                ("amount", "75.25"),
+                ("currency", "USD"),
+                ("destination_account", "acct_7Hq2"),
+                ("reference", "dep_01JD8R7Q1N4C"),
+                ("user_id", "usr_8f3a1c"),
+            ],
+        ),
+        (
+            "acmepay",
+            "payout_failed.json",
+            &[
+                ("amount", "1200.50"),
+                ("currency", "USD"),
+                ("failure_code", "account_closed"),
+                ("reference", "po_01JD8QB1X9TA"),
+            ],
+        ),
+        (
+            "cardnet",
+            "authorization.json",
+            &[
+                ("amount", "42.10"),
+                ("authorization_id", "auth_0b4f5e6a-1c2d-4e3f-9a8b-7c6d5e4f3a2b"),
+                ("card_token", "card_tk_91ab3f"),
+                ("currency", "USD"),
+                ("user_id", "usr_5e2a11"),
+            ],
+        ),
+        (
+            "cardnet",
+            "authorization_declined.json",
+            &[
+                ("amount", "9800.00"),
+                ("authorization_id", "auth_6f5e4d3c-2b1a-4c9d-8e7f-6a5b4c3d2e1f"),
+                ("card_token", "card_tk_91ab3f"),
+                ("currency", "USD"),
+                ("response_code", "1016"),
+                ("user_id", "usr_5e2a11"),
+            ],
+        ),
+        (
+            "chainwatch",
+            "transfer_confirmed.json",
+            &[
+                ("amount", "1500.000000"),
+                ("chain", "polygon"),
+                ("currency", "USDC"),
+                ("reference", "0x9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d"),
+            ],
+        ),
+        (
+            "chainwatch",
+            "transfer_dropped.json",
+            &[
+                ("amount", "20.000000"),
+                ("chain", "ethereum"),
+                ("currency", "USDT"),
+                ("failure_code", "replaced_by_fee"),
+                ("reference", "0x1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809"),
+            ],
+        ),
+        (
+            "idcheck",
+            "applicant_approved.json",
+            &[
+                ("case_id", "5cb56e8e0a975a35f333cb83"),
+                ("level", "basic-kyc-level"),
+                ("tier", "1"),
+                ("user_id", "usr_8f3a1c"),
+            ],
+        ),
+        (
+            "idcheck",
+            "applicant_on_hold.json",
+            &[
+                ("case_id", "5cb744200a975a67ed1798a9"),
+                ("level", "enhanced-kyc-level"),
+                ("tier", "2"),
+                ("user_id", "usr_c01d44"),
+            ],
+        ),
+        (
+            "idcheck",
+            "applicant_rejected.json",
+            &[
+                ("case_id", "5cb744200a975a67ed1798a4"),
+                ("level", "basic-kyc-level"),
+                ("reason", "FINAL"),
+                ("tier", "1"),
+                ("user_id", "usr_2b9e70"),
+            ],
+        ),
+        (
+            "idcheck",
+            "level_reached.json",
+            &[
+                ("case_id", "5cb56e8e0a975a35f333cb83"),
+                ("level", "tier-2-address"),
+                ("tier", "2"),
+                ("user_id", "usr_8f3a1c"),
+            ],
+        ),
+        (
+            "kycflow",
+            "auto_approved.json",
+            &[("case_id", "kf_txn_4f1a9c2e"), ("tier", "1"), ("user_id", "usr_5e2a11")],
+        ),
+        (
+            "kycflow",
+            "needs_review.json",
+            &[
+                ("case_id", "kf_txn_77c0de31"),
+                ("reason", "face_match_low"),
+                ("tier", "0"),
+                ("user_id", "usr_0aa9f2"),
+            ],
+        ),
+        (
+            "kycflow",
+            "tier_upgraded.json",
+            &[("case_id", "kf_txn_4f1a9c2e"), ("tier", "3"), ("user_id", "usr_5e2a11")],
+        ),
+    ];
+    let all = provider::load(&[]).expect("definitions valid");
+    let mut checked = 0;
+    for def in all.values() {
+        for (file, body) in fixtures(&def.name) {
+            let none: &[(&str, &str)] = &[];
+            let Ok(mapped) = def.map(&none, &body).result else { continue };
+            let want = expected
+                .iter()
+                .find(|(p, f, _)| *p == def.name && *f == file)
+                .unwrap_or_else(|| panic!("{}/{file} maps but has no expected fields here", def.name));
+            let want: std::collections::BTreeMap<String, String> =
+                want.2.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            assert_eq!(mapped.fields, want, "{}/{file}", def.name);
+            assert!(mapped.field_problems.is_empty(), "{}/{file}: {:?}", def.name, mapped.field_problems);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, expected.len(), "every listed fixture exists and maps");
+}
+
+const BASE: &str = r#"
+name = "p"
+[signature]
+scheme = "hmac_sha256"
+header = "x-signature"
+encoding = "hex"
+[event]
+id = { pointer = "/id" }
+type = { pointer = "/type" }
+entity_key = { pointer = "/case/id" }
+occurred_at = { pointer = "/at", format = "unix_s" }
+[event.types]
+"case.ok" = "kyc.case_approved"
+"#;
+
+fn def(text: &str) -> Result<ProviderDef, provider::DefinitionError> {
+    ProviderDef::parse("test.toml", text)
+}
+
+const WITH_FIELDS: &str = r#"
+[fields]
+user_id = { pointer = "/user/id" }
+tier = [
+  { pointer = "/tier" },
+  { pointer = "/level", map = { "basic" = "1", "full" = "3" } },
+]
+flag = { pointer = "/flag" }
+amount = { pointer = "/amount" }
+"#;
+
+#[test]
+fn fields_take_values_from_the_body_in_source_order_with_maps() {
+    let d = def(&format!("{BASE}{WITH_FIELDS}")).expect("valid");
+    let none: &[(&str, &str)] = &[];
+    let body = |rest: &str| format!(r#"{{"id":"e","type":"case.ok","case":{{"id":"c"}},"at":1{rest}}}"#);
+    let fields = |rest: &str| {
+        let m = d.map(&none, body(rest).as_bytes()).result.expect("maps");
+        (m.fields.into_iter().collect::<Vec<_>>(), m.field_problems.into_keys().collect::<Vec<_>>())
+    };
+    let kv = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    };
+    // The first source with a value wins; a mapped value is translated.
+    assert_eq!(fields(r#","tier":2,"level":"full""#).0, kv(&[("tier", "2")]));
+    assert_eq!(fields(r#","level":"full""#).0, kv(&[("tier", "3")]));
+    assert_eq!(fields(r#","tier":null,"level":"basic""#).0, kv(&[("tier", "1")]));
+    // A value the map does not list is no value.
+    assert_eq!(fields(r#","level":"gold""#), (vec![], vec![]));
+    // Strings kept; numbers and booleans as JSON text.
+    assert_eq!(
+        fields(r#","user":{"id":"u_1"},"flag":true,"amount":250.5"#).0,
+        kv(&[("amount", "250.5"), ("flag", "true"), ("user_id", "u_1")])
+    );
+    // Objects, arrays, empty and over-long values are absent; the unusable ones say why.
+    let long = "x".repeat(provider::FIELD_BYTES_MAX + 1);
+    assert_eq!(
+        fields(&format!(r#","user":{{"id":{{"a":1}}}},"flag":[1],"amount":"","tier":"{long}""#)),
+        (vec![], vec!["flag".to_owned(), "tier".to_owned(), "user_id".to_owned()])
+    );
+    let at_max = "x".repeat(provider::FIELD_BYTES_MAX);
+    assert_eq!(fields(&format!(r#","user":{{"id":"{at_max}"}}"#)).0, kv(&[("user_id", &at_max)]));
+    // A later source still gives the value after an unusable earlier one.
+    assert_eq!(fields(r#","tier":{"x":1},"level":"basic""#), (kv(&[("tier", "1")]), vec![]));
+}
+
+#[test]
+fn invalid_fields_are_refused_at_load_with_the_reason() {
+    let with = |fields: &str| format!("{BASE}\n[fields]\n{fields}\n");
+    let cases = [
+        ("user_id = { pointer = \"user\" }", "fields.user_id[0].pointer 'user' must start with '/'"),
+        ("User = { pointer = \"/u\" }", "fields.User: a field name"),
+        ("u = { pointer = \"/u\", header = \"x\" }", "unknown field"),
+        ("u = []", "fields.u needs 1-8 sources"),
+        ("u = { pointer = \"/u\", map = {} }", "fields.u[0].map needs 1-64 entries"),
+        ("u = { pointer = \"/u\", map = { \"a\" = \"\" } }", "values are 1-256 bytes"),
+        ("who = { pointer = \"/applicant/firstName\" }", "reads 'firstName', personal data"),
+        ("who = [{ pointer = \"/id\" }, { pointer = \"/info/date_of_birth\" }]", "fields.who[1].pointer"),
+        ("doc = { pointer = \"/idDocs/0/number\" }", "personal data"),
+        ("u = \"/u\"", "a source"),
+    ];
+    for (fields, want) in cases {
+        let e = def(&with(fields)).expect_err(want);
+        assert!(e.to_string().contains(want), "{e} should mention {want}");
+    }
+    let many: String =
+        (0..=provider::fields::FIELDS_MAX).map(|i| format!("f{i} = {{ pointer = \"/f{i}\" }}\n")).collect();
+    assert!(def(&with(&many)).expect_err("too many").to_string().contains("at most 32"));
+    def(&with("level = { pointer = \"/levelName\" }")).expect("a level name is a code, not a person's name");
+}
