@@ -11,6 +11,7 @@ pub fn processors(cfg: &Config) -> Vec<Box<dyn Runnable>> {
     let topics = kafka::topics(&cfg.kafka);
     vec![
         Box::new(riverbank_processors::AuditProcessor::new(topics.clone())),
+        Box::new(riverbank_processors::RiskProcessor::new(topics.clone())),
         Box::new(transfers(cfg, topics)),
     ]
 }

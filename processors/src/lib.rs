@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod risk;
 pub mod transfers;
 pub mod volume;
 
 pub use audit::AuditProcessor;
+pub use risk::RiskProcessor;
 pub use transfers::{ReuseLimits, TransfersLimits, TransfersProcessor};
 pub use volume::VolumeProcessor;
