@@ -45,6 +45,8 @@ pub fn generated() -> Vec<(&'static str, String)> {
         ("envelope.volume_window_closed.v1.json", render::<Envelope<VolumeWindowClosed>>()),
         ("envelope.transfer_screening_requested.v1.json", render::<Envelope<ScreeningRequested>>()),
         ("envelope.risk_review_decided.v1.json", render::<Envelope<crate::risk::RiskReviewDecided>>()),
+        ("envelope.risk_decision_recorded.v1.json", render::<Envelope<crate::risk::DecisionRecorded>>()),
+        ("envelope.risk_input_rejected.v1.json", render::<Envelope<crate::risk::RiskInputRejected>>()),
         ("envelope.user_kyc_updated.v1.json", render::<Envelope<UserKycChanged>>()),
         ("envelope.user_verified.v1.json", render::<Envelope<UserKycChanged>>()),
         ("envelope.user_frozen.v1.json", render::<Envelope<UserKycChanged>>()),
