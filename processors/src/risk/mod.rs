@@ -64,13 +64,22 @@ pub fn parse_list(text: &str, name_key: &[u8], published_by: &str) -> Result<Lis
 pub struct RiskProcessor {
     topics: Topics,
     default_rules: Rules,
+    /// Backtests: this rule set decides every transfer, whatever was published; no shadow runs.
+    forced: Option<Rules>,
 }
 
 impl RiskProcessor {
     pub fn new(topics: Topics) -> Self {
         let default_rules =
             parse_rules(DEFAULT_RULES_TOML).expect("the built-in rule set is valid (a unit test checks it)");
-        RiskProcessor { topics, default_rules }
+        RiskProcessor { topics, default_rules, forced: None }
+    }
+
+    /// A processor for backtests (`riverbank risk backtest`): `rules` decide every transfer, in place of
+    /// the rule sets the log publishes; the rest of the log (users, rates, lists, reviews) applies as live.
+    pub fn with_rules(mut self, rules: Rules) -> Self {
+        self.forced = Some(rules);
+        self
     }
 
     pub fn default_rules(&self) -> &Rules {
@@ -324,7 +333,10 @@ impl RiskProcessor {
             return Ok(()); // a duplicate (an upstream replay): already decided
         }
         let at_ms = out.input.occurred_at.timestamp_millis();
-        let live = state.live.get().clone().unwrap_or_else(|| self.default_rules.clone());
+        let live = match &self.forced {
+            Some(r) => r.clone(),
+            None => state.live.get().clone().unwrap_or_else(|| self.default_rules.clone()),
+        };
         let mut record = decide(state, &tenant, &r, at_ms, &live, out.input, false);
         if record.decision == RiskOutcome::Review && state.reviews.len() >= OPEN_REVIEWS_MAX {
             record.decision = RiskOutcome::Block;
@@ -337,7 +349,7 @@ impl RiskProcessor {
         }
         out.decided(&record);
         out.push(out.topics.risk_decisions(out.env), et::DECISION_RECORDED, &record);
-        if let Some(shadow) = state.shadow.get().clone() {
+        if let Some(shadow) = state.shadow.get().clone().filter(|_| self.forced.is_none()) {
             let shadowed = decide(state, &tenant, &r, at_ms, &shadow, out.input, true);
             out.push(out.topics.risk_decisions(out.env), et::DECISION_RECORDED, &shadowed);
         }
