@@ -12,8 +12,20 @@ pub fn processors(cfg: &Config) -> Vec<Box<dyn Runnable>> {
     vec![
         Box::new(riverbank_processors::AuditProcessor::new(topics.clone())),
         Box::new(riverbank_processors::RiskProcessor::new(topics.clone())),
+        Box::new(riverbank_processors::KycProcessor::new(topics.clone(), kyc_limits(cfg))),
         Box::new(transfers(cfg, topics)),
     ]
+}
+
+fn kyc_limits(cfg: &Config) -> riverbank_processors::KycLimits {
+    const DAY_MS: i64 = 86_400_000;
+    let k = &cfg.kyc;
+    riverbank_processors::KycLimits {
+        approval_valid_ms: i64::from(k.approval_valid_days) * DAY_MS,
+        expiry_reminder_ms: i64::from(k.expiry_reminder_days) * DAY_MS,
+        users_max: k.users_per_partition_max,
+        inputs_remembered_max: k.inputs_remembered_max,
+    }
 }
 
 fn transfers(cfg: &Config, topics: Topics) -> riverbank_processors::TransfersProcessor {

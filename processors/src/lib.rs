@@ -3,11 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod kyc;
 pub mod risk;
 pub mod transfers;
 pub mod volume;
 
 pub use audit::AuditProcessor;
+pub use kyc::{KycLimits, KycProcessor};
 pub use risk::RiskProcessor;
 pub use transfers::{ReuseLimits, TransfersLimits, TransfersProcessor};
 pub use volume::VolumeProcessor;

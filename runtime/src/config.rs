@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// Longest KYC approval validity accepted (100 years).
+pub const KYC_APPROVAL_VALID_DAYS_MAX: u32 = 36_500;
+
 /// A value that must never appear in logs or `Debug` output.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -37,6 +40,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub processor: ProcessorConfig,
     pub transfers: TransfersConfig,
+    pub kyc: KycConfig,
     pub risk: RiskConfig,
     pub sinks: SinksConfig,
     pub postgres: PostgresConfig,
@@ -156,6 +160,20 @@ pub struct TransfersConfig {
     /// The processor's event clock advances at most this much per input (a skewed ingest clock
     /// cannot evict a partition's final transfers at once).
     pub clock_step_max_ms: i64,
+}
+
+/// The KYC lifecycle processor (processors/src/kyc.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KycConfig {
+    /// An approval is valid this long (event time from the approval), then the KYC is `expired`.
+    pub approval_valid_days: u32,
+    /// The `user.kyc.expiring` reminder comes this long before the expiry; below `approval_valid_days`.
+    pub expiry_reminder_days: u32,
+    /// Users per partition at most; an input that would add one more is refused with the reason.
+    pub users_per_partition_max: usize,
+    /// Inputs remembered per partition to recognise duplicates (the oldest is forgotten first).
+    pub inputs_remembered_max: usize,
 }
 
 /// Risk scoring (and the edge's part of it).
@@ -337,6 +355,9 @@ impl Config {
         positive("transfers.final_retained_max", self.transfers.final_retained_max as u64);
         positive("transfers.tombstones_retained_max", self.transfers.tombstones_retained_max as u64);
         positive("transfers.clock_step_max_ms", u64::try_from(self.transfers.clock_step_max_ms).unwrap_or(0));
+        positive("kyc.approval_valid_days", u64::from(self.kyc.approval_valid_days));
+        positive("kyc.users_per_partition_max", self.kyc.users_per_partition_max as u64);
+        positive("kyc.inputs_remembered_max", self.kyc.inputs_remembered_max as u64);
         positive("sinks.watermark_interval_ms", self.sinks.watermark_interval_ms);
         positive("sinks.seek_timeout_ms", self.sinks.seek_timeout_ms);
         positive("sinks.batch_rows_max", self.sinks.batch_rows_max as u64);
@@ -361,6 +382,12 @@ impl Config {
         }
         if self.risk.name_key.expose().len() < 16 {
             errors.push("risk.name_key must be at least 16 bytes".into());
+        }
+        if self.kyc.approval_valid_days > KYC_APPROVAL_VALID_DAYS_MAX {
+            errors.push(format!("kyc.approval_valid_days must be at most {KYC_APPROVAL_VALID_DAYS_MAX}"));
+        }
+        if self.kyc.expiry_reminder_days >= self.kyc.approval_valid_days {
+            errors.push("kyc.expiry_reminder_days must be below kyc.approval_valid_days".into());
         }
         if self.transfers.final_retention_s < 0 {
             errors.push("transfers.final_retention_s must not be negative".into());
