@@ -205,6 +205,7 @@ fn build(accounts: usize, transfers: usize) -> anyhow::Result<Built> {
             user_id: None,
             counterparty: None,
             external_ref: None,
+            parked: Vec::new(),
         };
         state.transfers.insert(transfer_key(&ten, &id), transfer);
     }

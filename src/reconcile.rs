@@ -7,6 +7,8 @@
 //! 3. Each account's balance row is what its legs add up to: posted, pending debit, pending credit.
 //! 4. Each transfer's status history is versions 1..n with no gap, and `transfers` holds version n.
 //! 5. No sink's stored position is past its partition's log end.
+//! 6. KYC: `kyc_history` vs `kyc_facts` and `kyc_rejections` in both stores (rows and versions per event
+//!    or input type); each user's history is versions 1..n with no gap, and `users` holds version n.
 //!
 //! Sinks land batches independently (each store, each topic), so a running system may disagree for a
 //! moment: [`Options::settle`] re-runs every check until they all agree or the settle time is up. Only
@@ -50,6 +52,16 @@ pub enum Check {
     LedgerStores,
     /// `transfer_rejections` in both stores: rows per refused input type.
     RejectionStores,
+    /// Live `risk_decisions` in both stores (ClickHouse: `shadow = 0`): rows and scores per decision.
+    RiskDecisionStores,
+    /// `risk_rejections` in both stores: rows per refused input type.
+    RiskRejectionStores,
+    /// `kyc_history` vs `kyc_facts`: rows and versions per tenant and event type.
+    KycStores,
+    /// `kyc_rejections` in both stores: rows per refused input type.
+    KycRejectionStores,
+    /// A user's KYC history is v1..vn without a gap; `users` holds vn and its statuses.
+    KycHistory,
     /// All legs of a tenant's currency sum to zero.
     LedgerCurrencySum,
     /// Each posting's legs sum to zero.
@@ -71,6 +83,11 @@ impl Check {
             Check::StatusStores => "status_stores",
             Check::LedgerStores => "ledger_stores",
             Check::RejectionStores => "rejection_stores",
+            Check::RiskDecisionStores => "risk_decision_stores",
+            Check::RiskRejectionStores => "risk_rejection_stores",
+            Check::KycStores => "kyc_stores",
+            Check::KycRejectionStores => "kyc_rejection_stores",
+            Check::KycHistory => "kyc_history",
             Check::LedgerCurrencySum => "ledger_currency_sum",
             Check::PostingBalanced => "posting_balanced",
             Check::BalancePosted => "balance_posted",
@@ -459,6 +476,51 @@ struct ChCount {
 }
 
 #[derive(Row, Deserialize)]
+struct ChCountSum {
+    tenant_id: String,
+    kind: String,
+    n: i64,
+    versions: i64,
+}
+
+/// Per user: the KYC history's versions and last statuses beside the `users` row.
+const KYC_HISTORY_SQL: &str = "
+WITH h AS (
+    SELECT tenant_id, user_id, count(*)::int8 AS n, min(version) AS lo, max(version) AS hi
+    FROM kyc_history WHERE environment = $1
+    GROUP BY tenant_id, user_id),
+hs AS (
+    SELECT h.*, s.user_status AS hi_status, s.kyc_status AS hi_kyc FROM h
+    JOIN kyc_history s
+      ON s.environment = $1 AND s.tenant_id = h.tenant_id AND s.user_id = h.user_id AND s.version = h.hi),
+u AS (SELECT tenant_id, user_id, user_status, kyc_status, version FROM users WHERE environment = $1),
+j AS (
+    SELECT coalesce(hs.tenant_id, u.tenant_id) AS tenant_id, coalesce(hs.user_id, u.user_id) AS user_id,
+           hs.n, hs.lo, hs.hi, hs.hi_status, hs.hi_kyc, u.version, u.user_status, u.kyc_status
+    FROM hs FULL JOIN u ON hs.tenant_id = u.tenant_id AND hs.user_id = u.user_id)
+SELECT tenant_id, item, expected, found, total FROM (
+    SELECT tenant_id, 'user ' || user_id AS item,
+           coalesce('history v1..v' || hi::text || ' (' || hi::text || ' rows), users v' || hi::text
+                    || ' ' || hi_status || '/' || hi_kyc, 'a KYC history') AS expected,
+           coalesce('history v' || lo::text || '..v' || hi::text || ' (' || n::text || ' rows)', 'no history')
+               || ', ' || coalesce('users v' || version::text || ' ' || user_status || '/' || kyc_status,
+                                   'no users row') AS found,
+           count(*) OVER (PARTITION BY tenant_id) AS total,
+           row_number() OVER (PARTITION BY tenant_id ORDER BY user_id) AS rn
+    FROM j
+    WHERE n IS NULL OR version IS NULL OR lo <> 1 OR n <> hi OR version <> hi
+       OR user_status <> hi_status OR kyc_status <> hi_kyc) d
+WHERE rn <= $2 ORDER BY tenant_id, rn LIMIT $3";
+
+#[derive(Row, Deserialize)]
+struct ChRiskCount {
+    tenant_id: String,
+    decision: String,
+    n: i64,
+    scores: i64,
+}
+
+#[derive(Row, Deserialize)]
 struct ChLedger {
     tenant_id: String,
     currency: String,
@@ -665,6 +727,8 @@ impl Stores {
         let ch_counts: Groups =
             ch_rejections.into_iter().map(|r| ((r.tenant_id, r.kind), vec![r.n])).collect();
         out.extend(compare_stores(Check::RejectionStores, env, &["rows"], &pg_counts, &ch_counts));
+        out.extend(self.risk_checks(&mut tx, env).await?);
+        out.extend(self.kyc_checks(&mut tx, env).await?);
 
         // 2. Legs sum to zero: per currency (from the Postgres aggregate above), then per posting.
         for ((tenant, currency), v) in &pg_groups {
@@ -723,6 +787,139 @@ impl Stores {
 
         // 5. Sink positions are at or behind the log ends.
         out.extend(self.positions(env).await?);
+        Ok(out)
+    }
+
+    /// The KYC checks of one environment, inside the Postgres snapshot of [`Self::check`].
+    async fn kyc_checks(&self, tx: &mut PgConnection, env: Environment) -> anyhow::Result<Vec<CheckResult>> {
+        let mut out = Vec::new();
+        let pg_facts: Vec<(String, String, i64, i64)> = self
+            .pg_fetch(
+                tx,
+                "postgres: kyc_history",
+                "SELECT tenant_id, event_type, count(*)::int8, coalesce(sum(version), 0)::int8 FROM kyc_history
+                 WHERE environment = $1 GROUP BY tenant_id, event_type ORDER BY tenant_id, event_type LIMIT $2",
+                env,
+                None,
+            )
+            .await?;
+        let ch_facts: Vec<ChCountSum> = self
+            .ch_fetch(
+                "clickhouse: kyc_facts",
+                self.ch_query(&format!(
+                    "SELECT tenant_id, event_type AS kind, toInt64(uniqExact(event_id)) AS n,
+                            toInt64(sum(version)) AS versions
+                     FROM kyc_facts FINAL WHERE environment = ?
+                     GROUP BY tenant_id, kind ORDER BY tenant_id, kind LIMIT {}",
+                    scope_limit()
+                ))
+                .bind(env.as_str()),
+            )
+            .await?;
+        let pg_groups: Groups = pg_facts.into_iter().map(|(t, k, n, v)| ((t, k), vec![n, v])).collect();
+        let ch_groups: Groups =
+            ch_facts.into_iter().map(|r| ((r.tenant_id, r.kind), vec![r.n, r.versions])).collect();
+        let mut tenants: BTreeSet<String> =
+            pg_groups.keys().chain(ch_groups.keys()).map(|k| k.0.clone()).collect();
+        out.extend(compare_stores(Check::KycStores, env, &["rows", "versions"], &pg_groups, &ch_groups));
+
+        let pg_rejections: Vec<(String, String, i64)> = self
+            .pg_fetch(
+                tx,
+                "postgres: kyc_rejections",
+                "SELECT tenant_id, input_event_type, count(*)::int8 FROM kyc_rejections WHERE environment = $1
+                 GROUP BY tenant_id, input_event_type ORDER BY tenant_id, input_event_type LIMIT $2",
+                env,
+                None,
+            )
+            .await?;
+        let ch_rejections: Vec<ChCount> = self
+            .ch_fetch(
+                "clickhouse: kyc_rejections",
+                self.ch_query(&format!(
+                    "SELECT tenant_id, input_event_type AS kind, toInt64(uniqExact(event_id)) AS n
+                     FROM kyc_rejections FINAL WHERE environment = ?
+                     GROUP BY tenant_id, kind ORDER BY tenant_id, kind LIMIT {}",
+                    scope_limit()
+                ))
+                .bind(env.as_str()),
+            )
+            .await?;
+        let pg_counts: Groups = pg_rejections.into_iter().map(|(t, k, n)| ((t, k), vec![n])).collect();
+        let ch_counts: Groups =
+            ch_rejections.into_iter().map(|r| ((r.tenant_id, r.kind), vec![r.n])).collect();
+        out.extend(compare_stores(Check::KycRejectionStores, env, &["rows"], &pg_counts, &ch_counts));
+
+        let history: Vec<Item> = self.pg_items(tx, "postgres: kyc history", KYC_HISTORY_SQL, env).await?;
+        tenants.extend(history.iter().map(|i| i.tenant_id.clone()));
+        out.extend(item_results(
+            Check::KycHistory,
+            env,
+            "users with a broken KYC history",
+            &tenants,
+            history,
+        ));
+        Ok(out)
+    }
+
+    /// The risk store comparisons of one environment, inside the Postgres snapshot of [`Self::check`]:
+    /// live decisions (Postgres keeps no shadow ones) and refused risk inputs.
+    async fn risk_checks(&self, tx: &mut PgConnection, env: Environment) -> anyhow::Result<Vec<CheckResult>> {
+        let pg_decisions: Vec<(String, String, i64, i64)> = self
+            .pg_fetch(
+                tx,
+                "postgres: risk_decisions",
+                "SELECT tenant_id, decision, count(*)::int8, coalesce(sum(score), 0)::int8 FROM risk_decisions
+                 WHERE environment = $1 GROUP BY tenant_id, decision ORDER BY tenant_id, decision LIMIT $2",
+                env,
+                None,
+            )
+            .await?;
+        let ch_decisions: Vec<ChRiskCount> = self
+            .ch_fetch(
+                "clickhouse: risk_decisions",
+                self.ch_query(&format!(
+                    "SELECT tenant_id, toString(decision) AS decision, toInt64(uniqExact(event_id)) AS n,
+                            toInt64(sum(score)) AS scores
+                     FROM risk_decisions FINAL WHERE environment = ? AND shadow = 0
+                     GROUP BY tenant_id, decision ORDER BY tenant_id, decision LIMIT {}",
+                    scope_limit()
+                ))
+                .bind(env.as_str()),
+            )
+            .await?;
+        let pg_groups: Groups = pg_decisions.into_iter().map(|(t, d, n, s)| ((t, d), vec![n, s])).collect();
+        let ch_groups: Groups =
+            ch_decisions.into_iter().map(|r| ((r.tenant_id, r.decision), vec![r.n, r.scores])).collect();
+        let mut out =
+            compare_stores(Check::RiskDecisionStores, env, &["rows", "scores"], &pg_groups, &ch_groups);
+
+        let pg_rejections: Vec<(String, String, i64)> = self
+            .pg_fetch(
+                tx,
+                "postgres: risk_rejections",
+                "SELECT tenant_id, input_event_type, count(*)::int8 FROM risk_rejections WHERE environment = $1
+                 GROUP BY tenant_id, input_event_type ORDER BY tenant_id, input_event_type LIMIT $2",
+                env,
+                None,
+            )
+            .await?;
+        let ch_rejections: Vec<ChCount> = self
+            .ch_fetch(
+                "clickhouse: risk_rejections",
+                self.ch_query(&format!(
+                    "SELECT tenant_id, input_event_type AS kind, toInt64(uniqExact(event_id)) AS n
+                     FROM risk_rejections FINAL WHERE environment = ?
+                     GROUP BY tenant_id, kind ORDER BY tenant_id, kind LIMIT {}",
+                    scope_limit()
+                ))
+                .bind(env.as_str()),
+            )
+            .await?;
+        let pg_counts: Groups = pg_rejections.into_iter().map(|(t, k, n)| ((t, k), vec![n])).collect();
+        let ch_counts: Groups =
+            ch_rejections.into_iter().map(|r| ((r.tenant_id, r.kind), vec![r.n])).collect();
+        out.extend(compare_stores(Check::RiskRejectionStores, env, &["rows"], &pg_counts, &ch_counts));
         Ok(out)
     }
 

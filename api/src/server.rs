@@ -101,6 +101,7 @@ pub fn router(state: Arc<Api>) -> Router {
         .route("/v1/analytics/transfer-volume", get(transfer_volume))
         .route("/v1/transfers/{transfer_id}", get(transfer))
         .route("/v1/balances", get(balances))
+        .route("/v1/users/{user_id}/kyc", get(user_kyc))
         .route("/health", get(health))
         .with_state(state)
 }
@@ -489,6 +490,112 @@ async fn transfer(
         .await
         .map_err(|e| database_error("postgres", &e))?;
         Ok(TransferWithHistory { transfer, history })
+    })
+    .await
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct UserKycView {
+    user_id: String,
+    user_status: String,
+    kyc_status: String,
+    tier: i16,
+    kyc_expires_at: Option<DateTime<Utc>>,
+    version: i64,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct KycCaseView {
+    case_id: String,
+    provider: Option<String>,
+    case_status: String,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct KycChange {
+    version: i64,
+    event_type: String,
+    user_status: String,
+    kyc_status: String,
+    tier: i16,
+    kyc_expires_at: Option<DateTime<Utc>>,
+    case_id: Option<String>,
+    case_status: Option<String>,
+    provider: Option<String>,
+    reason: Option<String>,
+    actor: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserKyc {
+    #[serde(flatten)]
+    user: UserKycView,
+    /// The tier the user may act with: `tier` while the KYC is approved, else 0.
+    usable_tier: i16,
+    /// The user's vendor cases (at most `page_rows_max`, most recently changed last).
+    cases: Vec<KycCaseView>,
+    /// The latest changes (at most `page_rows_max`), oldest first.
+    history: Vec<KycChange>,
+    /// Whether older changes exist beyond `history`.
+    history_truncated: bool,
+}
+
+/// One user's KYC state (Postgres projection of the KYC processor's events), cases and history.
+async fn user_kyc(
+    State(s): State<Arc<Api>>,
+    axum::extract::Path(user_id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<ScopeQuery>,
+) -> Response {
+    let s2 = s.clone();
+    let scope = (q.tenant_id.clone(), q.environment);
+    guarded(&s, &headers, (&scope.0, scope.1), async move {
+        let (tenant, env) = (q.tenant_id.as_str(), q.environment.as_str());
+        let current: Option<UserKycView> = sqlx::query_as(
+            "SELECT user_id, user_status, kyc_status, tier, kyc_expires_at, version, updated_at
+             FROM users WHERE tenant_id = $1 AND environment = $2 AND user_id = $3",
+        )
+        .bind(tenant)
+        .bind(env)
+        .bind(&user_id)
+        .fetch_optional(&s2.pg)
+        .await
+        .map_err(|e| database_error("postgres", &e))?;
+        let Some(user) = current else {
+            return Err(HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such user for this tenant"));
+        };
+        let limit = i64::from(s2.page_rows_max);
+        let cases: Vec<KycCaseView> = sqlx::query_as(
+            "SELECT case_id, provider, case_status, updated_at FROM kyc_cases
+             WHERE tenant_id = $1 AND environment = $2 AND user_id = $3 ORDER BY version LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(env)
+        .bind(&user_id)
+        .bind(limit)
+        .fetch_all(&s2.pg)
+        .await
+        .map_err(|e| database_error("postgres", &e))?;
+        let mut history: Vec<KycChange> = sqlx::query_as(
+            "SELECT version, event_type, user_status, kyc_status, tier, kyc_expires_at, case_id, case_status,
+                    provider, reason, actor, occurred_at
+             FROM kyc_history WHERE tenant_id = $1 AND environment = $2 AND user_id = $3
+             ORDER BY version DESC LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(env)
+        .bind(&user_id)
+        .bind(limit)
+        .fetch_all(&s2.pg)
+        .await
+        .map_err(|e| database_error("postgres", &e))?;
+        history.reverse();
+        let history_truncated = history.first().is_some_and(|c| c.version > 1);
+        let usable_tier = if user.kyc_status == "approved" { user.tier } else { 0 };
+        Ok(UserKyc { user, usable_tier, cases, history, history_truncated })
     })
     .await
 }

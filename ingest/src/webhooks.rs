@@ -149,6 +149,7 @@ fn emit_with_id(
                     provider_schema_version: m.schema_version.clone(),
                     body_bytes: body.len() as u64,
                     fields: m.fields.clone(),
+                    transfer_callback: m.transfer_callback.clone().map(Box::new),
                     body: m.body.clone(),
                 },
             };

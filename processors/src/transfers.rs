@@ -8,17 +8,32 @@
 //! posting is planned for both legs before either is written, so a refused posting leaves the ledger as
 //! it was. A posting that would overflow is a business answer: a REJECTED transfer at request time, an
 //! `InputRejected` for later phases.
+//!
+//! **Provider callbacks.** Provider webhooks reach the log through the router (`{env}.ingest.webhooks`,
+//! body dropped). One whose definition declares it a transfer callback carries a typed
+//! `transfer_callback`, resolved at the edge (ingest-core `provider/callbacks.rs`): its status, kind,
+//! reference and amount. The transfer is found by (tenant, provider, reference) in [`TransfersState::refs`],
+//! filled from `external_ref` at request time and by deposits the provider creates (`received` for an
+//! unknown reference, when the definition says so: transfer id [`provider_transfer_id`], requested by
+//! `provider:{name}`). Unknown references, unresolved values, a kind or amount that disagrees with the
+//! transfer and illegal moves are `transfer.input_rejected` with the reason. A callback (webhook or
+//! `provider.transfer_status`) for a transfer still PENDING or COMPLIANCE_CHECK is *parked* on it
+//! (at most [`PARKED_CALLBACKS_PER_TRANSFER_MAX`], in arrival order) and applied when it becomes
+//! APPROVED, or rejected when it becomes BLOCKED: never lost. Webhooks that are no transfer callback
+//! (KYC results, card authorisations) are not transfers' business and emit nothing.
 use std::collections::{BTreeMap, VecDeque};
 
 use riverbank_schemas::processor::{Emit, InputRef, Output, Processor, Spec, Verdict};
 use riverbank_schemas::state::{Cell, Table};
 use riverbank_schemas::transfers::{
-    input_types as it, BalanceChanged, Counterparty, ExternalRef, InputRejected, LedgerPosting, PostingPhase,
-    ProviderStatus, ProviderTransferStatus, RiskDecided, RiskOutcome, ScreeningRequested, TransferAction,
-    TransferDecision, TransferKind, TransferPolicySet, TransferRequested, TransferStatus,
-    TransferStatusChanged,
+    input_types as it, BalanceChanged, CallbackStatus, Counterparty, ExternalRef, InputRejected,
+    LedgerPosting, PostingPhase, ProviderStatus, ProviderTransferStatus, RiskDecided, RiskOutcome,
+    ScreeningRequested, TransferAction, TransferCallback, TransferDecision, TransferKind, TransferPolicySet,
+    TransferRequested, TransferStatus, TransferStatusChanged,
 };
-use riverbank_schemas::{derived_id, Currency, Envelope, Environment, Money, RawEnvelope, Topics};
+use riverbank_schemas::{
+    derived_id, Currency, Envelope, Environment, Money, RawEnvelope, Topics, WebhookReceived,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -26,6 +41,11 @@ use uuid::Uuid;
 pub const EXTERNAL_ACCOUNT: &str = "external";
 /// Input ids remembered per transfer for deduplication.
 pub const APPLIED_INPUTS_PER_TRANSFER_MAX: usize = 64;
+/// Provider callbacks that may wait on one transfer for its approval (PENDING, COMPLIANCE_CHECK); one
+/// more is rejected.
+pub const PARKED_CALLBACKS_PER_TRANSFER_MAX: usize = 8;
+/// Longest transfer id, in bytes.
+pub const TRANSFER_ID_BYTES_MAX: usize = 128;
 
 /// Limits of the processor's state, from config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +163,20 @@ pub struct Transfer {
     /// The provider executing it and its reference (its callbacks find the transfer by it).
     #[serde(default)]
     pub external_ref: Option<ExternalRef>,
+    /// Provider callbacks that arrived while the transfer waited for approval, in arrival order
+    /// (at most [`PARKED_CALLBACKS_PER_TRANSFER_MAX`]); empty in every other status.
+    #[serde(default)]
+    pub parked: Vec<ParkedCallback>,
+}
+
+/// A provider callback waiting for its transfer's approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedCallback {
+    /// The callback's own input (its rejection, if it comes to that, names it).
+    pub input_event_id: Uuid,
+    pub input_event_type: String,
+    pub status: ProviderTransferStatus,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,7 +213,7 @@ pub struct Policy {
 
 /// Per-partition state: tables that record their own changes for the checkpoints. Checkpoint keys:
 /// `t/{tenant}/{transfer}`, `a/{tenant}/{account}/{currency}`, `p/{tenant}`, `x/{tenant}/{transfer}`
-/// (tombstones), `clock`, `final_seq`.
+/// (tombstones), `r/{tenant}/{provider}/{reference}` (provider references), `clock`, `final_seq`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransfersState {
     pub transfers: Table<Transfer>,
@@ -187,6 +221,9 @@ pub struct TransfersState {
     pub policies: Table<Policy>,
     /// Forgotten final transfers whose ids stay refused.
     pub tombstones: Table<Tombstone>,
+    /// (tenant, provider, reference) → transfer id: how a provider callback finds its transfer. One
+    /// entry per retained transfer with an `external_ref` at most; removed when the transfer is forgotten.
+    pub refs: Table<String>,
     /// The event clock (ms): the processor's only notion of "now" (see [`ReuseLimits`]).
     pub clock: Cell<i64>,
     /// The last `final_seq` given to a transfer (0: none yet). Only grows.
@@ -198,7 +235,7 @@ pub struct TransfersState {
 }
 
 riverbank_schemas::state_tables!(
-    TransfersState { transfers, accounts, policies, tombstones, clock, final_seq },
+    TransfersState { transfers, accounts, policies, tombstones, refs, clock, final_seq },
     after_restore = rebuild_orders
 );
 
@@ -223,6 +260,24 @@ pub fn tombstone_key(tenant: &str, id: &str) -> String {
     format!("{tenant}/{id}")
 }
 
+/// Key of a provider reference in [`TransfersState::refs`] (tenants and provider names hold no `/`).
+pub fn ref_key(tenant: &str, provider: &str, reference: &str) -> String {
+    format!("{tenant}/{provider}/{reference}")
+}
+
+/// The id of a deposit a provider creates: `{provider}:{reference}` when the reference is made of
+/// `A-Z a-z 0-9 _ - . :` and the id fits [`TRANSFER_ID_BYTES_MAX`], else `{provider}:{uuid}` with
+/// the uuid derived from both. Deterministic, so a replay creates the same transfer.
+pub fn provider_transfer_id(provider: &str, reference: &str) -> String {
+    let plain = format!("{provider}:{reference}");
+    let tidy = reference.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if tidy && !reference.is_empty() && plain.len() <= TRANSFER_ID_BYTES_MAX {
+        plain
+    } else {
+        format!("{provider}:{}", derived_id(&["provider-transfer", provider, reference]))
+    }
+}
+
 impl TransfersState {
     pub fn new() -> Self {
         TransfersState {
@@ -230,6 +285,7 @@ impl TransfersState {
             accounts: Table::new("a"),
             policies: Table::new("p"),
             tombstones: Table::new("x"),
+            refs: Table::new("r"),
             clock: Cell::new("clock"),
             final_seq: Cell::new("final_seq"),
             finals: VecDeque::new(),
@@ -301,9 +357,21 @@ impl Out<'_> {
     }
 
     fn reject(&mut self, transfer_id: Option<&str>, reason: impl Into<String>) {
+        let (id, event_type) = (self.input.event_id, self.input.event_type.clone());
+        self.reject_input(id, event_type, transfer_id, reason);
+    }
+
+    /// Reject an earlier input (a parked callback) as part of this one's outputs.
+    fn reject_input(
+        &mut self,
+        input_event_id: Uuid,
+        input_event_type: String,
+        transfer_id: Option<&str>,
+        reason: impl Into<String>,
+    ) {
         let r = InputRejected {
-            input_event_id: self.input.event_id,
-            input_event_type: self.input.event_type.clone(),
+            input_event_id,
+            input_event_type,
             transfer_id: transfer_id.map(str::to_owned),
             reason: reason.into(),
             at: Some(self.input.occurred_at),
@@ -334,6 +402,8 @@ impl Processor for TransfersProcessor {
                 Output::new(topics.balances(env), &[BalanceChanged::EVENT_TYPE]),
                 Output::new(topics.transfer_screening(env), &[ScreeningRequested::EVENT_TYPE]),
             ],
+            // Provider webhooks: the ones their definition declares transfer callbacks move transfers.
+            routed: vec![topics.ingest_webhooks(env)],
             ..Spec::reading(topics.transfer_inputs(env))
         }
     }
@@ -356,6 +426,9 @@ impl Processor for TransfersProcessor {
             it::PROVIDER_STATUS => decode(&input).map(|p: ProviderStatus| self.provider(state, &mut out, p)),
             it::RISK_DECIDED => decode(&input).map(|r: RiskDecided| self.risk(state, &mut out, r)),
             it::POLICY_SET => decode(&input).map(|p: TransferPolicySet| self.policy(state, &mut out, p)),
+            WebhookReceived::EVENT_TYPE => {
+                decode(&input).map(|w: WebhookReceived| self.webhook(state, &mut out, w))
+            }
             other => Err(format!("transfers has no rule for {other}")),
         };
         if let Err(reason) = result {
@@ -440,8 +513,17 @@ impl TransfersProcessor {
             );
             return;
         }
-        if r.transfer_id.is_empty() || r.transfer_id.len() > 128 {
+        if r.transfer_id.is_empty() || r.transfer_id.len() > TRANSFER_ID_BYTES_MAX {
             out.reject(Some(&r.transfer_id), "transfer_id must be 1-128 characters");
+            return;
+        }
+        let reference = r.external_ref.as_ref().map(|x| ref_key(&tenant, &x.provider, &x.reference));
+        if let Some(other) = reference.as_ref().and_then(|k| state.refs.get(k)) {
+            let x = r.external_ref.as_ref().map(|x| format!("{}/{}", x.provider, x.reference));
+            out.reject(
+                Some(&r.transfer_id),
+                format!("provider reference {} already belongs to transfer {other}", x.unwrap_or_default()),
+            );
             return;
         }
         let (source, destination) = match r.kind {
@@ -475,6 +557,7 @@ impl TransfersProcessor {
             user_id: r.user_id.clone(),
             counterparty: r.counterparty.clone(),
             external_ref: r.external_ref.clone(),
+            parked: Vec::new(),
         };
         self.status(out, &mut t, TransferStatus::Initiated, None);
         self.status(out, &mut t, TransferStatus::Validating, None);
@@ -499,6 +582,9 @@ impl TransfersProcessor {
             self.status(out, &mut t, TransferStatus::Pending, None);
             self.status(out, &mut t, TransferStatus::ComplianceCheck, None);
         }
+        if let Some(k) = reference {
+            state.refs.insert(k, r.transfer_id.clone());
+        }
         state.transfers.insert(key, t);
     }
 
@@ -516,12 +602,14 @@ impl TransfersProcessor {
             t.approved_by = Some(d.actor);
             if t.risk.is_some() && t.risk != Some(RiskOutcome::Block) {
                 self.status(out, &mut t, TransferStatus::Approved, None);
+                self.apply_parked(state, out, &mut t);
             }
         } else if let Err(reason) = self.release(state, out, &t) {
             out.reject(Some(&d.transfer_id), format!("rejection not applied: {reason}"));
         } else {
             let reason = d.reason.unwrap_or_else(|| "rejected by approver".to_owned());
             self.status(out, &mut t, TransferStatus::Blocked, Some(reason));
+            Self::reject_parked(out, &mut t);
         }
         self.store(state, t);
     }
@@ -552,12 +640,15 @@ impl TransfersProcessor {
                         r.reasons.join(", ")
                     );
                     self.status(out, &mut t, TransferStatus::Blocked, Some(reason));
+                    Self::reject_parked(out, &mut t);
                 }
                 RiskOutcome::Approve if !t.needs_approval || t.approved_by.is_some() => {
                     self.status(out, &mut t, TransferStatus::Approved, None);
+                    self.apply_parked(state, out, &mut t);
                 }
                 RiskOutcome::Review if t.approved_by.is_some() => {
                     self.status(out, &mut t, TransferStatus::Approved, None);
+                    self.apply_parked(state, out, &mut t);
                 }
                 // Waits for a human approval.
                 RiskOutcome::Approve | RiskOutcome::Review => {}
@@ -600,9 +691,71 @@ impl TransfersProcessor {
     }
 
     fn provider(&self, state: &mut TransfersState, out: &mut Out<'_>, p: ProviderStatus) {
-        use TransferStatus as S;
         let Ok(Some(t)) = Self::target(state, out, &p.transfer_id) else { return };
         let mut t = t.clone();
+        let cb = ParkedCallback {
+            input_event_id: out.input.event_id,
+            input_event_type: out.input.event_type.clone(),
+            status: p.status,
+            reason: p.reason,
+        };
+        self.callback(state, out, &mut t, cb);
+        self.store(state, t);
+    }
+
+    /// A provider callback for `t`: parked while the transfer waits for approval, else applied.
+    fn callback(&self, state: &mut TransfersState, out: &mut Out<'_>, t: &mut Transfer, cb: ParkedCallback) {
+        use TransferStatus as S;
+        match t.status {
+            S::Pending | S::ComplianceCheck if t.parked.len() >= PARKED_CALLBACKS_PER_TRANSFER_MAX => {
+                out.reject_input(
+                    cb.input_event_id,
+                    cb.input_event_type,
+                    Some(&t.transfer_id),
+                    format!(
+                        "callback {:?} refused: {PARKED_CALLBACKS_PER_TRANSFER_MAX} callbacks already wait for the transfer's approval ({:?})",
+                        cb.status, t.status
+                    ),
+                );
+            }
+            // A fast provider (completed before screening ended): kept until the transfer is decided.
+            S::Pending | S::ComplianceCheck => t.parked.push(cb),
+            _ => self.move_by_callback(state, out, t, &cb),
+        }
+    }
+
+    /// The transfer became APPROVED: apply the callbacks that waited for it, in arrival order.
+    fn apply_parked(&self, state: &mut TransfersState, out: &mut Out<'_>, t: &mut Transfer) {
+        for cb in std::mem::take(&mut t.parked) {
+            self.move_by_callback(state, out, t, &cb);
+        }
+    }
+
+    /// The transfer became BLOCKED: the callbacks that waited for it are rejected, naming why.
+    fn reject_parked(out: &mut Out<'_>, t: &mut Transfer) {
+        for cb in std::mem::take(&mut t.parked) {
+            out.reject_input(
+                cb.input_event_id,
+                cb.input_event_type,
+                Some(&t.transfer_id),
+                format!("callback {:?} refused: transfer is {:?}", cb.status, t.status),
+            );
+        }
+    }
+
+    /// Move `t` as a callback says, along legal edges only; anything else rejects the callback's input.
+    fn move_by_callback(
+        &self,
+        state: &mut TransfersState,
+        out: &mut Out<'_>,
+        t: &mut Transfer,
+        cb: &ParkedCallback,
+    ) {
+        use TransferStatus as S;
+        let id = t.transfer_id.clone();
+        let reject = |out: &mut Out<'_>, reason: String| {
+            out.reject_input(cb.input_event_id, cb.input_event_type.clone(), Some(&id), reason)
+        };
         // Where the callback says the transfer is, on the execution path APPROVED → … → final.
         let rank = |s: S| match s {
             S::Approved => Some(0),
@@ -611,7 +764,7 @@ impl TransfersProcessor {
             S::Completed | S::Failed => Some(3),
             _ => None,
         };
-        let target = match p.status {
+        let target = match cb.status {
             ProviderTransferStatus::Processing => S::Processing,
             ProviderTransferStatus::Confirming => S::Confirming,
             ProviderTransferStatus::Completed => S::Completed,
@@ -619,20 +772,11 @@ impl TransfersProcessor {
         };
         match rank(t.status) {
             None if matches!(t.status, S::Cancelled) => {
-                out.reject(
-                    Some(&p.transfer_id),
-                    format!("late callback {:?}: transfer is CANCELLED", p.status),
-                );
+                reject(out, format!("late callback {:?}: transfer is CANCELLED", cb.status));
             }
-            None => out.reject(
-                Some(&p.transfer_id),
-                format!("callback {:?} before approval: transfer is {:?}", p.status, t.status),
-            ),
+            None => reject(out, format!("callback {:?} refused: transfer is {:?}", cb.status, t.status)),
             Some(current) if rank(target).is_some_and(|r| r <= current) => {
-                out.reject(
-                    Some(&p.transfer_id),
-                    format!("stale callback {:?}: transfer is already {:?}", p.status, t.status),
-                );
+                reject(out, format!("stale callback {:?}: transfer is already {:?}", cb.status, t.status));
             }
             Some(_) => {
                 // The ledger change the target makes (post on COMPLETED, release on FAILED), planned before
@@ -643,13 +787,9 @@ impl TransfersProcessor {
                     _ => None,
                 };
                 let mut ledger =
-                    match phase.map(|phase| Self::plan(state, &t, phase).map(|legs| (phase, legs))) {
+                    match phase.map(|phase| Self::plan(state, t, phase).map(|legs| (phase, legs))) {
                         Some(Err(reason)) => {
-                            out.reject(
-                                Some(&p.transfer_id),
-                                format!("callback {:?} not applied: {reason}", p.status),
-                            );
-                            self.store(state, t);
+                            reject(out, format!("callback {:?} not applied: {reason}", cb.status));
                             return;
                         }
                         Some(Ok(planned)) => Some(planned),
@@ -666,18 +806,98 @@ impl TransfersProcessor {
                     }
                     if next == target {
                         if let Some((phase, legs)) = ledger.take() {
-                            Self::commit(state, out, &t, phase, legs);
+                            Self::commit(state, out, t, phase, legs);
                         }
                     }
-                    let reason = if next == target { p.reason.clone() } else { None };
-                    self.status(out, &mut t, next, reason);
+                    let reason = if next == target { cb.reason.clone() } else { None };
+                    self.status(out, t, next, reason);
                     if next == target {
                         break;
                     }
                 }
             }
         }
+    }
+
+    /// A provider webhook. Only one its definition declares a transfer callback concerns transfers.
+    fn webhook(&self, state: &mut TransfersState, out: &mut Out<'_>, w: WebhookReceived) {
+        let Some(cb) = w.transfer_callback else { return };
+        let label = format!(
+            "{} callback {}",
+            w.provider,
+            w.event_type.as_deref().or(w.provider_event_type.as_deref()).unwrap_or("?")
+        );
+        if !cb.problems.is_empty() {
+            out.reject(None, format!("{label} cannot be resolved: {}", cb.problems.join("; ")));
+            return;
+        }
+        let Some(reference) = cb.reference.clone() else {
+            out.reject(None, format!("{label} names no reference"));
+            return;
+        };
+        let tenant = out.input.tenant_id.clone();
+        let Some(transfer_id) = state.refs.get(&ref_key(&tenant, &w.provider, &reference)).cloned() else {
+            if cb.status == CallbackStatus::Received && cb.creates_deposit {
+                self.create_deposit(state, out, &w.provider, reference, &cb, &label);
+            } else {
+                out.reject(None, format!("{label}: unknown reference {}/{reference}", w.provider));
+            }
+            return;
+        };
+        let Ok(Some(t)) = Self::target(state, out, &transfer_id) else { return };
+        let mut t = t.clone();
+        if let Some(reason) = disagreement(&label, &cb, &t) {
+            out.reject(Some(&transfer_id), reason);
+        } else if let Some(status) = cb.status.moves_to() {
+            let parked = ParkedCallback {
+                input_event_id: out.input.event_id,
+                input_event_type: out.input.event_type.clone(),
+                status,
+                reason: cb.reason.clone(),
+            };
+            self.callback(state, out, &mut t, parked);
+        } else if matches!(
+            t.status,
+            TransferStatus::Blocked | TransferStatus::Rejected | TransferStatus::Cancelled
+        ) {
+            // The provider has money or an order for a transfer that will not happen: say so.
+            out.reject(Some(&transfer_id), format!("{label} refused: transfer is {:?}", t.status));
+        }
+        // Otherwise `received` for a known transfer: its reference and amount agree; nothing moves.
         self.store(state, t);
+    }
+
+    /// A `received` callback the definition lets create a deposit, for a reference nobody requested:
+    /// the same path as `transfer.requested` (validation, hold, screening), requested by the provider.
+    fn create_deposit(
+        &self,
+        state: &mut TransfersState,
+        out: &mut Out<'_>,
+        provider: &str,
+        reference: String,
+        cb: &TransferCallback,
+        label: &str,
+    ) {
+        let transfer_id = provider_transfer_id(provider, &reference);
+        let (Some(amount), Some(destination)) = (cb.amount, cb.destination_account.clone()) else {
+            out.reject(
+                Some(&transfer_id),
+                format!("{label} creates a deposit but names no amount or destination account"),
+            );
+            return;
+        };
+        let r = TransferRequested {
+            transfer_id,
+            kind: TransferKind::Deposit,
+            amount,
+            source_account: None,
+            destination_account: Some(destination),
+            requested_by: format!("provider:{provider}"),
+            user_id: cb.user_id.clone(),
+            counterparty: None,
+            external_ref: Some(ExternalRef { provider: provider.to_owned(), reference }),
+        };
+        self.request(state, out, r);
     }
 
     fn policy(&self, state: &mut TransfersState, out: &mut Out<'_>, p: TransferPolicySet) {
@@ -701,6 +921,12 @@ impl TransfersProcessor {
     }
 
     fn store(&self, state: &mut TransfersState, t: Transfer) {
+        debug_assert!(
+            t.parked.is_empty()
+                || matches!(t.status, TransferStatus::Pending | TransferStatus::ComplianceCheck),
+            "callbacks parked on a {:?} transfer would never apply",
+            t.status
+        );
         let key = transfer_key(&t.tenant_id, &t.transfer_id);
         if t.status.is_final() && t.final_at_ms.is_none() {
             let mut t = t;
@@ -726,6 +952,12 @@ impl TransfersProcessor {
             }
             state.finals.pop_front();
             if let Some(t) = state.transfers.remove(&key) {
+                if let Some(x) = &t.external_ref {
+                    let k = ref_key(&t.tenant_id, &x.provider, &x.reference);
+                    if state.refs.get(&k) == Some(&t.transfer_id) {
+                        state.refs.remove(&k);
+                    }
+                }
                 let tomb = tombstone_key(&t.tenant_id, &t.transfer_id);
                 let stone = Tombstone {
                     final_at_ms: t.final_at_ms.unwrap_or(at),
@@ -912,7 +1144,12 @@ impl TransfersProcessor {
 /// A day of a small tenant's life, for the conformance suite: a policy, deposits approved and
 /// completed, an internal transfer, one blocked by risk then cancelled, a failed payout retried, an
 /// approval by a second person, refusals (insufficient funds, maker-checker, unknown transfer), a
-/// payload that does not decode and an input type transfers has no rule for.
+/// payload that does not decode and an input type transfers has no rule for. Provider webhooks (as the
+/// router copies them, body null): a deposit requested with a provider reference whose `completed`
+/// arrives before screening ends (parked, applied at approval), one the provider creates
+/// (`received`), a payout callback for a blocked payout (parked, then rejected), an unknown reference,
+/// an amount that disagrees, an unresolved callback, and a KYC webhook that is none of transfers'
+/// business.
 pub fn examples(env: Environment) -> Vec<RawEnvelope> {
     use serde_json::json;
     let usd = |minor: i64| json!({"amount_minor": minor, "currency": "USD"});
@@ -935,6 +1172,21 @@ pub fn examples(env: Environment) -> Vec<RawEnvelope> {
     let provider =
         |id: &str, status: &str| (it::PROVIDER_STATUS, json!({"transfer_id": id, "status": status}));
     let action = |t: &'static str, id: &str, actor: &str| (t, json!({"transfer_id": id, "actor": actor}));
+    let with_ref = |(t, mut p): (&'static str, serde_json::Value), reference: &str| {
+        p["external_ref"] = json!({"provider": "acmepay", "reference": reference});
+        (t, p)
+    };
+    let webhook = |event_type: &str, callback: serde_json::Value| {
+        let mut p = json!({
+            "provider": "acmepay", "provider_event_id": format!("evt_{event_type}_{}", callback["reference"]),
+            "event_type": event_type, "body_bytes": 200, "body": null,
+        });
+        if !callback.is_null() {
+            p["transfer_callback"] = callback;
+        }
+        (WebhookReceived::EVENT_TYPE, p)
+    };
+    let callback = |status: &str, kind: &str, reference: &str, minor: i64| json!({"status": status, "kind": kind, "reference": reference, "amount": usd(minor)});
     let steps: Vec<(&str, serde_json::Value)> = vec![
         (it::POLICY_SET, json!({"approval_thresholds": [usd(50_000)], "overdraft_accounts": []})),
         request("d1", "deposit", 10_000, None, Some("acct_1")),
@@ -957,6 +1209,25 @@ pub fn examples(env: Environment) -> Vec<RawEnvelope> {
         action(it::APPROVED, "p2", "checker"),
         provider("p2", "completed"),
         provider("zz", "completed"),
+        with_ref(request("d2", "deposit", 3_000, None, Some("acct_1")), "dep_a"),
+        webhook("deposit.completed", callback("completed", "deposit", "dep_a", 3_000)),
+        risk("d2", "approve"),
+        webhook("deposit.received", {
+            let mut c = callback("received", "deposit", "dep_b", 700);
+            c["creates_deposit"] = true.into();
+            c["destination_account"] = "acct_2".into();
+            c["user_id"] = "usr_1".into();
+            c
+        }),
+        risk("acmepay:dep_b", "approve"),
+        webhook("deposit.completed", callback("completed", "deposit", "dep_b", 700)),
+        with_ref(request("p3", "payout", 500, Some("acct_1"), None), "po_a"),
+        webhook("payout.processing", callback("processing", "payout", "po_a", 500)),
+        risk("p3", "block"),
+        webhook("deposit.completed", callback("completed", "deposit", "dep_zz", 100)),
+        webhook("deposit.failed", callback("failed", "deposit", "dep_a", 9_999)),
+        webhook("deposit.completed", json!({"status": "completed", "problems": ["reference is missing"]})),
+        webhook("kyc.case_approved", serde_json::Value::Null),
         (it::REQUESTED, json!({"transfer_id": 5})),
         ("transfer.unheard_of", json!({})),
     ];
@@ -967,9 +1238,28 @@ pub fn examples(env: Environment) -> Vec<RawEnvelope> {
         .map(|(i, (event_type, payload))| {
             let at = t0 + chrono::Duration::seconds(i as i64);
             let id = derived_id(&["transfers-example", &i.to_string()]);
-            Envelope::new(id, event_type, "tenant-a", env, at, "api", payload)
+            let source = if event_type == WebhookReceived::EVENT_TYPE { "acmepay" } else { "api" };
+            Envelope::new(id, event_type, "tenant-a", env, at, source, payload)
         })
         .collect()
+}
+
+/// Why a callback cannot be about `t`: another kind of transfer, or another amount or currency.
+fn disagreement(label: &str, cb: &TransferCallback, t: &Transfer) -> Option<String> {
+    if let Some(kind) = cb.kind.filter(|k| *k != t.kind) {
+        return Some(format!(
+            "{label} is about a {}, but transfer {} is a {}",
+            kind.as_str(),
+            t.transfer_id,
+            t.kind.as_str()
+        ));
+    }
+    match cb.amount {
+        Some(amount) if amount != t.amount => {
+            Some(format!("{label} states {amount}, but transfer {} is for {}", t.transfer_id, t.amount))
+        }
+        _ => None,
+    }
 }
 
 fn overflow_reason(t: &Transfer, account: &str) -> String {

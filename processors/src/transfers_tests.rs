@@ -25,6 +25,7 @@ fn json_entries(s: &TransfersState) -> Vec<(String, serde_json::Value)> {
                 Some("a") => json::<Account>(&v),
                 Some("p") => json::<Policy>(&v),
                 Some("x") => json::<Tombstone>(&v),
+                Some("r") => json::<String>(&v),
                 Some("clock") => json::<i64>(&v),
                 _ => json::<u64>(&v),
             };
@@ -340,10 +341,38 @@ fn transition_table() {
             Some("only BLOCKED or REJECTED"),
         ),
         (
-            "callback before approval",
+            "callback before approval waits for it",
             vec![|h| h.request("w", "payout", 100, Some("acct_1"), None), |h| h.provider("w", "processing")],
             S::ComplianceCheck,
-            Some("before approval"),
+            None,
+        ),
+        (
+            "callback before approval applies at approval",
+            vec![
+                |h| h.request("w", "payout", 100, Some("acct_1"), None),
+                |h| h.provider("w", "processing"),
+                |h| h.risk("w", "approve"),
+            ],
+            S::Processing,
+            None,
+        ),
+        (
+            "callback before a block is rejected by it",
+            vec![
+                |h| h.request("w", "payout", 100, Some("acct_1"), None),
+                |h| h.provider("w", "completed"),
+                |h| h.risk("w", "block"),
+            ],
+            S::Blocked,
+            Some("callback Completed refused: transfer is Blocked"),
+        ),
+        (
+            "callback after a block",
+            vec![|h| h.request("w", "payout", 100, Some("acct_1"), None), |h| h.risk("w", "block"), |h| {
+                h.provider("w", "completed")
+            }],
+            S::Blocked,
+            Some("refused: transfer is Blocked"),
         ),
         (
             "stale callback never moves back",
@@ -509,13 +538,40 @@ fn final_transfers_are_forgotten_after_retention() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Request { id: u8, kind: u8, amount: i64, a: u8, b: u8 },
-    Risk { id: u8, outcome: u8 },
-    Decide { id: u8, approve: bool, by_maker: bool },
+    Request {
+        id: u8,
+        kind: u8,
+        amount: i64,
+        a: u8,
+        b: u8,
+    },
+    Risk {
+        id: u8,
+        outcome: u8,
+    },
+    Decide {
+        id: u8,
+        approve: bool,
+        by_maker: bool,
+    },
     Cancel(u8),
     Retry(u8),
-    Provider { id: u8, status: u8 },
-    Policy { threshold: i64, overdraft: u8 },
+    Provider {
+        id: u8,
+        status: u8,
+    },
+    /// A provider webhook for reference `ref_{id}` (status 0..5: received, processing, confirming,
+    /// completed, failed), with an amount that may disagree, or creating a deposit.
+    Webhook {
+        id: u8,
+        status: u8,
+        amount: Option<i64>,
+        creates: bool,
+    },
+    Policy {
+        threshold: i64,
+        overdraft: u8,
+    },
     Duplicate(usize),
 }
 
@@ -541,6 +597,8 @@ fn op_with(amount: impl Strategy<Value = i64> + Clone + 'static) -> impl Strateg
         1 => (0u8..6).prop_map(Op::Cancel),
         1 => (0u8..6).prop_map(Op::Retry),
         4 => (0u8..6, 0u8..4).prop_map(|(id, status)| Op::Provider { id, status }),
+        3 => (0u8..6, 0u8..5, proptest::option::weighted(0.3, 1i64..5_000), proptest::bool::weighted(0.2))
+            .prop_map(|(id, status, amount, creates)| Op::Webhook { id, status, amount, creates }),
         1 => (1i64..3_000, 0u8..5).prop_map(|(threshold, overdraft)| Op::Policy { threshold, overdraft }),
         2 => (0usize..64).prop_map(Op::Duplicate),
     ]
@@ -558,7 +616,8 @@ fn inputs_for(ops: &[Op]) -> Vec<RawEnvelope> {
                 envelope(
                     seq,
                     it::REQUESTED,
-                    serde_json::json!({"transfer_id": id(n), "kind": kind, "amount": {"amount_minor": amount, "currency": "USD"}, "source_account": acct(a), "destination_account": acct(b), "requested_by": "maker"}),
+                    serde_json::json!({"transfer_id": id(n), "kind": kind, "amount": {"amount_minor": amount, "currency": "USD"}, "source_account": acct(a), "destination_account": acct(b), "requested_by": "maker",
+                        "external_ref": {"provider": "acmepay", "reference": format!("ref_{n}")}}),
                 )
             }
             Op::Risk { id: n, outcome } => {
@@ -591,6 +650,18 @@ fn inputs_for(ops: &[Op]) -> Vec<RawEnvelope> {
                     it::PROVIDER_STATUS,
                     serde_json::json!({"transfer_id": id(n), "status": status}),
                 )
+            }
+            Op::Webhook { id: n, status, amount, creates } => {
+                let status =
+                    ["received", "processing", "confirming", "completed", "failed"][*status as usize];
+                let mut c = serde_json::json!({"status": status, "reference": format!("ref_{n}")});
+                if let Some(a) = amount {
+                    c["amount"] = serde_json::to_value(usd(*a)).expect("money");
+                }
+                if *creates {
+                    c = created(&format!("ref_{n}"), amount.unwrap_or(100), &acct(n));
+                }
+                webhook_envelope(seq, "deposit.x", Some(c))
             }
             Op::Policy { threshold, overdraft } => {
                 let overdraft: Vec<String> = if *overdraft < 4 { vec![acct(overdraft)] } else { vec![] };
@@ -1100,4 +1171,460 @@ fn a_checkpoint_without_final_sequences_still_restores_in_the_old_order() {
         "the oldest is forgotten first"
     );
     assert!(again.state.transfers.contains_key(&transfer_key(TENANT, "x2")));
+}
+
+// ---- provider callbacks (webhooks routed from ingest) ----
+
+/// A `webhook.received` as the router copies it (body null) carrying `callback` (or none).
+fn webhook_envelope(seq: u64, event_type: &str, callback: Option<serde_json::Value>) -> RawEnvelope {
+    let mut p = serde_json::json!({
+        "provider": "acmepay", "provider_event_id": format!("evt_{seq}"), "event_type": event_type,
+        "body_bytes": 120, "fields": {"reference": "r"}, "body": null,
+    });
+    if let Some(c) = callback {
+        p["transfer_callback"] = c;
+    }
+    let mut e = envelope(seq, WebhookReceived::EVENT_TYPE, p);
+    e.source = "acmepay".to_owned();
+    e
+}
+
+fn cb(status: &str, kind: &str, reference: &str, minor: i64) -> serde_json::Value {
+    serde_json::json!({"status": status, "kind": kind, "reference": reference, "amount": usd(minor)})
+}
+
+fn created(reference: &str, minor: i64, account: &str) -> serde_json::Value {
+    let mut c = cb("received", "deposit", reference, minor);
+    c["creates_deposit"] = true.into();
+    c["destination_account"] = account.into();
+    c["user_id"] = "usr_9".into();
+    c
+}
+
+impl H {
+    fn webhook(&mut self, event_type: &str, callback: serde_json::Value) -> Outs {
+        self.seq += 1;
+        let e = webhook_envelope(self.seq, event_type, Some(callback));
+        self.apply_envelope(e)
+    }
+    fn request_ref(
+        &mut self,
+        id: &str,
+        kind: &str,
+        amount: i64,
+        src: Option<&str>,
+        dst: Option<&str>,
+        r: &str,
+    ) -> Outs {
+        let mut p = serde_json::json!({"transfer_id": id, "kind": kind, "amount": usd(amount), "requested_by": "maker",
+            "external_ref": {"provider": "acmepay", "reference": r}});
+        if let Some(s) = src {
+            p["source_account"] = s.into();
+        }
+        if let Some(d) = dst {
+            p["destination_account"] = d.into();
+        }
+        self.send(it::REQUESTED, p)
+    }
+    fn parked(&self, id: &str) -> usize {
+        self.transfer(id).parked.len()
+    }
+    fn transfer(&self, id: &str) -> &Transfer {
+        &self.state.transfers[&transfer_key(TENANT, id)]
+    }
+}
+
+#[test]
+fn a_webhook_callback_finds_its_transfer_by_provider_reference() {
+    let mut h = H::new();
+    h.request_ref("d", "deposit", 2_500, None, Some("acct_1"), "dep_1");
+    assert_eq!(h.state.refs[&ref_key(TENANT, "acmepay", "dep_1")], "d");
+    h.risk("d", "approve");
+    assert_eq!(
+        h.webhook("deposit.processing", cb("processing", "deposit", "dep_1", 2_500)).statuses(),
+        vec![S::Processing]
+    );
+    // `received` for a known, approved transfer: reference and amount agree; nothing moves.
+    assert!(h.webhook("deposit.received", cb("received", "deposit", "dep_1", 2_500)).0.is_empty());
+    let o = h.webhook("deposit.completed", cb("completed", "deposit", "dep_1", 2_500));
+    assert_eq!(o.statuses(), vec![S::Confirming, S::Completed]);
+    assert_eq!(o.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE).len(), 2);
+    assert_eq!(h.account("acct_1").posted, 2_500);
+    assert_eq!(h.state.posted_sums()["USD"], 0);
+    // The provider redelivers (same event id): nothing; a later distinct `completed`: stale.
+    h.seq -= 1;
+    assert!(h.webhook("deposit.completed", cb("completed", "deposit", "dep_1", 2_500)).0.is_empty());
+    let r = h.webhook("deposit.completed", cb("completed", "deposit", "dep_1", 2_500)).rejections();
+    assert!(r[0].contains("stale callback Completed"), "{r:?}");
+    assert_eq!(h.account("acct_1").posted, 2_500, "posted once");
+}
+
+#[test]
+fn callbacks_that_cannot_apply_are_rejections_naming_why() {
+    let mut h = H::new();
+    h.deposit_completed("funding", "acct_1", 10_000);
+    h.request_ref("d", "deposit", 2_500, None, Some("acct_1"), "dep_1");
+    h.request_ref("p", "payout", 1_000, Some("acct_1"), None, "po_1");
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "deposit.completed",
+            cb("completed", "deposit", "dep_404", 2_500),
+            "acmepay callback deposit.completed: unknown reference acmepay/dep_404",
+        ),
+        // No creation declared: a received deposit for an unknown reference is refused too.
+        ("deposit.received", cb("received", "deposit", "dep_405", 10), "unknown reference acmepay/dep_405"),
+        (
+            "deposit.completed",
+            cb("completed", "deposit", "dep_1", 2_499),
+            "states 24.99 USD, but transfer d is for 25.00 USD",
+        ),
+        (
+            "deposit.completed",
+            serde_json::json!({"status": "completed", "kind": "deposit", "reference": "dep_1", "amount": {"amount_minor": 2_500, "currency": "EUR"}}),
+            "states 25.00 EUR, but transfer d is for 25.00 USD",
+        ),
+        (
+            "deposit.completed",
+            cb("completed", "deposit", "po_1", 1_000),
+            "is about a deposit, but transfer p is a payout",
+        ),
+        (
+            "deposit.completed",
+            serde_json::json!({"status": "completed", "problems": ["amount: 'x' is not a decimal amount"]}),
+            "acmepay callback deposit.completed cannot be resolved: amount: 'x' is not a decimal amount",
+        ),
+        ("deposit.completed", serde_json::json!({"status": "completed"}), "names no reference"),
+    ];
+    for (event_type, c, want) in cases {
+        let o = h.webhook(event_type, c);
+        assert!(o.statuses().is_empty(), "{want}: nothing moves");
+        let r = o.of::<InputRejected>(InputRejected::EVENT_TYPE);
+        assert_eq!(r.len(), 1, "{want}: {r:?}");
+        assert!(r[0].reason.contains(want), "{} should contain {want}", r[0].reason);
+        assert_eq!(r[0].input_event_type, WebhookReceived::EVENT_TYPE);
+    }
+    assert!(h.transfer("d").parked.is_empty() && h.transfer("p").parked.is_empty());
+    // Illegal moves: a callback for a blocked payout, a late one for a cancelled payout.
+    h.risk("p", "block");
+    let r = h.webhook("payout.completed", cb("completed", "payout", "po_1", 1_000)).rejections();
+    assert_eq!(r, vec!["callback Completed refused: transfer is Blocked"]);
+    let r = h.webhook("payout.received", cb("received", "payout", "po_1", 1_000)).rejections();
+    assert_eq!(r, vec!["acmepay callback payout.received refused: transfer is Blocked"]);
+    h.action(it::CANCEL_REQUESTED, "p", "ops");
+    let r = h.webhook("payout.failed", cb("failed", "payout", "po_1", 1_000)).rejections();
+    assert_eq!(r, vec!["late callback Failed: transfer is CANCELLED"]);
+}
+
+#[test]
+fn a_fast_providers_callbacks_wait_for_approval_and_apply_once_in_order() {
+    let mut h = H::new();
+    h.request_ref("d", "deposit", 700, None, Some("acct_1"), "dep_1");
+    // Completed (and a processing that arrives after it) before screening ends: parked, nothing moves.
+    let first = h.webhook("deposit.completed", cb("completed", "deposit", "dep_1", 700));
+    assert!(first.0.is_empty(), "{first:?}");
+    let completed_id = derived_id(&["test-input", &h.seq.to_string()]);
+    assert!(h.webhook("deposit.processing", cb("processing", "deposit", "dep_1", 700)).0.is_empty());
+    let processing_id = derived_id(&["test-input", &h.seq.to_string()]);
+    // A redelivery of the parked `completed` is recognised and not parked twice.
+    h.apply_envelope(webhook_envelope(
+        h.seq - 1,
+        "deposit.completed",
+        Some(cb("completed", "deposit", "dep_1", 700)),
+    ));
+    assert_eq!(h.parked("d"), 2);
+    assert_eq!(h.status_of("d"), S::ComplianceCheck);
+    assert_eq!(h.account("acct_1").posted, 0);
+    // Approval applies them in arrival order: completed walks to COMPLETED and posts; processing is stale.
+    let o = h.risk("d", "approve");
+    assert_eq!(o.statuses(), vec![S::Approved, S::Processing, S::Confirming, S::Completed]);
+    let r = o.of::<InputRejected>(InputRejected::EVENT_TYPE);
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].input_event_id, r[0].reason.as_str()),
+        (processing_id, "stale callback Processing: transfer is already Completed")
+    );
+    assert_ne!(r[0].input_event_id, completed_id);
+    assert_eq!(h.account("acct_1").posted, 700);
+    assert_eq!(h.parked("d"), 0);
+    // Nothing applies twice: a redelivery now, and the approval again.
+    h.seq -= 1;
+    let again = h.webhook("deposit.processing", cb("processing", "deposit", "dep_1", 700));
+    assert!(again.0.is_empty(), "{again:?}");
+    assert_eq!(h.account("acct_1").posted, 700);
+}
+
+#[test]
+fn parked_callbacks_wait_for_a_human_approval_too_and_are_bounded() {
+    let mut h = H::new();
+    h.send(it::POLICY_SET, serde_json::json!({"approval_thresholds": [usd(100)]}));
+    h.request_ref("big", "deposit", 5_000, None, Some("acct_1"), "dep_big");
+    for _ in 0..PARKED_CALLBACKS_PER_TRANSFER_MAX {
+        assert!(h.webhook("deposit.processing", cb("processing", "deposit", "dep_big", 5_000)).0.is_empty());
+    }
+    let r = h.webhook("deposit.completed", cb("completed", "deposit", "dep_big", 5_000)).rejections();
+    assert_eq!(r, vec!["callback Completed refused: 8 callbacks already wait for the transfer's approval (ComplianceCheck)"]);
+    assert!(h.risk("big", "approve").statuses().is_empty(), "waits for a checker; callbacks still parked");
+    assert_eq!(h.parked("big"), PARKED_CALLBACKS_PER_TRANSFER_MAX);
+    let o = h.action(it::APPROVED, "big", "checker");
+    assert_eq!(o.statuses(), vec![S::Approved, S::Processing]);
+    assert_eq!(
+        o.rejections().len(),
+        PARKED_CALLBACKS_PER_TRANSFER_MAX - 1,
+        "the other processings are stale"
+    );
+}
+
+#[test]
+fn a_checker_rejection_rejects_the_parked_callbacks() {
+    let mut h = H::new();
+    h.request_ref("d", "deposit", 300, None, Some("acct_1"), "dep_1");
+    h.webhook("deposit.completed", cb("completed", "deposit", "dep_1", 300));
+    let parked_id = derived_id(&["test-input", &h.seq.to_string()]);
+    let o = h.action(it::APPROVAL_REJECTED, "d", "checker");
+    assert_eq!(o.statuses(), vec![S::Blocked]);
+    let r = o.of::<InputRejected>(InputRejected::EVENT_TYPE);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].input_event_id, parked_id, "the rejection names the parked callback");
+    assert_eq!(r[0].input_event_type, WebhookReceived::EVENT_TYPE);
+    assert_eq!(r[0].reason, "callback Completed refused: transfer is Blocked");
+    assert_eq!(h.state.posted_sums().get("USD").copied().unwrap_or(0), 0);
+    assert_eq!(h.account("acct_1"), Account { posted: 0, pending_debit: 0, pending_credit: 0, version: 2 });
+}
+
+#[test]
+fn a_provider_creates_a_deposit_for_a_reference_nobody_requested() {
+    let mut h = H::new();
+    let o = h.webhook("deposit.received", created("dep_new", 1_250, "acct_7"));
+    assert_eq!(o.statuses(), vec![S::Initiated, S::Validating, S::Pending, S::ComplianceCheck]);
+    let screening = o.of::<ScreeningRequested>(ScreeningRequested::EVENT_TYPE);
+    assert_eq!(screening.len(), 1, "screened like any deposit");
+    assert_eq!(screening[0].requested_by, "provider:acmepay");
+    assert_eq!(screening[0].user_id.as_deref(), Some("usr_9"));
+    let t = h.transfer("acmepay:dep_new").clone();
+    assert_eq!((t.kind, t.amount, t.destination.as_str()), (TransferKind::Deposit, usd(1_250), "acct_7"));
+    assert_eq!(t.external_ref, Some(ExternalRef { provider: "acmepay".into(), reference: "dep_new".into() }));
+    // The same `received` again (a redelivery) and another one (a provider retry with a new id): the
+    // reference is known now, so nothing is created twice.
+    h.seq -= 1;
+    assert!(h.webhook("deposit.received", created("dep_new", 1_250, "acct_7")).0.is_empty());
+    assert!(h.webhook("deposit.received", created("dep_new", 1_250, "acct_7")).0.is_empty());
+    assert_eq!(h.state.transfers.len(), 1);
+    h.risk("acmepay:dep_new", "approve");
+    assert_eq!(
+        h.webhook("deposit.completed", cb("completed", "deposit", "dep_new", 1_250)).statuses(),
+        vec![S::Processing, S::Confirming, S::Completed]
+    );
+    assert_eq!(h.account("acct_7").posted, 1_250);
+    // A created deposit that cannot be valid is a REJECTED transfer, like a request.
+    let o = h.webhook("deposit.received", created("dep_bad", 10, "external"));
+    assert_eq!(o.statuses().last(), Some(&S::Rejected));
+    // A derived id that an API transfer already has: refused, not merged.
+    h.request("acmepay:dep_taken", "deposit", 10, None, Some("acct_1"));
+    let r = h.webhook("deposit.received", created("dep_taken", 10, "acct_1")).rejections();
+    assert_eq!(r, vec!["transfer id already used by another request"]);
+}
+
+#[test]
+fn a_provider_reference_belongs_to_one_transfer_until_it_is_forgotten() {
+    let mut h = H::new();
+    h.p = TransfersProcessor::new(
+        Topics::new(""),
+        TransfersLimits { final_retention_ms: 10_000, final_retained_max: 100 },
+    );
+    h.request_ref("a", "deposit", 10, None, Some("acct_1"), "dep_1");
+    let r = h.request_ref("b", "deposit", 10, None, Some("acct_1"), "dep_1").rejections();
+    assert_eq!(r, vec!["provider reference acmepay/dep_1 already belongs to transfer a"]);
+    assert!(!h.state.transfers.contains_key(&transfer_key(TENANT, "b")));
+    h.risk("a", "approve");
+    h.webhook("deposit.completed", cb("completed", "deposit", "dep_1", 10));
+    h.seq += 20;
+    h.request("other", "deposit", 10, None, Some("acct_1"));
+    assert!(!h.state.transfers.contains_key(&transfer_key(TENANT, "a")), "forgotten");
+    assert!(h.state.refs.is_empty(), "its reference with it");
+    let r = h.webhook("deposit.completed", cb("completed", "deposit", "dep_1", 10)).rejections();
+    assert!(r[0].contains("unknown reference acmepay/dep_1"), "{r:?}");
+    // The reference is free again.
+    assert_eq!(h.request_ref("c", "deposit", 10, None, Some("acct_1"), "dep_1").statuses().len(), 4);
+    assert_eq!(h.state.refs[&ref_key(TENANT, "acmepay", "dep_1")], "c");
+}
+
+#[test]
+fn webhooks_that_are_no_transfer_callback_emit_nothing() {
+    let mut h = H::new();
+    h.seq += 1;
+    let kyc = webhook_envelope(h.seq, "kyc.case_approved", None);
+    assert!(h.apply_envelope(kyc).0.is_empty());
+    assert_eq!(h.state, TransfersState::default().tap_clock(h.state.clock_ms()));
+    // A payload that is no webhook is poison (dead-lettered), like any undecodable input.
+    let mut bad = envelope(99, WebhookReceived::EVENT_TYPE, serde_json::json!({"provider": 1}));
+    bad.source = "acmepay".into();
+    let at = InputRef::log("live.transfers.inputs", 0, 0, Environment::Live);
+    assert!(matches!(h.p.apply(&mut h.state, &at, bad), Verdict::Poison(_)));
+}
+
+impl TransfersState {
+    /// An empty state whose clock reads `ms` (tests compare states that only saw inputs without effect).
+    fn tap_clock(mut self, ms: i64) -> Self {
+        self.clock.set(ms);
+        self
+    }
+}
+
+#[test]
+fn provider_transfer_ids_are_deterministic_and_bounded() {
+    assert_eq!(provider_transfer_id("acmepay", "dep_01JD8R7Q1N4C"), "acmepay:dep_01JD8R7Q1N4C");
+    let odd = provider_transfer_id("acmepay", "dep 1/2");
+    assert!(odd.starts_with("acmepay:") && odd.len() == "acmepay:".len() + 36, "{odd}");
+    assert_eq!(odd, provider_transfer_id("acmepay", "dep 1/2"));
+    assert_ne!(odd, provider_transfer_id("acmepay", "dep 1/3"));
+    let long = "x".repeat(256);
+    assert!(provider_transfer_id("chainwatch", &long).len() <= TRANSFER_ID_BYTES_MAX);
+    let fits = "y".repeat(TRANSFER_ID_BYTES_MAX - "acmepay:".len());
+    assert_eq!(provider_transfer_id("acmepay", &fits).len(), TRANSFER_ID_BYTES_MAX);
+    assert_ne!(provider_transfer_id("acmepay", &format!("{fits}y")), format!("acmepay:{fits}y"));
+}
+
+// ---- property: callbacks in any order, with duplicates ----
+
+/// One transfer's life: created by the API (with a reference) or by the provider (`received`), a risk
+/// decision, provider callbacks (status 0..4: processing, confirming, completed, failed; `bad`: an
+/// amount that disagrees), and redeliveries.
+#[derive(Debug, Clone)]
+struct Life {
+    by_provider: bool,
+    amount: i64,
+    approve: bool,
+    callbacks: Vec<(u8, bool)>,
+}
+
+fn life() -> impl Strategy<Value = Life> {
+    (
+        any::<bool>(),
+        1i64..10_000,
+        any::<bool>(),
+        proptest::collection::vec((0u8..4, proptest::bool::weighted(0.2)), 0..6),
+    )
+        .prop_map(|(by_provider, amount, approve, callbacks)| Life {
+            by_provider,
+            amount,
+            approve,
+            callbacks,
+        })
+}
+
+/// Where a callback takes a transfer on APPROVED → PROCESSING → CONFIRMING → COMPLETED | FAILED.
+fn rank(s: S) -> u8 {
+    match s {
+        S::Processing => 1,
+        S::Confirming => 2,
+        S::Completed | S::Failed => 3,
+        _ => 0,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever the order of risk decisions and callbacks, and however often they are redelivered: a
+    /// transfer posts at most once, money sums to zero, every distinct callback either moves the
+    /// transfer or is rejected exactly once, and the end state is what applying the distinct callbacks
+    /// in arrival order after the decision gives (parked ones apply exactly once, in order).
+    #[test]
+    fn callbacks_in_any_order_never_double_post_and_parked_ones_apply_once(
+        lives in proptest::collection::vec(life(), 1..4),
+        keys in proptest::collection::vec(any::<u16>(), 64),
+        dups in proptest::collection::vec(any::<u16>(), 0..8),
+    ) {
+        let mut h = H::new();
+        let statuses = ["processing", "confirming", "completed", "failed"];
+        // Creation first (a callback before it is an unknown reference, covered elsewhere); then the
+        // decision and the callbacks shuffled.
+        let mut rest: Vec<(u16, RawEnvelope)> = Vec::new();
+        let mut seq = 0u64;
+        let mut callback_ids: Vec<Vec<(Uuid, u8, bool)>> = Vec::new();
+        for (n, l) in lives.iter().enumerate() {
+            let reference = format!("ref_{n}");
+            seq += 1;
+            let creation = if l.by_provider {
+                webhook_envelope(seq, "deposit.received", Some(created(&reference, l.amount, "acct_1")))
+            } else {
+                envelope(seq, it::REQUESTED, serde_json::json!({"transfer_id": format!("t{n}"), "kind": "deposit",
+                    "amount": usd(l.amount), "destination_account": "acct_1", "requested_by": "maker",
+                    "external_ref": {"provider": "acmepay", "reference": reference}}))
+            };
+            h.apply_envelope(creation);
+            let id = if l.by_provider { provider_transfer_id("acmepay", &reference) } else { format!("t{n}") };
+            seq += 1;
+            let decision = if l.approve { "approve" } else { "block" };
+            rest.push((keys[rest.len() % keys.len()], envelope(seq, it::RISK_DECIDED, serde_json::json!({"transfer_id": id,
+                "decision": decision, "score": 1, "reasons": [], "rule_set_version": "r1"}))));
+            let mut ids = Vec::new();
+            for &(status, bad) in &l.callbacks {
+                seq += 1;
+                let amount = if bad { l.amount + 1 } else { l.amount };
+                let e = webhook_envelope(seq, "deposit.x", Some(cb(statuses[status as usize], "deposit", &reference, amount)));
+                ids.push((e.event_id, status, bad));
+                rest.push((keys[rest.len() % keys.len()], e));
+            }
+            callback_ids.push(ids);
+        }
+        rest.sort_by_key(|(k, _)| *k);
+        let mut inputs: Vec<RawEnvelope> = rest.into_iter().map(|(_, e)| e).collect();
+        for d in dups {
+            if !inputs.is_empty() {
+                let copy = inputs[usize::from(d) % inputs.len()].clone();
+                let at = (usize::from(d) * 7) % (inputs.len() + 1);
+                inputs.insert(at, copy);
+            }
+        }
+        let mut posts: HashMap<String, usize> = HashMap::new();
+        let mut rejected: HashMap<Uuid, BTreeSet<Uuid>> = HashMap::new();
+        let mut first_seen: Vec<Uuid> = Vec::new();
+        for e in &inputs {
+            if !first_seen.contains(&e.event_id) {
+                first_seen.push(e.event_id);
+            }
+            let o = h.apply_envelope(e.clone());
+            for l in o.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE) {
+                if l.phase == PostingPhase::Post && l.amount_minor > 0 {
+                    *posts.entry(l.transfer_id).or_default() += 1;
+                }
+            }
+            for (raw, r) in o.0.iter().zip(0..) {
+                let _ = r;
+                let Ok(env) = serde_json::from_slice::<RawEnvelope>(&raw.payload) else { continue };
+                if env.event_type == InputRejected::EVENT_TYPE {
+                    let rej: InputRejected = serde_json::from_value(env.payload).expect("rejection");
+                    rejected.entry(rej.input_event_id).or_default().insert(env.event_id);
+                }
+            }
+            prop_assert_eq!(wide_posted_sums(&h.state).values().copied().find(|s| *s != 0), None, "money sums to zero");
+        }
+        prop_assert!(posts.values().all(|&n| n == 1), "posted at most once: {:?}", posts);
+        for (n, l) in lives.iter().enumerate() {
+            let id = if l.by_provider { provider_transfer_id("acmepay", &format!("ref_{n}")) } else { format!("t{n}") };
+            let t = h.transfer(&id);
+            prop_assert!(t.parked.is_empty(), "every transfer was decided: nothing left parked");
+            // The model: distinct callbacks in arrival order; a disagreeing one is rejected on arrival;
+            // with a block, every other one is rejected; with an approval, they walk forward.
+            let mut order: Vec<&(Uuid, u8, bool)> = callback_ids[n].iter().collect();
+            order.sort_by_key(|(cid, _, _)| first_seen.iter().position(|x| x == cid));
+            let mut status = if l.approve { S::Approved } else { S::Blocked };
+            let mut expect_rejected = BTreeSet::new();
+            for &&(cid, s, bad) in &order {
+                let target = [S::Processing, S::Confirming, S::Completed, S::Failed][s as usize];
+                if bad || !l.approve || rank(target) <= rank(status) {
+                    expect_rejected.insert(cid);
+                } else {
+                    status = target;
+                }
+            }
+            prop_assert_eq!(t.status, status, "transfer {}: {:?}", id, order);
+            prop_assert_eq!(posts.get(&id).copied().unwrap_or(0), usize::from(status == S::Completed));
+            for &&(cid, _, _) in &order {
+                let n_rejections = rejected.get(&cid).map_or(0, BTreeSet::len);
+                prop_assert_eq!(n_rejections, usize::from(expect_rejected.contains(&cid)), "callback {} of {}", cid, id);
+            }
+        }
+    }
 }

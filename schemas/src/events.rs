@@ -9,7 +9,7 @@ use crate::Environment;
 /// A provider webhook that passed signature verification at the edge.
 /// `body` holds the provider's JSON as sent; it may contain PII and never leaves the ingest topic
 /// (audit records and analytics carry ids and sizes only).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookReceived {
     pub provider: String,
@@ -35,6 +35,10 @@ pub struct WebhookReceived {
     /// definitions name pseudonymous ids and codes only. Processors read these, never `body`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub fields: std::collections::BTreeMap<String, String>,
+    /// What the delivery means for a transfer, when its definition declares its type a transfer status
+    /// callback (`[transfers]`), resolved at the edge; the transfers processor applies or rejects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_callback: Option<Box<crate::transfers::TransferCallback>>,
     /// The provider's JSON as sent. Routers copying a webhook into a processor's log drop it (null).
     pub body: serde_json::Value,
 }

@@ -243,6 +243,68 @@ pub struct ProviderStatus {
     pub reason: Option<String>,
 }
 
+/// What a provider's transfer status callback says (a provider definition's `[transfers.callbacks]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackStatus {
+    /// The provider has the transfer (a deposit arrived, a payout was accepted): no status move; may
+    /// create a deposit for a reference riverbank does not know, when the definition says so.
+    Received,
+    Processing,
+    Confirming,
+    Completed,
+    Failed,
+}
+
+impl CallbackStatus {
+    /// The status it moves a transfer towards (`Received` moves nothing).
+    pub fn moves_to(self) -> Option<ProviderTransferStatus> {
+        match self {
+            CallbackStatus::Received => None,
+            CallbackStatus::Processing => Some(ProviderTransferStatus::Processing),
+            CallbackStatus::Confirming => Some(ProviderTransferStatus::Confirming),
+            CallbackStatus::Completed => Some(ProviderTransferStatus::Completed),
+            CallbackStatus::Failed => Some(ProviderTransferStatus::Failed),
+        }
+    }
+}
+
+/// A provider webhook's meaning for a transfer (`WebhookReceived.transfer_callback`), resolved at the
+/// edge from the provider definition's `[transfers]` declaration and `[fields]`: the transfers
+/// processor needs no provider-specific code. Values the definition names that could not be resolved
+/// (missing, unparsable, unknown currency) are listed in `problems`; the processor rejects such a
+/// callback with them as the reason (`transfer.input_rejected`), so nothing signed is dropped silently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferCallback {
+    pub status: CallbackStatus,
+    /// The kind of transfer the callback is about, when the definition says (`deposit.*`: deposit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TransferKind>,
+    /// A `received` callback for a reference riverbank does not know creates a deposit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creates_deposit: bool,
+    /// The provider's reference for the transfer (its `ExternalRef.reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The amount the provider states, at the currency's precision (absent when the definition
+    /// declares no amount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Money>,
+    /// For a created deposit: the account credited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_account: Option<String>,
+    /// For a created deposit: the end user (pseudonymous id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The provider's failure or status code, when it gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why values the definition names could not be resolved; non-empty: the callback is rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RiskOutcome {

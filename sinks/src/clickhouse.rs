@@ -16,6 +16,7 @@ use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 
 use crate::rows::{self, Meta, Row as Decoded};
+use riverbank_schemas::kyc::{event_types as kyc_event_types, KycInputRejected, UserKycChanged};
 use riverbank_schemas::transfers::{InputRejected, LedgerPosting, PostingPhase, TransferStatusChanged};
 use riverbank_schemas::AuditRecord;
 
@@ -96,6 +97,44 @@ pub fn ddl() -> Vec<&'static str> {
             input_event_id UUID,
             input_event_type String,
             transfer_id String,
+            reason String,
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
+        // One row per user.* event of the KYC processor. Ids, statuses, tiers and vendors' reason codes
+        // only: an admin's reason text stays out (empty); `kyc_expires_at` is 0 (1970) when none.
+        "CREATE TABLE IF NOT EXISTS kyc_facts (
+            event_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            user_id String,
+            event_type String,
+            user_status String,
+            kyc_status String,
+            tier UInt8,
+            version UInt64,
+            kyc_expires_at DateTime('UTC'),
+            case_id String,
+            case_status String,
+            provider String,
+            reason String,
+            actor String,
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
+        // Inputs the KYC processor refused, with the reason.
+        "CREATE TABLE IF NOT EXISTS kyc_rejections (
+            event_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            input_event_id UUID,
+            input_event_type String,
+            user_id String,
+            case_id String,
             reason String,
             occurred_at DateTime('UTC'),
             occurred_ms UInt16
@@ -273,6 +312,85 @@ fn rejection(m: &Meta, r: &InputRejected) -> Result<RejectionRow, String> {
     })
 }
 
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct KycFactRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub environment: i8,
+    pub user_id: String,
+    pub event_type: String,
+    pub user_status: String,
+    pub kyc_status: String,
+    pub tier: u8,
+    pub version: u64,
+    /// Unix seconds; 0 when the KYC has no expiry (not approved).
+    pub kyc_expires_at: u32,
+    /// Empty when the event names none.
+    pub case_id: String,
+    pub case_status: String,
+    pub provider: String,
+    /// The vendor's or the processor's reason; empty for admin decisions (their text is no code).
+    pub reason: String,
+    pub actor: String,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+}
+
+fn kyc_fact(m: &Meta, event_type: &str, u: &UserKycChanged) -> Result<KycFactRow, String> {
+    Ok(KycFactRow {
+        event_id: m.event_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        user_id: u.user_id.clone(),
+        event_type: event_type.to_owned(),
+        user_status: u.user_status.as_str().to_owned(),
+        kyc_status: u.kyc_status.as_str().to_owned(),
+        tier: u.tier,
+        version: u.version,
+        kyc_expires_at: u.kyc_expires_at.map(unix_seconds).transpose()?.unwrap_or(0),
+        case_id: u.case_id.clone().unwrap_or_default(),
+        case_status: u.case_status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        provider: u.provider.clone().unwrap_or_default(),
+        reason: if u.actor.is_none() { u.reason.clone().unwrap_or_default() } else { String::new() },
+        actor: u.actor.clone().unwrap_or_default(),
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct KycRejectionRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub environment: i8,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub input_event_id: uuid::Uuid,
+    pub input_event_type: String,
+    /// Empty when the refused input named none.
+    pub user_id: String,
+    pub case_id: String,
+    pub reason: String,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+}
+
+fn kyc_rejection(m: &Meta, r: &KycInputRejected) -> Result<KycRejectionRow, String> {
+    Ok(KycRejectionRow {
+        event_id: m.event_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        input_event_id: r.input_event_id,
+        input_event_type: r.input_event_type.clone(),
+        user_id: r.user_id.clone().unwrap_or_default(),
+        case_id: r.case_id.clone().unwrap_or_default(),
+        reason: r.reason.clone(),
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
+}
+
 fn millis(t: chrono::DateTime<chrono::Utc>) -> u16 {
     u16::try_from(t.timestamp_subsec_millis()).unwrap_or(999)
 }
@@ -311,6 +429,8 @@ pub enum ChRow {
     Fact(TransferFactRow),
     Posting(PostingRow),
     Rejection(RejectionRow),
+    KycFact(KycFactRow),
+    KycRejection(KycRejectionRow),
 }
 
 impl ChRow {
@@ -325,6 +445,10 @@ impl ChRow {
             Decoded::Posting(m, p) => (LedgerPosting::EVENT_TYPE, Some(ChRow::Posting(posting(m, p)?))),
             Decoded::Balance(..) => (BalanceChanged::EVENT_TYPE, None),
             Decoded::Rejection(m, r) => (InputRejected::EVENT_TYPE, Some(ChRow::Rejection(rejection(m, r)?))),
+            Decoded::User(m, t, u) => (*t, Some(ChRow::KycFact(kyc_fact(m, t, u)?))),
+            Decoded::KycRejection(m, r) => {
+                (kyc_event_types::KYC_INPUT_REJECTED, Some(ChRow::KycRejection(kyc_rejection(m, r)?)))
+            }
         };
         let mut out = vec![ChRow::Event(EventRow::of(r.meta(), event_type)?)];
         out.extend(typed);
@@ -431,6 +555,7 @@ pub async fn insert_rows(
 ) -> Result<(), StoreError> {
     let (mut events, mut audit, mut facts, mut postings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut rejections = Vec::new();
+    let (mut kyc_facts, mut kyc_rejections) = (Vec::new(), Vec::new());
     for r in rows {
         match r {
             ChRow::Event(e) => events.push(e.clone()),
@@ -438,6 +563,8 @@ pub async fn insert_rows(
             ChRow::Fact(f) => facts.push(f.clone()),
             ChRow::Posting(p) => postings.push(p.clone()),
             ChRow::Rejection(r) => rejections.push(r.clone()),
+            ChRow::KycFact(f) => kyc_facts.push(f.clone()),
+            ChRow::KycRejection(r) => kyc_rejections.push(r.clone()),
         }
     }
     let t = |name: &str| format!("{table_prefix}{name}");
@@ -456,6 +583,13 @@ pub async fn insert_rows(
     if !rejections.is_empty() {
         let table = t("transfer_rejections");
         within(timeout, "insert transfer_rejections", insert(client, &table, &rejections)).await?;
+    }
+    if !kyc_facts.is_empty() {
+        within(timeout, "insert kyc_facts", insert(client, &t("kyc_facts"), &kyc_facts)).await?;
+    }
+    if !kyc_rejections.is_empty() {
+        let table = t("kyc_rejections");
+        within(timeout, "insert kyc_rejections", insert(client, &table, &kyc_rejections)).await?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
+use riverbank_schemas::kyc::{KycInputRejected, UserKycChanged};
 use riverbank_schemas::transfers::{BalanceChanged, InputRejected, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{AuditRecord, Environment};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -55,6 +56,7 @@ impl SinkStore for PostgresSink {
         let mut tx = self.pool.begin().await?;
         let (mut audit, mut status, mut postings, mut balances) = (vec![], vec![], vec![], vec![]);
         let mut rejections = vec![];
+        let (mut users, mut kyc_rejections) = (vec![], vec![]);
         for r in rows {
             match r {
                 Row::Audit(m, a) => audit.push((m, a)),
@@ -62,6 +64,8 @@ impl SinkStore for PostgresSink {
                 Row::Posting(m, p) => postings.push((m, p)),
                 Row::Balance(m, b) => balances.push((m, b)),
                 Row::Rejection(m, r) => rejections.push((m, r)),
+                Row::User(m, t, u) => users.push((m, *t, u)),
+                Row::KycRejection(m, r) => kyc_rejections.push((m, r)),
             }
         }
         insert_audit(&mut tx, &audit).await?;
@@ -69,6 +73,8 @@ impl SinkStore for PostgresSink {
         insert_postings(&mut tx, &postings).await?;
         upsert_balances(&mut tx, &balances).await?;
         insert_rejections(&mut tx, &rejections).await?;
+        insert_kyc(&mut tx, &users).await?;
+        insert_kyc_rejections(&mut tx, &kyc_rejections).await?;
         store_positions(&mut tx, SINK_NAME, positions).await?;
         tx.commit().await?;
         Ok(())
@@ -233,6 +239,137 @@ async fn insert_rejections(tx: &mut Tx<'_>, rows: &[(&Meta, &InputRejected)]) ->
     .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.transfer_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// `user.*` events: history rows, then the users' and cases' current state (forward-only by version).
+async fn insert_kyc(tx: &mut Tx<'_>, rows: &[(&Meta, &str, &UserKycChanged)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // Checked in decode: versions fit i64.
+    let version = |u: &UserKycChanged| i64::try_from(u.version).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO kyc_history (event_id, tenant_id, environment, user_id, event_type, user_status, kyc_status,
+             tier, kyc_expires_at, version, case_id, case_status, provider, reason, actor, cause_event_id,
+             occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+             $8::int2[], $9::timestamptz[], $10::int8[], $11::text[], $12::text[], $13::text[], $14::text[],
+             $15::text[], $16::uuid[], $17::timestamptz[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.user_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, t, _)| *t).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.user_status.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.kyc_status.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| i16::from(u.tier)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.kyc_expires_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| version(u)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.case_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.case_status.map(|s| s.as_str())).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.provider.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.actor.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, u)| u.cause_event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    // Current state: the highest version per user (and per case) in this batch, applied only if newer.
+    let mut users: BTreeMap<(&str, &str, &str), (&Meta, &UserKycChanged)> = BTreeMap::new();
+    let mut cases: BTreeMap<(&str, &str, &str), (&Meta, &UserKycChanged)> = BTreeMap::new();
+    for (m, _, u) in rows {
+        let key = (m.tenant_id.as_str(), m.environment.as_str(), u.user_id.as_str());
+        if users.get(&key).is_none_or(|(_, old)| old.version < u.version) {
+            users.insert(key, (m, u));
+        }
+        if let (Some(case), Some(_)) = (&u.case_id, u.case_status) {
+            let key = (m.tenant_id.as_str(), m.environment.as_str(), case.as_str());
+            if cases.get(&key).is_none_or(|(_, old)| old.version < u.version) {
+                cases.insert(key, (m, u));
+            }
+        }
+    }
+    let cur: Vec<(&Meta, &UserKycChanged)> = users.into_values().collect();
+    sqlx::query(
+        "INSERT INTO users (tenant_id, environment, user_id, user_status, kyc_status, tier, kyc_expires_at, version,
+             last_event_id, updated_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int2[],
+             $7::timestamptz[], $8::int8[], $9::uuid[], $10::timestamptz[])
+         ON CONFLICT (tenant_id, environment, user_id) DO UPDATE
+         SET user_status = EXCLUDED.user_status, kyc_status = EXCLUDED.kyc_status, tier = EXCLUDED.tier,
+             kyc_expires_at = EXCLUDED.kyc_expires_at, version = EXCLUDED.version,
+             last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+         WHERE users.version < EXCLUDED.version",
+    )
+    .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| u.user_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| u.user_status.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| u.kyc_status.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| i16::from(u.tier)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| u.kyc_expires_at).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| version(u)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    if cases.is_empty() {
+        return Ok(());
+    }
+    let cur: Vec<(&Meta, &UserKycChanged)> = cases.into_values().collect();
+    sqlx::query(
+        "INSERT INTO kyc_cases (tenant_id, environment, case_id, user_id, provider, case_status, version,
+             last_event_id, updated_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
+             $8::uuid[], $9::timestamptz[])
+         ON CONFLICT (tenant_id, environment, case_id) DO UPDATE
+         SET user_id = EXCLUDED.user_id, provider = coalesce(EXCLUDED.provider, kyc_cases.provider),
+             case_status = EXCLUDED.case_status, version = EXCLUDED.version,
+             last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+         WHERE kyc_cases.version < EXCLUDED.version",
+    )
+    .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| u.case_id.clone().unwrap_or_default()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| u.user_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| u.provider.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| u.case_status.map(|s| s.as_str()).unwrap_or_default()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, u)| version(u)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_kyc_rejections(
+    tx: &mut Tx<'_>,
+    rows: &[(&Meta, &KycInputRejected)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO kyc_rejections (event_id, tenant_id, environment, input_event_id, input_event_type, user_id,
+             case_id, reason, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+             $8::text[], $9::timestamptz[])
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.user_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.case_id.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
     .execute(&mut **tx)

@@ -1,6 +1,7 @@
 //! What the sinks write: one small mapping per event type. Adding a processor's output to the stores
 //! means a variant here, a table in each store and a statement in each sink, not a new sink.
 use chrono::{DateTime, Utc};
+use riverbank_schemas::kyc::{event_types as kyc_types, KycInputRejected, UserKycChanged, TIER_MAX};
 use riverbank_schemas::transfers::{BalanceChanged, InputRejected, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{AuditRecord, Environment, RawEnvelope};
 use uuid::Uuid;
@@ -24,6 +25,9 @@ pub enum Row {
     Posting(Meta, LedgerPosting),
     Balance(Meta, BalanceChanged),
     Rejection(Meta, InputRejected),
+    /// A `user.*` event (its type) of the KYC processor.
+    User(Meta, &'static str, UserKycChanged),
+    KycRejection(Meta, KycInputRejected),
 }
 
 impl Row {
@@ -33,7 +37,9 @@ impl Row {
             | Row::Status(m, _)
             | Row::Posting(m, _)
             | Row::Balance(m, _)
-            | Row::Rejection(m, _) => m,
+            | Row::Rejection(m, _)
+            | Row::User(m, _, _)
+            | Row::KycRejection(m, _) => m,
         }
     }
 }
@@ -46,6 +52,13 @@ pub const PROJECTED: &[&str] = &[
     LedgerPosting::EVENT_TYPE,
     BalanceChanged::EVENT_TYPE,
     InputRejected::EVENT_TYPE,
+    kyc_types::USER_KYC_UPDATED,
+    kyc_types::USER_VERIFIED,
+    kyc_types::USER_FROZEN,
+    kyc_types::USER_UNFROZEN,
+    kyc_types::USER_CLOSED,
+    kyc_types::USER_KYC_EXPIRING,
+    kyc_types::KYC_INPUT_REJECTED,
 ];
 
 fn typed<P: serde::de::DeserializeOwned>(e: &RawEnvelope) -> Result<P, String> {
@@ -174,9 +187,46 @@ pub fn decode(
             }
             Row::Rejection(meta, r)
         }
-        other => return Err(format!("the sinks have no mapping for {other}")),
+        kyc_types::KYC_INPUT_REJECTED => {
+            let r: KycInputRejected = typed(&e)?;
+            check_text("input_event_type", &r.input_event_type)?;
+            check_text("reason", &r.reason)?;
+            for (f, v) in [("user_id", &r.user_id), ("case_id", &r.case_id)] {
+                if let Some(v) = v {
+                    check_text(f, v)?;
+                }
+            }
+            Row::KycRejection(meta, r)
+        }
+        other => match kyc_types::USER.iter().find(|t| **t == other) {
+            Some(event_type) => Row::User(meta, event_type, user_event(&e)?),
+            None => return Err(format!("the sinks have no mapping for {other}")),
+        },
     };
     Ok((vec![row], ingested_ms))
+}
+
+/// A `user.*` payload, checked against what the stores enforce.
+fn user_event(e: &RawEnvelope) -> Result<UserKycChanged, String> {
+    let u: UserKycChanged = typed(e)?;
+    if u.version == 0 || i64::try_from(u.version).is_err() {
+        return Err("user version must be 1 to 2^63-1".to_owned());
+    }
+    if u.tier > TIER_MAX {
+        return Err(format!("tier {} is above {TIER_MAX}", u.tier));
+    }
+    if let Some(t) = &u.kyc_expires_at {
+        check_time("kyc_expires_at", t)?;
+    }
+    check_text("user_id", &u.user_id)?;
+    for (f, v) in
+        [("case_id", &u.case_id), ("provider", &u.provider), ("reason", &u.reason), ("actor", &u.actor)]
+    {
+        if let Some(v) = v {
+            check_text(f, v)?;
+        }
+    }
+    Ok(u)
 }
 
 #[cfg(test)]
@@ -197,6 +247,15 @@ mod tests {
         ("pending_debit_minor >= 0", "negative pending amounts are refused"),
         ("pending_credit_minor >= 0", "negative pending amounts are refused"),
         ("log_epoch >= 0", "epochs start at 0 and only grow"),
+        (
+            "user_status IN ('pending', 'active', 'suspended', 'frozen', 'closed')",
+            "UserStatus is an enum of the five",
+        ),
+        (
+            "kyc_status IN ('not_started', 'pending', 'in_review', 'approved', 'rejected', 'expired')",
+            "KycStatus is an enum of the six",
+        ),
+        ("tier BETWEEN 0 AND 3", "a tier above TIER_MAX is refused"),
     ];
 
     #[test]
@@ -277,5 +336,67 @@ mod tests {
         nul.payload.transfer_id = "t\0".into();
         assert!(decoded(&nul, Environment::Live).unwrap_err().contains("NUL"));
         assert!(decoded(&status(100, 1), Environment::Sandbox).unwrap_err().contains("environment"));
+    }
+
+    #[test]
+    fn kyc_events_decode_and_what_the_stores_refuse_is_dead_lettered() {
+        use riverbank_schemas::kyc::{KycStatus, UserStatus};
+        let user = UserKycChanged {
+            user_id: "usr_1".into(),
+            user_status: UserStatus::Active,
+            kyc_status: KycStatus::Approved,
+            tier: 2,
+            kyc_expires_at: Some(Utc::now()),
+            version: 3,
+            case_id: Some("c1".into()),
+            case_status: Some(KycStatus::Approved),
+            provider: Some("idcheck".into()),
+            reason: None,
+            actor: None,
+            cause_event_id: Uuid::new_v4(),
+        };
+        let decode_user = |event_type: &str, u: &UserKycChanged| {
+            let e =
+                Envelope::new(Uuid::new_v4(), event_type, "tenant-a", Environment::Live, Utc::now(), "t", u);
+            decode("t", Environment::Live, 0, 0, &serde_json::to_vec(&e).expect("json")).map(|(rows, _)| rows)
+        };
+        for t in kyc_types::USER {
+            let rows = decode_user(t, &user).expect("decodes");
+            assert!(matches!(&rows[..], [Row::User(_, got, u)] if *got == t && *u == user), "{t}");
+        }
+        let bad: [(fn(&mut UserKycChanged), &str); 5] = [
+            (|u| u.version = 0, "version"),
+            (|u| u.version = u64::MAX, "version"),
+            (|u| u.tier = 4, "tier"),
+            (|u| u.reason = Some("a\0".into()), "NUL"),
+            (|u| u.kyc_expires_at = DateTime::from_timestamp(TIME_MAX_S + 1, 0), "kyc_expires_at"),
+        ];
+        for (spoil, want) in bad {
+            let mut u = user.clone();
+            spoil(&mut u);
+            let err = decode_user(kyc_types::USER_VERIFIED, &u).expect_err(want);
+            assert!(err.contains(want), "{err}");
+        }
+        let r = KycInputRejected {
+            input_event_id: Uuid::new_v4(),
+            input_event_type: "webhook.received".into(),
+            user_id: Some("usr\0".into()),
+            case_id: None,
+            reason: "late".into(),
+            at: None,
+        };
+        assert!(decode_user(kyc_types::KYC_INPUT_REJECTED, &user).is_err(), "a user payload is no rejection");
+        let e = Envelope::new(
+            Uuid::new_v4(),
+            kyc_types::KYC_INPUT_REJECTED,
+            "tenant-a",
+            Environment::Live,
+            Utc::now(),
+            "t",
+            &r,
+        );
+        let err =
+            decode("t", Environment::Live, 0, 0, &serde_json::to_vec(&e).expect("json")).expect_err("NUL");
+        assert!(err.contains("NUL"), "{err}");
     }
 }

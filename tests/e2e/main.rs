@@ -8,6 +8,7 @@
 mod hardening;
 mod harness;
 mod ingest;
+mod kyc;
 mod reconcile;
 mod runtime;
 mod sinks;

@@ -13,8 +13,10 @@ use crate::schemes::{Key, Scheme};
 use crate::verify::{within_tolerance, VerifyError};
 use crate::Headers;
 
+pub mod callbacks;
 pub mod fields;
 
+pub use callbacks::{CallbackSpec, TransfersSpec};
 pub use fields::{FieldSource, FieldSpec};
 
 /// Longest id, type, entity key or schema version taken from a delivery, in bytes.
@@ -42,6 +44,10 @@ pub struct ProviderDef {
     /// codes and amounts, never personal data.
     #[serde(default)]
     pub fields: BTreeMap<String, FieldSpec>,
+    /// Which mapped types are transfer status callbacks, and where their values are (see
+    /// [`callbacks`]): resolved here into `WebhookReceived.transfer_callback`.
+    #[serde(default)]
+    pub transfers: Option<TransfersSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -184,6 +190,10 @@ impl ProviderDef {
             }
         }
         fields::validate(&self.fields)?;
+        if let Some(t) = &self.transfers {
+            let mapped: std::collections::BTreeSet<&str> = e.types.values().map(String::as_str).collect();
+            t.validate(&self.fields, &mapped)?;
+        }
         Ok(())
     }
 
@@ -285,6 +295,10 @@ impl ProviderDef {
             None => None,
         };
         let (fields, field_problems) = fields::extract(&self.fields, &body);
+        let transfer_callback = self
+            .transfers
+            .as_ref()
+            .and_then(|t| t.resolve(&event_type, &fields, &field_problems, &self.fields));
         Ok(Mapped {
             provider_event_type,
             event_type,
@@ -293,6 +307,7 @@ impl ProviderDef {
             schema_version,
             fields,
             field_problems,
+            transfer_callback,
             body,
         })
     }
@@ -381,6 +396,8 @@ pub struct Mapped {
     pub fields: BTreeMap<String, String>,
     /// Fields whose value was there but unusable (an object, too long), and why.
     pub field_problems: BTreeMap<String, String>,
+    /// What it means for a transfer, when the definition declares its type a transfer callback.
+    pub transfer_callback: Option<riverbank_schemas::transfers::TransferCallback>,
     pub body: serde_json::Value,
 }
 

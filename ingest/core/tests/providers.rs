@@ -248,11 +248,14 @@ fn sha1_digests_are_refused() {
     assert_eq!(Headers::get(&view, "x"), None);
 }
 
+/// Field name → value, as a table row.
+type Fields = &'static [(&'static str, &'static str)];
+
 /// What each shipped fixture's `[fields]` give: the names the processors read (KYC: user_id, case_id,
 /// tier, level, reason; transfers: reference, amount, currency, …). Every mapped fixture is listed.
 #[test]
 fn every_fixture_yields_the_declared_fields() {
-    let expected: &[(&str, &str, &[(&str, &str)])] = &[
+    let expected: &[(&str, &str, Fields)] = &[
         (
             "acmepay",
             "deposit_completed.json",
@@ -498,4 +501,223 @@ fn invalid_fields_are_refused_at_load_with_the_reason() {
         (0..=provider::fields::FIELDS_MAX).map(|i| format!("f{i} = {{ pointer = \"/f{i}\" }}\n")).collect();
     assert!(def(&with(&many)).expect_err("too many").to_string().contains("at most 32"));
     def(&with("level = { pointer = \"/levelName\" }")).expect("a level name is a code, not a person's name");
+}
+
+/// What each shipped fixture means for a transfer: acmepay's deposit/payout and chainwatch's chain
+/// events are callbacks with typed values; KYC and card deliveries are none.
+#[test]
+fn every_fixture_resolves_its_transfer_callback() {
+    use riverbank_schemas::transfers::{CallbackStatus as C, TransferCallback, TransferKind as K};
+    use riverbank_schemas::{Currency, Money};
+    let money = |minor: i64, code: &str| Some(Money::new(minor, Currency::from_code(code).expect("known")));
+    let cb = |status,
+              kind,
+              creates,
+              reference: &str,
+              amount,
+              dst: Option<&str>,
+              user: Option<&str>,
+              reason: Option<&str>| {
+        Some(TransferCallback {
+            status,
+            kind,
+            creates_deposit: creates,
+            reference: Some(reference.to_owned()),
+            amount,
+            destination_account: dst.map(str::to_owned),
+            user_id: user.map(str::to_owned),
+            reason: reason.map(str::to_owned),
+            problems: vec![],
+        })
+    };
+    let all = provider::load(&[]).expect("definitions valid");
+    let none: &[(&str, &str)] = &[];
+    let resolved = |p: &str, file: &str| {
+        let body = fixtures(p).into_iter().find(|(f, _)| f == file).expect("fixture").1;
+        all[p].map(&none, &body).result.expect("maps").transfer_callback
+    };
+    assert_eq!(
+        resolved("acmepay", "deposit_completed.json"),
+        cb(
+            C::Completed,
+            Some(K::Deposit),
+            false,
+            "dep_01JD8Q4Z7K2M",
+            money(250_000_000, "USDC"),
+            Some("acct_7Hq2"),
+            None,
+            None
+        )
+    );
+    assert_eq!(
+        resolved("acmepay", "deposit_received.json"),
+        cb(
+            C::Received,
+            Some(K::Deposit),
+            true,
+            "dep_01JD8R7Q1N4C",
+            money(7_525, "USD"),
+            Some("acct_7Hq2"),
+            Some("usr_8f3a1c"),
+            None
+        )
+    );
+    assert_eq!(
+        resolved("acmepay", "payout_failed.json"),
+        cb(
+            C::Failed,
+            Some(K::Payout),
+            false,
+            "po_01JD8QB1X9TA",
+            money(120_050, "USD"),
+            None,
+            None,
+            Some("account_closed")
+        )
+    );
+    assert_eq!(
+        resolved("chainwatch", "transfer_confirmed.json"),
+        cb(
+            C::Confirming,
+            None,
+            false,
+            "0x9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d",
+            money(1_500_000_000, "USDC"),
+            None,
+            None,
+            None
+        )
+    );
+    assert_eq!(
+        resolved("chainwatch", "transfer_dropped.json"),
+        cb(
+            C::Failed,
+            None,
+            false,
+            "0x1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809",
+            money(20_000_000, "USDT"),
+            None,
+            None,
+            Some("replaced_by_fee")
+        )
+    );
+    for (p, file) in [
+        ("idcheck", "applicant_approved.json"),
+        ("kycflow", "needs_review.json"),
+        ("cardnet", "authorization.json"),
+    ] {
+        assert_eq!(resolved(p, file), None, "{p}/{file} is no transfer callback");
+    }
+}
+
+const WITH_CALLBACKS: &str = r#"
+[event.types]
+"dep.in" = "deposit.received"
+"dep.ok" = "deposit.completed"
+"po.in" = "payout.received"
+
+[fields]
+reference = { pointer = "/ref" }
+amount = { pointer = "/amount" }
+currency = { pointer = "/currency" }
+account = { pointer = "/account" }
+code = { pointer = "/code" }
+
+[transfers]
+reference = "reference"
+amount = "amount"
+currency = "currency"
+destination_account = "account"
+reason = "code"
+
+[transfers.callbacks]
+"deposit.received" = { status = "received", kind = "deposit", creates_deposit = true }
+"deposit.completed" = { status = "completed", kind = "deposit" }
+"payout.received" = { status = "received" }
+"#;
+
+/// BASE with its event types replaced by `extra`'s (TOML refuses a table declared twice).
+fn with_callbacks(extra: &str) -> String {
+    let base = BASE.replace("[event.types]\n\"case.ok\" = \"kyc.case_approved\"\n", "");
+    format!("{base}{extra}")
+}
+
+#[test]
+fn unresolvable_callbacks_still_map_and_say_why() {
+    let d = def(&with_callbacks(WITH_CALLBACKS)).expect("valid");
+    let none: &[(&str, &str)] = &[];
+    let problems = |type_: &str, rest: &str| {
+        let body = format!(r#"{{"id":"e","type":"{type_}","case":{{"id":"c"}},"at":1{rest}}}"#);
+        let m = d.map(&none, body.as_bytes()).result.expect("an authentic delivery always maps");
+        m.transfer_callback.expect("a callback").problems
+    };
+    let ok = r#","ref":"r1","amount":"12.34","currency":"USD","account":"acct_1""#;
+    assert_eq!(problems("dep.in", ok), Vec::<String>::new());
+    // A number amount is its JSON text.
+    assert_eq!(problems("dep.ok", r#","ref":"r1","amount":12.5,"currency":"USD""#), Vec::<String>::new());
+    let cases: &[(&str, &str, &str)] = &[
+        ("dep.ok", r#","amount":"1.00","currency":"USD""#, "reference is missing (field 'reference': /ref)"),
+        ("dep.ok", r#","ref":"r1","amount":"12.345","currency":"USD""#, "USD has 2 decimal places"),
+        ("dep.ok", r#","ref":"r1","amount":"12","currency":"XYZ""#, "currency: unknown currency 'XYZ'"),
+        ("dep.ok", r#","ref":"r1","amount":"-3","currency":"USD""#, "not greater than zero"),
+        ("dep.ok", r#","ref":"r1","amount":"1e3","currency":"USD""#, "'1e3' is not a decimal amount"),
+        (
+            "dep.ok",
+            r#","ref":"r1","amount":"10000000000000.01","currency":"USD""#,
+            "above the largest amount",
+        ),
+        ("dep.ok", r#","ref":"r1","amount":{"v":1},"currency":"USD""#, "amount: /amount is not a string"),
+        ("dep.ok", r#","ref":"r1","currency":"USD""#, "amount is missing (field 'amount': /amount)"),
+        ("dep.in", r#","ref":"r1","amount":"1","currency":"USD""#, "destination_account is missing"),
+    ];
+    for (type_, rest, want) in cases {
+        let p = problems(type_, rest);
+        assert!(p.iter().any(|w| w.contains(want)), "{type_} {rest}: {p:?} should mention {want}");
+    }
+    // Only a creating callback needs the destination account.
+    assert_eq!(problems("po.in", r#","ref":"r1","amount":"1","currency":"USD""#), Vec::<String>::new());
+    let long = "r".repeat(provider::FIELD_BYTES_MAX + 1);
+    let p = problems("dep.ok", &format!(r#","ref":"{long}","amount":"1","currency":"USD""#));
+    assert!(p.iter().any(|w| w.starts_with("reference: /ref must be at most 256 bytes")), "{p:?}");
+}
+
+#[test]
+fn invalid_transfer_callbacks_are_refused_at_load_with_the_reason() {
+    let cases = [
+        (
+            WITH_CALLBACKS.replace("reference = \"reference\"\namount", "reference = \"ref\"\namount"),
+            "transfers.reference names field 'ref'",
+        ),
+        (
+            WITH_CALLBACKS.replace("currency = \"currency\"\ndestination", "destination"),
+            "amount and transfers.currency go together",
+        ),
+        (
+            WITH_CALLBACKS.replace("\"payout.received\" = { status", "\"payout.completed\" = { status"),
+            "no provider type maps to 'payout.completed'",
+        ),
+        (
+            WITH_CALLBACKS.replace(
+                "status = \"received\", kind = \"deposit\", creates",
+                "status = \"completed\", kind = \"deposit\", creates",
+            ),
+            "only a 'received' callback may create",
+        ),
+        (
+            WITH_CALLBACKS.replace("kind = \"deposit\", creates", "kind = \"payout\", creates"),
+            "creates_deposit needs kind = \"deposit\"",
+        ),
+        (WITH_CALLBACKS.replace("destination_account = \"account\"\n", ""), "a created deposit needs"),
+        (WITH_CALLBACKS.replace("status = \"received\" }", "status = \"settled\" }"), "unknown variant"),
+        (WITH_CALLBACKS.replace("reason = \"code\"", "reason = \"code\"\nlimit = 3"), "unknown field"),
+        (
+            WITH_CALLBACKS.split("[transfers.callbacks]").next().expect("head").to_owned()
+                + "[transfers.callbacks]\n",
+            "declares no callback",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = def(&with_callbacks(&text)).expect_err(want);
+        assert!(e.to_string().contains(want), "{e} should mention {want}");
+    }
 }
