@@ -248,82 +248,57 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
                 );
             }
             anyhow::ensure!(all_landed, "not every accepted webhook landed in both stores within {wait_s} s");
-            transfers(cfg, &client, &api_url, &run_id, wait_s).await?;
+            money_loop(cfg, &client, &ingest_url, &api_url, &run_id, wait_s).await?;
             return command(cfg, &client, &ingest_url, &api_url, &run_id, wait_s).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// The second half of the demo: a stream of transfer commands, provider callbacks and risk decisions for
-/// a fresh tenant goes to the transfers processor; the API then shows its balances and volumes.
-async fn transfers(
+/// The second half of the demo: the platform's main flow over the real edges (`crate::money_loop`):
+/// a KYC vendor approves a user, deposits are screened and completed by the payments provider, a large
+/// one is reviewed by a compliance officer, a sanctioned payee and a frozen user are blocked.
+async fn money_loop(
     cfg: &Config,
     client: &reqwest::Client,
+    ingest_url: &str,
     api_url: &str,
     run_id: &str,
     wait_s: u64,
 ) -> anyhow::Result<()> {
-    use riverbank_schemas::processor::{InputRef, Processor, Verdict};
+    use riverbank_ingest::core::commands::Role;
     let env = Environment::Live;
-    let tenant = format!("demo-{}", &run_id[..8]);
-    let inputs = crate::workload::transfer_inputs(&[&tenant], 100, 7);
-    let topics = riverbank_runtime::kafka::topics(&cfg.kafka);
-    // What the processor will emit, to know when it has all landed.
-    let reference = riverbank_processors::TransfersProcessor::new(topics.clone(), Default::default());
-    let at = InputRef::log("demo", 0, 0, env);
-    let mut state = riverbank_processors::transfers::TransfersState::default();
-    let mut status_events = 0u64;
-    for e in &inputs {
-        if let Verdict::Emit(out) = reference.apply(&mut state, &at, e.clone()) {
-            status_events += out.iter().filter(|o| o.topic == topics.transfer_status(env)).count() as u64;
-        }
-    }
-    let accounts = state.accounts.len();
-    // Money held in the tenant's own accounts once everything has landed (the outside world holds -it).
-    let held: i64 = state.accounts.values().map(|a| a.posted.max(0)).sum();
-    let started = Instant::now();
-    crate::workload::produce_inputs(&cfg.kafka, &inputs).await?;
-    println!(
-        "sent {} transfer inputs (requests, risk decisions, provider callbacks) for tenant {tenant}",
-        inputs.len()
-    );
-    let deadline = Instant::now() + Duration::from_secs(wait_s);
-    loop {
-        let scope = [("tenant_id", tenant.as_str()), ("environment", env.as_str())];
-        let v = get_json(client, &format!("{api_url}/v1/analytics/transfer-volume"), &scope).await?;
-        let hours = v["hours"].as_array().cloned().unwrap_or_default();
-        let landed: u64 = hours.iter().filter_map(|h| h["transfers"].as_u64()).sum();
-        let b = get_json(client, &format!("{api_url}/v1/balances"), &scope).await?;
-        let balances = b["balances"].as_array().cloned().unwrap_or_default();
-        let posted: i64 = balances.iter().filter_map(|a| a["posted_minor"].as_i64()).sum();
-        let held_landed: i64 =
-            balances.iter().filter_map(|a| a["posted_minor"].as_i64()).map(|p| p.max(0)).sum();
-        let done = landed >= status_events && balances.len() >= accounts && held_landed == held;
-        if done || Instant::now() > deadline {
-            let completed: u64 = hours
-                .iter()
-                .filter(|h| h["status"] == "COMPLETED")
-                .filter_map(|h| h["transfers"].as_u64())
-                .sum();
-            println!(
-                "landed after {:.2?}: {landed} of {status_events} status changes in clickhouse; {completed} transfers completed; {} account balances in postgres, posted balances sum to {posted} (double entry)",
-                started.elapsed(),
-                balances.len()
-            );
-            println!("           {api_url}/v1/balances?tenant_id={tenant}");
-            println!("           {api_url}/v1/transfers/t-0?tenant_id={tenant}");
-            println!("           {api_url}/v1/analytics/transfer-volume?tenant_id={tenant}");
-            anyhow::ensure!(
-                landed >= status_events,
-                "not every transfer status change landed within {wait_s} s"
-            );
-            anyhow::ensure!(posted == 0, "posted balances must sum to zero");
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let kyc = crate::money_loop::sender(cfg, "idcheck", DEMO_TENANT, env)?;
+    let payments = crate::money_loop::sender(cfg, "acmepay", DEMO_TENANT, env)?;
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await?;
+    riverbank_ingest::store::migrate(&pool).await?;
+    let (_, admin_token) =
+        riverbank_runtime::apikeys::create_key(&pool, DEMO_TENANT, env, Role::Admin, "demo").await?;
+    let (_, officer_token) =
+        riverbank_runtime::apikeys::create_key(&pool, DEMO_TENANT, env, Role::ComplianceOfficer, "demo")
+            .await?;
+    pool.close().await;
+    crate::money_loop::publish_sanctions(cfg, env).await?;
+    let flow = crate::money_loop::Flow {
+        cfg,
+        client,
+        ingest_url: ingest_url.to_owned(),
+        api_url: api_url.to_owned(),
+        tenant: DEMO_TENANT.to_owned(),
+        env,
+        kyc,
+        payments,
+        admin_token,
+        officer_token,
+        run: run_id[..8].to_owned(),
+        wait: Duration::from_secs(wait_s),
+    };
+    crate::money_loop::run(&flow).await?;
+    Ok(())
 }
+
+/// The tenant the demo's money loop runs for (its senders are in deploy/local/riverbank.toml).
+pub const DEMO_TENANT: &str = "tenant-alpha";
 
 /// The API half of the demo: a tenant API key, one deposit command sent twice under one
 /// `Idempotency-Key` (one event), then the transfer as the read API shows it.
@@ -381,7 +356,7 @@ async fn command(
                 .map(|h| h.iter().filter_map(|c| c["status"].as_str()).collect())
                 .unwrap_or_default();
             println!(
-                "landed: transfer {transfer_id} went {} (it waits for a risk decision); {url}?tenant_id={tenant}",
+                "landed: transfer {transfer_id} went {} so far (it waits for its provider); {url}?tenant_id={tenant}",
                 steps.join(" → ")
             );
             return Ok(());

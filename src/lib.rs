@@ -6,5 +6,7 @@ pub mod bench_state;
 pub mod demo;
 pub mod dlq;
 pub mod reconcile;
+pub mod money_loop;
 pub mod registry;
 pub mod workload;
+pub mod risk;

@@ -76,6 +76,70 @@ enum Command {
     },
     /// Print the effective config (secrets redacted) after validating it.
     Config,
+    /// Risk scoring: publish rule sets and sanctions lists; backtest a rule set on stored history.
+    Risk {
+        #[command(subcommand)]
+        action: RiskAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RiskAction {
+    /// Rule sets (TOML, see deploy/risk/rules.toml).
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+    /// Sanctions / blacklists (TOML: list, entries with id, names, ids).
+    Lists {
+        #[command(subcommand)]
+        action: ListsAction,
+    },
+    /// Replay the risk log through the same rule code with a candidate rule set; print what would
+    /// change. Read-only: nothing is produced, no offset moves.
+    Backtest {
+        #[arg(long)]
+        rules: PathBuf,
+        /// Screened at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Screened before (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_parser = parse_env)]
+        env: Option<riverbank_schemas::Environment>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Validate a rule set and publish it to every partition (live, or --shadow beside the live one).
+    Publish {
+        file: PathBuf,
+        #[arg(long)]
+        shadow: bool,
+        #[arg(long, value_parser = parse_env)]
+        env: Option<riverbank_schemas::Environment>,
+        /// Who publishes (recorded with the publication).
+        #[arg(long, default_value = "cli")]
+        by: String,
+    },
+    /// Validate a rule set file and print its version; publish nothing.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ListsAction {
+    /// Validate a list, digest its names with `risk.name_key`, and publish it to every partition.
+    Publish {
+        file: PathBuf,
+        #[arg(long, value_parser = parse_env)]
+        env: Option<riverbank_schemas::Environment>,
+        #[arg(long, default_value = "cli")]
+        by: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +292,7 @@ fn main() -> anyhow::Result<()> {
                 let (providers, _) = riverbank_ingest::server::webhook_keys(&cfg)?;
                 println!("{cfg:#?}");
                 for def in providers.values() {
+            Command::Risk { action } => risk(&cfg, action).await,
                     println!(
                         "provider {:<12} {:<18} {} event types  {}",
                         def.name,
@@ -246,6 +311,28 @@ async fn migrate(cfg: &Config) -> anyhow::Result<()> {
     kafka::ensure_topics(&cfg.kafka, &riverbank::registry::all_topics(cfg))
         .await
         .context("creating topics")?;
+async fn risk(cfg: &Config, action: RiskAction) -> anyhow::Result<()> {
+    use riverbank::risk as r;
+    match action {
+        RiskAction::Rules { action: RulesAction::Publish { file, shadow, env, by } } => {
+            r::publish_rules(cfg, &file, shadow, env, &by).await
+        }
+        RiskAction::Rules { action: RulesAction::Check { file } } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let rules = riverbank_processors::risk::parse_rules(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("rule set {} version {}: valid", rules.name, rules.version);
+            Ok(())
+        }
+        RiskAction::Lists { action: ListsAction::Publish { file, env, by } } => {
+            r::publish_list(cfg, &file, env, &by).await
+        }
+        RiskAction::Backtest { rules, from, to, tenant, env } => {
+            r::backtest(cfg, &rules, r::Window { from, to, tenant }, env).await
+        }
+    }
+}
+
     let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
         .await
         .context("connecting to postgres")?;

@@ -10,6 +10,7 @@ mod harness;
 mod ingest;
 mod kyc;
 mod reconcile;
+mod money_loop;
 mod runtime;
 mod sinks;
 mod skeleton;

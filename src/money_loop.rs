@@ -1,0 +1,269 @@
+//! The platform's main flow, end to end, over the real edges only: signed provider webhooks and the
+//! tenant API in, the read API out. No producer stands in for a processor or a provider.
+//!
+//! 1. A KYC vendor (idcheck) approves the user at tier 1 (signed webhook); the KYC read shows it.
+//! 2. A deposit by API, executed by a payments provider (acmepay) under its reference: risk scoring
+//!    approves it, the provider's signed `deposit.completed` completes it, the balance posts.
+//! 3. A large deposit: risk holds it for review; a compliance officer (not the requester) approves it;
+//!    the provider completes it.
+//! 4. A payout to a sanctioned payee (a published list; the name written differently): rejected at
+//!    once, with the reason.
+//! 5. The user is frozen by an admin: their next transfer is blocked.
+//!
+//! `riverbank demo` runs it against the local stack; `tests/e2e/money_loop.rs` runs it on a fresh
+//! pipeline and checks the stores, the screening coverage and `riverbank reconcile` besides.
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use riverbank_ingest::core::schemes::sign::{self, Signer};
+use riverbank_runtime::Config;
+use riverbank_schemas::Environment;
+
+use crate::demo::{get_json, Sender};
+
+/// The sanctions list the flow publishes (public-list style: names in clear; published as digests).
+pub const SANCTIONS_LIST: &str = r#"list = "demo-sanctions"
+
+[[entries]]
+id = "DEMO-SDN-1"
+names = ["Ivan Petrov", "Ivan Petroff"]
+ids = ["0x0000000000000000000000000000000000dead01"]
+"#;
+
+/// Everything the flow needs: where the edges are, who signs, the tenant's keys.
+pub struct Flow<'a> {
+    pub cfg: &'a Config,
+    pub client: &'a reqwest::Client,
+    pub ingest_url: String,
+    pub api_url: String,
+    pub tenant: String,
+    pub env: Environment,
+    /// Signs as the KYC vendor (idcheck) for `tenant`.
+    pub kyc: Sender,
+    /// Signs as the payments provider (acmepay) for `tenant`.
+    pub payments: Sender,
+    /// An admin key of `tenant` (creates transfers, freezes users).
+    pub admin_token: String,
+    /// A compliance officer key of `tenant`.
+    pub officer_token: String,
+    /// Distinguishes this run's ids from earlier runs'.
+    pub run: String,
+    pub wait: Duration,
+}
+
+/// What the flow did, for the report and the test's checks.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub user: String,
+    pub account: String,
+    /// (transfer id, final status, reason) in the order the flow made them.
+    pub transfers: Vec<(String, String, Option<String>)>,
+    pub posted_minor: i64,
+}
+
+impl Flow<'_> {
+    fn scope(&self) -> [(&str, &str); 2] {
+        [("tenant_id", self.tenant.as_str()), ("environment", self.env.as_str())]
+    }
+
+    async fn webhook(&self, s: &Sender, id: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(body)?;
+        let url = format!("{}/v1/webhooks/{}/{}", self.ingest_url, s.provider, s.tenant_id);
+        let mut req = self.client.post(url).header("content-type", "application/json");
+        for (k, v) in sign::headers(&s.scheme, &s.signer, id, chrono::Utc::now().timestamp(), &bytes) {
+            req = req.header(k, v);
+        }
+        let resp = req.body(bytes).send().await?;
+        let status = resp.status();
+        anyhow::ensure!(status.is_success(), "{} webhook {id}: {status} {}", s.provider, resp.text().await?);
+        Ok(())
+    }
+
+    async fn command(&self, token: &str, path: &str, user: Option<&str>, body: serde_json::Value) -> anyhow::Result<()> {
+        let mut req = self.client.post(format!("{}{path}", self.ingest_url)).bearer_auth(token).json(&body);
+        req = req.header("x-environment", self.env.as_str());
+        if let Some(u) = user {
+            req = req.header("x-user-id", u);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        anyhow::ensure!(status == reqwest::StatusCode::ACCEPTED, "POST {path}: {status} {}", resp.text().await?);
+        Ok(())
+    }
+
+    /// Poll `url` until `done` says yes (returns the last answer), at most `self.wait`.
+    async fn until(&self, what: &str, url: &str, done: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let last = get_json(self.client, url, &self.scope()).await;
+            if let Ok(v) = &last {
+                if done(v) {
+                    return Ok(v.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{what}: not within {:?}; last answer {last:?}", self.wait);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Wait until transfer `id` is in one of `want`; its read-API answer.
+    pub async fn transfer_status(&self, id: &str, want: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}/v1/transfers/{id}", self.api_url);
+        self.until(&format!("transfer {id} reaching {want:?}"), &url, |v| {
+            v["status"].as_str().is_some_and(|s| want.contains(&s))
+        })
+        .await
+    }
+
+    /// The KYC vendor approves `user` (case `case`, level `level`) as of `at` (its own clock).
+    pub async fn kyc_approved_at(&self, user: &str, case: &str, level: &str, at: chrono::DateTime<chrono::Utc>) -> anyhow::Result<()> {
+        let body = serde_json::json!({
+            "applicantId": case, "inspectionId": format!("{case}-i"), "correlationId": format!("req-{case}"),
+            "levelName": level, "externalUserId": user, "type": "applicantApproved", "reviewStatus": "completed",
+            "createdAt": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "reviewResult": {"reviewAnswer": "GREEN"}
+        });
+        self.webhook(&self.kyc, &format!("kyc-{case}"), &body).await
+    }
+
+    /// Wait until the KYC read shows `user` with KYC status `status`.
+    pub async fn kyc_status(&self, user: &str, status: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}/v1/users/{user}/kyc", self.api_url);
+        self.until(&format!("user {user} KYC {status}"), &url, |v| v["kyc_status"] == status).await
+    }
+
+    async fn kyc_approved(&self, user: &str, case: &str, level: &str) -> anyhow::Result<()> {
+        self.kyc_approved_at(user, case, level, chrono::Utc::now()).await?;
+        self.kyc_status(user, "approved").await.map(|_| ())
+    }
+
+    async fn deposit_completed(&self, reference: &str, amount: &str, account: &str) -> anyhow::Result<()> {
+        let body = serde_json::json!({
+            "type": "deposit.completed", "api_version": "2024-06-01",
+            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "data": {"object": "deposit", "id": reference, "amount": {"value": amount, "currency": "USD"},
+                     "destination_account": account}
+        });
+        self.webhook(&self.payments, &format!("wh-{reference}-completed"), &body).await
+    }
+
+    /// A deposit by API for `user`, executed by the payments provider; returns its provider reference.
+    pub async fn deposit(&self, id: &str, user: &str, account: &str, amount: &str) -> anyhow::Result<String> {
+        let reference = format!("dep_{id}");
+        let body = serde_json::json!({
+            "transfer_id": id, "kind": "deposit", "amount": amount, "currency": "USD",
+            "destination_account": account, "user_id": user,
+            "provider": self.payments.provider, "provider_reference": reference,
+        });
+        self.command(&self.admin_token, "/v1/transfers", None, body).await?;
+        Ok(reference)
+    }
+
+    async fn payout(&self, id: &str, user: &str, account: &str, amount: &str, payee: serde_json::Value) -> anyhow::Result<()> {
+        let body = serde_json::json!({
+            "transfer_id": id, "kind": "payout", "amount": amount, "currency": "USD",
+            "source_account": account, "user_id": user, "counterparty": payee,
+        });
+        self.command(&self.admin_token, "/v1/transfers", None, body).await
+    }
+}
+
+/// Publish the demo sanctions list (before the flow needs it: a list reaches every risk partition
+/// through the router, in log order with the transfers screened after it).
+pub async fn publish_sanctions(cfg: &Config, env: Environment) -> anyhow::Result<()> {
+    crate::risk::publish_list_text(cfg, SANCTIONS_LIST, Some(env), "money-loop").await
+}
+
+/// Run steps 1-5 (see the module comment). Prints one line per step.
+pub async fn run(f: &Flow<'_>) -> anyhow::Result<Outcome> {
+    let user = format!("usr_{}", f.run);
+    let account = format!("acct_{}", f.run);
+    let mut out = Outcome { user: user.clone(), account: account.clone(), ..Outcome::default() };
+    let mut note = |id: &str, v: &serde_json::Value| {
+        let reason = v["reason"].as_str().map(str::to_owned);
+        out.transfers.push((id.to_owned(), v["status"].as_str().unwrap_or_default().to_owned(), reason));
+    };
+
+    // 1. KYC.
+    f.kyc_approved(&user, &format!("case_{}", f.run), "basic-kyc-level").await.context("step 1: KYC")?;
+    println!("[money loop] 1. idcheck approved {user} (tier 1): {}/v1/users/{user}/kyc?tenant_id={}", f.api_url, f.tenant);
+
+    // 2. A deposit, screened and approved, completed by the provider.
+    let small = format!("dep-small-{}", f.run);
+    let reference = f.deposit(&small, &user, &account, "100.00").await?;
+    f.transfer_status(&small, &["APPROVED"]).await.context("step 2: screening")?;
+    f.deposit_completed(&reference, "100.00", &account).await?;
+    let v = f.transfer_status(&small, &["COMPLETED"]).await.context("step 2: provider callback")?;
+    note(&small, &v);
+    println!("[money loop] 2. deposit {small} 100.00 USD: screened, approved, acmepay deposit.completed → COMPLETED");
+
+    // 3. A large deposit: review, an officer approves, the provider completes it.
+    let large = format!("dep-large-{}", f.run);
+    let reference = f.deposit(&large, &user, &account, "1500.00").await?;
+    let reviews = format!("{}/v1/risk/reviews", f.api_url);
+    f.until("the large deposit in the review queue", &reviews, |v| {
+        v["reviews"].as_array().is_some_and(|r| r.iter().any(|x| x["transfer_id"] == large.as_str()))
+    })
+    .await
+    .context("step 3: review queue")?;
+    let decision = serde_json::json!({"decision": "approved", "reason": "source of funds documented"});
+    f.command(&f.officer_token, &format!("/v1/risk/reviews/{large}/decision"), Some("officer-1"), decision).await?;
+    f.transfer_status(&large, &["APPROVED"]).await.context("step 3: officer's decision")?;
+    f.deposit_completed(&reference, "1500.00", &account).await?;
+    let v = f.transfer_status(&large, &["COMPLETED"]).await.context("step 3: provider callback")?;
+    note(&large, &v);
+    println!("[money loop] 3. deposit {large} 1500.00 USD: held for review, approved by a compliance officer, completed");
+
+    // 4. A sanctioned payee, written differently from the list.
+    let sanctioned = format!("po-sanctioned-{}", f.run);
+    f.payout(&sanctioned, &user, &account, "50.00", serde_json::json!({"name": "PETROV, Iván", "country": "DE"})).await?;
+    let v = f.transfer_status(&sanctioned, &["BLOCKED"]).await.context("step 4: sanctions")?;
+    anyhow::ensure!(v["reason"].as_str().is_some_and(|r| r.contains("sanctions")), "step 4: reason {v}");
+    note(&sanctioned, &v);
+    println!("[money loop] 4. payout {sanctioned} to a sanctioned payee: BLOCKED ({})", v["reason"].as_str().unwrap_or_default());
+
+    // 5. Frozen.
+    let reason = serde_json::json!({"reason": "account takeover suspected"});
+    f.command(&f.admin_token, &format!("/v1/kyc/users/{user}/freeze"), None, reason).await?;
+    let kyc = format!("{}/v1/users/{user}/kyc", f.api_url);
+    f.until(&format!("{user} frozen"), &kyc, |v| v["user_status"] == "frozen").await.context("step 5: freeze")?;
+    let frozen = format!("po-frozen-{}", f.run);
+    f.payout(&frozen, &user, &account, "10.00", serde_json::json!({"id": "payee-ok", "country": "DE"})).await?;
+    let v = f.transfer_status(&frozen, &["BLOCKED"]).await.context("step 5: frozen user")?;
+    anyhow::ensure!(v["reason"].as_str().is_some_and(|r| r.contains("blocked_user")), "step 5: reason {v}");
+    note(&frozen, &v);
+    println!("[money loop] 5. {user} frozen by an admin: payout {frozen} BLOCKED ({})", v["reason"].as_str().unwrap_or_default());
+
+    let b = get_json(f.client, &format!("{}/v1/balances", f.api_url), &f.scope()).await?;
+    let balances = b["balances"].as_array().cloned().unwrap_or_default();
+    let posted = |a: &serde_json::Value| a["posted_minor"].as_i64().unwrap_or(0);
+    out.posted_minor = balances.iter().filter(|a| a["account"] == account.as_str()).map(posted).sum();
+    anyhow::ensure!(out.posted_minor == 160_000, "{account} posted {} minor units, want 160000", out.posted_minor);
+    let total: i64 = balances.iter().map(posted).sum();
+    anyhow::ensure!(total == 0, "the tenant's posted balances sum to {total}, not 0 (double entry)");
+    println!("[money loop] {account} holds 1600.00 USD posted; every decision: {}/v1/risk/decisions?transfer_id={large}&tenant_id={}", f.api_url, f.tenant);
+    Ok(out)
+}
+
+/// A signer for `provider` from the config's first secret of (provider, tenant, env).
+pub fn sender(cfg: &Config, provider: &str, tenant: &str, env: Environment) -> anyhow::Result<Sender> {
+    crate::demo::senders(cfg)?
+        .into_iter()
+        .find(|s| s.provider == provider && s.tenant_id == tenant && s.environment == env)
+        .with_context(|| format!("no [[ingest.webhooks]] secret for {provider} / {tenant} / {env}"))
+}
+
+/// For tests: a sender whose key the test chose.
+pub fn sender_with(provider: &str, tenant: &str, env: Environment, secret: &str) -> anyhow::Result<Sender> {
+    let providers = riverbank_ingest::core::provider::load(&[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let def = providers.get(provider).with_context(|| format!("no provider {provider}"))?;
+    Ok(Sender {
+        provider: provider.to_owned(),
+        tenant_id: tenant.to_owned(),
+        environment: env,
+        scheme: def.signature.clone(),
+        signer: Signer::Secret(secret.to_owned()),
+    })
+}
