@@ -442,7 +442,7 @@ impl KycProcessor {
             _ => 0,
         };
         let tenant = &input.tenant_id;
-        let mut user = self.user_or_new(state, &user_key(tenant, user_id), &refuse)?;
+        let mut user = self.user_or_new(state, &user_key(tenant, user_id), refuse)?;
         if user.user_status == UserStatus::Closed {
             return Err(refuse("the user is closed: KYC results are no longer applied".to_owned()));
         }
@@ -543,7 +543,7 @@ impl KycProcessor {
                 refuse(format!("unknown user {}: only a frozen user is unfrozen", a.user_id))
             })?,
             // A user may be frozen or closed before any KYC result arrives.
-            KycUserAction::Freeze | KycUserAction::Close => self.user_or_new(state, &key, &refuse)?,
+            KycUserAction::Freeze | KycUserAction::Close => self.user_or_new(state, &key, refuse)?,
         };
         let now = user.user_status;
         let event_type = match (a.action, now) {
