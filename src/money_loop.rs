@@ -79,7 +79,13 @@ impl Flow<'_> {
         Ok(())
     }
 
-    async fn command(&self, token: &str, path: &str, user: Option<&str>, body: serde_json::Value) -> anyhow::Result<()> {
+    async fn command(
+        &self,
+        token: &str,
+        path: &str,
+        user: Option<&str>,
+        body: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let mut req = self.client.post(format!("{}{path}", self.ingest_url)).bearer_auth(token).json(&body);
         req = req.header("x-environment", self.env.as_str());
         if let Some(u) = user {
@@ -87,12 +93,21 @@ impl Flow<'_> {
         }
         let resp = req.send().await?;
         let status = resp.status();
-        anyhow::ensure!(status == reqwest::StatusCode::ACCEPTED, "POST {path}: {status} {}", resp.text().await?);
+        anyhow::ensure!(
+            status == reqwest::StatusCode::ACCEPTED,
+            "POST {path}: {status} {}",
+            resp.text().await?
+        );
         Ok(())
     }
 
     /// Poll `url` until `done` says yes (returns the last answer), at most `self.wait`.
-    async fn until(&self, what: &str, url: &str, done: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<serde_json::Value> {
+    async fn until(
+        &self,
+        what: &str,
+        url: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
         let deadline = Instant::now() + self.wait;
         loop {
             let last = get_json(self.client, url, &self.scope()).await;
@@ -118,7 +133,13 @@ impl Flow<'_> {
     }
 
     /// The KYC vendor approves `user` (case `case`, level `level`) as of `at` (its own clock).
-    pub async fn kyc_approved_at(&self, user: &str, case: &str, level: &str, at: chrono::DateTime<chrono::Utc>) -> anyhow::Result<()> {
+    pub async fn kyc_approved_at(
+        &self,
+        user: &str,
+        case: &str,
+        level: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
         let body = serde_json::json!({
             "applicantId": case, "inspectionId": format!("{case}-i"), "correlationId": format!("req-{case}"),
             "levelName": level, "externalUserId": user, "type": "applicantApproved", "reviewStatus": "completed",
@@ -161,7 +182,14 @@ impl Flow<'_> {
         Ok(reference)
     }
 
-    async fn payout(&self, id: &str, user: &str, account: &str, amount: &str, payee: serde_json::Value) -> anyhow::Result<()> {
+    async fn payout(
+        &self,
+        id: &str,
+        user: &str,
+        account: &str,
+        amount: &str,
+        payee: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let body = serde_json::json!({
             "transfer_id": id, "kind": "payout", "amount": amount, "currency": "USD",
             "source_account": account, "user_id": user, "counterparty": payee,
@@ -188,7 +216,10 @@ pub async fn run(f: &Flow<'_>) -> anyhow::Result<Outcome> {
 
     // 1. KYC.
     f.kyc_approved(&user, &format!("case_{}", f.run), "basic-kyc-level").await.context("step 1: KYC")?;
-    println!("[money loop] 1. idcheck approved {user} (tier 1): {}/v1/users/{user}/kyc?tenant_id={}", f.api_url, f.tenant);
+    println!(
+        "[money loop] 1. idcheck approved {user} (tier 1): {}/v1/users/{user}/kyc?tenant_id={}",
+        f.api_url, f.tenant
+    );
 
     // 2. A deposit, screened and approved, completed by the provider.
     let small = format!("dep-small-{}", f.run);
@@ -209,7 +240,8 @@ pub async fn run(f: &Flow<'_>) -> anyhow::Result<Outcome> {
     .await
     .context("step 3: review queue")?;
     let decision = serde_json::json!({"decision": "approved", "reason": "source of funds documented"});
-    f.command(&f.officer_token, &format!("/v1/risk/reviews/{large}/decision"), Some("officer-1"), decision).await?;
+    f.command(&f.officer_token, &format!("/v1/risk/reviews/{large}/decision"), Some("officer-1"), decision)
+        .await?;
     f.transfer_status(&large, &["APPROVED"]).await.context("step 3: officer's decision")?;
     f.deposit_completed(&reference, "1500.00", &account).await?;
     let v = f.transfer_status(&large, &["COMPLETED"]).await.context("step 3: provider callback")?;
@@ -218,29 +250,49 @@ pub async fn run(f: &Flow<'_>) -> anyhow::Result<Outcome> {
 
     // 4. A sanctioned payee, written differently from the list.
     let sanctioned = format!("po-sanctioned-{}", f.run);
-    f.payout(&sanctioned, &user, &account, "50.00", serde_json::json!({"name": "PETROV, Iván", "country": "DE"})).await?;
+    f.payout(
+        &sanctioned,
+        &user,
+        &account,
+        "50.00",
+        serde_json::json!({"name": "PETROV, Iván", "country": "DE"}),
+    )
+    .await?;
     let v = f.transfer_status(&sanctioned, &["BLOCKED"]).await.context("step 4: sanctions")?;
     anyhow::ensure!(v["reason"].as_str().is_some_and(|r| r.contains("sanctions")), "step 4: reason {v}");
     note(&sanctioned, &v);
-    println!("[money loop] 4. payout {sanctioned} to a sanctioned payee: BLOCKED ({})", v["reason"].as_str().unwrap_or_default());
+    println!(
+        "[money loop] 4. payout {sanctioned} to a sanctioned payee: BLOCKED ({})",
+        v["reason"].as_str().unwrap_or_default()
+    );
 
     // 5. Frozen.
     let reason = serde_json::json!({"reason": "account takeover suspected"});
     f.command(&f.admin_token, &format!("/v1/kyc/users/{user}/freeze"), None, reason).await?;
     let kyc = format!("{}/v1/users/{user}/kyc", f.api_url);
-    f.until(&format!("{user} frozen"), &kyc, |v| v["user_status"] == "frozen").await.context("step 5: freeze")?;
+    f.until(&format!("{user} frozen"), &kyc, |v| v["user_status"] == "frozen")
+        .await
+        .context("step 5: freeze")?;
     let frozen = format!("po-frozen-{}", f.run);
-    f.payout(&frozen, &user, &account, "10.00", serde_json::json!({"id": "payee-ok", "country": "DE"})).await?;
+    f.payout(&frozen, &user, &account, "10.00", serde_json::json!({"id": "payee-ok", "country": "DE"}))
+        .await?;
     let v = f.transfer_status(&frozen, &["BLOCKED"]).await.context("step 5: frozen user")?;
     anyhow::ensure!(v["reason"].as_str().is_some_and(|r| r.contains("blocked_user")), "step 5: reason {v}");
     note(&frozen, &v);
-    println!("[money loop] 5. {user} frozen by an admin: payout {frozen} BLOCKED ({})", v["reason"].as_str().unwrap_or_default());
+    println!(
+        "[money loop] 5. {user} frozen by an admin: payout {frozen} BLOCKED ({})",
+        v["reason"].as_str().unwrap_or_default()
+    );
 
     let b = get_json(f.client, &format!("{}/v1/balances", f.api_url), &f.scope()).await?;
     let balances = b["balances"].as_array().cloned().unwrap_or_default();
     let posted = |a: &serde_json::Value| a["posted_minor"].as_i64().unwrap_or(0);
     out.posted_minor = balances.iter().filter(|a| a["account"] == account.as_str()).map(posted).sum();
-    anyhow::ensure!(out.posted_minor == 160_000, "{account} posted {} minor units, want 160000", out.posted_minor);
+    anyhow::ensure!(
+        out.posted_minor == 160_000,
+        "{account} posted {} minor units, want 160000",
+        out.posted_minor
+    );
     let total: i64 = balances.iter().map(posted).sum();
     anyhow::ensure!(total == 0, "the tenant's posted balances sum to {total}, not 0 (double entry)");
     println!("[money loop] {account} holds 1600.00 USD posted; every decision: {}/v1/risk/decisions?transfer_id={large}&tenant_id={}", f.api_url, f.tenant);

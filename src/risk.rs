@@ -39,7 +39,13 @@ fn environments(cfg: &Config, env: Option<Environment>) -> Vec<Environment> {
     kafka::environments(&cfg.kafka).iter().copied().filter(|e| env.is_none_or(|x| x == *e)).collect()
 }
 
-async fn publish(cfg: &Config, env: Option<Environment>, event_type: &str, id_parts: &[&str], payload: serde_json::Value) -> anyhow::Result<()> {
+async fn publish(
+    cfg: &Config,
+    env: Option<Environment>,
+    event_type: &str,
+    id_parts: &[&str],
+    payload: serde_json::Value,
+) -> anyhow::Result<()> {
     let topics = kafka::topics(&cfg.kafka);
     kafka::ensure_topics(&cfg.kafka, &crate::registry::all_topics(cfg)).await.context("creating topics")?;
     let producer = kafka::producer(&cfg.kafka)?;
@@ -49,7 +55,8 @@ async fn publish(cfg: &Config, env: Option<Environment>, event_type: &str, id_pa
         let mut parts = vec![event_type, e.as_str(), stamp.as_str()];
         parts.extend_from_slice(id_parts);
         let id = derived_id(&parts);
-        let envelope = Envelope::new(id, event_type, PLATFORM_TENANT, e, now, "riverbank.cli", payload.clone());
+        let envelope =
+            Envelope::new(id, event_type, PLATFORM_TENANT, e, now, "riverbank.cli", payload.clone());
         let emit = Emit {
             topic: topics.risk_reference(e),
             key: PLATFORM_TENANT.to_owned(),
@@ -65,24 +72,53 @@ async fn publish(cfg: &Config, env: Option<Environment>, event_type: &str, id_pa
 }
 
 /// `riverbank risk rules publish FILE [--shadow]`.
-pub async fn publish_rules(cfg: &Config, file: &std::path::Path, shadow: bool, env: Option<Environment>, by: &str) -> anyhow::Result<()> {
+pub async fn publish_rules(
+    cfg: &Config,
+    file: &std::path::Path,
+    shadow: bool,
+    env: Option<Environment>,
+    by: &str,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let rules = parse_rules(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    println!("rule set {} version {} ({})", rules.name, rules.version, if shadow { "shadow" } else { "live" });
+    println!(
+        "rule set {} version {} ({})",
+        rules.name,
+        rules.version,
+        if shadow { "shadow" } else { "live" }
+    );
     let version = rules.version.clone();
     let p = RulesPublished { rules, shadow, published_by: by.to_owned() };
-    publish(cfg, env, et::RULES_PUBLISHED, &[&version, if shadow { "shadow" } else { "live" }], serde_json::to_value(&p)?).await
+    publish(
+        cfg,
+        env,
+        et::RULES_PUBLISHED,
+        &[&version, if shadow { "shadow" } else { "live" }],
+        serde_json::to_value(&p)?,
+    )
+    .await
 }
 
 /// `riverbank risk lists publish FILE`.
-pub async fn publish_list(cfg: &Config, file: &std::path::Path, env: Option<Environment>, by: &str) -> anyhow::Result<()> {
+pub async fn publish_list(
+    cfg: &Config,
+    file: &std::path::Path,
+    env: Option<Environment>,
+    by: &str,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     publish_list_text(cfg, &text, env, by).await.with_context(|| file.display().to_string())
 }
 
 /// Validate, digest and publish a list given as TOML text.
-pub async fn publish_list_text(cfg: &Config, text: &str, env: Option<Environment>, by: &str) -> anyhow::Result<()> {
-    let list = parse_list(text, cfg.risk.name_key.expose().as_bytes(), by).map_err(|e| anyhow::anyhow!("{e}"))?;
+pub async fn publish_list_text(
+    cfg: &Config,
+    text: &str,
+    env: Option<Environment>,
+    by: &str,
+) -> anyhow::Result<()> {
+    let list =
+        parse_list(text, cfg.risk.name_key.expose().as_bytes(), by).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("list {} version {}: {} entries", list.list, list.version, list.entries.len());
     let version = list.version.clone();
     publish(cfg, env, et::LIST_PUBLISHED, &[&list.list.clone(), &version], serde_json::to_value(&list)?).await
@@ -160,8 +196,12 @@ pub fn backtest_partition(
 
 /// The pairs as one Arrow batch.
 pub fn to_batch(pairs: &[Pair]) -> anyhow::Result<RecordBatch> {
-    let word = |d: &DecisionRecorded| serde_json::to_value(d.decision).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    let rules = |d: &DecisionRecorded| d.hits.iter().filter(|h| h.score > 0).map(|h| h.rule.as_str()).collect::<Vec<_>>().join(" ");
+    let word = |d: &DecisionRecorded| {
+        serde_json::to_value(d.decision).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    };
+    let rules = |d: &DecisionRecorded| {
+        d.hits.iter().filter(|h| h.score > 0).map(|h| h.rule.as_str()).collect::<Vec<_>>().join(" ")
+    };
     let schema = Arc::new(Schema::new(vec![
         Field::new("tenant", DataType::Utf8, false),
         Field::new("transfer_id", DataType::Utf8, false),
@@ -183,7 +223,9 @@ pub fn to_batch(pairs: &[Pair]) -> anyhow::Result<RecordBatch> {
         Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| word(&p.new)))),
         Arc::new(UInt32Array::from_iter_values(pairs.iter().map(|p| p.old.score))),
         Arc::new(UInt32Array::from_iter_values(pairs.iter().map(|p| p.new.score))),
-        Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| format!("{} {}", p.old.rule_set, p.old.rule_set_version)))),
+        Arc::new(StringArray::from_iter_values(
+            pairs.iter().map(|p| format!("{} {}", p.old.rule_set, p.old.rule_set_version)),
+        )),
         Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| rules(&p.new)))),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
@@ -229,7 +271,9 @@ pub fn read_log(cfg: &Config, env: Environment) -> Result<BTreeMap<i32, Vec<Owne
     let log = topics.log(env, "risk");
     let records = kafka::read_all(&cfg.kafka, &log, BACKTEST_RECORDS_MAX, READ_TIMEOUT)?;
     if records.len() >= BACKTEST_RECORDS_MAX {
-        return Err(format!("{log} holds more than {BACKTEST_RECORDS_MAX} records (BACKTEST_RECORDS_MAX); narrow it down"));
+        return Err(format!(
+            "{log} holds more than {BACKTEST_RECORDS_MAX} records (BACKTEST_RECORDS_MAX); narrow it down"
+        ));
     }
     let mut by_partition: BTreeMap<i32, Vec<(i64, OwnedRecord)>> = BTreeMap::new();
     for r in records {
@@ -250,7 +294,12 @@ pub fn read_log(cfg: &Config, env: Environment) -> Result<BTreeMap<i32, Vec<Owne
 }
 
 /// `riverbank risk backtest --rules FILE [--from T] [--to T] [--tenant T] [--env E]`.
-pub async fn backtest(cfg: &Config, file: &std::path::Path, window: Window, env: Option<Environment>) -> anyhow::Result<()> {
+pub async fn backtest(
+    cfg: &Config,
+    file: &std::path::Path,
+    window: Window,
+    env: Option<Environment>,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let candidate = parse_rules(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     println!("candidate rule set {} version {}", candidate.name, candidate.version);
@@ -273,4 +322,70 @@ pub async fn backtest(cfg: &Config, file: &std::path::Path, window: Window, env:
         println!("\n{title}:\n{}", pretty_format_batches(&[batch])?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use riverbank_schemas::processor::Processor as _;
+
+    /// A log as the router writes it: the risk processor's examples, each a routed or broadcast copy.
+    fn log(cfg: &Config, env: Environment) -> Vec<OwnedRecord> {
+        let topics = kafka::topics(&cfg.kafka);
+        let p = RiskProcessor::new(topics.clone());
+        p.examples(env)
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let source =
+                    if e.event_type.starts_with("risk.rules") || e.event_type.starts_with("risk.list") {
+                        topics.risk_reference(env)
+                    } else if e.event_type.starts_with("fx.") {
+                        topics.fx_commands(env)
+                    } else {
+                        topics.transfer_screening(env)
+                    };
+                OwnedRecord::routed(e, &source, 0, i as i64)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_backtest_pairs_every_screening_and_reports_what_changes() {
+        let cfg = Config::load(None).expect("default config");
+        let env = Environment::Live;
+        let records = log(&cfg, env);
+        let mut strict = parse_rules(riverbank_processors::risk::DEFAULT_RULES_TOML).expect("valid");
+        strict.name = "strict".into();
+        strict.threshold[0].amount_over_minor = 1; // everything above 0.01 USD goes to review
+        let strict = strict.sealed();
+        let pairs = backtest_partition(&cfg, env, &records, &strict, &Window::default()).expect("replays");
+        assert!(pairs.len() >= 5, "{pairs:?}");
+        assert!(pairs.iter().all(|p| p.new.rule_set_version == strict.version));
+        let changed: Vec<&Pair> = pairs.iter().filter(|p| p.old.decision != p.new.decision).collect();
+        assert!(!changed.is_empty(), "a stricter threshold changes some approvals");
+        // The same rules as ran change nothing.
+        let same = parse_rules(riverbank_processors::risk::DEFAULT_RULES_TOML).expect("valid");
+        let unchanged = backtest_partition(&cfg, env, &records, &same, &Window::default()).expect("replays");
+        assert!(unchanged.iter().all(|p| p.old.decision == p.new.decision && p.old.score == p.new.score));
+        // Windows narrow by tenant.
+        let only_b = Window { tenant: Some("tenant-b".into()), ..Window::default() };
+        let b = backtest_partition(&cfg, env, &records, &strict, &only_b).expect("replays");
+        assert!(!b.is_empty() && b.iter().all(|p| p.tenant == "tenant-b"));
+        // DataFusion's tables agree with the pairs.
+        let tables = report(to_batch(&pairs).expect("batch")).await.expect("report");
+        let outcomes = pretty_format_batches(&[tables[0].1.clone()]).expect("table").to_string();
+        assert!(outcomes.contains("old_decision") && outcomes.contains("changed"), "{outcomes}");
+        let total: u64 = {
+            use datafusion::arrow::array::AsArray as _;
+            let col = tables[0].1.column_by_name("transfers").expect("transfers column");
+            col.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .values()
+                .iter()
+                .map(|v| *v as u64)
+                .sum()
+        };
+        assert_eq!(total, pairs.len() as u64);
+        assert_eq!(tables[2].1.num_rows(), changed.len().min(EXAMPLES_MAX));
+    }
 }
