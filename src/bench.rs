@@ -447,7 +447,12 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
                 b.version,
                 m.occurred_at.to_rfc3339()
             )),
-            Row::Audit(..) | Row::Rejection(..) | Row::User(..) | Row::KycRejection(..) => {}
+            Row::Audit(..)
+            | Row::Rejection(..)
+            | Row::RiskDecision(..)
+            | Row::RiskRejection(..)
+            | Row::User(..)
+            | Row::KycRejection(..) => {}
         }
     }
     let mut conn = pool.acquire().await?;

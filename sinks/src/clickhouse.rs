@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rows::{self, Meta, Row as Decoded};
 use riverbank_schemas::kyc::{event_types as kyc_event_types, KycInputRejected, UserKycChanged};
+use riverbank_schemas::risk::{event_types as risk_types, DecisionRecorded, RiskInputRejected};
 use riverbank_schemas::transfers::{InputRejected, LedgerPosting, PostingPhase, TransferStatusChanged};
 use riverbank_schemas::AuditRecord;
 
@@ -91,6 +92,56 @@ pub fn ddl() -> Vec<&'static str> {
         ORDER BY (tenant_id, environment, event_id)",
         // Inputs the transfers processor refused, with the reason.
         "CREATE TABLE IF NOT EXISTS transfer_rejections (
+            event_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            input_event_id UUID,
+            input_event_type String,
+            transfer_id String,
+            reason String,
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
+        // Risk decisions, live and shadow (`shadow` = 1: a candidate rule set's, never acted on). The
+        // rules that fired as parallel arrays (ids, scores) for aggregation, and in full (features
+        // included) as JSON text. `amount_report_minor` is NULL when no rate to the report currency
+        // was seen; `reviewed_by` is empty unless an officer decided.
+        "CREATE TABLE IF NOT EXISTS risk_decisions (
+            event_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            transfer_id String,
+            transfer_version UInt32,
+            kind String,
+            decision Enum8('approve' = 1, 'review' = 2, 'block' = 3),
+            score UInt32,
+            shadow UInt8,
+            rule_set String,
+            rule_set_version String,
+            amount_minor Int64,
+            currency String,
+            amount_report_minor Nullable(Int64),
+            report_currency String,
+            ctr UInt8,
+            user_id String,
+            requested_by String,
+            reviewed_by String,
+            review_reason String,
+            hit_rules Array(String),
+            hit_scores Array(UInt32),
+            hits_json String,
+            lists_json String,
+            rate_json String,
+            screened_at DateTime('UTC'),
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
+        // Inputs the risk processor refused, with the reason.
+        "CREATE TABLE IF NOT EXISTS risk_rejections (
             event_id UUID,
             tenant_id String,
             environment Enum8('live' = 1, 'sandbox' = 2),
@@ -312,6 +363,101 @@ fn rejection(m: &Meta, r: &InputRejected) -> Result<RejectionRow, String> {
     })
 }
 
+/// A `risk_decisions` row (live or shadow).
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct RiskDecisionRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub environment: i8,
+    pub transfer_id: String,
+    pub transfer_version: u32,
+    pub kind: String,
+    /// Enum8: 1 approve, 2 review, 3 block.
+    pub decision: i8,
+    pub score: u32,
+    pub shadow: u8,
+    pub rule_set: String,
+    pub rule_set_version: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub amount_report_minor: Option<i64>,
+    pub report_currency: String,
+    pub ctr: u8,
+    /// Empty when the transfer names no end user.
+    pub user_id: String,
+    pub requested_by: String,
+    /// Empty unless a compliance officer decided.
+    pub reviewed_by: String,
+    pub review_reason: String,
+    pub hit_rules: Vec<String>,
+    pub hit_scores: Vec<u32>,
+    pub hits_json: String,
+    pub lists_json: String,
+    /// Empty when no rate was applied.
+    pub rate_json: String,
+    pub screened_at: u32,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+}
+
+fn risk_decision(m: &Meta, d: &DecisionRecorded) -> Result<RiskDecisionRow, String> {
+    use riverbank_schemas::transfers::RiskOutcome;
+    Ok(RiskDecisionRow {
+        event_id: m.event_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        transfer_id: d.transfer_id.clone(),
+        transfer_version: d.transfer_version,
+        kind: d.kind.as_str().to_owned(),
+        decision: match d.decision {
+            RiskOutcome::Approve => 1,
+            RiskOutcome::Review => 2,
+            RiskOutcome::Block => 3,
+        },
+        score: d.score,
+        shadow: u8::from(d.shadow),
+        rule_set: d.rule_set.clone(),
+        rule_set_version: d.rule_set_version.clone(),
+        amount_minor: d.amount.amount_minor,
+        currency: d.amount.currency.code().to_owned(),
+        amount_report_minor: d.amount_report_minor,
+        report_currency: d.report_currency.code().to_owned(),
+        ctr: u8::from(d.ctr),
+        user_id: d.user_id.clone().unwrap_or_default(),
+        requested_by: d.requested_by.clone(),
+        reviewed_by: d.reviewed_by.clone().unwrap_or_default(),
+        review_reason: d.review_reason.clone().unwrap_or_default(),
+        hit_rules: d.hits.iter().map(|h| h.rule.clone()).collect(),
+        hit_scores: d.hits.iter().map(|h| h.score).collect(),
+        hits_json: json_text(&d.hits),
+        lists_json: json_text(&d.lists),
+        rate_json: d.rate.as_ref().map(json_text).unwrap_or_default(),
+        screened_at: unix_seconds(d.screened_at)?,
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
+}
+
+/// JSON text of a value the sinks serialize themselves (a plain data type: serializing cannot fail).
+fn json_text<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn risk_rejection(m: &Meta, r: &RiskInputRejected) -> Result<RejectionRow, String> {
+    Ok(RejectionRow {
+        event_id: m.event_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        input_event_id: r.input_event_id,
+        input_event_type: r.input_event_type.clone(),
+        transfer_id: r.transfer_id.clone().unwrap_or_default(),
+        reason: r.reason.clone(),
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
+}
+
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
 pub struct KycFactRow {
     #[serde(with = "clickhouse::serde::uuid")]
@@ -431,6 +577,9 @@ pub enum ChRow {
     Rejection(RejectionRow),
     KycFact(KycFactRow),
     KycRejection(KycRejectionRow),
+    RiskDecision(RiskDecisionRow),
+    /// A `risk_rejections` row (same shape as `transfer_rejections`).
+    RiskRejection(RejectionRow),
 }
 
 impl ChRow {
@@ -448,6 +597,12 @@ impl ChRow {
             Decoded::User(m, t, u) => (*t, Some(ChRow::KycFact(kyc_fact(m, t, u)?))),
             Decoded::KycRejection(m, r) => {
                 (kyc_event_types::KYC_INPUT_REJECTED, Some(ChRow::KycRejection(kyc_rejection(m, r)?)))
+            }
+            Decoded::RiskDecision(m, d) => {
+                (risk_types::DECISION_RECORDED, Some(ChRow::RiskDecision(risk_decision(m, d)?)))
+            }
+            Decoded::RiskRejection(m, r) => {
+                (risk_types::INPUT_REJECTED, Some(ChRow::RiskRejection(risk_rejection(m, r)?)))
             }
         };
         let mut out = vec![ChRow::Event(EventRow::of(r.meta(), event_type)?)];
@@ -556,6 +711,7 @@ pub async fn insert_rows(
     let (mut events, mut audit, mut facts, mut postings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut rejections = Vec::new();
     let (mut kyc_facts, mut kyc_rejections) = (Vec::new(), Vec::new());
+    let (mut risk_decisions, mut risk_rejections) = (Vec::new(), Vec::new());
     for r in rows {
         match r {
             ChRow::Event(e) => events.push(e.clone()),
@@ -565,6 +721,8 @@ pub async fn insert_rows(
             ChRow::Rejection(r) => rejections.push(r.clone()),
             ChRow::KycFact(f) => kyc_facts.push(f.clone()),
             ChRow::KycRejection(r) => kyc_rejections.push(r.clone()),
+            ChRow::RiskDecision(d) => risk_decisions.push(d.clone()),
+            ChRow::RiskRejection(r) => risk_rejections.push(r.clone()),
         }
     }
     let t = |name: &str| format!("{table_prefix}{name}");
@@ -590,6 +748,14 @@ pub async fn insert_rows(
     if !kyc_rejections.is_empty() {
         let table = t("kyc_rejections");
         within(timeout, "insert kyc_rejections", insert(client, &table, &kyc_rejections)).await?;
+    }
+    if !risk_decisions.is_empty() {
+        let table = t("risk_decisions");
+        within(timeout, "insert risk_decisions", insert(client, &table, &risk_decisions)).await?;
+    }
+    if !risk_rejections.is_empty() {
+        let table = t("risk_rejections");
+        within(timeout, "insert risk_rejections", insert(client, &table, &risk_rejections)).await?;
     }
     Ok(())
 }

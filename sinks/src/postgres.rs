@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
 use riverbank_schemas::kyc::{KycInputRejected, UserKycChanged};
+use riverbank_schemas::risk::{DecisionRecorded, RiskInputRejected};
 use riverbank_schemas::transfers::{BalanceChanged, InputRejected, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{AuditRecord, Environment};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -56,6 +57,7 @@ impl SinkStore for PostgresSink {
         let mut tx = self.pool.begin().await?;
         let (mut audit, mut status, mut postings, mut balances) = (vec![], vec![], vec![], vec![]);
         let mut rejections = vec![];
+        let (mut risk_decisions, mut risk_rejections) = (vec![], vec![]);
         let (mut users, mut kyc_rejections) = (vec![], vec![]);
         for r in rows {
             match r {
@@ -64,6 +66,10 @@ impl SinkStore for PostgresSink {
                 Row::Posting(m, p) => postings.push((m, p)),
                 Row::Balance(m, b) => balances.push((m, b)),
                 Row::Rejection(m, r) => rejections.push((m, r)),
+                // Shadow decisions are ClickHouse's alone.
+                Row::RiskDecision(m, d) if !d.shadow => risk_decisions.push((m, &**d)),
+                Row::RiskDecision(..) => {}
+                Row::RiskRejection(m, r) => risk_rejections.push((m, r)),
                 Row::User(m, t, u) => users.push((m, *t, u)),
                 Row::KycRejection(m, r) => kyc_rejections.push((m, r)),
             }
@@ -73,6 +79,8 @@ impl SinkStore for PostgresSink {
         insert_postings(&mut tx, &postings).await?;
         upsert_balances(&mut tx, &balances).await?;
         insert_rejections(&mut tx, &rejections).await?;
+        insert_risk_decisions(&mut tx, &risk_decisions).await?;
+        insert_risk_rejections(&mut tx, &risk_rejections).await?;
         insert_kyc(&mut tx, &users).await?;
         insert_kyc_rejections(&mut tx, &kyc_rejections).await?;
         store_positions(&mut tx, SINK_NAME, positions).await?;
@@ -370,6 +378,114 @@ async fn insert_kyc_rejections(
     .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.user_id.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.case_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Live risk decisions (append-only), then the latest decision per transfer, forward-only by step.
+async fn insert_risk_decisions(
+    tx: &mut Tx<'_>,
+    rows: &[(&Meta, &DecisionRecorded)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO risk_decisions (event_id, tenant_id, environment, transfer_id, transfer_version, kind, decision,
+             score, rule_set, rule_set_version, amount_minor, currency, amount_report_minor, report_currency, ctr,
+             user_id, requested_by, reviewed_by, review_reason, hits, lists, rate, screened_at, occurred_at)
+         SELECT e, t, env, tr, v, k, d, s, rs, rsv, a, c, ar, rc, ctr, usr, rb, rv, rr, h::jsonb, l::jsonb, r::jsonb, sa, o
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::int4[],
+             $9::text[], $10::text[], $11::int8[], $12::text[], $13::int8[], $14::text[], $15::bool[], $16::text[],
+             $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::timestamptz[],
+             $24::timestamptz[])
+             AS x(e, t, env, tr, v, k, d, s, rs, rsv, a, c, ar, rc, ctr, usr, rb, rv, rr, h, l, r, sa, o)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.transfer_id.clone()).collect::<Vec<_>>())
+    // Checked in decode: fits in i32.
+    .bind(rows.iter().map(|(_, d)| i32::try_from(d.transfer_version).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.kind.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| rows::outcome_str(d.decision)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| i32::try_from(d.score).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.rule_set.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.rule_set_version.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.amount.amount_minor).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.amount.currency.code().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.amount_report_minor).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.report_currency.code().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.ctr).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.user_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.requested_by.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.reviewed_by.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.review_reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| json_text(&d.hits)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| json_text(&d.lists)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.rate.as_ref().map(json_text)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, d)| d.screened_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let mut latest: BTreeMap<(&str, &str, &str), (&Meta, &DecisionRecorded)> = BTreeMap::new();
+    for (m, d) in rows {
+        let key = (m.tenant_id.as_str(), m.environment.as_str(), d.transfer_id.as_str());
+        if latest.get(&key).is_none_or(|(_, old)| rows::risk_step(old) < rows::risk_step(d)) {
+            latest.insert(key, (m, d));
+        }
+    }
+    let cur: Vec<(&Meta, &DecisionRecorded)> = latest.into_values().collect();
+    sqlx::query(
+        "INSERT INTO risk_latest (tenant_id, environment, transfer_id, step, decision, event_id, occurred_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::uuid[],
+             $7::timestamptz[])
+         ON CONFLICT (tenant_id, environment, transfer_id) DO UPDATE
+         SET step = EXCLUDED.step, decision = EXCLUDED.decision, event_id = EXCLUDED.event_id,
+             occurred_at = EXCLUDED.occurred_at
+         WHERE risk_latest.step < EXCLUDED.step",
+    )
+    .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, d)| d.transfer_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, d)| rows::risk_step(d)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, d)| rows::outcome_str(d.decision)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// JSON text of a value the sinks serialize themselves (a plain data type: serializing cannot fail).
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+async fn insert_risk_rejections(
+    tx: &mut Tx<'_>,
+    rows: &[(&Meta, &RiskInputRejected)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO risk_rejections (event_id, tenant_id, environment, input_event_id, input_event_type,
+             transfer_id, reason, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+             $8::timestamptz[])
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.transfer_id.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
     .execute(&mut **tx)

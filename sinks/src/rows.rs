@@ -2,7 +2,10 @@
 //! means a variant here, a table in each store and a statement in each sink, not a new sink.
 use chrono::{DateTime, Utc};
 use riverbank_schemas::kyc::{event_types as kyc_types, KycInputRejected, UserKycChanged, TIER_MAX};
-use riverbank_schemas::transfers::{BalanceChanged, InputRejected, LedgerPosting, TransferStatusChanged};
+use riverbank_schemas::risk::{event_types as risk_types, DecisionRecorded, RiskInputRejected};
+use riverbank_schemas::transfers::{
+    BalanceChanged, InputRejected, LedgerPosting, RiskOutcome, TransferStatusChanged,
+};
 use riverbank_schemas::{AuditRecord, Environment, RawEnvelope};
 use uuid::Uuid;
 
@@ -25,6 +28,9 @@ pub enum Row {
     Posting(Meta, LedgerPosting),
     Balance(Meta, BalanceChanged),
     Rejection(Meta, InputRejected),
+    /// A `risk.decision_recorded`, live or shadow (Postgres keeps live ones only).
+    RiskDecision(Meta, Box<DecisionRecorded>),
+    RiskRejection(Meta, RiskInputRejected),
     /// A `user.*` event (its type) of the KYC processor.
     User(Meta, &'static str, UserKycChanged),
     KycRejection(Meta, KycInputRejected),
@@ -37,6 +43,8 @@ impl Row {
             | Row::Status(m, _)
             | Row::Posting(m, _)
             | Row::Balance(m, _)
+            | Row::RiskDecision(m, _)
+            | Row::RiskRejection(m, _)
             | Row::Rejection(m, _)
             | Row::User(m, _, _)
             | Row::KycRejection(m, _) => m,
@@ -52,6 +60,8 @@ pub const PROJECTED: &[&str] = &[
     LedgerPosting::EVENT_TYPE,
     BalanceChanged::EVENT_TYPE,
     InputRejected::EVENT_TYPE,
+    risk_types::DECISION_RECORDED,
+    risk_types::INPUT_REJECTED,
     kyc_types::USER_KYC_UPDATED,
     kyc_types::USER_VERIFIED,
     kyc_types::USER_FROZEN,
@@ -187,6 +197,16 @@ pub fn decode(
             }
             Row::Rejection(meta, r)
         }
+        risk_types::DECISION_RECORDED => Row::RiskDecision(meta, Box::new(risk_decision(&e)?)),
+        risk_types::INPUT_REJECTED => {
+            let r: RiskInputRejected = typed(&e)?;
+            check_text("input_event_type", &r.input_event_type)?;
+            check_text("reason", &r.reason)?;
+            if let Some(t) = &r.transfer_id {
+                check_text("transfer_id", t)?;
+            }
+            Row::RiskRejection(meta, r)
+        }
         kyc_types::KYC_INPUT_REJECTED => {
             let r: KycInputRejected = typed(&e)?;
             check_text("input_event_type", &r.input_event_type)?;
@@ -229,6 +249,79 @@ fn user_event(e: &RawEnvelope) -> Result<UserKycChanged, String> {
     Ok(u)
 }
 
+/// How a risk outcome is written in both stores.
+pub fn outcome_str(o: RiskOutcome) -> &'static str {
+    match o {
+        RiskOutcome::Approve => "approve",
+        RiskOutcome::Review => "review",
+        RiskOutcome::Block => "block",
+    }
+}
+
+/// Where a decision stands in its transfer's sequence of decisions: 2 · transfer version, + 1 for an
+/// officer's decision (which follows the screening of the same version). The review queue's
+/// "latest decision" is the highest step.
+pub fn risk_step(d: &DecisionRecorded) -> i64 {
+    i64::from(d.transfer_version) * 2 + i64::from(d.reviewed_by.is_some())
+}
+
+/// A `risk.decision_recorded` payload, checked against what the stores enforce: the CHECK constraints
+/// of `risk_decisions` (0006), integer widths, times, and no NUL in any text (PostgreSQL `text` and
+/// `jsonb` refuse it), the hits' features included.
+fn risk_decision(e: &RawEnvelope) -> Result<DecisionRecorded, String> {
+    let d: DecisionRecorded = typed(e)?;
+    if d.transfer_version == 0 || i32::try_from(d.transfer_version).is_err() {
+        return Err("transfer_version must be 1 to 2^31-1".to_owned());
+    }
+    if i32::try_from(d.score).is_err() {
+        return Err("score does not fit a 32-bit integer".to_owned());
+    }
+    if d.amount.amount_minor <= 0 {
+        return Err("decision on a non-positive amount".to_owned());
+    }
+    if d.amount_report_minor.is_some_and(|a| a < 0) {
+        return Err("negative amount_report_minor".to_owned());
+    }
+    if d.reviewed_by.is_some() != d.review_reason.is_some() {
+        return Err("reviewed_by and review_reason come together".to_owned());
+    }
+    if d.reviewed_by.is_some() && d.decision == RiskOutcome::Review {
+        return Err("an officer's decision cannot be review".to_owned());
+    }
+    check_time("screened_at", &d.screened_at)?;
+    for (f, v) in [
+        ("transfer_id", &d.transfer_id),
+        ("requested_by", &d.requested_by),
+        ("rule_set", &d.rule_set),
+        ("rule_set_version", &d.rule_set_version),
+    ] {
+        check_text(f, v)?;
+    }
+    for (f, v) in
+        [("user_id", &d.user_id), ("reviewed_by", &d.reviewed_by), ("review_reason", &d.review_reason)]
+    {
+        if let Some(v) = v {
+            check_text(f, v)?;
+        }
+    }
+    for h in &d.hits {
+        check_text("hits.rule", &h.rule)?;
+        check_text("hits.kind", &h.kind)?;
+        for (k, v) in &h.features {
+            check_text("hits.features", k)?;
+            check_text("hits.features", v)?;
+        }
+    }
+    for (k, v) in &d.lists {
+        check_text("lists", k)?;
+        check_text("lists", v)?;
+    }
+    if let Some(r) = &d.rate {
+        check_text("rate.version", &r.version)?;
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +340,15 @@ mod tests {
         ("pending_debit_minor >= 0", "negative pending amounts are refused"),
         ("pending_credit_minor >= 0", "negative pending amounts are refused"),
         ("log_epoch >= 0", "epochs start at 0 and only grow"),
+        ("transfer_version > 0", "risk decisions of transfer version 0 are refused"),
+        ("decision IN ('approve', 'review', 'block')", "RiskOutcome is an enum of the three"),
+        ("score >= 0", "u32, and checked to fit i32"),
+        ("amount_report_minor >= 0", "a negative amount_report_minor is refused"),
+        (
+            "(reviewed_by IS NULL) = (review_reason IS NULL)",
+            "a reviewer without a reason (or one without the other) is refused",
+        ),
+        ("reviewed_by IS NULL OR decision <> 'review'", "an officer's decision of review is refused"),
         (
             "user_status IN ('pending', 'active', 'suspended', 'frozen', 'closed')",
             "UserStatus is an enum of the five",
@@ -318,6 +420,129 @@ mod tests {
 
     fn decoded(e: &Envelope<TransferStatusChanged>, env: Environment) -> Result<(Vec<Row>, i64), String> {
         decode("t", env, 0, 0, &serde_json::to_vec(e).expect("json"))
+    }
+
+    fn decision() -> riverbank_schemas::risk::DecisionRecorded {
+        use riverbank_schemas::risk::{RateApplied, RuleHit};
+        let usd = Currency::from_code("USD").expect("USD");
+        DecisionRecorded {
+            transfer_id: "t-1".into(),
+            transfer_version: 4,
+            kind: TransferKind::Payout,
+            amount: Money::new(150_000, usd),
+            user_id: Some("usr_1".into()),
+            requested_by: "key:maker".into(),
+            decision: RiskOutcome::Review,
+            score: 35,
+            hits: vec![RuleHit {
+                rule: "large-single".into(),
+                kind: "threshold".into(),
+                score: 35,
+                features: [("amount_report_minor".to_owned(), "150000".to_owned())].into(),
+            }],
+            rule_set: "riverbank-default".into(),
+            rule_set_version: "rs_0123456789abcdef".into(),
+            amount_report_minor: Some(150_000),
+            report_currency: usd,
+            rate: Some(RateApplied { base: usd, quote: usd, rate_e9: 1_000_000_000, version: "v1".into() }),
+            lists: [("sanctions".to_owned(), "ls_0123".to_owned())].into(),
+            ctr: false,
+            shadow: false,
+            reviewed_by: None,
+            review_reason: None,
+            screened_at: DateTime::from_timestamp(1_790_000_000, 0).expect("time"),
+        }
+    }
+
+    fn risk_decoded<P: serde::Serialize>(event_type: &str, payload: P) -> Result<Vec<Row>, String> {
+        let e = Envelope::new(
+            Uuid::new_v4(),
+            event_type,
+            "tenant-a",
+            Environment::Live,
+            Utc::now(),
+            "t",
+            payload,
+        );
+        decode("t", Environment::Live, 0, 0, &serde_json::to_vec(&e).expect("json")).map(|(rows, _)| rows)
+    }
+
+    #[test]
+    fn risk_decisions_decode_and_what_the_stores_refuse_is_dead_lettered() {
+        let rows = risk_decoded(risk_types::DECISION_RECORDED, decision()).expect("a valid decision");
+        assert!(matches!(&rows[..], [Row::RiskDecision(_, d)] if **d == decision()));
+        let mut reviewed = decision();
+        reviewed.decision = RiskOutcome::Approve;
+        reviewed.reviewed_by = Some("key:officer".into());
+        reviewed.review_reason = Some("documents checked".into());
+        assert!(risk_decoded(risk_types::DECISION_RECORDED, &reviewed).is_ok());
+        let mut shadow = decision();
+        shadow.shadow = true;
+        shadow.amount_report_minor = None;
+        shadow.rate = None;
+        assert!(risk_decoded(risk_types::DECISION_RECORDED, &shadow).is_ok());
+
+        type Breach = (&'static str, fn(&mut DecisionRecorded));
+        let breaches: &[Breach] = &[
+            ("transfer_version", |d| d.transfer_version = 0),
+            ("transfer_version", |d| d.transfer_version = u32::MAX),
+            ("score", |d| d.score = u32::MAX),
+            ("non-positive amount", |d| d.amount.amount_minor = 0),
+            ("negative amount_report_minor", |d| d.amount_report_minor = Some(-1)),
+            ("come together", |d| d.reviewed_by = Some("key:officer".into())),
+            ("come together", |d| d.review_reason = Some("why".into())),
+            ("cannot be review", |d| {
+                d.reviewed_by = Some("key:officer".into());
+                d.review_reason = Some("why".into());
+            }),
+            ("NUL", |d| d.transfer_id = "t\0".into()),
+            ("NUL", |d| d.user_id = Some("u\0".into())),
+            ("NUL", |d| d.rule_set_version = "rs\0".into()),
+            ("NUL", |d| {
+                d.hits[0].features.insert("sum".into(), "1\0".into());
+            }),
+            ("NUL", |d| {
+                d.lists.insert("l\0".into(), "v".into());
+            }),
+            ("NUL", |d| {
+                if let Some(r) = &mut d.rate {
+                    r.version = "\0".into();
+                }
+            }),
+            ("screened_at", |d| d.screened_at = DateTime::from_timestamp(TIME_MAX_S + 1, 0).expect("time")),
+        ];
+        for (want, breach) in breaches {
+            let mut d = decision();
+            breach(&mut d);
+            let err = risk_decoded(risk_types::DECISION_RECORDED, &d).expect_err(want);
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+
+    #[test]
+    fn risk_rejections_decode_and_steps_order_a_transfers_decisions() {
+        let r = RiskInputRejected {
+            input_event_id: Uuid::new_v4(),
+            input_event_type: "risk.review_decided".into(),
+            transfer_id: Some("t-1".into()),
+            reason: "transfer is not awaiting a risk review".into(),
+        };
+        assert!(matches!(
+            &risk_decoded(risk_types::INPUT_REJECTED, &r).expect("valid")[..],
+            [Row::RiskRejection(..)]
+        ));
+        let mut nul = r.clone();
+        nul.reason = "\0".into();
+        assert!(risk_decoded(risk_types::INPUT_REJECTED, &nul).unwrap_err().contains("NUL"));
+
+        let screened = decision();
+        let mut reviewed = decision();
+        reviewed.reviewed_by = Some("key:officer".into());
+        let mut retried = decision();
+        retried.transfer_version += 1;
+        assert!(risk_step(&screened) < risk_step(&reviewed));
+        assert!(risk_step(&reviewed) < risk_step(&retried));
+        assert_eq!(outcome_str(RiskOutcome::Review), "review");
     }
 
     #[test]
