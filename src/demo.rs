@@ -248,57 +248,11 @@ pub async fn run(cfg: &Config, count: usize, wait_s: u64) -> anyhow::Result<()> 
                 );
             }
             anyhow::ensure!(all_landed, "not every accepted webhook landed in both stores within {wait_s} s");
-            money_loop(cfg, &client, &ingest_url, &api_url, &run_id, wait_s).await?;
             return command(cfg, &client, &ingest_url, &api_url, &run_id, wait_s).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
-
-/// The second half of the demo: the platform's main flow over the real edges (`crate::money_loop`):
-/// a KYC vendor approves a user, deposits are screened and completed by the payments provider, a large
-/// one is reviewed by a compliance officer, a sanctioned payee and a frozen user are blocked.
-async fn money_loop(
-    cfg: &Config,
-    client: &reqwest::Client,
-    ingest_url: &str,
-    api_url: &str,
-    run_id: &str,
-    wait_s: u64,
-) -> anyhow::Result<()> {
-    use riverbank_ingest::core::commands::Role;
-    let env = Environment::Live;
-    let kyc = crate::money_loop::sender(cfg, "idcheck", DEMO_TENANT, env)?;
-    let payments = crate::money_loop::sender(cfg, "acmepay", DEMO_TENANT, env)?;
-    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await?;
-    riverbank_ingest::store::migrate(&pool).await?;
-    let (_, admin_token) =
-        riverbank_runtime::apikeys::create_key(&pool, DEMO_TENANT, env, Role::Admin, "demo").await?;
-    let (_, officer_token) =
-        riverbank_runtime::apikeys::create_key(&pool, DEMO_TENANT, env, Role::ComplianceOfficer, "demo")
-            .await?;
-    pool.close().await;
-    crate::money_loop::publish_sanctions(cfg, env).await?;
-    let flow = crate::money_loop::Flow {
-        cfg,
-        client,
-        ingest_url: ingest_url.to_owned(),
-        api_url: api_url.to_owned(),
-        tenant: DEMO_TENANT.to_owned(),
-        env,
-        kyc,
-        payments,
-        admin_token,
-        officer_token,
-        run: run_id[..8].to_owned(),
-        wait: Duration::from_secs(wait_s),
-    };
-    crate::money_loop::run(&flow).await?;
-    Ok(())
-}
-
-/// The tenant the demo's money loop runs for (its senders are in deploy/local/riverbank.toml).
-pub const DEMO_TENANT: &str = "tenant-alpha";
 
 /// The API half of the demo: a tenant API key, one deposit command sent twice under one
 /// `Idempotency-Key` (one event), then the transfer as the read API shows it.

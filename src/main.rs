@@ -37,7 +37,8 @@ enum Command {
     Api,
     /// Create topics, run Postgres migrations and ClickHouse DDL, then exit.
     Migrate,
-    /// Send signed demo webhooks for every configured sender and report what landed.
+    /// Send signed demo webhooks for every configured sender and report what landed, then run the
+    /// money loop (KYC, screened deposits, provider callbacks, a review, sanctions, a frozen user).
     Demo {
         /// Webhooks to send in total.
         #[arg(long, default_value_t = 200)]
@@ -264,7 +265,10 @@ fn main() -> anyhow::Result<()> {
             Command::Sink { store: StoreName::Clickhouse } => run_clickhouse_sink(&cfg, stop).await,
             Command::Api => riverbank_api::serve(&cfg, stop).await,
             Command::Migrate => migrate(&cfg).await,
-            Command::Demo { count, wait_s } => riverbank::demo::run(&cfg, count, wait_s).await,
+            Command::Demo { count, wait_s } => {
+                riverbank::demo::run(&cfg, count, wait_s).await?;
+                riverbank::money_loop::demo(&cfg, wait_s).await
+            }
             Command::Bench { which: BenchName::Transfers(w) } => {
                 riverbank::bench::transfers(&cfg, w.tenants, w.per_tenant, w.rate_per_s).await
             }
@@ -307,10 +311,6 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn migrate(cfg: &Config) -> anyhow::Result<()> {
-    kafka::ensure_topics(&cfg.kafka, &riverbank::registry::all_topics(cfg))
-        .await
-        .context("creating topics")?;
 async fn risk(cfg: &Config, action: RiskAction) -> anyhow::Result<()> {
     use riverbank::risk as r;
     match action {
@@ -337,6 +337,10 @@ async fn risk(cfg: &Config, action: RiskAction) -> anyhow::Result<()> {
         .await
         .context("connecting to postgres")?;
     riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
+async fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    kafka::ensure_topics(&cfg.kafka, &riverbank::registry::all_topics(cfg))
+        .await
+        .context("creating topics")?;
     riverbank_ingest::store::migrate(&pool).await.context("ingest schema")?;
     riverbank_sinks::clickhouse::create(&cfg.clickhouse).await.context("clickhouse ddl")?;
     tracing::info!("topics, postgres and clickhouse are up to date");

@@ -299,6 +299,48 @@ pub async fn run(f: &Flow<'_>) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
+/// The demo's second half (`riverbank demo`, after the webhook stream): this flow for
+/// [`DEMO_TENANT`] against the configured local pipeline, with keys it creates and the demo sanctions list.
+pub async fn demo(cfg: &Config, wait_s: u64) -> anyhow::Result<()> {
+    use riverbank_ingest::core::commands::Role;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let client = &client;
+    let (ingest_url, api_url) =
+        (format!("http://{}", cfg.ingest.listen_addr), format!("http://{}", cfg.api.listen_addr));
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let env = Environment::Live;
+    let kyc = crate::money_loop::sender(cfg, "idcheck", DEMO_TENANT, env)?;
+    let payments = crate::money_loop::sender(cfg, "acmepay", DEMO_TENANT, env)?;
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false).await?;
+    riverbank_ingest::store::migrate(&pool).await?;
+    let (_, admin_token) =
+        riverbank_runtime::apikeys::create_key(&pool, DEMO_TENANT, env, Role::Admin, "demo").await?;
+    let (_, officer_token) =
+        riverbank_runtime::apikeys::create_key(&pool, DEMO_TENANT, env, Role::ComplianceOfficer, "demo")
+            .await?;
+    pool.close().await;
+    crate::money_loop::publish_sanctions(cfg, env).await?;
+    let flow = crate::money_loop::Flow {
+        cfg,
+        client,
+        ingest_url,
+        api_url,
+        tenant: DEMO_TENANT.to_owned(),
+        env,
+        kyc,
+        payments,
+        admin_token,
+        officer_token,
+        run: run_id[..8].to_owned(),
+        wait: Duration::from_secs(wait_s),
+    };
+    crate::money_loop::run(&flow).await?;
+    Ok(())
+}
+
+/// The tenant the demo's money loop runs for (its senders are in deploy/local/riverbank.toml).
+pub const DEMO_TENANT: &str = "tenant-alpha";
+
 /// A signer for `provider` from the config's first secret of (provider, tenant, env).
 pub fn sender(cfg: &Config, provider: &str, tenant: &str, env: Environment) -> anyhow::Result<Sender> {
     crate::demo::senders(cfg)?
