@@ -18,6 +18,8 @@ use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+mod risk;
+
 pub struct Api {
     pg: PgPool,
     ch: clickhouse::Client,
@@ -101,6 +103,9 @@ pub fn router(state: Arc<Api>) -> Router {
         .route("/v1/analytics/transfer-volume", get(transfer_volume))
         .route("/v1/transfers/{transfer_id}", get(transfer))
         .route("/v1/balances", get(balances))
+        .route("/v1/risk/reviews", get(risk::reviews))
+        .route("/v1/risk/decisions", get(risk::decisions))
+        .route("/v1/risk/shadow/diff", get(risk::shadow_diff))
         .route("/v1/users/{user_id}/kyc", get(user_kyc))
         .route("/health", get(health))
         .with_state(state)

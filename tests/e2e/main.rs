@@ -11,6 +11,7 @@ mod harness;
 mod ingest;
 mod kyc;
 mod reconcile;
+mod risk_read;
 mod money_loop;
 mod runtime;
 mod sinks;
