@@ -293,7 +293,6 @@ fn every_fixture_yields_the_declared_fields() {
             &[
                 ("amount", "42.10"),
                 ("authorization_id", "auth_0b4f5e6a-1c2d-4e3f-9a8b-7c6d5e4f3a2b"),
-                ("card_token", "card_tk_91ab3f"),
                 ("currency", "USD"),
                 ("user_id", "usr_5e2a11"),
             ],
@@ -304,7 +303,6 @@ fn every_fixture_yields_the_declared_fields() {
             &[
                 ("amount", "9800.00"),
                 ("authorization_id", "auth_6f5e4d3c-2b1a-4c9d-8e7f-6a5b4c3d2e1f"),
-                ("card_token", "card_tk_91ab3f"),
                 ("currency", "USD"),
                 ("response_code", "1016"),
                 ("user_id", "usr_5e2a11"),
@@ -488,9 +486,13 @@ fn invalid_fields_are_refused_at_load_with_the_reason() {
         ("u = []", "fields.u needs 1-8 sources"),
         ("u = { pointer = \"/u\", map = {} }", "fields.u[0].map needs 1-64 entries"),
         ("u = { pointer = \"/u\", map = { \"a\" = \"\" } }", "values are 1-256 bytes"),
-        ("who = { pointer = \"/applicant/firstName\" }", "reads 'firstName', personal data"),
+        ("who = { pointer = \"/applicant/firstName\" }", "reads 'firstName': personal data"),
         ("who = [{ pointer = \"/id\" }, { pointer = \"/info/date_of_birth\" }]", "fields.who[1].pointer"),
         ("doc = { pointer = \"/idDocs/0/number\" }", "personal data"),
+        (
+            "card = { pointer = \"/card_token\" }",
+            "reads 'card_token': personal data or sensitive financial data",
+        ),
         ("u = \"/u\"", "a source"),
     ];
     for (fields, want) in cases {

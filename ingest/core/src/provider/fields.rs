@@ -16,7 +16,8 @@
 //! `true`). An object, an array, `null`, an empty string, or a value over [`FIELD_BYTES_MAX`] bytes or
 //! with control characters is no value (the field is absent; [`extract`] says why for the ones that were
 //! there but unusable). **Fields never name personal data** (names, documents, dates of birth, addresses,
-//! phone numbers, e-mail): they travel to every processor's log. Point them at pseudonymous ids, codes
+//! phone numbers, e-mail) **nor sensitive financial data** (card tokens, bank account numbers): they
+//! travel to every processor's log. Point them at pseudonymous ids, codes
 //! and amounts only; a pointer whose segments name such data is refused at load ([`PERSONAL_SEGMENTS`]:
 //! a guard against the obvious mistakes, not a proof).
 use std::collections::BTreeMap;
@@ -36,8 +37,8 @@ pub const FIELD_MAP_ENTRIES_MAX: usize = 64;
 /// Longest field name, in bytes.
 pub const FIELD_NAME_BYTES_MAX: usize = 32;
 
-/// JSON pointer segments (compared in lower case, without `_` and `-`) that name personal data: a field
-/// reading one is refused at load.
+/// JSON pointer segments (compared in lower case, without `_` and `-`) that name personal data or
+/// sensitive financial data (card tokens, bank account numbers): a field reading one is refused at load.
 pub const PERSONAL_SEGMENTS: &[&str] = &[
     "name",
     "firstname",
@@ -66,6 +67,12 @@ pub const PERSONAL_SEGMENTS: &[&str] = &[
     "iddocs",
     "nationalid",
     "taxid",
+    // Sensitive financial data (DOMAIN.md: encrypted where stored, never in clear on a topic).
+    "cardnumber",
+    "cardtoken",
+    "iban",
+    "accountnumber",
+    "bankaccount",
 ];
 
 /// One field: the sources tried in order (a TOML table, or an array of them).
@@ -140,7 +147,7 @@ pub fn validate(fields: &BTreeMap<String, FieldSpec>) -> Result<(), String> {
             }
             if let Some(seg) = personal_segment(p) {
                 return Err(format!(
-                    "{at}.pointer '{p}' reads '{seg}', personal data: fields carry ids and codes only"
+                    "{at}.pointer '{p}' reads '{seg}': personal data or sensitive financial data; fields carry ids, codes and amounts only"
                 ));
             }
             let Some(map) = &source.map else { continue };
