@@ -21,8 +21,8 @@ use riverbank_schemas::{Environment, RawEnvelope, Topics};
 use crate::workload::transfer_inputs;
 
 /// A stateless processor that forwards every input unchanged: the loop's ceiling on this broker.
-struct Passthrough {
-    output: String,
+pub(crate) struct Passthrough {
+    pub(crate) output: String,
 }
 
 impl Processor for Passthrough {
@@ -51,7 +51,7 @@ impl Processor for Passthrough {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -68,7 +68,12 @@ fn total_high(consumer: &BaseConsumer, topic: &str, partitions: i32) -> i64 {
 
 /// Run a processor until `topic` holds `expected` messages. Returns the share of the work done after
 /// the first output was seen and the seconds it took (steady state: start-up and group join excluded).
-async fn drain<P: Processor>(cfg: &Config, p: P, topic: &str, expected: i64) -> anyhow::Result<(f64, f64)> {
+pub(crate) async fn drain<P: Processor>(
+    cfg: &Config,
+    p: P,
+    topic: &str,
+    expected: i64,
+) -> anyhow::Result<(f64, f64)> {
     let stop = CancellationToken::new();
     let (c, s) = (cfg.clone(), stop.clone());
     let task = tokio::spawn(async move { riverbank_runtime::process::run(&c, p, s).await });
@@ -662,7 +667,7 @@ fn report(name: &str, l: &Load) -> f64 {
     rate
 }
 
-fn free_local_addr() -> anyhow::Result<std::net::SocketAddr> {
+pub(crate) fn free_local_addr() -> anyhow::Result<std::net::SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 

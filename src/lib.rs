@@ -2,11 +2,12 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_risk;
 pub mod bench_state;
 pub mod demo;
 pub mod dlq;
-pub mod reconcile;
 pub mod money_loop;
+pub mod reconcile;
 pub mod registry;
-pub mod workload;
 pub mod risk;
+pub mod workload;

@@ -220,6 +220,9 @@ enum BenchName {
         #[arg(long, default_value_t = 1_000)]
         batch_inputs: usize,
     },
+    /// Risk scoring: apply alone; on the broker with its router and checkpoints (and a routed
+    /// passthrough); POST /v1/transfers accepted → decision landed at an offered load.
+    Risk(riverbank::bench_risk::Options),
 }
 
 /// The workload of the transfers and sinks benchmarks.
@@ -281,6 +284,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench { which: BenchName::State { accounts, transfers, batch_inputs } } => {
                 riverbank::bench_state::state(&cfg, accounts, transfers, batch_inputs).await
             }
+            Command::Bench { which: BenchName::Risk(o) } => riverbank::bench_risk::risk(&cfg, &o).await,
             Command::Keys { action } => keys(&cfg, action).await,
             Command::Dlq { action: DlqAction::List { env, json } } => {
                 riverbank::dlq::list(&cfg, env, json).await
@@ -292,11 +296,11 @@ fn main() -> anyhow::Result<()> {
             Command::Reconcile { env, json, settle_ms } => {
                 riverbank::reconcile::run(&cfg, env, json, settle_ms).await
             }
+            Command::Risk { action } => risk(&cfg, action).await,
             Command::Config => {
                 let (providers, _) = riverbank_ingest::server::webhook_keys(&cfg)?;
                 println!("{cfg:#?}");
                 for def in providers.values() {
-            Command::Risk { action } => risk(&cfg, action).await,
                     println!(
                         "provider {:<12} {:<18} {} event types  {}",
                         def.name,
@@ -333,14 +337,14 @@ async fn risk(cfg: &Config, action: RiskAction) -> anyhow::Result<()> {
     }
 }
 
-    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
-        .await
-        .context("connecting to postgres")?;
-    riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
 async fn migrate(cfg: &Config) -> anyhow::Result<()> {
     kafka::ensure_topics(&cfg.kafka, &riverbank::registry::all_topics(cfg))
         .await
         .context("creating topics")?;
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
+        .await
+        .context("connecting to postgres")?;
+    riverbank_sinks::postgres::migrate(&pool).await.context("postgres migrations")?;
     riverbank_ingest::store::migrate(&pool).await.context("ingest schema")?;
     riverbank_sinks::clickhouse::create(&cfg.clickhouse).await.context("clickhouse ddl")?;
     tracing::info!("topics, postgres and clickhouse are up to date");
