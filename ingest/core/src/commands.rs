@@ -767,6 +767,7 @@ mod tests {
             None,
             br#"{"transfer_id":"tr_1","kind":"payout","amount":"250.00","currency":"USD","source_account":"acct_a"}"#,
             "user:u1",
+            b"k",
         )
         .expect("valid");
         assert_eq!(c.event_type, "transfer.requested");
@@ -946,7 +947,7 @@ mod tests {
             ("1000000000000", "BHD"),
         ];
         for (text, cur) in at_cap {
-            let c = decode(CreateTransfer, None, transfer(text, cur).as_bytes(), "user:u1")
+            let c = decode(CreateTransfer, None, transfer(text, cur).as_bytes(), "user:u1", b"k")
                 .unwrap_or_else(|e| panic!("{text} {cur}: {e}"));
             assert_eq!(c.payload["amount"]["amount_minor"], AMOUNT_MINOR_MAX, "{text} {cur}");
         }
@@ -964,7 +965,7 @@ mod tests {
                 "{text}"
             );
         }
-        let e = decode(CreateTransfer, None, transfer("10000000000000.01", "USD").as_bytes(), "u")
+        let e = decode(CreateTransfer, None, transfer("10000000000000.01", "USD").as_bytes(), "u", b"k")
             .expect_err("above the cap");
         assert!(e.message.contains("10000000000000.00 USD"), "the message says the limit: {}", e.message);
         // Every amount a command carries: quotes and fee configs too.
@@ -1039,6 +1040,12 @@ mod tests {
                 "kyc.user_action_requested",
             ),
             (KycReviewDecision, Some("case_1"), r#"{"decision":"approved","tier":2}"#, "kyc.review_decided"),
+            (
+                RiskReviewDecision,
+                Some("tr_1"),
+                r#"{"decision":"rejected","reason":"mule pattern"}"#,
+                "risk.review_decided",
+            ),
         ];
         for (endpoint, path, body, event_type) in ok {
             let c = decode(endpoint, path, body.as_bytes(), "key:k1", b"k")
@@ -1053,8 +1060,40 @@ mod tests {
         assert!(!Endpoint::ApproveTransfer.roles().contains(&Role::Operator));
         assert!(Endpoint::FxRates.roles().contains(&Role::RatesPublisher));
         assert!(!Endpoint::CreateTransfer.roles().contains(&Role::RatesPublisher));
-        for r in [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher] {
+        for r in [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher, Role::ComplianceOfficer] {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
+        assert_eq!(Endpoint::RiskReviewDecision.roles(), [Role::ComplianceOfficer]);
+    }
+
+    #[test]
+    fn a_counterparty_name_never_leaves_the_edge_and_ids_refs_and_countries_are_checked() {
+        let body = r#"{"transfer_id":"tr_1","kind":"payout","amount":"5.00","currency":"USD","source_account":"acct_a",
+            "user_id":"usr_1","counterparty":{"id":"payee-9","name":"Iván Petrov","country":"DE"},
+            "provider":"acmepay","provider_reference":"po_123"}"#;
+        let c =
+            decode(Endpoint::CreateTransfer, None, body.as_bytes(), "user:u1", b"edge-key").expect("valid");
+        let text = c.payload.to_string();
+        assert!(!text.contains("Petrov") && !text.contains("Iv"), "{text}");
+        assert_eq!(c.payload["user_id"], "usr_1");
+        assert_eq!(c.payload["external_ref"]["reference"], "po_123");
+        let keys = riverbank_schemas::risk::name_keys(b"edge-key", "PETROV, Ivan");
+        assert_eq!(c.payload["counterparty"]["name_keys"], serde_json::json!(keys));
+        let base = r#""transfer_id":"tr_1","kind":"payout","amount":"5.00","currency":"USD","source_account":"acct_a""#;
+        for (extra, field, rule) in [
+            (r#""counterparty":{"country":"Germany"}"#, "counterparty.country", "country_code"),
+            (r#""counterparty":{"name":"--"}"#, "counterparty.name", "name_format"),
+            (r#""counterparty":{"id":"has space"}"#, "counterparty.id", "reference_format"),
+            (r#""provider":"acmepay""#, "provider_reference", "required"),
+            (r#""provider_reference":"x""#, "provider", "required"),
+            (r#""user_id":"no spaces please""#, "user_id", "id_format"),
+        ] {
+            let got = err(Endpoint::CreateTransfer, None, &format!("{{{base},{extra}}}"));
+            assert_eq!(got, (field.to_owned(), rule), "{extra}");
+        }
+        assert_eq!(
+            err(Endpoint::RiskReviewDecision, Some("tr_1"), r#"{"decision":"approved"}"#).1,
+            "required"
+        );
     }
 }
