@@ -9,6 +9,8 @@
 //! 5. No sink's stored position is past its partition's log end.
 //! 6. KYC: `kyc_history` vs `kyc_facts` and `kyc_rejections` in both stores (rows and versions per event
 //!    or input type); each user's history is versions 1..n with no gap, and `users` holds version n.
+//! 7. Risk: live `risk_decisions` (rows and scores per decision) and `risk_rejections` in both stores;
+//!    each transfer's `risk_latest` row (the review queue) is its highest-step live decision.
 //!
 //! Sinks land batches independently (each store, each topic), so a running system may disagree for a
 //! moment: [`Options::settle`] re-runs every check until they all agree or the settle time is up. Only
@@ -56,6 +58,8 @@ pub enum Check {
     RiskDecisionStores,
     /// `risk_rejections` in both stores: rows per refused input type.
     RiskRejectionStores,
+    /// `risk_latest` (the review queue's source) holds each transfer's highest-step live decision.
+    RiskLatest,
     /// `kyc_history` vs `kyc_facts`: rows and versions per tenant and event type.
     KycStores,
     /// `kyc_rejections` in both stores: rows per refused input type.
@@ -85,6 +89,7 @@ impl Check {
             Check::RejectionStores => "rejection_stores",
             Check::RiskDecisionStores => "risk_decision_stores",
             Check::RiskRejectionStores => "risk_rejection_stores",
+            Check::RiskLatest => "risk_latest",
             Check::KycStores => "kyc_stores",
             Check::KycRejectionStores => "kyc_rejection_stores",
             Check::KycHistory => "kyc_history",
@@ -450,6 +455,40 @@ SELECT tenant_id, item, expected, found, total FROM (
            row_number() OVER (PARTITION BY tenant_id ORDER BY transfer_id) AS rn
     FROM j
     WHERE n IS NULL OR version IS NULL OR lo <> 1 OR n <> hi OR version <> hi OR status <> hi_status) d
+WHERE rn <= $2 ORDER BY tenant_id, rn LIMIT $3";
+
+/// Per transfer: the highest step of its live decisions (2 · version, + 1 for an officer's) beside its
+/// `risk_latest` row and the decision row that row names.
+const RISK_LATEST_SQL: &str = "
+WITH m AS (
+    SELECT tenant_id, transfer_id, max(transfer_version::int8 * 2 + (reviewed_by IS NOT NULL)::int) AS top
+    FROM risk_decisions WHERE environment = $1
+    GROUP BY tenant_id, transfer_id),
+l AS (
+    SELECT l.tenant_id, l.transfer_id, l.step, l.decision, d.decision AS d_decision,
+           d.transfer_version::int8 * 2 + (d.reviewed_by IS NOT NULL)::int AS d_step
+    FROM risk_latest l
+    LEFT JOIN risk_decisions d
+      ON d.event_id = l.event_id AND d.tenant_id = l.tenant_id AND d.environment = l.environment
+     AND d.transfer_id = l.transfer_id
+    WHERE l.environment = $1),
+j AS (
+    SELECT coalesce(m.tenant_id, l.tenant_id) AS tenant_id, coalesce(m.transfer_id, l.transfer_id) AS transfer_id,
+           m.top, l.step, l.decision, l.d_step, l.d_decision
+    FROM m FULL JOIN l ON m.tenant_id = l.tenant_id AND m.transfer_id = l.transfer_id)
+SELECT tenant_id, item, expected, found, total FROM (
+    SELECT tenant_id, 'transfer ' || transfer_id AS item,
+           coalesce('risk_latest at step ' || top::text || ', naming a decision of that step',
+                    'no risk_latest row (no decisions)') AS expected,
+           coalesce('risk_latest at step ' || step::text || ' ' || decision
+                        || coalesce(', naming a decision at step ' || d_step::text || ' ' || d_decision,
+                                    ', naming no decision of the transfer'),
+                    'no risk_latest row') AS found,
+           count(*) OVER (PARTITION BY tenant_id) AS total,
+           row_number() OVER (PARTITION BY tenant_id ORDER BY transfer_id) AS rn
+    FROM j
+    WHERE top IS NULL OR step IS NULL OR step <> top OR d_step IS NULL OR d_step <> step
+       OR d_decision <> decision) d
 WHERE rn <= $2 ORDER BY tenant_id, rn LIMIT $3";
 
 #[derive(Row, Deserialize)]
@@ -920,6 +959,17 @@ impl Stores {
         let ch_counts: Groups =
             ch_rejections.into_iter().map(|r| ((r.tenant_id, r.kind), vec![r.n])).collect();
         out.extend(compare_stores(Check::RiskRejectionStores, env, &["rows"], &pg_counts, &ch_counts));
+
+        let latest: Vec<Item> = self.pg_items(tx, "postgres: risk_latest", RISK_LATEST_SQL, env).await?;
+        let mut tenants: BTreeSet<String> = pg_groups.keys().map(|k| k.0.clone()).collect();
+        tenants.extend(latest.iter().map(|i| i.tenant_id.clone()));
+        out.extend(item_results(
+            Check::RiskLatest,
+            env,
+            "transfers whose latest decision is off",
+            &tenants,
+            latest,
+        ));
         Ok(out)
     }
 

@@ -439,7 +439,23 @@ async fn reviews_decisions_and_the_shadow_diff_read_what_risk_decided() -> anyho
         Ok((ch_decisions(&p, "t-large").await? == want_ch).then_some(()))
     })
     .await?;
-    pool.close().await;
     p.assert_reconciled().await;
+
+    // A queue row its decisions do not back is named by reconcile.
+    sqlx::query(
+        "UPDATE risk_latest SET step = step - 1, decision = 'review' WHERE tenant_id = $1 AND transfer_id = 't-large'",
+    )
+    .bind(TENANT)
+    .execute(&pool)
+    .await?;
+    pool.close().await;
+    let report = p.reconcile(Duration::ZERO).await?;
+    let off: Vec<String> =
+        report.discrepancies().iter().map(|r| format!("{} {}", r.check.as_str(), r.scope)).collect();
+    anyhow::ensure!(
+        off == ["risk_latest acme/live", "risk_latest acme/live/transfer t-large"],
+        "{}",
+        report.diff_table()
+    );
     p.finish().await
 }
