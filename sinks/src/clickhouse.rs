@@ -107,7 +107,8 @@ pub fn ddl() -> Vec<&'static str> {
         // Risk decisions, live and shadow (`shadow` = 1: a candidate rule set's, never acted on). The
         // rules that fired as parallel arrays (ids, scores) for aggregation, and in full (features
         // included) as JSON text. `amount_report_minor` is NULL when no rate to the report currency
-        // was seen; `reviewed_by` is empty unless an officer decided.
+        // was seen; `reviewed_by` is empty unless an officer decided (the officer's reason, free text,
+        // stays in Postgres: nothing typed by a person goes to the analytics store).
         "CREATE TABLE IF NOT EXISTS risk_decisions (
             event_id UUID,
             tenant_id String,
@@ -128,7 +129,6 @@ pub fn ddl() -> Vec<&'static str> {
             user_id String,
             requested_by String,
             reviewed_by String,
-            review_reason String,
             hit_rules Array(String),
             hit_scores Array(UInt32),
             hits_json String,
@@ -389,7 +389,6 @@ pub struct RiskDecisionRow {
     pub requested_by: String,
     /// Empty unless a compliance officer decided.
     pub reviewed_by: String,
-    pub review_reason: String,
     pub hit_rules: Vec<String>,
     pub hit_scores: Vec<u32>,
     pub hits_json: String,
@@ -427,7 +426,6 @@ fn risk_decision(m: &Meta, d: &DecisionRecorded) -> Result<RiskDecisionRow, Stri
         user_id: d.user_id.clone().unwrap_or_default(),
         requested_by: d.requested_by.clone(),
         reviewed_by: d.reviewed_by.clone().unwrap_or_default(),
-        review_reason: d.review_reason.clone().unwrap_or_default(),
         hit_rules: d.hits.iter().map(|h| h.rule.clone()).collect(),
         hit_scores: d.hits.iter().map(|h| h.score).collect(),
         hits_json: json_text(&d.hits),
