@@ -45,7 +45,10 @@ async fn keys_on(k: &KafkaConfig, topic: &str, event_type: &str) -> anyhow::Resu
     let mut out = Vec::new();
     for r in records {
         let v: serde_json::Value = serde_json::from_slice(&r.payload)?;
-        if v["event_type"] != event_type || v["payload"]["shadow"] == true || !v["payload"]["reviewed_by"].is_null() {
+        if v["event_type"] != event_type
+            || v["payload"]["shadow"] == true
+            || !v["payload"]["reviewed_by"].is_null()
+        {
             continue;
         }
         let p = &v["payload"];
@@ -56,7 +59,8 @@ async fn keys_on(k: &KafkaConfig, topic: &str, event_type: &str) -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_is_verified_deposits_are_screened_reviewed_and_completed_and_risky_ones_blocked() -> anyhow::Result<()> {
+async fn a_user_is_verified_deposits_are_screened_reviewed_and_completed_and_risky_ones_blocked(
+) -> anyhow::Result<()> {
     let extra = format!(
         "[[ingest.webhooks]]\nprovider = \"idcheck\"\ntenant_id = \"{TENANT}\"\nenvironment = \"live\"\nsecrets = [\"{IDCHECK_SECRET}\"]\n"
     );
@@ -72,7 +76,12 @@ async fn a_user_is_verified_deposits_are_screened_reviewed_and_completed_and_ris
         tenant: TENANT.to_owned(),
         env: Environment::Live,
         kyc: riverbank::money_loop::sender_with("idcheck", TENANT, Environment::Live, IDCHECK_SECRET)?,
-        payments: riverbank::money_loop::sender_with("acmepay", TENANT, Environment::Live, &crate::harness::secret_of(41))?,
+        payments: riverbank::money_loop::sender_with(
+            "acmepay",
+            TENANT,
+            Environment::Live,
+            &crate::harness::secret_of(41),
+        )?,
         admin_token,
         officer_token,
         run: "e2e1".to_owned(),
@@ -94,7 +103,8 @@ async fn a_user_is_verified_deposits_are_screened_reviewed_and_completed_and_ris
     // Coverage: every screening request has exactly one live decision, and nothing else was decided.
     let k = kafka(&p);
     let topics = riverbank_runtime::kafka::topics(&k);
-    let requested = keys_on(&k, &topics.transfer_screening(Environment::Live), "transfer.screening_requested").await?;
+    let requested =
+        keys_on(&k, &topics.transfer_screening(Environment::Live), "transfer.screening_requested").await?;
     let decided = keys_on(&k, &topics.risk_decisions(Environment::Live), "risk.decision_recorded").await?;
     let requested_set: BTreeSet<_> = requested.iter().cloned().collect();
     let decided_set: BTreeSet<_> = decided.iter().cloned().collect();
@@ -103,23 +113,43 @@ async fn a_user_is_verified_deposits_are_screened_reviewed_and_completed_and_ris
 
     // Both stores hold every live decision with its reasons.
     let pg = p.pg().await?;
-    let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT transfer_id, decision, hits FROM risk_decisions WHERE tenant_id = $1 ORDER BY occurred_at, transfer_id",
-    )
-    .bind(TENANT)
-    .fetch_all(&pg)
-    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+            "SELECT transfer_id, decision, hits FROM risk_decisions WHERE tenant_id = $1 ORDER BY occurred_at, transfer_id",
+        )
+        .bind(TENANT)
+        .fetch_all(&pg)
+        .await?;
+        if rows.len() >= 6 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!(rows.len(), 6, "5 screenings and the officer's decision: {rows:?}");
-    let sanctioned = rows.iter().find(|(t, _, _)| t.starts_with("po-sanctioned")).expect("sanctions decision");
+    let sanctioned =
+        rows.iter().find(|(t, _, _)| t.starts_with("po-sanctioned")).expect("sanctions decision");
     assert_eq!(sanctioned.1, "block");
     assert!(sanctioned.2.to_string().contains("DEMO-SDN-1"), "{:?}", sanctioned.2);
-    let ch_rows: u64 = p
-        .ch()
-        .query("SELECT count() FROM risk_decisions WHERE tenant_id = ? AND shadow = 0")
-        .bind(TENANT)
-        .fetch_one()
-        .await?;
-    assert_eq!(ch_rows as usize, rows.len());
+    // ClickHouse lands on its own sink's schedule: wait for it to hold the same live decisions.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ch_rows: u64 = p
+            .ch()
+            .query("SELECT count() FROM risk_decisions WHERE tenant_id = ? AND shadow = 0")
+            .bind(TENANT)
+            .fetch_one()
+            .await?;
+        if ch_rows as usize == rows.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clickhouse holds {ch_rows} live decisions, postgres {}",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     p.assert_reconciled().await;
     p.finish().await
 }
