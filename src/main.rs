@@ -322,7 +322,8 @@ async fn risk(cfg: &Config, action: RiskAction) -> anyhow::Result<()> {
             r::publish_rules(cfg, &file, shadow, env, &by).await
         }
         RiskAction::Rules { action: RulesAction::Check { file } } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let rules = riverbank_processors::risk::parse_rules(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!("rule set {} version {}: valid", rules.name, rules.version);
