@@ -225,13 +225,7 @@ enum Input {
     Review(KycReviewDecided),
 }
 
-fn decode<P: serde::de::DeserializeOwned>(input: &RawEnvelope) -> Result<P, String> {
-    if input.schema_version != 1 {
-        return Err(format!("{} v{} is not understood (v1 only)", input.event_type, input.schema_version));
-    }
-    serde_json::from_value(input.payload.clone())
-        .map_err(|e| format!("payload of {} does not match its schema: {e}", input.event_type))
-}
+use riverbank_schemas::processor::decode_v1 as decode;
 
 /// A user or case id: 1–64 of ASCII letters, digits, `_`, `-`, `.`, `:` (as the edge checks them).
 fn check_id(field: &str, v: &str) -> Result<(), String> {

@@ -1,3 +1,6 @@
+// Table tests spell their rows out as tuples.
+#![allow(clippy::type_complexity)]
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;

@@ -439,13 +439,7 @@ impl Processor for TransfersProcessor {
     }
 }
 
-fn decode<P: serde::de::DeserializeOwned>(input: &RawEnvelope) -> Result<P, String> {
-    if input.schema_version != 1 {
-        return Err(format!("{} v{} is not understood (v1 only)", input.event_type, input.schema_version));
-    }
-    serde_json::from_value(input.payload.clone())
-        .map_err(|e| format!("payload of {} does not match its schema: {e}", input.event_type))
-}
+use riverbank_schemas::processor::decode_v1 as decode;
 
 impl TransfersProcessor {
     /// Move the event clock towards `occurred_ms`, by at most `clock_step_max_ms` (see [`ReuseLimits`]).

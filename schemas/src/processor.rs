@@ -120,3 +120,13 @@ pub trait Processor: Send + Sync + 'static {
     /// runs: replays, duplicates, checkpoint cuts and mutations are built from them.
     fn examples(&self, env: Environment) -> Vec<RawEnvelope>;
 }
+
+/// The typed payload of a version-1 input, or why it cannot be read (the engine dead-letters the input
+/// with that reason). Every processor decodes its inputs through this one function.
+pub fn decode_v1<P: serde::de::DeserializeOwned>(input: &RawEnvelope) -> Result<P, String> {
+    if input.schema_version != 1 {
+        return Err(format!("{} v{} is not understood (v1 only)", input.event_type, input.schema_version));
+    }
+    serde_json::from_value(input.payload.clone())
+        .map_err(|e| format!("payload of {} does not match its schema: {e}", input.event_type))
+}

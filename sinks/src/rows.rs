@@ -589,7 +589,8 @@ mod tests {
             let rows = decode_user(t, &user).expect("decodes");
             assert!(matches!(&rows[..], [Row::User(_, got, u)] if *got == t && *u == user), "{t}");
         }
-        let bad: [(fn(&mut UserKycChanged), &str); 5] = [
+        type Breakage = (fn(&mut UserKycChanged), &'static str);
+        let bad: [Breakage; 5] = [
             (|u| u.version = 0, "version"),
             (|u| u.version = u64::MAX, "version"),
             (|u| u.tier = 4, "tier"),

@@ -179,13 +179,7 @@ impl RiskState {
     }
 }
 
-fn decode<P: serde::de::DeserializeOwned>(input: &RawEnvelope) -> Result<P, String> {
-    if input.schema_version != 1 {
-        return Err(format!("{} v{} is not understood (v1 only)", input.event_type, input.schema_version));
-    }
-    serde_json::from_value(input.payload.clone())
-        .map_err(|e| format!("payload of {} does not match its schema: {e}", input.event_type))
-}
+use riverbank_schemas::processor::decode_v1 as decode;
 
 /// What risk reads of a KYC `user.*` event (the KYC processor's `UserKycChanged`).
 #[derive(Debug, Deserialize)]

@@ -113,16 +113,16 @@ fn kyc_tiers_limit_what_a_user_moves_and_tier_0_moves_nothing() {
     assert_eq!(hit(&unknown, "tier_0_limit").features["kyc_status"], "not_started");
     let t1 = approved(1);
     assert_eq!(
-        eval(&request("b", Some("u1"), usd(100_00)), Some(&t1), &[], None).decision,
+        eval(&request("b", Some("u1"), usd(10_000)), Some(&t1), &[], None).decision,
         RiskOutcome::Approve
     );
-    let over = eval(&request("c", Some("u1"), usd(2_500_00)), Some(&t1), &[], None);
+    let over = eval(&request("c", Some("u1"), usd(250_000)), Some(&t1), &[], None);
     assert_eq!(over.decision, RiskOutcome::Block);
     assert_eq!(hit(&over, "tier_1_limit").features["single_max"], "2000.00");
     // Rolling 24 h: 4,500 already moved + 600 > 5,000.
     let mut h = History::default();
-    h.insert(Seen { at_ms: 1_000_000_000 - 3_600_000, amount: Some(4_500_00) });
-    let rolling = eval(&request("d", Some("u1"), usd(600_00)), Some(&t1), &[], Some(&h));
+    h.insert(Seen { at_ms: 1_000_000_000 - 3_600_000, amount: Some(450_000) });
+    let rolling = eval(&request("d", Some("u1"), usd(60_000)), Some(&t1), &[], Some(&h));
     assert_eq!(hit(&rolling, "tier_1_limit").features["rolling_24h"], "5100.00");
     // An expired KYC leaves tier 0.
     let expired = UserRisk { kyc_status: "expired".into(), ..approved(3) };
@@ -403,7 +403,7 @@ proptest! {
         for (i, (t, minor, user, version)) in reqs.iter().enumerate() {
             let mut r = request(&format!("t{t}"), user.map(|u| format!("u{u}")).as_deref(), usd(*minor));
             r.version = *version;
-            let fresh = !s.screened.get(&format!("acme/t{t}")).is_some_and(|x| x.version >= *version);
+            let fresh = s.screened.get(&format!("acme/t{t}")).is_none_or(|x| x.version < *version);
             let out = run(&p, &mut s, screening(&format!("s{i}"), &r, i as i64));
             let n = decisions(&out).len();
             prop_assert_eq!(n, usize::from(fresh));
