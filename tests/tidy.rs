@@ -43,7 +43,7 @@ fn code_only(src: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let c = b[i] as char;
-        if src[i..].starts_with("//") {
+        if b[i..].starts_with(b"//") {
             while i < b.len() && b[i] != b'\n' {
                 i += 1;
             }
