@@ -23,7 +23,7 @@
 //! (KYC results, card authorisations) are not transfers' business and emit nothing.
 use std::collections::{BTreeMap, VecDeque};
 
-use riverbank_schemas::processor::{Emit, InputRef, Output, Processor, Spec, Verdict};
+use riverbank_schemas::processor::{derived_emit, Emit, InputRef, Output, Processor, Spec, Verdict};
 use riverbank_schemas::state::{Cell, Table};
 use riverbank_schemas::transfers::{
     input_types as it, BalanceChanged, CallbackStatus, Counterparty, ExternalRef, InputRejected,
@@ -349,11 +349,8 @@ struct Out<'a> {
 
 impl Out<'_> {
     fn push<P: Serialize>(&mut self, topic: String, event_type: &str, payload: P) {
-        let index = self.emits.len().to_string();
-        let event_id = derived_id(&["transfers", &self.input.event_id.to_string(), &index]);
-        let envelope = Envelope::derived(self.input, event_id, event_type, 1, "riverbank.transfers", payload);
-        let payload = serde_json::to_vec(&envelope).unwrap_or_default();
-        self.emits.push(Emit { topic, key: self.input.tenant_id.clone(), event_id, payload });
+        let e = derived_emit("transfers", self.input, self.emits.len(), topic, event_type, payload);
+        self.emits.push(e);
     }
 
     fn reject(&mut self, transfer_id: Option<&str>, reason: impl Into<String>) {

@@ -130,3 +130,21 @@ pub fn decode_v1<P: serde::de::DeserializeOwned>(input: &RawEnvelope) -> Result<
     serde_json::from_value(input.payload.clone())
         .map_err(|e| format!("payload of {} does not match its schema: {e}", input.event_type))
 }
+
+/// Output number `index` of processor `name` for `input`: its id derived from (name, input id, index),
+/// its envelope derived from the input (source `riverbank.{name}`, schema version 1), keyed by the input's
+/// tenant. Replaying the input gives the same bytes.
+pub fn derived_emit<P: serde::Serialize>(
+    name: &str,
+    input: &RawEnvelope,
+    index: usize,
+    topic: String,
+    event_type: &str,
+    payload: P,
+) -> Emit {
+    let event_id = crate::derived_id(&[name, &input.event_id.to_string(), &index.to_string()]);
+    let source = format!("riverbank.{name}");
+    let envelope = crate::Envelope::derived(input, event_id, event_type, 1, &source, payload);
+    let payload = serde_json::to_vec(&envelope).unwrap_or_default();
+    Emit { topic, key: input.tenant_id.clone(), event_id, payload }
+}

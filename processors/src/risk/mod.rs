@@ -18,7 +18,7 @@ pub mod rules;
 pub mod velocity;
 
 use riverbank_schemas::commands::{command_types, FxRatesPublished, ReviewDecision};
-use riverbank_schemas::processor::{Emit, InputRef, Output, Processor, Spec, Verdict, Via};
+use riverbank_schemas::processor::{derived_emit, Emit, InputRef, Output, Processor, Spec, Verdict, Via};
 use riverbank_schemas::risk::{
     event_types as et, DecisionRecorded, ListFile, ListPublished, RiskInputRejected, RiskReviewDecided,
     RuleSetFile, Rules, RulesPublished, RISK_REVIEW_DECIDED, VELOCITY_WINDOW_MS_MAX,
@@ -201,11 +201,8 @@ struct Out<'a> {
 
 impl Out<'_> {
     fn push<P: Serialize>(&mut self, topic: String, event_type: &str, payload: P) {
-        let index = self.emits.len().to_string();
-        let event_id = derived_id(&["risk", &self.input.event_id.to_string(), &index]);
-        let envelope = Envelope::derived(self.input, event_id, event_type, 1, "riverbank.risk", payload);
-        let payload = serde_json::to_vec(&envelope).unwrap_or_default();
-        self.emits.push(Emit { topic, key: self.input.tenant_id.clone(), event_id, payload });
+        let e = derived_emit("risk", self.input, self.emits.len(), topic, event_type, payload);
+        self.emits.push(e);
     }
 
     fn reject(&mut self, transfer_id: Option<&str>, reason: impl Into<String>) {
