@@ -42,6 +42,8 @@ pub struct Config {
     pub transfers: TransfersConfig,
     pub kyc: KycConfig,
     pub risk: RiskConfig,
+    pub fx: FxConfig,
+    pub billing: BillingConfig,
     pub sinks: SinksConfig,
     pub postgres: PostgresConfig,
     pub clickhouse: ClickHouseConfig,
@@ -184,6 +186,55 @@ pub struct RiskConfig {
     /// names with it and `riverbank risk lists publish` digests sanctions entries with it. At least 16
     /// bytes. Changing it makes published lists stop matching until they are published again.
     pub name_key: Secret<String>,
+}
+
+/// The FX processor (processors/src/fx.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FxConfig {
+    /// A rate whose `as_of` is further than this behind the partition's clock is stale: no quote on it,
+    /// no conversion against a quote resting on it.
+    pub rate_age_max_ms: u64,
+    /// A quote is live this long after it is issued (a timer expires it).
+    pub quote_ttl_ms: u64,
+    /// Cross rates go through this currency when a pair has no direct (or inverse) rate.
+    pub pivot_currency: String,
+    /// `half_even` or `half_up` (schemas/src/rounding.rs), at each currency's precision.
+    pub rounding: String,
+    /// Markup on the mid rate, in basis points, for tenants without their own.
+    pub markup_bps_default: u32,
+    /// Conversions selling more than this (per sell currency, `"100000.00 USD"`) need a second person's
+    /// approval, for tenants without their own list. A currency not listed has no threshold.
+    pub otc_thresholds_default: Vec<String>,
+    /// Per-tenant markup and OTC thresholds (`[fx.tenants.<tenant>]`).
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, FxTenantConfig>,
+    /// Quotes and conversions kept per partition at most (a request beyond is refused with the reason).
+    pub entries_per_partition_max: usize,
+    /// Final quotes and conversions are forgotten this long (event time) after they became final.
+    pub final_retention_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FxTenantConfig {
+    pub markup_bps: Option<u32>,
+    pub otc_thresholds: Option<Vec<String>>,
+}
+
+/// The billing processor (processors/src/billing.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    /// A calendar month's invoice is finalized this long after the month ends (partition clock); a fee
+    /// whose transfer completed in a finalized month goes on the next open invoice as an adjustment.
+    pub lateness_ms: u64,
+    /// `half_even` or `half_up`, at each currency's precision.
+    pub rounding: String,
+    /// Charged transfers remembered per partition (a fee is charged once per transfer).
+    pub fees_remembered_max: usize,
+    /// Open (draft) invoices per partition at most.
+    pub open_invoices_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -358,6 +409,12 @@ impl Config {
         positive("kyc.approval_valid_days", u64::from(self.kyc.approval_valid_days));
         positive("kyc.users_per_partition_max", self.kyc.users_per_partition_max as u64);
         positive("kyc.inputs_remembered_max", self.kyc.inputs_remembered_max as u64);
+        positive("fx.rate_age_max_ms", self.fx.rate_age_max_ms);
+        positive("fx.quote_ttl_ms", self.fx.quote_ttl_ms);
+        positive("fx.entries_per_partition_max", self.fx.entries_per_partition_max as u64);
+        positive("fx.final_retention_ms", self.fx.final_retention_ms);
+        positive("billing.fees_remembered_max", self.billing.fees_remembered_max as u64);
+        positive("billing.open_invoices_max", self.billing.open_invoices_max as u64);
         positive("sinks.watermark_interval_ms", self.sinks.watermark_interval_ms);
         positive("sinks.seek_timeout_ms", self.sinks.seek_timeout_ms);
         positive("sinks.batch_rows_max", self.sinks.batch_rows_max as u64);
@@ -388,6 +445,33 @@ impl Config {
         }
         if self.kyc.expiry_reminder_days >= self.kyc.approval_valid_days {
             errors.push("kyc.expiry_reminder_days must be below kyc.approval_valid_days".into());
+        }
+        for (name, rounding) in
+            [("fx.rounding", &self.fx.rounding), ("billing.rounding", &self.billing.rounding)]
+        {
+            if riverbank_schemas::rounding::RoundingMode::parse(rounding).is_none() {
+                errors.push(format!("{name} must be half_even or half_up, got '{rounding}'"));
+            }
+        }
+        if riverbank_schemas::Currency::from_code(&self.fx.pivot_currency).is_err() {
+            errors.push(format!("fx.pivot_currency '{}' is not a known currency", self.fx.pivot_currency));
+        }
+        let markups = std::iter::once(("default".to_owned(), Some(self.fx.markup_bps_default)))
+            .chain(self.fx.tenants.iter().map(|(t, c)| (t.clone(), c.markup_bps)));
+        for (tenant, bps) in markups {
+            if bps.is_some_and(|b| b >= 10_000) {
+                errors.push(format!("fx markup for {tenant} must be below 10000 bps"));
+            }
+        }
+        let thresholds = std::iter::once(("default".to_owned(), &self.fx.otc_thresholds_default)).chain(
+            self.fx.tenants.iter().filter_map(|(t, c)| c.otc_thresholds.as_ref().map(|l| (t.clone(), l))),
+        );
+        for (tenant, list) in thresholds {
+            for text in list {
+                if parse_money_text(text).is_none() {
+                    errors.push(format!("fx OTC threshold '{text}' for {tenant} must be '<amount> <CCY>'"));
+                }
+            }
         }
         if self.transfers.final_retention_s < 0 {
             errors.push("transfers.final_retention_s must not be negative".into());
@@ -566,4 +650,11 @@ mod tests {
         assert!(!printed.contains("hunter2") && !printed.contains("whsec_c2Vj"), "{printed}");
         assert_eq!(c.ingest.webhooks[0].secrets[0].expose(), "whsec_c2VjcmV0LXNlY3JldA==");
     }
+}
+
+/// `"100000.00 USD"` → Money (amount at the currency's precision).
+pub fn parse_money_text(text: &str) -> Option<riverbank_schemas::Money> {
+    let (amount, code) = text.trim().split_once(' ')?;
+    let currency = riverbank_schemas::Currency::from_code(code.trim()).ok()?;
+    riverbank_schemas::Money::parse_major(amount.trim(), currency).ok()
 }

@@ -56,6 +56,11 @@ pub struct FxQuoteRequested {
 pub struct FxConversionRequested {
     pub conversion_id: String,
     pub quote_id: String,
+    /// The tenant account sold from.
+    pub source_account: String,
+    /// The tenant account credited (default: `source_account`; balances are per currency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_account: Option<String>,
     pub requested_by: String,
 }
 
@@ -99,6 +104,13 @@ pub struct FeeConfigUpserted {
     pub max: Option<Money>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<FeeTier>,
+    /// How tiers price an amount (`volume`: the reached tier for all of it; `graduated`: per slice).
+    #[serde(default)]
+    pub pricing: crate::billing::TierPricing,
+    /// When this version takes effect (default: the command's time). Transfers completing at or after
+    /// it (event time) are priced with it until a later version takes effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_from: Option<DateTime<Utc>>,
     pub changed_by: String,
 }
 
@@ -158,6 +170,8 @@ pub mod command_types {
     pub const FX_CONVERSION_REQUESTED: &str = "fx.conversion_requested";
     pub const FX_RATES_PUBLISHED: &str = "fx.rates_published";
     pub const FEE_CONFIG_UPSERTED: &str = "billing.fee_config_upserted";
+    pub const FX_CONVERSION_DECIDED: &str = "fx.conversion_decided";
+    pub const BILLING_PLAN_SET: &str = "billing.plan_set";
     pub const KYC_USER_ACTION_REQUESTED: &str = "kyc.user_action_requested";
     pub const KYC_REVIEW_DECIDED: &str = "kyc.review_decided";
 }

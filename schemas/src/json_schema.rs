@@ -54,6 +54,19 @@ pub fn generated() -> Vec<(&'static str, String)> {
         ("envelope.user_closed.v1.json", render::<Envelope<UserKycChanged>>()),
         ("envelope.user_kyc_expiring.v1.json", render::<Envelope<UserKycChanged>>()),
         ("envelope.kyc_input_rejected.v1.json", render::<Envelope<KycInputRejected>>()),
+        ("envelope.fx_conversion_decided.v1.json", render::<Envelope<crate::fx::FxConversionDecided>>()),
+        ("envelope.fx_quote_recorded.v1.json", render::<Envelope<crate::fx::QuoteRecorded>>()),
+        ("envelope.fx_conversion_recorded.v1.json", render::<Envelope<crate::fx::ConversionRecorded>>()),
+        ("envelope.fx_input_rejected.v1.json", render::<Envelope<crate::fx::FxInputRejected>>()),
+        ("envelope.billing_plan_set.v1.json", render::<Envelope<crate::billing::BillingPlanSet>>()),
+        ("envelope.billing_fee_charged.v1.json", render::<Envelope<crate::billing::FeeCharged>>()),
+        ("envelope.billing_invoice_recorded.v1.json", render::<Envelope<crate::billing::InvoiceRecorded>>()),
+        (
+            "envelope.billing_input_rejected.v1.json",
+            render::<Envelope<crate::billing::BillingInputRejected>>(),
+        ),
+        ("envelope.ledger_booking_requested.v1.json", render::<Envelope<crate::ledger::BookingRequested>>()),
+        ("envelope.ledger_booking_recorded.v1.json", render::<Envelope<crate::ledger::BookingRecorded>>()),
     ]
 }
 

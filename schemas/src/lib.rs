@@ -2,15 +2,19 @@
 //! No I/O lives here: no tokio, no Kafka, no databases.
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod commands;
 pub mod envelope;
 pub mod events;
+pub mod fx;
 pub mod json_schema;
 pub mod kyc;
+pub mod ledger;
 pub mod money;
 pub mod processor;
 pub mod risk;
 pub mod roles;
+pub mod rounding;
 pub mod state;
 pub mod topics;
 pub mod transfers;

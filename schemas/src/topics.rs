@@ -72,7 +72,28 @@ impl Topics {
         self.name(env, "fx.commands")
     }
 
-    /// Billing commands (fee configuration).
+    /// FX rates (`fx.rates_published`), reference data broadcast to FX and risk: rates publishers' and
+    /// (republished by the FX processor) rates providers' webhooks.
+    pub fn fx_rates(&self, env: Environment) -> String {
+        self.name(env, "fx.rates")
+    }
+
+    /// What the FX processor decides: quotes, conversions, refused inputs.
+    pub fn fx_events(&self, env: Environment) -> String {
+        self.name(env, "fx.events")
+    }
+
+    /// The ledger's answers to bookings (`ledger.booking_recorded`), keyed by tenant.
+    pub fn ledger_bookings(&self, env: Environment) -> String {
+        self.name(env, "ledger.bookings")
+    }
+
+    /// What the billing processor decides: fees, invoices, refused inputs.
+    pub fn billing_events(&self, env: Environment) -> String {
+        self.name(env, "billing.events")
+    }
+
+    /// Billing commands (fee configuration, plans).
     pub fn billing_commands(&self, env: Environment) -> String {
         self.name(env, "billing.commands")
     }
@@ -130,7 +151,11 @@ impl Topics {
             self.balances(env),
             self.dead_letters(env),
             self.fx_commands(env),
+            self.fx_rates(env),
+            self.fx_events(env),
+            self.ledger_bookings(env),
             self.billing_commands(env),
+            self.billing_events(env),
             self.kyc_commands(env),
             self.kyc_events(env),
             self.transfer_screening(env),
@@ -161,6 +186,7 @@ impl Topics {
             self.ledger_postings(env),
             self.balances(env),
             self.transfer_screening(env),
+            self.ledger_bookings(env),
         ];
         if transfers.iter().any(|t| t == topic) {
             return Some(("transfers", vec![self.transfer_inputs(env)]));
@@ -171,6 +197,13 @@ impl Topics {
         }
         if topic == self.risk_decisions(env) {
             return Some(("risk", vec![self.log(env, "risk")]));
+        }
+        // fx.rates: ingest writes rates publishers' directly; the FX processor republishes providers'.
+        if topic == self.fx_events(env) || topic == self.fx_rates(env) {
+            return Some(("fx", vec![self.log(env, "fx")]));
+        }
+        if topic == self.billing_events(env) {
+            return Some(("billing", vec![self.log(env, "billing")]));
         }
         None
     }
