@@ -554,7 +554,7 @@ fn source_topic(topics: &Topics, env: Environment, event_type: &str) -> String {
     if event_type == et::LIST_PUBLISHED {
         topics.risk_reference(env)
     } else if event_type == command_types::FX_RATES_PUBLISHED {
-        topics.fx_commands(env)
+        topics.fx_rates(env)
     } else if event_type == ScreeningRequested::EVENT_TYPE {
         topics.transfer_screening(env)
     } else {
@@ -651,7 +651,7 @@ async fn on_broker(base: &Config, o: &Options) -> anyhow::Result<Broker> {
     let stop = CancellationToken::new();
     let (c, s) = (cfg.clone(), stop.clone());
     let task = tokio::spawn(async move { riverbank_runtime::process::run(&c, risk, s).await });
-    let sources = [topics.fx_commands(env), topics.risk_reference(env), topics.kyc_events(env)];
+    let sources = [topics.fx_rates(env), topics.risk_reference(env), topics.kyc_events(env)];
     let caught_up = router_caught_up(&cfg, "risk", &sources).await;
     stop.cancel();
     task.await??;

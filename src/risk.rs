@@ -341,7 +341,7 @@ mod tests {
                     if e.event_type.starts_with("risk.rules") || e.event_type.starts_with("risk.list") {
                         topics.risk_reference(env)
                     } else if e.event_type.starts_with("fx.") {
-                        topics.fx_commands(env)
+                        topics.fx_rates(env)
                     } else {
                         topics.transfer_screening(env)
                     };

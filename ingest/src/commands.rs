@@ -54,6 +54,7 @@ fn stream_topic(s: &Ingest, stream: Stream, env: Environment) -> String {
     match stream {
         Stream::Transfers => s.topics.transfer_inputs(env),
         Stream::Fx => s.topics.fx_commands(env),
+        Stream::FxRates => s.topics.fx_rates(env),
         Stream::Billing => s.topics.billing_commands(env),
         Stream::Kyc => s.topics.kyc_commands(env),
         Stream::Risk => s.topics.risk_commands(env),
@@ -270,3 +271,5 @@ endpoint!(kyc_unfreeze, Endpoint::KycUser(KycUserAction::Unfreeze), path);
 endpoint!(kyc_close, Endpoint::KycUser(KycUserAction::Close), path);
 endpoint!(kyc_review, Endpoint::KycReviewDecision, path);
 endpoint!(risk_review, Endpoint::RiskReviewDecision, path);
+endpoint!(fx_conversion_decision, Endpoint::FxConversionDecision, path);
+endpoint!(billing_plan, Endpoint::BillingPlan);

@@ -29,6 +29,8 @@ pub fn router(state: Arc<Ingest>) -> Router {
         .route("/v1/fx/quotes", post(commands::fx_quote))
         .route("/v1/fx/conversions", post(commands::fx_conversion))
         .route("/v1/fx/rates", post(commands::fx_rates))
+        .route("/v1/fx/conversions/{id}/decision", post(commands::fx_conversion_decision))
+        .route("/v1/billing/plan", put(commands::billing_plan))
         .route("/v1/fees/{id}", put(commands::fee_config))
         .route("/v1/kyc/users/{id}/freeze", post(commands::kyc_freeze))
         .route("/v1/kyc/users/{id}/unfreeze", post(commands::kyc_unfreeze))

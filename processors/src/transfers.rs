@@ -23,6 +23,10 @@
 //! (KYC results, card authorisations) are not transfers' business and emit nothing.
 use std::collections::{BTreeMap, VecDeque};
 
+use riverbank_schemas::ledger::{
+    is_platform_account, unbalanced_currency, BookingLeg, BookingOutcome, BookingRecorded, BookingRequested,
+    BOOKING_ID_BYTES_MAX, BOOKING_LEGS_MAX, OVERDRAFT_PLATFORM_ACCOUNTS,
+};
 use riverbank_schemas::processor::{derived_emit, Emit, InputRef, Output, Processor, Spec, Verdict};
 use riverbank_schemas::state::{Cell, Table};
 use riverbank_schemas::transfers::{
@@ -211,6 +215,15 @@ pub struct Policy {
     pub applied_inputs: VecDeque<Uuid>,
 }
 
+/// A booking id remembered (see [`TransfersState::bookings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookingMemo {
+    /// Position among the partition's bookings (from `TransfersState::booking_seq`): forgotten in order.
+    pub seq: u64,
+    /// The input that made it: the same input again is a redelivery (silence), another is a reuse.
+    pub input: Uuid,
+}
+
 /// Per-partition state: tables that record their own changes for the checkpoints. Checkpoint keys:
 /// `t/{tenant}/{transfer}`, `a/{tenant}/{account}/{currency}`, `p/{tenant}`, `x/{tenant}/{transfer}`
 /// (tombstones), `r/{tenant}/{provider}/{reference}` (provider references), `clock`, `final_seq`.
@@ -224,6 +237,13 @@ pub struct TransfersState {
     /// (tenant, provider, reference) → transfer id: how a provider callback finds its transfer. One
     /// entry per retained transfer with an `external_ref` at most; removed when the transfer is forgotten.
     pub refs: Table<String>,
+    /// Booking ids seen (`b/{tenant}/{booking}`), booked or refused: a redelivered booking is applied
+    /// once. The last `final_retained_max` are kept (by count, so a backlog replayed after an outage is
+    /// still recognised); the requesters derive booking ids from their own inputs and remember what
+    /// they asked for, so an id older than that is never sent again.
+    pub bookings: Table<BookingMemo>,
+    /// The last booking `seq` given (0: none yet). Only grows.
+    pub booking_seq: Cell<u64>,
     /// The event clock (ms): the processor's only notion of "now" (see [`ReuseLimits`]).
     pub clock: Cell<i64>,
     /// The last `final_seq` given to a transfer (0: none yet). Only grows.
@@ -232,10 +252,22 @@ pub struct TransfersState {
     finals: VecDeque<(i64, String)>,
     /// Tombstone keys in the order they were made (derived; rebuilt on restore by `final_seq`).
     tombstone_order: VecDeque<String>,
+    /// Booking keys in `seq` order (derived; rebuilt on restore).
+    booking_order: VecDeque<String>,
 }
 
 riverbank_schemas::state_tables!(
-    TransfersState { transfers, accounts, policies, tombstones, refs, clock, final_seq },
+    TransfersState {
+        transfers,
+        accounts,
+        policies,
+        tombstones,
+        refs,
+        bookings,
+        booking_seq,
+        clock,
+        final_seq
+    },
     after_restore = rebuild_orders
 );
 
@@ -261,6 +293,12 @@ pub fn tombstone_key(tenant: &str, id: &str) -> String {
 }
 
 /// Key of a provider reference in [`TransfersState::refs`] (tenants and provider names hold no `/`).
+/// Key of a booking in [`TransfersState::bookings`].
+pub fn booking_key(tenant: &str, booking: &str) -> String {
+    format!("{tenant}/{booking}")
+}
+
+/// Key of a provider reference in [`TransfersState::refs`].
 pub fn ref_key(tenant: &str, provider: &str, reference: &str) -> String {
     format!("{tenant}/{provider}/{reference}")
 }
@@ -286,10 +324,13 @@ impl TransfersState {
             policies: Table::new("p"),
             tombstones: Table::new("x"),
             refs: Table::new("r"),
+            bookings: Table::new("b"),
+            booking_seq: Cell::new("booking_seq"),
             clock: Cell::new("clock"),
             final_seq: Cell::new("final_seq"),
             finals: VecDeque::new(),
             tombstone_order: VecDeque::new(),
+            booking_order: VecDeque::new(),
         }
     }
 
@@ -322,6 +363,14 @@ impl TransfersState {
         }
         self.finals = finals.into_iter().map(|(_, at, k)| (at, k)).collect();
         self.tombstone_order = tombstones.into_iter().map(|(_, _, k)| k).collect();
+        let mut bookings: Vec<(u64, String)> =
+            self.bookings.iter().map(|(k, m)| (m.seq, k.clone())).collect();
+        bookings.sort();
+        let booking_last = bookings.last().map_or(0, |b| b.0).max(*self.booking_seq.get());
+        if booking_last != *self.booking_seq.get() {
+            self.booking_seq.set(booking_last);
+        }
+        self.booking_order = bookings.into_iter().map(|(_, k)| k).collect();
         Ok(())
     }
 }
@@ -398,6 +447,7 @@ impl Processor for TransfersProcessor {
                 Output::new(topics.ledger_postings(env), &[LedgerPosting::EVENT_TYPE]),
                 Output::new(topics.balances(env), &[BalanceChanged::EVENT_TYPE]),
                 Output::new(topics.transfer_screening(env), &[ScreeningRequested::EVENT_TYPE]),
+                Output::new(topics.ledger_bookings(env), &[BookingRecorded::EVENT_TYPE]),
             ],
             // Provider webhooks: the ones their definition declares transfer callbacks move transfers.
             routed: vec![topics.ingest_webhooks(env)],
@@ -425,6 +475,9 @@ impl Processor for TransfersProcessor {
             it::POLICY_SET => decode(&input).map(|p: TransferPolicySet| self.policy(state, &mut out, p)),
             WebhookReceived::EVENT_TYPE => {
                 decode(&input).map(|w: WebhookReceived| self.webhook(state, &mut out, w))
+            }
+            BookingRequested::EVENT_TYPE => {
+                decode(&input).map(|b: BookingRequested| self.booking(state, &mut out, b))
             }
             other => Err(format!("transfers has no rule for {other}")),
         };
@@ -559,10 +612,15 @@ impl TransfersProcessor {
                 (None, _) => Some(format!("{:?} needs source_account", r.kind).to_lowercase()),
                 (_, None) => Some(format!("{:?} needs destination_account", r.kind).to_lowercase()),
                 (Some(s), Some(d)) if s == d => Some("source and destination must differ".to_owned()),
-                (Some(s), Some(d)) => [s, d]
-                    .into_iter()
-                    .find(|a| *a != EXTERNAL_ACCOUNT && !valid_account(a))
-                    .map(|a| format!("account '{a}' must be 1-64 of letters, digits, '_', '-', ':'")),
+                (Some(s), Some(d)) => [s, d].into_iter().find_map(|a| {
+                    if is_platform_account(a) {
+                        Some(format!("account '{a}' is the platform's; a transfer may not name it"))
+                    } else if *a != EXTERNAL_ACCOUNT && !valid_account(a) {
+                        Some(format!("account '{a}' must be 1-64 of letters, digits, '_', '-', ':'"))
+                    } else {
+                        None
+                    }
+                }),
             }
         };
         if let Some(reason) = invalid {
@@ -1019,6 +1077,128 @@ impl TransfersProcessor {
         }
     }
 
+    /// A booking (`ledger.booking_requested`, from FX or billing): every leg posted at once, or none.
+    /// Answered with one `ledger.booking_recorded` (booked, or refused with the reason); a redelivered
+    /// booking (same input) is silent, another input under a known booking id is refused.
+    fn booking(&self, state: &mut TransfersState, out: &mut Out<'_>, b: BookingRequested) {
+        let tenant = out.input.tenant_id.clone();
+        let key = booking_key(&tenant, &b.booking_id);
+        if let Some(memo) = state.bookings.get(&key) {
+            if memo.input != out.input.event_id {
+                out.reject(Some(&b.booking_id), "booking id already used by another booking request");
+            }
+            return;
+        }
+        let outcome = if b.booking_id.is_empty() || b.booking_id.len() > BOOKING_ID_BYTES_MAX {
+            Err(format!("booking_id must be 1-{BOOKING_ID_BYTES_MAX} bytes"))
+        } else {
+            Self::plan_booking(state, &tenant, &b.legs)
+        };
+        let seq = state.booking_seq.get().saturating_add(1);
+        state.booking_seq.set(seq);
+        state.bookings.insert(key.clone(), BookingMemo { seq, input: out.input.event_id });
+        state.booking_order.push_back(key);
+        while state.booking_order.len() > self.limits.final_retained_max {
+            if let Some(old) = state.booking_order.pop_front() {
+                state.bookings.remove(&old);
+            }
+        }
+        let reason = match outcome {
+            Ok(legs) => {
+                let posting_id =
+                    derived_id(&["posting", &out.input.event_id.to_string(), &out.emits.len().to_string()]);
+                for (leg, after, available) in legs {
+                    let currency = leg.amount.currency;
+                    let balance = BalanceChanged {
+                        account: leg.account.clone(),
+                        currency,
+                        posted_minor: after.posted,
+                        pending_debit_minor: after.pending_debit,
+                        pending_credit_minor: after.pending_credit,
+                        available_minor: available,
+                        version: after.version,
+                    };
+                    state.accounts.insert(account_key(&tenant, &leg.account, currency), after);
+                    let posting = LedgerPosting {
+                        posting_id,
+                        transfer_id: b.booking_id.clone(),
+                        phase: PostingPhase::Post,
+                        account: leg.account,
+                        amount_minor: leg.amount.amount_minor,
+                        currency,
+                    };
+                    out.push(out.topics.ledger_postings(out.env), LedgerPosting::EVENT_TYPE, posting);
+                    out.push(out.topics.balances(out.env), BalanceChanged::EVENT_TYPE, balance);
+                }
+                None
+            }
+            Err(reason) => Some(reason),
+        };
+        let recorded = BookingRecorded {
+            booking_id: b.booking_id,
+            purpose: b.purpose,
+            reference: b.reference,
+            outcome: if reason.is_none() { BookingOutcome::Booked } else { BookingOutcome::Refused },
+            reason,
+            legs: b.legs,
+        };
+        out.push(out.topics.ledger_bookings(out.env), BookingRecorded::EVENT_TYPE, recorded);
+    }
+
+    /// A booking's legs with each account's balances after it, computed with checked arithmetic and not
+    /// yet written; an error names the first rule broken (nothing is changed).
+    fn plan_booking(
+        state: &TransfersState,
+        tenant: &str,
+        legs: &[BookingLeg],
+    ) -> Result<Vec<(BookingLeg, Account, i64)>, String> {
+        if legs.is_empty() || legs.len() > BOOKING_LEGS_MAX {
+            return Err(format!("a booking has 1-{BOOKING_LEGS_MAX} legs, this one {}", legs.len()));
+        }
+        if let Some(c) = unbalanced_currency(legs) {
+            return Err(format!("legs in {c} do not sum to zero"));
+        }
+        let mut working: BTreeMap<String, Account> = BTreeMap::new();
+        let mut planned = Vec::with_capacity(legs.len());
+        for leg in legs {
+            let (account, amount) = (&leg.account, leg.amount);
+            if amount.amount_minor == 0 || !amount.within_max() {
+                return Err(format!(
+                    "leg of {account}: amount {amount} must be non-zero and within the maximum"
+                ));
+            }
+            let platform = is_platform_account(account);
+            if !platform && (account.as_str() == EXTERNAL_ACCOUNT || !valid_account(account)) {
+                return Err(format!("leg account '{account}' is not a tenant account"));
+            }
+            let key = account_key(tenant, account, amount.currency);
+            let before = match working.get(&key) {
+                Some(a) => a.clone(),
+                None => state.accounts.get(&key).cloned().unwrap_or_default(),
+            };
+            let overflow = || format!("amount {amount} would overflow account {account}");
+            let mut after = before.clone();
+            after.posted = before.posted.checked_add(amount.amount_minor).ok_or_else(overflow)?;
+            // Room to post everything held for it, as a hold keeps.
+            after.posted.checked_add(after.pending_credit).ok_or_else(overflow)?;
+            let available = after.available().ok_or_else(overflow)?;
+            after.version = before.version.checked_add(1).ok_or_else(overflow)?;
+            let may_go_negative = OVERDRAFT_PLATFORM_ACCOUNTS.contains(&account.as_str())
+                || (!platform && Self::overdraft_allowed(state, tenant, account));
+            if amount.amount_minor < 0 && available < 0 && !may_go_negative {
+                let had = before.available().unwrap_or(0);
+                return Err(format!(
+                    "insufficient funds: {} available in {account}, {} requested",
+                    Money::new(had, amount.currency),
+                    Money::new(-amount.amount_minor, amount.currency)
+                ));
+            }
+            working.insert(key, after.clone());
+            planned.push((leg.clone(), after, available));
+        }
+        Ok(planned)
+    }
+
     fn overdraft_allowed(state: &TransfersState, tenant: &str, account: &str) -> bool {
         account == EXTERNAL_ACCOUNT
             || state.policies.get(tenant).is_some_and(|p| p.overdraft_accounts.iter().any(|a| a == account))
@@ -1140,7 +1320,9 @@ impl TransfersProcessor {
 /// arrives before screening ends (parked, applied at approval), one the provider creates
 /// (`received`), a payout callback for a blocked payout (parked, then rejected), an unknown reference,
 /// an amount that disagrees, an unresolved callback, and a KYC webhook that is none of transfers'
-/// business.
+/// business. Bookings: an FX conversion's six legs booked, its id reused, one refused for
+/// insufficient funds, one whose legs do not sum to zero, a fee booked, a leg on `external` refused, and
+/// a transfer naming a platform account.
 pub fn examples(env: Environment) -> Vec<RawEnvelope> {
     use serde_json::json;
     let usd = |minor: i64| json!({"amount_minor": minor, "currency": "USD"});
@@ -1176,6 +1358,16 @@ pub fn examples(env: Environment) -> Vec<RawEnvelope> {
             p["transfer_callback"] = callback;
         }
         (WebhookReceived::EVENT_TYPE, p)
+    };
+    let booking = |id: &str, purpose: &str, legs: &[(&str, i64, &str)]| {
+        let legs: Vec<serde_json::Value> = legs
+            .iter()
+            .map(|(account, minor, ccy)| json!({"account": account, "amount": {"amount_minor": minor, "currency": ccy}}))
+            .collect();
+        (
+            BookingRequested::EVENT_TYPE,
+            json!({"booking_id": id, "purpose": purpose, "reference": id, "legs": legs, "requested_by": "fx"}),
+        )
     };
     let callback = |status: &str, kind: &str, reference: &str, minor: i64| json!({"status": status, "kind": kind, "reference": reference, "amount": usd(minor)});
     let steps: Vec<(&str, serde_json::Value)> = vec![
@@ -1221,6 +1413,24 @@ pub fn examples(env: Environment) -> Vec<RawEnvelope> {
         webhook("kyc.case_approved", serde_json::Value::Null),
         (it::REQUESTED, json!({"transfer_id": 5})),
         ("transfer.unheard_of", json!({})),
+        booking(
+            "fx1",
+            "fx_conversion",
+            &[
+                ("acct_1", -1_000, "USD"),
+                ("fx:desk", 1_000, "USD"),
+                ("fx:desk", -920, "EUR"),
+                ("acct_1", 915, "EUR"),
+                ("fx:fees", 4, "EUR"),
+                ("fx:residue", 1, "EUR"),
+            ],
+        ),
+        booking("fx1", "fx_conversion", &[("acct_1", -1, "USD"), ("fx:desk", 1, "USD")]),
+        booking("fx2", "fx_conversion", &[("acct_2", -900_000_000, "USD"), ("fx:desk", 900_000_000, "USD")]),
+        booking("fx3", "fx_conversion", &[("acct_1", -10, "USD"), ("fx:desk", 9, "USD")]),
+        booking("fee1", "fee", &[("billing:receivable", -50, "USD"), ("billing:fees", 50, "USD")]),
+        booking("fee2", "fee", &[("external", -50, "USD"), ("billing:fees", 50, "USD")]),
+        request("i2", "internal", 100, Some("acct_1"), Some("fx:desk")),
     ];
     let t0 = chrono::DateTime::<chrono::Utc>::from_timestamp(1_790_000_000, 0).unwrap_or_default();
     steps

@@ -26,6 +26,7 @@ fn json_entries(s: &TransfersState) -> Vec<(String, serde_json::Value)> {
                 Some("p") => json::<Policy>(&v),
                 Some("x") => json::<Tombstone>(&v),
                 Some("r") => json::<String>(&v),
+                Some("b") => json::<BookingMemo>(&v),
                 Some("clock") => json::<i64>(&v),
                 _ => json::<u64>(&v),
             };
@@ -1627,4 +1628,108 @@ proptest! {
             }
         }
     }
+}
+
+fn leg(account: &str, minor: i64, ccy: &str) -> serde_json::Value {
+    serde_json::json!({"account": account, "amount": {"amount_minor": minor, "currency": ccy}})
+}
+
+fn booking(id: &str, legs: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({"booking_id": id, "purpose": "fx_conversion", "reference": id, "legs": legs, "requested_by": "fx"})
+}
+
+fn fund(h: &mut H, account: &str, minor: i64) {
+    h.send(it::REQUESTED, serde_json::json!({"transfer_id": format!("fund-{account}"), "kind": "deposit", "amount": usd(minor), "destination_account": account, "requested_by": "m"}));
+    h.send(it::RISK_DECIDED, serde_json::json!({"transfer_id": format!("fund-{account}"), "decision": "approve", "score": 0, "reasons": [], "rule_set_version": "r"}));
+    h.send(
+        it::PROVIDER_STATUS,
+        serde_json::json!({"transfer_id": format!("fund-{account}"), "status": "completed"}),
+    );
+}
+
+#[test]
+fn a_booking_posts_every_leg_at_once_or_none() {
+    let mut h = H::new();
+    fund(&mut h, "acct_1", 1_000);
+    let conversion = booking(
+        "b1",
+        vec![
+            leg("acct_1", -1_000, "USD"),
+            leg("fx:desk", 1_000, "USD"),
+            leg("fx:desk", -921, "EUR"),
+            leg("acct_1", 915, "EUR"),
+            leg("fx:fees", 5, "EUR"),
+            leg("fx:residue", 1, "EUR"),
+        ],
+    );
+    let out = h.send(BookingRequested::EVENT_TYPE, conversion.clone());
+    let recorded = out.of::<BookingRecorded>(BookingRecorded::EVENT_TYPE);
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].outcome, BookingOutcome::Booked, "{:?}", recorded[0].reason);
+    let postings = out.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE);
+    assert_eq!(postings.len(), 6);
+    assert!(postings.iter().all(|p| p.transfer_id == "b1" && p.phase == PostingPhase::Post));
+    assert_eq!(postings.iter().map(|p| p.posting_id).collect::<BTreeSet<_>>().len(), 1, "one posting");
+    assert!(h.state.posted_sums().values().all(|s| *s == 0), "{:?}", h.state.posted_sums());
+    let usd_after =
+        h.state.accounts.get(&account_key(TENANT, "acct_1", Currency::from_code("USD").expect("usd")));
+    assert_eq!(usd_after.map(|a| a.posted), Some(0));
+
+    // Redelivered: silence; the same id under another input: refused, nothing moves.
+    let again = h.apply_envelope(envelope(h.seq, BookingRequested::EVENT_TYPE, conversion.clone()));
+    assert!(again.0.is_empty(), "a redelivered booking is silent");
+    let reuse = h.send(BookingRequested::EVENT_TYPE, conversion);
+    assert_eq!(reuse.rejections().len(), 1);
+    assert!(reuse.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE).is_empty());
+
+    // Insufficient funds in the second leg's account: refused, and the first leg did not move either.
+    let before = h.state.clone();
+    let short = h.send(
+        BookingRequested::EVENT_TYPE,
+        booking(
+            "b2",
+            vec![
+                leg("fx:desk", -5, "EUR"),
+                leg("acct_1", 5, "EUR"),
+                leg("acct_1", -1, "USD"),
+                leg("fx:desk", 1, "USD"),
+            ],
+        ),
+    );
+    let r = short.of::<BookingRecorded>(BookingRecorded::EVENT_TYPE);
+    assert_eq!(r[0].outcome, BookingOutcome::Refused);
+    assert!(
+        r[0].reason.as_deref().unwrap_or_default().starts_with("insufficient funds"),
+        "{:?}",
+        r[0].reason
+    );
+    assert!(short.of::<LedgerPosting>(LedgerPosting::EVENT_TYPE).is_empty());
+    assert_eq!(h.state.accounts.iter().collect::<Vec<_>>(), before.accounts.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn bookings_refuse_broken_legs_and_tenants_cannot_name_platform_accounts() {
+    let mut h = H::new();
+    for (id, legs, why) in [
+        ("u", vec![leg("fx:desk", -5, "USD"), leg("fx:fees", 4, "USD")], "do not sum to zero"),
+        ("z", vec![leg("fx:desk", 0, "USD"), leg("fx:fees", 0, "USD")], "non-zero"),
+        ("e", vec![leg("external", -5, "USD"), leg("fx:fees", 5, "USD")], "not a tenant account"),
+        ("n", vec![], "1-8 legs"),
+    ] {
+        let out = h.send(BookingRequested::EVENT_TYPE, booking(id, legs));
+        let r = out.of::<BookingRecorded>(BookingRecorded::EVENT_TYPE);
+        assert_eq!(r[0].outcome, BookingOutcome::Refused, "{id}");
+        assert!(r[0].reason.as_deref().unwrap_or_default().contains(why), "{id}: {:?}", r[0].reason);
+    }
+    // Platform accounts that may go negative do; a tenant account may not.
+    let fee = h.send(
+        BookingRequested::EVENT_TYPE,
+        booking("f", vec![leg("billing:receivable", -7, "USD"), leg("billing:fees", 7, "USD")]),
+    );
+    assert_eq!(fee.of::<BookingRecorded>(BookingRecorded::EVENT_TYPE)[0].outcome, BookingOutcome::Booked);
+    let out = h.send(it::REQUESTED, serde_json::json!({"transfer_id": "t", "kind": "internal", "amount": usd(1), "source_account": "billing:fees", "destination_account": "acct_1", "requested_by": "m"}));
+    assert_eq!(out.statuses().last(), Some(&S::Rejected));
+    // Restore keeps the booking ids (and their order).
+    let restored = restore(entries(&h.state)).expect("restores");
+    assert_eq!(restored, h.state);
 }

@@ -110,7 +110,7 @@ impl Processor for VolumeProcessor {
         Spec {
             log: topics.log(env, "volume"),
             routed: vec![topics.transfer_status(env), topics.transfer_rejections(env)],
-            broadcast: vec![topics.fx_commands(env)],
+            broadcast: vec![topics.fx_rates(env)],
             ticks: true,
             outputs: vec![Output::new(topics.volume_windows(env), &[VolumeWindowClosed::EVENT_TYPE])],
             stateful: true,

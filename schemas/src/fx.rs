@@ -56,7 +56,7 @@ pub mod rate_fields {
 }
 
 /// Most rates in one publication (the edge refuses more).
-pub const RATES_PER_PUBLICATION_MAX: usize = 256;
+pub const RATES_PER_PUBLICATION_MAX: usize = 500;
 /// Longest quote or conversion id, in bytes.
 pub const FX_ID_BYTES_MAX: usize = 128;
 

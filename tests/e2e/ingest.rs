@@ -409,7 +409,7 @@ async fn commands_are_authenticated_validated_and_idempotent_across_instances() 
             &operator,
             Method::POST,
             format!("{url1}/v1/fx/conversions"),
-            r#"{"conversion_id":"c1","quote_id":"q1"}"#,
+            r#"{"conversion_id":"c1","quote_id":"q1","source_account":"acct_1"}"#,
             "fx.conversion_requested",
         ),
         (
@@ -596,7 +596,8 @@ async fn commands_are_authenticated_validated_and_idempotent_across_instances() 
         inputs.iter().find(|e| e.event_type == "transfer.approved").context("approval on the topic")?;
     anyhow::ensure!(approved.payload["actor"] == "user:usr_admin", "{}", approved.payload);
     for (topic, n) in [
-        (topics.fx_commands(Environment::Live), 3),
+        (topics.fx_commands(Environment::Live), 2),
+        (topics.fx_rates(Environment::Live), 1),
         (topics.billing_commands(Environment::Live), 1),
         (topics.kyc_commands(Environment::Live), 4),
     ] {

@@ -89,7 +89,7 @@ fn wave(topics: &Topics, n: usize) -> (Vec<Emit>, usize) {
     }
     let rates = serde_json::json!({"as_of": "2026-12-01T00:00:00Z", "published_by": "desk", "rates": [{"base": "EUR", "quote": "USD", "rate_e9": 1_080_000_000 + n as i64}]});
     let e = envelope("rates-desk", &format!("rates-{n}"), 0, "fx.rates_published", rates);
-    out.push(emit(topics.fx_commands(env), &e));
+    out.push(emit(topics.fx_rates(env), &e));
     (out, completed)
 }
 
@@ -177,7 +177,7 @@ async fn routed_broadcast_and_timers_replay_byte_identically_after_sigkill() -> 
         windows.values().any(|w| w
             .rates_used
             .iter()
-            .any(|r| r.version.starts_with(&topics.fx_commands(Environment::Live)))),
+            .any(|r| r.version.starts_with(&topics.fx_rates(Environment::Live)))),
         "a window records the broadcast rate version it used"
     );
     // The pure replay of the log as it stands: the same outputs, byte for byte.

@@ -30,6 +30,8 @@ pub const FEE_TIERS_MAX: usize = 16;
 pub enum Stream {
     Transfers,
     Fx,
+    /// Rates: reference data on `fx.rates`, broadcast to FX and risk.
+    FxRates,
     Billing,
     Kyc,
     Risk,
@@ -45,7 +47,11 @@ pub enum Endpoint {
     FxQuote,
     FxConversion,
     FxRates,
+    /// The OTC approval of a conversion above the tenant's threshold.
+    FxConversionDecision,
     FeeConfig,
+    /// The tenant's subscription plan.
+    BillingPlan,
     KycUser(KycUserAction),
     KycReviewDecision,
     RiskReviewDecision,
@@ -53,7 +59,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 13] = [
+    pub const ALL: [Endpoint; 15] = [
         Endpoint::CreateTransfer,
         Endpoint::ApproveTransfer,
         Endpoint::RejectTransfer,
@@ -61,7 +67,9 @@ impl Endpoint {
         Endpoint::FxQuote,
         Endpoint::FxConversion,
         Endpoint::FxRates,
+        Endpoint::FxConversionDecision,
         Endpoint::FeeConfig,
+        Endpoint::BillingPlan,
         Endpoint::KycUser(KycUserAction::Freeze),
         Endpoint::KycUser(KycUserAction::Unfreeze),
         Endpoint::KycUser(KycUserAction::Close),
@@ -74,7 +82,8 @@ impl Endpoint {
         use Endpoint::*;
         match self {
             CreateTransfer | CancelTransfer | FxQuote | FxConversion => &[Role::Operator, Role::Admin],
-            ApproveTransfer | RejectTransfer | FeeConfig | KycUser(_) | KycReviewDecision => &[Role::Admin],
+            ApproveTransfer | RejectTransfer | FeeConfig | BillingPlan | FxConversionDecision
+            | KycUser(_) | KycReviewDecision => &[Role::Admin],
             FxRates => &[Role::RatesPublisher, Role::Admin],
             RiskReviewDecision => &[Role::ComplianceOfficer],
         }
@@ -90,6 +99,8 @@ impl Endpoint {
             FxQuote => "fx_quote",
             FxConversion => "fx_conversion",
             FxRates => "fx_rates",
+            FxConversionDecision => "fx_conversion_decision",
+            BillingPlan => "billing_plan",
             FeeConfig => "fee_config",
             KycUser(KycUserAction::Freeze) => "kyc_freeze",
             KycUser(KycUserAction::Unfreeze) => "kyc_unfreeze",
@@ -281,6 +292,27 @@ struct FxQuoteBody {
 struct FxConversionBody {
     conversion_id: String,
     quote_id: String,
+    source_account: String,
+    #[serde(default)]
+    destination_account: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    decision: ReviewDecision,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BillingPlanBody {
+    plan: String,
+    fee: String,
+    currency: String,
+    #[serde(default)]
+    effective_from: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize)]
@@ -317,6 +349,10 @@ struct FeeConfigBody {
     max: Option<String>,
     #[serde(default)]
     tiers: Vec<FeeTierBody>,
+    #[serde(default)]
+    pricing: Option<String>,
+    #[serde(default)]
+    effective_from: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize)]
@@ -354,6 +390,8 @@ pub fn decode(
         FxQuote => decode_fx_quote(body, actor),
         FxConversion => decode_fx_conversion(body, actor),
         FxRates => decode_fx_rates(body, actor),
+        FxConversionDecision => decode_fx_conversion_decision(path_id, body, actor),
+        BillingPlan => decode_billing_plan(body, actor),
         FeeConfig => decode_fee_config(path_id, body, actor),
         KycUser(action) => decode_kyc_user(action, path_id, body, actor),
         KycReviewDecision => decode_kyc_review(path_id, body, actor),
@@ -591,9 +629,15 @@ fn decode_fx_conversion(body: &[u8], actor: &str) -> Result<Command, FieldError>
     let b: FxConversionBody = json(body)?;
     check_id("conversion_id", &b.conversion_id)?;
     check_id("quote_id", &b.quote_id)?;
+    tenant_account("source_account", &b.source_account)?;
+    if let Some(d) = &b.destination_account {
+        tenant_account("destination_account", d)?;
+    }
     let payload = FxConversionRequested {
         conversion_id: b.conversion_id,
         quote_id: b.quote_id.clone(),
+        source_account: b.source_account,
+        destination_account: b.destination_account,
         requested_by: actor.to_owned(),
     };
     Ok(Command {
@@ -601,6 +645,74 @@ fn decode_fx_conversion(body: &[u8], actor: &str) -> Result<Command, FieldError>
         stream: Stream::Fx,
         // Keyed by quote: a conversion follows its quote.
         entity_key: b.quote_id,
+        payload: to_value(&payload),
+    })
+}
+
+/// A tenant's own account: an id, not `external`, not one of the platform's (`fx:…`, `billing:…`).
+fn tenant_account(field: &str, v: &str) -> Result<(), FieldError> {
+    check_id(field, v)?;
+    if v == "external" {
+        return Err(invalid(field, "not_external", "'external' is the outside world, not an account"));
+    }
+    if riverbank_schemas::ledger::is_platform_account(v) {
+        return Err(invalid(
+            field,
+            "not_platform",
+            "accounts starting with 'fx:' or 'billing:' are the platform's",
+        ));
+    }
+    Ok(())
+}
+
+fn decode_fx_conversion_decision(
+    path_id: Option<&str>,
+    body: &[u8],
+    actor: &str,
+) -> Result<Command, FieldError> {
+    let conversion_id = path(path_id, "conversion_id")?;
+    let b: DecisionBody = json(body)?;
+    if let Some(r) = &b.reason {
+        check_reason("reason", r)?;
+    }
+    let payload = riverbank_schemas::fx::FxConversionDecided {
+        conversion_id: conversion_id.clone(),
+        decision: b.decision,
+        actor: actor.to_owned(),
+        reason: b.reason,
+    };
+    Ok(Command {
+        event_type: ct::FX_CONVERSION_DECIDED,
+        stream: Stream::Fx,
+        entity_key: conversion_id,
+        payload: to_value(&payload),
+    })
+}
+
+fn decode_billing_plan(body: &[u8], actor: &str) -> Result<Command, FieldError> {
+    let b: BillingPlanBody = json(body)?;
+    check_id("plan", &b.plan)?;
+    let cur = currency("currency", &b.currency)?;
+    let fee = non_negative_amount("fee", &b.fee, cur)?;
+    if let Some(at) = b.effective_from {
+        if !crate::event_time::in_range(at) {
+            return Err(invalid(
+                "effective_from",
+                "range",
+                format!("must be within {}", crate::event_time::EVENT_TIME_RANGE),
+            ));
+        }
+    }
+    let payload = riverbank_schemas::billing::BillingPlanSet {
+        plan: b.plan,
+        fee,
+        effective_from: b.effective_from,
+        changed_by: actor.to_owned(),
+    };
+    Ok(Command {
+        event_type: ct::BILLING_PLAN_SET,
+        stream: Stream::Billing,
+        entity_key: "plan".to_owned(),
         payload: to_value(&payload),
     })
 }
@@ -636,7 +748,7 @@ fn decode_fx_rates(body: &[u8], actor: &str) -> Result<Command, FieldError> {
     let payload = FxRatesPublished { as_of: b.as_of, rates, published_by: actor.to_owned() };
     Ok(Command {
         event_type: ct::FX_RATES_PUBLISHED,
-        stream: Stream::Fx,
+        stream: Stream::FxRates,
         entity_key: "rates".to_owned(),
         payload: to_value(&payload),
     })
@@ -658,6 +770,20 @@ fn decode_fee_config(path_id: Option<&str>, body: &[u8], actor: &str) -> Result<
         }
     }
     let tiers = fee_tiers(&b.tiers, cur)?;
+    let pricing = match b.pricing.as_deref() {
+        None | Some("volume") => riverbank_schemas::billing::TierPricing::Volume,
+        Some("graduated") => riverbank_schemas::billing::TierPricing::Graduated,
+        Some(_) => return Err(invalid("pricing", "one_of", "volume or graduated")),
+    };
+    if let Some(at) = b.effective_from {
+        if !crate::event_time::in_range(at) {
+            return Err(invalid(
+                "effective_from",
+                "range",
+                format!("must be within {}", crate::event_time::EVENT_TIME_RANGE),
+            ));
+        }
+    }
     let payload = FeeConfigUpserted {
         transfer_kind: kind,
         fixed,
@@ -665,6 +791,8 @@ fn decode_fee_config(path_id: Option<&str>, body: &[u8], actor: &str) -> Result<
         min,
         max,
         tiers,
+        pricing,
+        effective_from: b.effective_from,
         changed_by: actor.to_owned(),
     };
     Ok(Command {
@@ -863,6 +991,29 @@ mod tests {
                 "exactly_one",
             ),
             (
+                FxConversion,
+                None,
+                r#"{"conversion_id":"c","quote_id":"q","source_account":"fx:desk"}"#.to_owned(),
+                "source_account",
+                "not_platform",
+            ),
+            (
+                FxConversion,
+                None,
+                r#"{"conversion_id":"c","quote_id":"q","source_account":"a","destination_account":"external"}"#
+                    .to_owned(),
+                "destination_account",
+                "not_external",
+            ),
+            (
+                FeeConfig,
+                Some("payout"),
+                r#"{"currency":"USD","fixed":"0","bps":25,"pricing":"tiered"}"#.to_owned(),
+                "pricing",
+                "one_of",
+            ),
+            (BillingPlan, None, r#"{"plan":"p","fee":"-1","currency":"USD"}"#.to_owned(), "fee", "positive"),
+            (
                 FxQuote,
                 None,
                 r#"{"quote_id":"q","sell_currency":"JPY","buy_currency":"EUR","sell_amount":"1.5"}"#
@@ -1020,7 +1171,19 @@ mod tests {
                 r#"{"quote_id":"q1","sell_currency":"USD","buy_currency":"EUR","buy_amount":"100"}"#,
                 "fx.quote_requested",
             ),
-            (FxConversion, None, r#"{"conversion_id":"c1","quote_id":"q1"}"#, "fx.conversion_requested"),
+            (
+                FxConversion,
+                None,
+                r#"{"conversion_id":"c1","quote_id":"q1","source_account":"acct_1"}"#,
+                "fx.conversion_requested",
+            ),
+            (FxConversionDecision, Some("c1"), r#"{"decision":"approved"}"#, "fx.conversion_decided"),
+            (
+                BillingPlan,
+                None,
+                r#"{"plan":"growth","fee":"99.00","currency":"USD","effective_from":"2026-11-01T00:00:00Z"}"#,
+                "billing.plan_set",
+            ),
             (
                 FxRates,
                 None,

@@ -249,7 +249,7 @@ impl Processor for RiskProcessor {
         Spec {
             log: topics.log(env, "risk"),
             routed: vec![topics.transfer_screening(env), topics.kyc_events(env), topics.risk_commands(env)],
-            broadcast: vec![topics.risk_reference(env), topics.fx_commands(env)],
+            broadcast: vec![topics.risk_reference(env), topics.fx_rates(env)],
             ticks: true,
             outputs: vec![
                 Output::new(topics.transfer_inputs(env), &[input_types::RISK_DECIDED]),
