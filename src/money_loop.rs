@@ -79,14 +79,28 @@ impl Flow<'_> {
         Ok(())
     }
 
-    async fn command(
+    /// POST a command to ingest; it must be accepted (202).
+    pub async fn command(
         &self,
         token: &str,
         path: &str,
         user: Option<&str>,
         body: serde_json::Value,
     ) -> anyhow::Result<()> {
-        let mut req = self.client.post(format!("{}{path}", self.ingest_url)).bearer_auth(token).json(&body);
+        self.command_with(reqwest::Method::POST, token, path, user, body).await
+    }
+
+    /// A command with `method` (fee configs and plans are PUT); it must be accepted (202).
+    pub async fn command_with(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        user: Option<&str>,
+        body: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.ingest_url);
+        let mut req = self.client.request(method.clone(), url).bearer_auth(token).json(&body);
         req = req.header("x-environment", self.env.as_str());
         if let Some(u) = user {
             req = req.header("x-user-id", u);
@@ -95,14 +109,14 @@ impl Flow<'_> {
         let status = resp.status();
         anyhow::ensure!(
             status == reqwest::StatusCode::ACCEPTED,
-            "POST {path}: {status} {}",
+            "{method} {path}: {status} {}",
             resp.text().await?
         );
         Ok(())
     }
 
     /// Poll `url` until `done` says yes (returns the last answer), at most `self.wait`.
-    async fn until(
+    pub async fn until(
         &self,
         what: &str,
         url: &str,
@@ -155,19 +169,66 @@ impl Flow<'_> {
         self.until(&format!("user {user} KYC {status}"), &url, |v| v["kyc_status"] == status).await
     }
 
-    async fn kyc_approved(&self, user: &str, case: &str, level: &str) -> anyhow::Result<()> {
+    pub async fn kyc_approved(&self, user: &str, case: &str, level: &str) -> anyhow::Result<()> {
         self.kyc_approved_at(user, case, level, chrono::Utc::now()).await?;
         self.kyc_status(user, "approved").await.map(|_| ())
     }
 
     async fn deposit_completed(&self, reference: &str, amount: &str, account: &str) -> anyhow::Result<()> {
+        self.deposit_completed_at(reference, amount, account, chrono::Utc::now()).await
+    }
+
+    /// The payments provider's signed `deposit.completed`, stating `at` as the event's time (its own
+    /// clock): the completion's event time, which prices its fee and picks its invoice period.
+    pub async fn deposit_completed_at(
+        &self,
+        reference: &str,
+        amount: &str,
+        account: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
         let body = serde_json::json!({
             "type": "deposit.completed", "api_version": "2024-06-01",
-            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "created_at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "data": {"object": "deposit", "id": reference, "amount": {"value": amount, "currency": "USD"},
                      "destination_account": account}
         });
         self.webhook(&self.payments, &format!("wh-{reference}-completed"), &body).await
+    }
+
+    /// GET `path` of the read API (scoped to the flow's tenant and environment).
+    pub async fn read(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        get_json(self.client, &format!("{}{path}", self.api_url), &self.scope()).await
+    }
+
+    /// Wait until the read API's `path` answers with `field` equal to one of `want`.
+    pub async fn read_until(
+        &self,
+        path: &str,
+        field: &str,
+        want: &[&str],
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.api_url);
+        self.until(&format!("{path} {field} in {want:?}"), &url, |v| {
+            v[field].as_str().is_some_and(|s| want.contains(&s))
+        })
+        .await
+    }
+
+    /// A deposit by API for `user`, completed by the provider at `completed_at`; waits for COMPLETED.
+    pub async fn deposit_completed_by(
+        &self,
+        id: &str,
+        user: &str,
+        account: &str,
+        amount: &str,
+        completed_at: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
+        let reference = self.deposit(id, user, account, amount).await?;
+        self.transfer_status(id, &["APPROVED"]).await.with_context(|| format!("{id}: screening"))?;
+        self.deposit_completed_at(&reference, amount, account, completed_at).await?;
+        self.transfer_status(id, &["COMPLETED"]).await.with_context(|| format!("{id}: provider callback"))?;
+        Ok(())
     }
 
     /// A deposit by API for `user`, executed by the payments provider; returns its provider reference.
@@ -299,6 +360,111 @@ pub async fn run(f: &Flow<'_>) -> anyhow::Result<Outcome> {
     Ok(out)
 }
 
+/// What [`fx_and_billing`] did.
+#[derive(Debug, Clone, Default)]
+pub struct FxBillingOutcome {
+    pub account: String,
+    /// The deposit whose fee was charged, and the fee (minor units of USD).
+    pub deposit: String,
+    pub fee_minor: i64,
+    pub quote: String,
+    pub conversion: String,
+    /// The current month's invoice id.
+    pub invoice: String,
+}
+
+/// The rates steps 6-7 publish (`POST /v1/fx/rates`): EUR/USD and USD/INR mid rates as of now.
+pub fn demo_rates() -> serde_json::Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    serde_json::json!({"as_of": now, "rates": [
+        {"base": "EUR", "quote": "USD", "rate": "1.0850"},
+        {"base": "USD", "quote": "INR", "rate": "83.2500"},
+        {"base": "GBP", "quote": "USD", "rate": "1.2700"}
+    ]})
+}
+
+/// Steps 6-7, after [`run`], for a second user of the flow's tenant (the first one is frozen):
+/// 6. The tenant's deposit fee (1% + 0.30 USD, at least 0.50, at most 25.00) from the start of last
+///    month, the day's rates published; a 250.00 USD deposit completes and its fee is booked to the
+///    tenant's fee account.
+/// 7. A quote selling 100.00 USD for EUR (mid from the inverse of EUR/USD, the tenant's markup), a
+///    conversion against it: the sell, buy, markup and residue legs are posted; the month's invoice
+///    (a draft until the month closes) lists the deposit fees with a total equal to the fee legs.
+pub async fn fx_and_billing(f: &Flow<'_>) -> anyhow::Result<FxBillingOutcome> {
+    let user = format!("usr_{}_fx", f.run);
+    let account = format!("acct_{}_fx", f.run);
+    f.kyc_approved(&user, &format!("case_{}_fx", f.run), "basic-kyc-level").await.context("step 6: KYC")?;
+    let now = chrono::Utc::now();
+    let month_start = crate::money_loop::month_start(now);
+    let since = month_start - chrono::Duration::days(40);
+    let fee = serde_json::json!({"currency": "USD", "fixed": "0.30", "bps": 100, "min": "0.50", "max": "25.00",
+        "effective_from": since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)});
+    f.command_with(reqwest::Method::PUT, &f.admin_token, "/v1/fees/deposit", None, fee).await?;
+    f.command(&f.admin_token, "/v1/fx/rates", None, demo_rates()).await?;
+    let deposit = format!("dep-fx-{}", f.run);
+    f.deposit_completed_by(&deposit, &user, &account, "250.00", now).await.context("step 6: deposit")?;
+    let fees = f
+        .until(
+            &format!("the fee of {deposit} booked"),
+            &format!("{}/v1/fees?transfer_id={deposit}", f.api_url),
+            |v| v["fees"].as_array().is_some_and(|a| a.iter().any(|x| x["status"] == "booked")),
+        )
+        .await
+        .context("step 6: fee")?;
+    let fee_minor = fees["fees"][0]["fee"]["amount_minor"].as_i64().unwrap_or_default();
+    anyhow::ensure!(fee_minor == 280, "the fee of 250.00 USD at 1% + 0.30 is 2.80 USD, got {fees}");
+    println!("[fx+billing] 6. fee config for deposits (1% + 0.30 USD, min 0.50, max 25.00); {deposit} 250.00 USD completed → fee 2.80 USD booked to billing:fees: {}/v1/fees?transfer_id={deposit}&tenant_id={}", f.api_url, f.tenant);
+
+    let quote = format!("q-{}", f.run);
+    let body = serde_json::json!({"quote_id": quote, "sell_currency": "USD", "buy_currency": "EUR", "sell_amount": "100.00"});
+    f.command(&f.admin_token, "/v1/fx/quotes", Some("treasurer-1"), body).await?;
+    let q = f
+        .read_until(&format!("/v1/fx/quotes/{quote}"), "status", &["issued", "refused"])
+        .await
+        .context("step 7: quote")?;
+    anyhow::ensure!(q["status"] == "issued", "quote {quote}: {q}");
+    let conversion = format!("c-{}", f.run);
+    let body = serde_json::json!({"conversion_id": conversion, "quote_id": quote, "source_account": account});
+    f.command(&f.admin_token, "/v1/fx/conversions", Some("treasurer-1"), body).await?;
+    let c = f
+        .read_until(&format!("/v1/fx/conversions/{conversion}"), "status", &["completed", "rejected"])
+        .await
+        .context("step 7: conversion")?;
+    anyhow::ensure!(c["status"] == "completed", "conversion {conversion}: {c}");
+    println!(
+        "[fx+billing] 7. quote {quote}: sell 100.00 USD at {} EUR per USD (mid {}, markup {} bps); conversion {conversion} completed: {}/v1/fx/conversions/{conversion}?tenant_id={}",
+        q["rate"].as_str().unwrap_or_default(),
+        q["mid_rate"].as_str().unwrap_or_default(),
+        q["markup_bps"],
+        f.api_url,
+        f.tenant
+    );
+    let invoice = riverbank_schemas::billing::invoice_id(&riverbank_schemas::billing::period_of(now));
+    let inv = f
+        .until(
+            &format!("invoice {invoice} lists {deposit}'s fee"),
+            &format!("{}/v1/invoices/{invoice}", f.api_url),
+            |v| v["lines"].as_array().is_some_and(|l| !l.is_empty()),
+        )
+        .await
+        .context("step 7: invoice")?;
+    println!(
+        "[fx+billing]    invoice {invoice} ({}): {} line(s), totals {}: {}/v1/invoices/{invoice}?tenant_id={}",
+        inv["status"].as_str().unwrap_or_default(),
+        inv["lines"].as_array().map_or(0, Vec::len),
+        inv["totals"],
+        f.api_url,
+        f.tenant
+    );
+    Ok(FxBillingOutcome { account, deposit, fee_minor, quote, conversion, invoice })
+}
+
+/// Midnight UTC on the first day of `at`'s month.
+pub fn month_start(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{Datelike as _, TimeZone as _};
+    chrono::Utc.with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0).single().unwrap_or(at)
+}
+
 /// The demo's second half (`riverbank demo`, after the webhook stream): this flow for
 /// [`DEMO_TENANT`] against the configured local pipeline, with keys it creates and the demo sanctions list.
 pub async fn demo(cfg: &Config, wait_s: u64) -> anyhow::Result<()> {
@@ -335,6 +501,7 @@ pub async fn demo(cfg: &Config, wait_s: u64) -> anyhow::Result<()> {
         wait: Duration::from_secs(wait_s),
     };
     crate::money_loop::run(&flow).await?;
+    fx_and_billing(&flow).await?;
     Ok(())
 }
 
