@@ -16,10 +16,14 @@ use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 
 use crate::rows::{self, Meta, Row as Decoded};
+use riverbank_schemas::billing::{BillingInputRejected, FeeCharged, InvoiceRecorded};
+use riverbank_schemas::commands::command_types;
+use riverbank_schemas::fx::{ConversionAmounts, ConversionRecorded, FxInputRejected, QuoteRecorded};
 use riverbank_schemas::kyc::{event_types as kyc_event_types, KycInputRejected, UserKycChanged};
+use riverbank_schemas::ledger::BookingRecorded;
 use riverbank_schemas::risk::{event_types as risk_types, DecisionRecorded, RiskInputRejected};
 use riverbank_schemas::transfers::{InputRejected, LedgerPosting, PostingPhase, TransferStatusChanged};
-use riverbank_schemas::AuditRecord;
+use riverbank_schemas::{AuditRecord, Currency};
 
 pub const SINK_NAME: &str = "clickhouse";
 
@@ -187,6 +191,59 @@ pub fn ddl() -> Vec<&'static str> {
             user_id String,
             case_id String,
             reason String,
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
+        // One row per fx.quote_recorded and fx.conversion_recorded (`fact`), each version of each quote and
+        // conversion: ids, statuses, the pair (`SELL/BUY`, empty while a conversion has no amounts),
+        // amounts in minor units (sell in the sell currency; buy, fee and residue in the buy currency; 0
+        // when not computed) and rates ×10^9. No actors, no reasons (an officer's reason is free text).
+        // Read a quote's or conversion's state as its highest version.
+        "CREATE TABLE IF NOT EXISTS fx_facts (
+            event_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            fact Enum8('quote' = 1, 'conversion' = 2),
+            id String,
+            quote_id String,
+            status String,
+            version UInt32,
+            pair String,
+            sell_currency String,
+            buy_currency String,
+            sell_minor Int64,
+            buy_minor Int64,
+            fee_minor Int64,
+            residue_minor Int64,
+            mid_e9 Int64,
+            rate_e9 Int64,
+            otc UInt8,
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16
+        ) ENGINE = ReplacingMergeTree()
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, event_id)",
+        // One row per billing.fee_charged: each version of each transfer's fee (the fee in `currency`,
+        // minor units), its status, period and the transfer's completion time. Read a fee's state as
+        // its highest version.
+        "CREATE TABLE IF NOT EXISTS fee_facts (
+            event_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            transfer_id String,
+            kind String,
+            currency String,
+            fee_minor Int64,
+            transfer_amount_minor Int64,
+            status String,
+            period String,
+            adjustment UInt8,
+            invoice_id String,
+            completed_at DateTime('UTC'),
+            completed_ms UInt16,
+            version UInt32,
             occurred_at DateTime('UTC'),
             occurred_ms UInt16
         ) ENGINE = ReplacingMergeTree()
@@ -535,6 +592,135 @@ fn kyc_rejection(m: &Meta, r: &KycInputRejected) -> Result<KycRejectionRow, Stri
     })
 }
 
+/// An `fx_facts` row: one version of a quote or a conversion.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct FxFactRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub environment: i8,
+    /// Enum8: 1 quote, 2 conversion.
+    pub fact: i8,
+    pub id: String,
+    /// The quote (itself, for a quote).
+    pub quote_id: String,
+    pub status: String,
+    pub version: u32,
+    /// `SELL/BUY`; empty while unknown (a conversion without amounts).
+    pub pair: String,
+    pub sell_currency: String,
+    pub buy_currency: String,
+    pub sell_minor: i64,
+    pub buy_minor: i64,
+    pub fee_minor: i64,
+    pub residue_minor: i64,
+    pub mid_e9: i64,
+    pub rate_e9: i64,
+    pub otc: u8,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+}
+
+fn quote_fact(m: &Meta, q: &QuoteRecorded) -> Result<FxFactRow, String> {
+    Ok(FxFactRow {
+        event_id: m.event_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        fact: 1,
+        id: q.quote_id.clone(),
+        quote_id: q.quote_id.clone(),
+        status: q.status.as_str().to_owned(),
+        version: q.version,
+        pair: format!("{}/{}", q.sell_currency, q.buy_currency),
+        sell_currency: q.sell_currency.code().to_owned(),
+        buy_currency: q.buy_currency.code().to_owned(),
+        sell_minor: q.sell.map_or(0, |a| a.amount_minor),
+        buy_minor: q.buy.map_or(0, |a| a.amount_minor),
+        fee_minor: 0,
+        residue_minor: 0,
+        mid_e9: q.mid_e9.unwrap_or(0),
+        rate_e9: q.rate_e9.unwrap_or(0),
+        otc: 0,
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
+}
+
+fn conversion_fact(m: &Meta, c: &ConversionRecorded) -> Result<FxFactRow, String> {
+    let a = c.amounts.as_ref();
+    let code = |f: fn(&ConversionAmounts) -> Currency| a.map(|a| f(a).code().to_owned()).unwrap_or_default();
+    let (sell_currency, buy_currency) = (code(|a| a.sell.currency), code(|a| a.buy.currency));
+    Ok(FxFactRow {
+        event_id: m.event_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        fact: 2,
+        id: c.conversion_id.clone(),
+        quote_id: c.quote_id.clone(),
+        status: c.status.as_str().to_owned(),
+        version: c.version,
+        pair: if a.is_some() { format!("{sell_currency}/{buy_currency}") } else { String::new() },
+        sell_currency,
+        buy_currency,
+        sell_minor: a.map_or(0, |a| a.sell.amount_minor),
+        buy_minor: a.map_or(0, |a| a.buy.amount_minor),
+        fee_minor: a.map_or(0, |a| a.fee.amount_minor),
+        residue_minor: a.map_or(0, |a| a.residue.amount_minor),
+        mid_e9: c.mid_e9.unwrap_or(0),
+        rate_e9: c.rate_e9.unwrap_or(0),
+        otc: u8::from(c.otc),
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
+}
+
+/// A `fee_facts` row: one version of a transfer's fee.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct FeeFactRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub environment: i8,
+    pub transfer_id: String,
+    /// The transfer's kind.
+    pub kind: String,
+    pub currency: String,
+    pub fee_minor: i64,
+    pub transfer_amount_minor: i64,
+    pub status: String,
+    pub period: String,
+    pub adjustment: u8,
+    /// Empty until booked.
+    pub invoice_id: String,
+    pub completed_at: u32,
+    pub completed_ms: u16,
+    pub version: u32,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+}
+
+fn fee_fact(m: &Meta, f: &FeeCharged) -> Result<FeeFactRow, String> {
+    Ok(FeeFactRow {
+        event_id: m.event_id,
+        tenant_id: m.tenant_id.clone(),
+        environment: enum8(m.environment),
+        transfer_id: f.transfer_id.clone(),
+        kind: f.transfer_kind.as_str().to_owned(),
+        currency: f.fee.currency.code().to_owned(),
+        fee_minor: f.fee.amount_minor,
+        transfer_amount_minor: f.transfer_amount.amount_minor,
+        status: f.status.as_str().to_owned(),
+        period: f.period.clone(),
+        adjustment: u8::from(f.adjustment),
+        invoice_id: f.invoice_id.clone().unwrap_or_default(),
+        completed_at: unix_seconds(f.completed_at)?,
+        completed_ms: millis(f.completed_at),
+        version: f.version,
+        occurred_at: unix_seconds(m.occurred_at)?,
+        occurred_ms: millis(m.occurred_at),
+    })
+}
+
 fn millis(t: chrono::DateTime<chrono::Utc>) -> u16 {
     u16::try_from(t.timestamp_subsec_millis()).unwrap_or(999)
 }
@@ -578,6 +764,8 @@ pub enum ChRow {
     RiskDecision(RiskDecisionRow),
     /// A `risk_rejections` row (same shape as `transfer_rejections`).
     RiskRejection(RejectionRow),
+    FxFact(FxFactRow),
+    FeeFact(FeeFactRow),
 }
 
 impl ChRow {
@@ -602,6 +790,17 @@ impl ChRow {
             Decoded::RiskRejection(m, r) => {
                 (risk_types::INPUT_REJECTED, Some(ChRow::RiskRejection(risk_rejection(m, r)?)))
             }
+            Decoded::Quote(m, q) => (QuoteRecorded::EVENT_TYPE, Some(ChRow::FxFact(quote_fact(m, q)?))),
+            Decoded::Conversion(m, c) => {
+                (ConversionRecorded::EVENT_TYPE, Some(ChRow::FxFact(conversion_fact(m, c)?)))
+            }
+            Decoded::Fee(m, f) => (FeeCharged::EVENT_TYPE, Some(ChRow::FeeFact(fee_fact(m, f)?))),
+            // Postgres alone keeps rates, rejections, bookings and invoices; `events` counts them here.
+            Decoded::FxRates(..) => (command_types::FX_RATES_PUBLISHED, None),
+            Decoded::FxRejection(..) => (FxInputRejected::EVENT_TYPE, None),
+            Decoded::Booking(..) => (BookingRecorded::EVENT_TYPE, None),
+            Decoded::Invoice(..) => (InvoiceRecorded::EVENT_TYPE, None),
+            Decoded::BillingRejection(..) => (BillingInputRejected::EVENT_TYPE, None),
         };
         let mut out = vec![ChRow::Event(EventRow::of(r.meta(), event_type)?)];
         out.extend(typed);
@@ -710,6 +909,7 @@ pub async fn insert_rows(
     let mut rejections = Vec::new();
     let (mut kyc_facts, mut kyc_rejections) = (Vec::new(), Vec::new());
     let (mut risk_decisions, mut risk_rejections) = (Vec::new(), Vec::new());
+    let (mut fx_facts, mut fee_facts) = (Vec::new(), Vec::new());
     for r in rows {
         match r {
             ChRow::Event(e) => events.push(e.clone()),
@@ -721,6 +921,8 @@ pub async fn insert_rows(
             ChRow::KycRejection(r) => kyc_rejections.push(r.clone()),
             ChRow::RiskDecision(d) => risk_decisions.push(d.clone()),
             ChRow::RiskRejection(r) => risk_rejections.push(r.clone()),
+            ChRow::FxFact(f) => fx_facts.push(f.clone()),
+            ChRow::FeeFact(f) => fee_facts.push(f.clone()),
         }
     }
     let t = |name: &str| format!("{table_prefix}{name}");
@@ -754,6 +956,12 @@ pub async fn insert_rows(
     if !risk_rejections.is_empty() {
         let table = t("risk_rejections");
         within(timeout, "insert risk_rejections", insert(client, &table, &risk_rejections)).await?;
+    }
+    if !fx_facts.is_empty() {
+        within(timeout, "insert fx_facts", insert(client, &t("fx_facts"), &fx_facts)).await?;
+    }
+    if !fee_facts.is_empty() {
+        within(timeout, "insert fee_facts", insert(client, &t("fee_facts"), &fee_facts)).await?;
     }
     Ok(())
 }

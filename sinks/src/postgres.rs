@@ -4,7 +4,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
+use riverbank_schemas::billing::{BillingInputRejected, FeeCharged, InvoiceRecorded};
+use riverbank_schemas::commands::FxRatesPublished;
+use riverbank_schemas::fx::{ConversionRecorded, FxInputRejected, QuoteRecorded};
 use riverbank_schemas::kyc::{KycInputRejected, UserKycChanged};
+use riverbank_schemas::ledger::BookingRecorded;
 use riverbank_schemas::risk::{DecisionRecorded, RiskInputRejected};
 use riverbank_schemas::transfers::{BalanceChanged, InputRejected, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{AuditRecord, Environment};
@@ -59,6 +63,8 @@ impl SinkStore for PostgresSink {
         let mut rejections = vec![];
         let (mut risk_decisions, mut risk_rejections) = (vec![], vec![]);
         let (mut users, mut kyc_rejections) = (vec![], vec![]);
+        let (mut rates, mut quotes, mut conversions, mut fx_rejections) = (vec![], vec![], vec![], vec![]);
+        let (mut bookings, mut fees, mut invoices, mut billing_rejections) = (vec![], vec![], vec![], vec![]);
         for r in rows {
             match r {
                 Row::Audit(m, a) => audit.push((m, a)),
@@ -72,6 +78,14 @@ impl SinkStore for PostgresSink {
                 Row::RiskRejection(m, r) => risk_rejections.push((m, r)),
                 Row::User(m, t, u) => users.push((m, *t, u)),
                 Row::KycRejection(m, r) => kyc_rejections.push((m, r)),
+                Row::FxRates(m, p) => rates.push((m, p)),
+                Row::Quote(m, q) => quotes.push((m, &**q)),
+                Row::Conversion(m, c) => conversions.push((m, &**c)),
+                Row::FxRejection(m, r) => fx_rejections.push((m, r)),
+                Row::Booking(m, b) => bookings.push((m, b)),
+                Row::Fee(m, f) => fees.push((m, &**f)),
+                Row::Invoice(m, i) => invoices.push((m, &**i)),
+                Row::BillingRejection(m, r) => billing_rejections.push((m, r)),
             }
         }
         insert_audit(&mut tx, &audit).await?;
@@ -83,6 +97,14 @@ impl SinkStore for PostgresSink {
         insert_risk_rejections(&mut tx, &risk_rejections).await?;
         insert_kyc(&mut tx, &users).await?;
         insert_kyc_rejections(&mut tx, &kyc_rejections).await?;
+        insert_fx_rates(&mut tx, &rates).await?;
+        upsert_quotes(&mut tx, &quotes).await?;
+        upsert_conversions(&mut tx, &conversions).await?;
+        insert_fx_rejections(&mut tx, &fx_rejections).await?;
+        insert_bookings(&mut tx, &bookings).await?;
+        upsert_fees(&mut tx, &fees).await?;
+        upsert_invoices(&mut tx, &invoices).await?;
+        insert_billing_rejections(&mut tx, &billing_rejections).await?;
         store_positions(&mut tx, SINK_NAME, positions).await?;
         tx.commit().await?;
         Ok(())
@@ -526,6 +548,439 @@ async fn upsert_balances(tx: &mut Tx<'_>, rows: &[(&Meta, &BalanceChanged)]) -> 
     .bind(cur.iter().map(|(_, b)| b.available_minor).collect::<Vec<_>>())
     .bind(cur.iter().map(|(_, b)| i64::try_from(b.version).unwrap_or(i64::MAX)).collect::<Vec<_>>())
     .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A version checked in decode to fit `integer`.
+fn version_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// The highest version per key among `rows` (a batch may carry several versions of one entity).
+fn latest<'a, T, K: Ord>(
+    rows: &[(&'a Meta, &'a T)],
+    key: impl Fn(&'a Meta, &'a T) -> K,
+    version: impl Fn(&T) -> u32,
+) -> Vec<(&'a Meta, &'a T)> {
+    let mut latest: BTreeMap<K, (&'a Meta, &'a T)> = BTreeMap::new();
+    for &(m, r) in rows {
+        let k = key(m, r);
+        if latest.get(&k).is_none_or(|(_, old)| version(old) < version(r)) {
+            latest.insert(k, (m, r));
+        }
+    }
+    latest.into_values().collect()
+}
+
+/// Every rate of every publication, one row per (event, pair).
+async fn insert_fx_rates(tx: &mut Tx<'_>, rows: &[(&Meta, &FxRatesPublished)]) -> Result<(), sqlx::Error> {
+    let flat: Vec<(&Meta, &FxRatesPublished, &riverbank_schemas::commands::FxRate)> =
+        rows.iter().flat_map(|(m, p)| p.rates.iter().map(move |r| (*m, *p, r))).collect();
+    if flat.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO fx_rates (event_id, tenant_id, environment, base, quote, rate_e9, as_of, published_by,
+             occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
+             $7::timestamptz[], $8::text[], $9::timestamptz[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(flat.iter().map(|(m, _, _)| m.event_id).collect::<Vec<_>>())
+    .bind(flat.iter().map(|(m, _, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(flat.iter().map(|(m, _, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(flat.iter().map(|(_, _, r)| r.base.code()).collect::<Vec<_>>())
+    .bind(flat.iter().map(|(_, _, r)| r.quote.code()).collect::<Vec<_>>())
+    .bind(flat.iter().map(|(_, _, r)| r.rate_e9).collect::<Vec<_>>())
+    .bind(flat.iter().map(|(_, p, _)| p.as_of).collect::<Vec<_>>())
+    .bind(flat.iter().map(|(_, p, _)| p.published_by.clone()).collect::<Vec<_>>())
+    .bind(flat.iter().map(|(m, _, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Quotes' current state, forward-only by version.
+async fn upsert_quotes(tx: &mut Tx<'_>, rows: &[(&Meta, &QuoteRecorded)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let cur = latest(
+        rows,
+        |m, q| (m.tenant_id.as_str(), m.environment.as_str(), q.quote_id.as_str()),
+        |q| q.version,
+    );
+    sqlx::query(
+        "INSERT INTO fx_quotes (tenant_id, environment, quote_id, status, version, sell_currency, buy_currency,
+             sell_minor, buy_minor, fixed, mid_e9, rate_e9, markup_bps, rates, pivot, rate_as_of, expires_at,
+             rounding, requested_by, reason, conversion_id, last_event_id, updated_at)
+         SELECT t, env, q, st, v, sc, bc, s, b, f, mid, r, bps, rs::jsonb, pv, ra, ex, rd, rq, rsn, cv, e, u
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[],
+             $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::int4[], $14::text[], $15::text[],
+             $16::timestamptz[], $17::timestamptz[], $18::text[], $19::text[], $20::text[], $21::text[],
+             $22::uuid[], $23::timestamptz[])
+             AS x(t, env, q, st, v, sc, bc, s, b, f, mid, r, bps, rs, pv, ra, ex, rd, rq, rsn, cv, e, u)
+         ON CONFLICT (tenant_id, environment, quote_id) DO UPDATE
+         SET status = EXCLUDED.status, version = EXCLUDED.version, sell_currency = EXCLUDED.sell_currency,
+             buy_currency = EXCLUDED.buy_currency, sell_minor = EXCLUDED.sell_minor, buy_minor = EXCLUDED.buy_minor,
+             fixed = EXCLUDED.fixed, mid_e9 = EXCLUDED.mid_e9, rate_e9 = EXCLUDED.rate_e9,
+             markup_bps = EXCLUDED.markup_bps, rates = EXCLUDED.rates, pivot = EXCLUDED.pivot,
+             rate_as_of = EXCLUDED.rate_as_of, expires_at = EXCLUDED.expires_at, rounding = EXCLUDED.rounding,
+             requested_by = EXCLUDED.requested_by, reason = EXCLUDED.reason,
+             conversion_id = EXCLUDED.conversion_id, last_event_id = EXCLUDED.last_event_id,
+             updated_at = EXCLUDED.updated_at
+         WHERE fx_quotes.version < EXCLUDED.version",
+    )
+    .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.quote_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.status.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| version_i32(q.version)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.sell_currency.code()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.buy_currency.code()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.sell.map(|m| m.amount_minor)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.buy.map(|m| m.amount_minor)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.fixed.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.mid_e9).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.rate_e9).collect::<Vec<_>>())
+    // Checked in decode: fits in i32.
+    .bind(cur.iter().map(|(_, q)| i32::try_from(q.markup_bps).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| json_text(&q.rates)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.pivot.map(|c| c.code())).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.rate_as_of).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.expires_at).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.rounding.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.requested_by.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.reason.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, q)| q.conversion_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Conversions' current state with their amounts, forward-only by version.
+async fn upsert_conversions(
+    tx: &mut Tx<'_>,
+    rows: &[(&Meta, &ConversionRecorded)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let cur = latest(
+        rows,
+        |m, c| (m.tenant_id.as_str(), m.environment.as_str(), c.conversion_id.as_str()),
+        |c| c.version,
+    );
+    let amount = |f: fn(&riverbank_schemas::fx::ConversionAmounts) -> i64| {
+        cur.iter().map(|(_, c)| c.amounts.as_ref().map(f)).collect::<Vec<Option<i64>>>()
+    };
+    let exact = |f: fn(&riverbank_schemas::fx::ConversionAmounts) -> &String| {
+        cur.iter().map(|(_, c)| c.amounts.as_ref().map(|a| f(a).clone())).collect::<Vec<Option<String>>>()
+    };
+    sqlx::query(
+        "INSERT INTO fx_conversions (tenant_id, environment, conversion_id, quote_id, status, version, account,
+             destination, sell_minor, sell_currency, buy_minor, buy_currency, mid_value_minor, fee_minor,
+             residue_minor, mid_value_exact, buy_exact, fee_exact, mid_e9, rate_e9, rounding, booking_id, otc,
+             requested_by, decided_by, reason, last_event_id, updated_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[],
+             $8::text[], $9::int8[], $10::text[], $11::int8[], $12::text[], $13::int8[], $14::int8[], $15::int8[],
+             $16::text[], $17::text[], $18::text[], $19::int8[], $20::int8[], $21::text[], $22::text[],
+             $23::bool[], $24::text[], $25::text[], $26::text[], $27::uuid[], $28::timestamptz[])
+         ON CONFLICT (tenant_id, environment, conversion_id) DO UPDATE
+         SET quote_id = EXCLUDED.quote_id, status = EXCLUDED.status, version = EXCLUDED.version,
+             account = EXCLUDED.account, destination = EXCLUDED.destination, sell_minor = EXCLUDED.sell_minor,
+             sell_currency = EXCLUDED.sell_currency, buy_minor = EXCLUDED.buy_minor,
+             buy_currency = EXCLUDED.buy_currency, mid_value_minor = EXCLUDED.mid_value_minor,
+             fee_minor = EXCLUDED.fee_minor, residue_minor = EXCLUDED.residue_minor,
+             mid_value_exact = EXCLUDED.mid_value_exact, buy_exact = EXCLUDED.buy_exact,
+             fee_exact = EXCLUDED.fee_exact, mid_e9 = EXCLUDED.mid_e9, rate_e9 = EXCLUDED.rate_e9,
+             rounding = EXCLUDED.rounding, booking_id = EXCLUDED.booking_id, otc = EXCLUDED.otc,
+             requested_by = EXCLUDED.requested_by, decided_by = EXCLUDED.decided_by, reason = EXCLUDED.reason,
+             last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+         WHERE fx_conversions.version < EXCLUDED.version",
+    )
+    .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.conversion_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.quote_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.status.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| version_i32(c.version)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.account.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.destination.clone()).collect::<Vec<_>>())
+    .bind(amount(|a| a.sell.amount_minor))
+    .bind(cur.iter().map(|(_, c)| c.amounts.as_ref().map(|a| a.sell.currency.code())).collect::<Vec<_>>())
+    .bind(amount(|a| a.buy.amount_minor))
+    .bind(cur.iter().map(|(_, c)| c.amounts.as_ref().map(|a| a.buy.currency.code())).collect::<Vec<_>>())
+    .bind(amount(|a| a.mid_value.amount_minor))
+    .bind(amount(|a| a.fee.amount_minor))
+    .bind(amount(|a| a.residue.amount_minor))
+    .bind(exact(|a| &a.mid_value_exact))
+    .bind(exact(|a| &a.buy_exact))
+    .bind(exact(|a| &a.fee_exact))
+    .bind(cur.iter().map(|(_, c)| c.mid_e9).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.rate_e9).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.rounding.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.booking_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.otc).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.requested_by.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.decided_by.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, c)| c.reason.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_fx_rejections(
+    tx: &mut Tx<'_>,
+    rows: &[(&Meta, &FxInputRejected)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO fx_rejections (event_id, tenant_id, environment, input_event_id, input_event_type, quote_id,
+             conversion_id, reason, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+             $8::text[], $9::timestamptz[])
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.quote_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.conversion_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Bookings' outcomes: one per booking id, the first answer kept (the ledger answers a booking once).
+async fn insert_bookings(tx: &mut Tx<'_>, rows: &[(&Meta, &BookingRecorded)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO ledger_bookings (tenant_id, environment, booking_id, purpose, reference, outcome, reason, legs,
+             event_id, occurred_at)
+         SELECT t, env, b, p, r, o, rsn, l::jsonb, e, oc
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+             $8::text[], $9::uuid[], $10::timestamptz[]) AS x(t, env, b, p, r, o, rsn, l, e, oc)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, b)| b.booking_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, b)| b.purpose.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, b)| b.reference.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, b)| rows::booking_outcome_str(b.outcome)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, b)| b.reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, b)| json_text(&b.legs)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Fees per transfer, forward-only by version.
+async fn upsert_fees(tx: &mut Tx<'_>, rows: &[(&Meta, &FeeCharged)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let cur = latest(
+        rows,
+        |m, f| (m.tenant_id.as_str(), m.environment.as_str(), f.transfer_id.as_str()),
+        |f| f.version,
+    );
+    sqlx::query(
+        "INSERT INTO fees (tenant_id, environment, transfer_id, transfer_kind, transfer_amount_minor,
+             transfer_currency, completed_at, period, fee_minor, currency, status, version, config_version,
+             pricing, monthly_volume_before_minor, monthly_volume_currency, fixed_minor, fixed_currency, parts,
+             exact, clamped, rounding, booking_id, invoice_id, adjustment, reason, last_event_id, updated_at)
+         SELECT t, env, tr, k, ta, tc, ca, p, f, c, st, v, cv, pr, mv, mvc, fx, fxc, pa::jsonb, ex, cl, rd, b, i,
+             adj, rsn, e, u
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::timestamptz[],
+             $8::text[], $9::int8[], $10::text[], $11::text[], $12::int4[], $13::text[], $14::text[], $15::int8[],
+             $16::text[], $17::int8[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],
+             $23::text[], $24::text[], $25::bool[], $26::text[], $27::uuid[], $28::timestamptz[])
+             AS x(t, env, tr, k, ta, tc, ca, p, f, c, st, v, cv, pr, mv, mvc, fx, fxc, pa, ex, cl, rd, b, i, adj,
+                  rsn, e, u)
+         ON CONFLICT (tenant_id, environment, transfer_id) DO UPDATE
+         SET transfer_kind = EXCLUDED.transfer_kind, transfer_amount_minor = EXCLUDED.transfer_amount_minor,
+             transfer_currency = EXCLUDED.transfer_currency, completed_at = EXCLUDED.completed_at,
+             period = EXCLUDED.period, fee_minor = EXCLUDED.fee_minor, currency = EXCLUDED.currency,
+             status = EXCLUDED.status, version = EXCLUDED.version, config_version = EXCLUDED.config_version,
+             pricing = EXCLUDED.pricing, monthly_volume_before_minor = EXCLUDED.monthly_volume_before_minor,
+             monthly_volume_currency = EXCLUDED.monthly_volume_currency, fixed_minor = EXCLUDED.fixed_minor,
+             fixed_currency = EXCLUDED.fixed_currency, parts = EXCLUDED.parts, exact = EXCLUDED.exact,
+             clamped = EXCLUDED.clamped, rounding = EXCLUDED.rounding, booking_id = EXCLUDED.booking_id,
+             invoice_id = EXCLUDED.invoice_id, adjustment = EXCLUDED.adjustment, reason = EXCLUDED.reason,
+             last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+         WHERE fees.version < EXCLUDED.version",
+    )
+    .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.transfer_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.transfer_kind.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.transfer_amount.amount_minor).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.transfer_amount.currency.code()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.completed_at).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.period.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.fee.amount_minor).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.fee.currency.code()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.status.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| version_i32(f.version)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.config_version.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.pricing.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.monthly_volume_before.amount_minor).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.monthly_volume_before.currency.code()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.fixed.amount_minor).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.fixed.currency.code()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| json_text(&f.parts)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.exact.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.clamped.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.rounding.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.booking_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.invoice_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.adjustment).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, f)| f.reason.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Invoices, forward-only by version; an invoice that moved to a higher version gets that version's
+/// lines in place of the ones it had, in this transaction.
+async fn upsert_invoices(tx: &mut Tx<'_>, rows: &[(&Meta, &InvoiceRecorded)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let cur = latest(
+        rows,
+        |m, i| (m.tenant_id.as_str(), m.environment.as_str(), i.invoice_id.as_str()),
+        |i| i.version,
+    );
+    // RETURNING yields the rows inserted or moved forward, not the ones an older version left alone.
+    let moved: Vec<(String, String, String)> = sqlx::query_as(
+        "INSERT INTO invoices (tenant_id, environment, invoice_id, period, period_start, period_end, closes_at,
+             status, version, totals, line_count, last_event_id, updated_at)
+         SELECT t, env, i, p, ps, pe, ca, st, v, tot::jsonb, lc, e, u
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+             $7::timestamptz[], $8::text[], $9::int4[], $10::text[], $11::int4[], $12::uuid[], $13::timestamptz[])
+             AS x(t, env, i, p, ps, pe, ca, st, v, tot, lc, e, u)
+         ON CONFLICT (tenant_id, environment, invoice_id) DO UPDATE
+         SET period = EXCLUDED.period, period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
+             closes_at = EXCLUDED.closes_at, status = EXCLUDED.status, version = EXCLUDED.version,
+             totals = EXCLUDED.totals, line_count = EXCLUDED.line_count, last_event_id = EXCLUDED.last_event_id,
+             updated_at = EXCLUDED.updated_at
+         WHERE invoices.version < EXCLUDED.version
+         RETURNING tenant_id, environment, invoice_id",
+    )
+    .bind(cur.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, i)| i.invoice_id.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, i)| i.period.clone()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, i)| i.period_start).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, i)| i.period_end).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, i)| i.closes_at).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, i)| i.status.as_str()).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, i)| version_i32(i.version)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(_, i)| json_text(&i.totals)).collect::<Vec<_>>())
+    // Checked in decode: fits in i32.
+    .bind(cur.iter().map(|(_, i)| i32::try_from(i.lines.len()).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(cur.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let moved: std::collections::BTreeSet<(String, String, String)> = moved.into_iter().collect();
+    let replaced: Vec<(&Meta, &InvoiceRecorded)> = cur
+        .into_iter()
+        .filter(|(m, i)| {
+            moved.contains(&(m.tenant_id.clone(), m.environment.as_str().to_owned(), i.invoice_id.clone()))
+        })
+        .collect();
+    sqlx::query(
+        "DELETE FROM invoice_lines l
+         USING UNNEST($1::text[], $2::text[], $3::text[]) AS x(t, env, i)
+         WHERE l.tenant_id = x.t AND l.environment = x.env AND l.invoice_id = x.i",
+    )
+    .bind(replaced.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(replaced.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(replaced.iter().map(|(_, i)| i.invoice_id.clone()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let lines: Vec<(&Meta, &InvoiceRecorded, usize, &riverbank_schemas::billing::InvoiceLine)> = replaced
+        .iter()
+        .flat_map(|&(m, i)| i.lines.iter().enumerate().map(move |(n, l)| (m, i, n, l)))
+        .collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO invoice_lines (tenant_id, environment, invoice_id, line_id, position, invoice_version, kind,
+             transfer_kind, description, counted, amount_minor, currency, source_period, sources)
+         SELECT t, env, i, l, p, v, k, tk, d, n, a, c, sp, s::jsonb
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int4[], $7::text[],
+             $8::text[], $9::text[], $10::int8[], $11::int8[], $12::text[], $13::text[], $14::text[])
+             AS x(t, env, i, l, p, v, k, tk, d, n, a, c, sp, s)",
+    )
+    .bind(lines.iter().map(|(m, _, _, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(m, _, _, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, i, _, _)| i.invoice_id.clone()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, _, _, l)| l.line_id.clone()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, _, n, _)| i32::try_from(*n).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, i, _, _)| version_i32(i.version)).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, _, _, l)| l.kind.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, _, _, l)| l.transfer_kind.map(|k| k.as_str())).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, _, _, l)| l.description.clone()).collect::<Vec<_>>())
+    // Checked in decode: fits in i64.
+    .bind(lines.iter().map(|(_, _, _, l)| i64::try_from(l.count).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, _, _, l)| l.amount.amount_minor).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, _, _, l)| l.amount.currency.code()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, _, _, l)| l.source_period.clone()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|(_, _, _, l)| json_text(&l.sources)).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_billing_rejections(
+    tx: &mut Tx<'_>,
+    rows: &[(&Meta, &BillingInputRejected)],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO billing_rejections (event_id, tenant_id, environment, input_event_id, input_event_type,
+             transfer_id, reason, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+             $8::timestamptz[])
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.transfer_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

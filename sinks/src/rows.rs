@@ -1,7 +1,11 @@
 //! What the sinks write: one small mapping per event type. Adding a processor's output to the stores
 //! means a variant here, a table in each store and a statement in each sink, not a new sink.
 use chrono::{DateTime, Utc};
+use riverbank_schemas::billing::{BillingInputRejected, FeeCharged, FeeStatus, InvoiceRecorded};
+use riverbank_schemas::commands::{command_types, FxRate, FxRatesPublished};
+use riverbank_schemas::fx::{ConversionRecorded, ConversionStatus, FxInputRejected, QuoteRecorded};
 use riverbank_schemas::kyc::{event_types as kyc_types, KycInputRejected, UserKycChanged, TIER_MAX};
+use riverbank_schemas::ledger::{BookingOutcome, BookingRecorded};
 use riverbank_schemas::risk::{event_types as risk_types, DecisionRecorded, RiskInputRejected};
 use riverbank_schemas::transfers::{
     BalanceChanged, InputRejected, LedgerPosting, RiskOutcome, TransferStatusChanged,
@@ -34,6 +38,16 @@ pub enum Row {
     /// A `user.*` event (its type) of the KYC processor.
     User(Meta, &'static str, UserKycChanged),
     KycRejection(Meta, KycInputRejected),
+    /// An `fx.rates_published`: its rates, one pair each (a pair named twice: the last one).
+    FxRates(Meta, FxRatesPublished),
+    Quote(Meta, Box<QuoteRecorded>),
+    Conversion(Meta, Box<ConversionRecorded>),
+    FxRejection(Meta, FxInputRejected),
+    /// A `ledger.booking_recorded`: what became of an FX or billing booking.
+    Booking(Meta, BookingRecorded),
+    Fee(Meta, Box<FeeCharged>),
+    Invoice(Meta, Box<InvoiceRecorded>),
+    BillingRejection(Meta, BillingInputRejected),
 }
 
 impl Row {
@@ -47,7 +61,15 @@ impl Row {
             | Row::RiskRejection(m, _)
             | Row::Rejection(m, _)
             | Row::User(m, _, _)
-            | Row::KycRejection(m, _) => m,
+            | Row::KycRejection(m, _)
+            | Row::FxRates(m, _)
+            | Row::Quote(m, _)
+            | Row::Conversion(m, _)
+            | Row::FxRejection(m, _)
+            | Row::Booking(m, _)
+            | Row::Fee(m, _)
+            | Row::Invoice(m, _)
+            | Row::BillingRejection(m, _) => m,
         }
     }
 }
@@ -69,6 +91,14 @@ pub const PROJECTED: &[&str] = &[
     kyc_types::USER_CLOSED,
     kyc_types::USER_KYC_EXPIRING,
     kyc_types::KYC_INPUT_REJECTED,
+    command_types::FX_RATES_PUBLISHED,
+    QuoteRecorded::EVENT_TYPE,
+    ConversionRecorded::EVENT_TYPE,
+    FxInputRejected::EVENT_TYPE,
+    BookingRecorded::EVENT_TYPE,
+    FeeCharged::EVENT_TYPE,
+    InvoiceRecorded::EVENT_TYPE,
+    BillingInputRejected::EVENT_TYPE,
 ];
 
 fn typed<P: serde::de::DeserializeOwned>(e: &RawEnvelope) -> Result<P, String> {
@@ -218,6 +248,26 @@ pub fn decode(
             }
             Row::KycRejection(meta, r)
         }
+        command_types::FX_RATES_PUBLISHED => Row::FxRates(meta, fx_rates(&e)?),
+        QuoteRecorded::EVENT_TYPE => Row::Quote(meta, Box::new(quote(&e)?)),
+        ConversionRecorded::EVENT_TYPE => Row::Conversion(meta, Box::new(conversion(&e)?)),
+        FxInputRejected::EVENT_TYPE => {
+            let r: FxInputRejected = typed(&e)?;
+            check_text("input_event_type", &r.input_event_type)?;
+            check_text("reason", &r.reason)?;
+            check_opt_text(&[("quote_id", &r.quote_id), ("conversion_id", &r.conversion_id)])?;
+            Row::FxRejection(meta, r)
+        }
+        BookingRecorded::EVENT_TYPE => Row::Booking(meta, booking(&e)?),
+        FeeCharged::EVENT_TYPE => Row::Fee(meta, Box::new(fee(&e)?)),
+        InvoiceRecorded::EVENT_TYPE => Row::Invoice(meta, Box::new(invoice(&e)?)),
+        BillingInputRejected::EVENT_TYPE => {
+            let r: BillingInputRejected = typed(&e)?;
+            check_text("input_event_type", &r.input_event_type)?;
+            check_text("reason", &r.reason)?;
+            check_opt_text(&[("transfer_id", &r.transfer_id)])?;
+            Row::BillingRejection(meta, r)
+        }
         other => match kyc_types::USER.iter().find(|t| **t == other) {
             Some(event_type) => Row::User(meta, event_type, user_event(&e)?),
             None => return Err(format!("the sinks have no mapping for {other}")),
@@ -255,6 +305,14 @@ pub fn outcome_str(o: RiskOutcome) -> &'static str {
         RiskOutcome::Approve => "approve",
         RiskOutcome::Review => "review",
         RiskOutcome::Block => "block",
+    }
+}
+
+/// How a booking's outcome is written in the stores.
+pub fn booking_outcome_str(o: BookingOutcome) -> &'static str {
+    match o {
+        BookingOutcome::Booked => "booked",
+        BookingOutcome::Refused => "refused",
     }
 }
 
@@ -322,6 +380,223 @@ fn risk_decision(e: &RawEnvelope) -> Result<DecisionRecorded, String> {
     Ok(d)
 }
 
+/// Optional text fields, each checked like [`check_text`].
+fn check_opt_text(fields: &[(&str, &Option<String>)]) -> Result<(), String> {
+    for (f, v) in fields {
+        if let Some(v) = v {
+            check_text(f, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// A version the stores' `integer` columns hold (`version > 0`).
+fn check_version(version: u32) -> Result<(), String> {
+    if version == 0 || i32::try_from(version).is_err() {
+        return Err("version must be 1 to 2^31-1".to_owned());
+    }
+    Ok(())
+}
+
+/// `YYYY-MM` with a month 01-12: what the `period` CHECK constraints accept.
+pub fn is_period(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 7
+        && b[4] == b'-'
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[5..].iter().all(u8::is_ascii_digit)
+        && text[5..].parse::<u8>().is_ok_and(|m| (1..=12).contains(&m))
+}
+
+/// An `fx.rates_published` payload, checked against `fx_rates` (0007). A pair named twice keeps its last
+/// rate, as the processors reading the publication do.
+fn fx_rates(e: &RawEnvelope) -> Result<FxRatesPublished, String> {
+    let mut p: FxRatesPublished = typed(e)?;
+    check_time("as_of", &p.as_of)?;
+    check_text("published_by", &p.published_by)?;
+    for r in &p.rates {
+        if r.rate_e9 <= 0 {
+            return Err(format!("rate of {}/{} must be positive", r.base, r.quote));
+        }
+        if r.base == r.quote {
+            return Err(format!("a rate of {} to itself", r.base));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last: Vec<FxRate> =
+        p.rates.drain(..).rev().filter(|r| seen.insert((r.base.code(), r.quote.code()))).collect();
+    last.reverse();
+    p.rates = last;
+    Ok(p)
+}
+
+/// An `fx.quote_recorded` payload, checked against `fx_quotes` (0007).
+fn quote(e: &RawEnvelope) -> Result<QuoteRecorded, String> {
+    let q: QuoteRecorded = typed(e)?;
+    check_version(q.version)?;
+    if i32::try_from(q.markup_bps).is_err() {
+        return Err("markup_bps does not fit a 32-bit integer".to_owned());
+    }
+    if !matches!(q.fixed.as_str(), "sell" | "buy") {
+        return Err(format!("fixed must be sell or buy, not {:?}", q.fixed));
+    }
+    for (side, amount, currency) in [("sell", q.sell, q.sell_currency), ("buy", q.buy, q.buy_currency)] {
+        if let Some(m) = amount {
+            if m.currency != currency {
+                return Err(format!("{side} amount is in {}, but {side}_currency is {currency}", m.currency));
+            }
+        }
+    }
+    for (f, t) in [("rate_as_of", &q.rate_as_of), ("expires_at", &q.expires_at)] {
+        if let Some(t) = t {
+            check_time(f, t)?;
+        }
+    }
+    for r in &q.rates {
+        check_time("rates.as_of", &r.as_of)?;
+        check_text("rates.source", &r.source)?;
+        check_text("rates.version", &r.version)?;
+    }
+    check_text("quote_id", &q.quote_id)?;
+    check_text("requested_by", &q.requested_by)?;
+    check_opt_text(&[("reason", &q.reason), ("conversion_id", &q.conversion_id)])?;
+    Ok(q)
+}
+
+/// An `fx.conversion_recorded` payload, checked against `fx_conversions` (0007): the mid value, fee and
+/// residue in the buy currency, R = M − B − F without overflow, a completed one with its booking.
+fn conversion(e: &RawEnvelope) -> Result<ConversionRecorded, String> {
+    let c: ConversionRecorded = typed(e)?;
+    check_version(c.version)?;
+    if let Some(a) = &c.amounts {
+        for (f, m) in [("mid_value", a.mid_value), ("fee", a.fee), ("residue", a.residue)] {
+            if m.currency != a.buy.currency {
+                return Err(format!("{f} is in {}, not in the buy currency {}", m.currency, a.buy.currency));
+            }
+        }
+        let r = a
+            .mid_value
+            .amount_minor
+            .checked_sub(a.buy.amount_minor)
+            .and_then(|x| x.checked_sub(a.fee.amount_minor));
+        if r != Some(a.residue.amount_minor) {
+            return Err(format!(
+                "residue {} is not mid_value {} - buy {} - fee {}",
+                a.residue.amount_minor, a.mid_value.amount_minor, a.buy.amount_minor, a.fee.amount_minor
+            ));
+        }
+        for (f, v) in [
+            ("mid_value_exact", &a.mid_value_exact),
+            ("buy_exact", &a.buy_exact),
+            ("fee_exact", &a.fee_exact),
+        ] {
+            check_text(f, v)?;
+        }
+    }
+    if c.status == ConversionStatus::Completed && (c.booking_id.is_none() || c.amounts.is_none()) {
+        return Err("a completed conversion names its booking_id and amounts".to_owned());
+    }
+    for (f, v) in [
+        ("conversion_id", &c.conversion_id),
+        ("quote_id", &c.quote_id),
+        ("account", &c.account),
+        ("destination", &c.destination),
+        ("requested_by", &c.requested_by),
+    ] {
+        check_text(f, v)?;
+    }
+    check_opt_text(&[("booking_id", &c.booking_id), ("decided_by", &c.decided_by), ("reason", &c.reason)])?;
+    Ok(c)
+}
+
+/// A `ledger.booking_recorded` payload, checked against `ledger_bookings` (0007).
+fn booking(e: &RawEnvelope) -> Result<BookingRecorded, String> {
+    let b: BookingRecorded = typed(e)?;
+    if (b.outcome == BookingOutcome::Refused) != b.reason.is_some() {
+        return Err("a refused booking has a reason, a booked one none".to_owned());
+    }
+    check_text("booking_id", &b.booking_id)?;
+    check_text("reference", &b.reference)?;
+    check_opt_text(&[("reason", &b.reason)])?;
+    for l in &b.legs {
+        check_text("legs.account", &l.account)?;
+    }
+    Ok(b)
+}
+
+/// A `billing.fee_charged` payload, checked against `fees` (0007).
+fn fee(e: &RawEnvelope) -> Result<FeeCharged, String> {
+    let f: FeeCharged = typed(e)?;
+    check_version(f.version)?;
+    if f.transfer_amount.amount_minor <= 0 {
+        return Err("fee on a non-positive transfer amount".to_owned());
+    }
+    if f.fee.amount_minor < 0 {
+        return Err("negative fee".to_owned());
+    }
+    if !is_period(&f.period) {
+        return Err(format!("period {:?} is not YYYY-MM", f.period));
+    }
+    if f.clamped.as_deref().is_some_and(|c| !matches!(c, "min" | "max")) {
+        return Err("clamped must be min or max".to_owned());
+    }
+    if f.status == FeeStatus::Booked && (f.booking_id.is_none() || f.invoice_id.is_none()) {
+        return Err("a booked fee names its booking_id and invoice_id".to_owned());
+    }
+    check_time("completed_at", &f.completed_at)?;
+    check_text("transfer_id", &f.transfer_id)?;
+    check_text("exact", &f.exact)?;
+    check_opt_text(&[
+        ("config_version", &f.config_version),
+        ("clamped", &f.clamped),
+        ("booking_id", &f.booking_id),
+        ("invoice_id", &f.invoice_id),
+        ("reason", &f.reason),
+    ])?;
+    Ok(f)
+}
+
+/// A `billing.invoice_recorded` payload, checked against `invoices` and `invoice_lines` (0007): line ids
+/// unique within the invoice (the lines' primary key), periods `YYYY-MM`, counts within 64 bits.
+fn invoice(e: &RawEnvelope) -> Result<InvoiceRecorded, String> {
+    let i: InvoiceRecorded = typed(e)?;
+    check_version(i.version)?;
+    if !is_period(&i.period) {
+        return Err(format!("period {:?} is not YYYY-MM", i.period));
+    }
+    if i.period_start >= i.period_end {
+        return Err("period_start must be before period_end".to_owned());
+    }
+    for (f, t) in
+        [("period_start", &i.period_start), ("period_end", &i.period_end), ("closes_at", &i.closes_at)]
+    {
+        check_time(f, t)?;
+    }
+    if i32::try_from(i.lines.len()).is_err() {
+        return Err("more lines than a 32-bit integer counts".to_owned());
+    }
+    check_text("invoice_id", &i.invoice_id)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &i.lines {
+        if !seen.insert(l.line_id.as_str()) {
+            return Err(format!("line {} appears twice", l.line_id));
+        }
+        if i64::try_from(l.count).is_err() {
+            return Err(format!("line {}: count does not fit a 64-bit integer", l.line_id));
+        }
+        if l.source_period.as_deref().is_some_and(|p| !is_period(p)) {
+            return Err(format!("line {}: source_period is not YYYY-MM", l.line_id));
+        }
+        check_text("lines.line_id", &l.line_id)?;
+        check_text("lines.description", &l.description)?;
+        check_opt_text(&[("lines.source_period", &l.source_period)])?;
+        for t in &l.sources {
+            check_text("lines.sources", t)?;
+        }
+    }
+    Ok(i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +633,46 @@ mod tests {
             "KycStatus is an enum of the six",
         ),
         ("tier BETWEEN 0 AND 3", "a tier above TIER_MAX is refused"),
+        ("rate_e9 > 0", "a rate that is not positive is refused"),
+        ("base <> quote", "a rate of a currency to itself is refused"),
+        ("status IN ('issued', 'refused', 'expired', 'used')", "QuoteStatus is an enum of the four"),
+        ("fixed IN ('sell', 'buy')", "a fixed side other than sell or buy is refused"),
+        ("markup_bps >= 0", "u32, and checked to fit i32"),
+        ("rounding IN ('half_even', 'half_up')", "RoundingMode is an enum of the two"),
+        (
+            "status IN ('pending_approval', 'booking', 'completed', 'rejected')",
+            "ConversionStatus is an enum of the four",
+        ),
+        (
+            "residue_minor = mid_value_minor - buy_minor - fee_minor",
+            "checked in decode, without overflow, in the order Postgres computes it",
+        ),
+        (
+            "status <> 'completed' OR (booking_id IS NOT NULL AND sell_minor IS NOT NULL)",
+            "a completed conversion without its booking id or amounts is refused",
+        ),
+        ("purpose IN ('fx_conversion', 'fee', 'plan')", "BookingPurpose is an enum of the three"),
+        ("outcome IN ('booked', 'refused')", "BookingOutcome is an enum of the two"),
+        (
+            "(outcome = 'refused') = (reason IS NOT NULL)",
+            "a refused booking without a reason (or a booked one with one) is refused",
+        ),
+        ("transfer_amount_minor > 0", "a fee on a non-positive transfer amount is refused"),
+        ("period ~ '^[0-9]{4}-(0[1-9]|1[0-2])$'", "is_period"),
+        ("fee_minor >= 0", "a negative fee is refused"),
+        ("status IN ('booking', 'booked', 'refused', 'waived')", "FeeStatus is an enum of the four"),
+        ("pricing IN ('volume', 'graduated')", "TierPricing is an enum of the two"),
+        ("clamped IN ('min', 'max')", "a clamp other than min or max is refused"),
+        (
+            "status <> 'booked' OR (booking_id IS NOT NULL AND invoice_id IS NOT NULL)",
+            "a booked fee without its booking id or invoice id is refused",
+        ),
+        ("status IN ('draft', 'finalized')", "InvoiceStatus is an enum of the two"),
+        ("line_count >= 0", "a length, checked to fit i32"),
+        ("period_start < period_end", "an invoice period that does not start before it ends is refused"),
+        ("kind IN ('usage', 'plan', 'adjustment')", "LineKind is an enum of the three"),
+        ("counted >= 0", "u64, and checked to fit i64"),
+        ("source_period ~ '^[0-9]{4}-(0[1-9]|1[0-2])$'", "is_period"),
     ];
 
     #[test]
@@ -624,5 +939,342 @@ mod tests {
         let err =
             decode("t", Environment::Live, 0, 0, &serde_json::to_vec(&e).expect("json")).expect_err("NUL");
         assert!(err.contains("NUL"), "{err}");
+    }
+
+    fn usd_eur() -> (Currency, Currency) {
+        (Currency::from_code("USD").expect("USD"), Currency::from_code("EUR").expect("EUR"))
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(s, 0).expect("time")
+    }
+
+    fn quote_recorded() -> QuoteRecorded {
+        use riverbank_schemas::fx::{QuoteStatus, RateUsed};
+        use riverbank_schemas::rounding::RoundingMode;
+        let (usd, eur) = usd_eur();
+        QuoteRecorded {
+            quote_id: "q1".into(),
+            status: QuoteStatus::Issued,
+            version: 1,
+            sell_currency: eur,
+            buy_currency: usd,
+            sell: Some(Money::new(10_000, eur)),
+            buy: Some(Money::new(10_870, usd)),
+            fixed: "sell".into(),
+            mid_e9: Some(1_092_560_000),
+            rate_e9: Some(1_087_030_000),
+            markup_bps: 50,
+            rates: vec![RateUsed {
+                base: eur,
+                quote: usd,
+                rate_e9: 1_092_560_000,
+                inverted: false,
+                source: "key:feed".into(),
+                as_of: at(1_790_000_000),
+                version: "live.fx.inputs/0/3".into(),
+            }],
+            pivot: None,
+            rate_as_of: Some(at(1_790_000_000)),
+            expires_at: Some(at(1_790_000_030)),
+            rounding: RoundingMode::HalfEven,
+            requested_by: "user:maker".into(),
+            reason: None,
+            conversion_id: None,
+        }
+    }
+
+    fn conversion_recorded() -> ConversionRecorded {
+        use riverbank_schemas::fx::ConversionAmounts;
+        use riverbank_schemas::rounding::RoundingMode;
+        let (usd, eur) = usd_eur();
+        ConversionRecorded {
+            conversion_id: "c1".into(),
+            quote_id: "q1".into(),
+            status: ConversionStatus::Completed,
+            version: 2,
+            account: "acct_1".into(),
+            destination: "acct_1".into(),
+            amounts: Some(ConversionAmounts {
+                sell: Money::new(10_000, eur),
+                buy: Money::new(10_870, usd),
+                mid_value: Money::new(10_926, usd),
+                fee: Money::new(55, usd),
+                residue: Money::new(1, usd),
+                mid_value_exact: "10925.6".into(),
+                buy_exact: "10870.3".into(),
+                fee_exact: "55.3".into(),
+            }),
+            mid_e9: Some(1_092_560_000),
+            rate_e9: Some(1_087_030_000),
+            rounding: RoundingMode::HalfEven,
+            booking_id: Some("fx:c1".into()),
+            otc: false,
+            requested_by: "user:maker".into(),
+            decided_by: None,
+            reason: None,
+        }
+    }
+
+    fn fee_charged() -> FeeCharged {
+        use riverbank_schemas::billing::{FeePart, TierPricing};
+        use riverbank_schemas::rounding::RoundingMode;
+        let (usd, _) = usd_eur();
+        FeeCharged {
+            transfer_id: "t-1".into(),
+            transfer_kind: TransferKind::Payout,
+            transfer_amount: Money::new(10_000, usd),
+            completed_at: at(1_790_000_000),
+            period: "2026-09".into(),
+            fee: Money::new(150, usd),
+            status: FeeStatus::Booked,
+            version: 2,
+            config_version: Some("2026-01-01T00:00:00Z/0190".into()),
+            pricing: TierPricing::Volume,
+            monthly_volume_before: Money::new(0, usd),
+            fixed: Money::new(100, usd),
+            parts: vec![FeePart { amount: Money::new(10_000, usd), bps: 50 }],
+            exact: "150".into(),
+            clamped: None,
+            rounding: RoundingMode::HalfEven,
+            booking_id: Some("fee:t-1".into()),
+            invoice_id: Some("inv_2026-09".into()),
+            adjustment: false,
+            reason: None,
+        }
+    }
+
+    fn invoice_recorded() -> InvoiceRecorded {
+        use riverbank_schemas::billing::{InvoiceLine, InvoiceStatus, LineKind};
+        let (usd, _) = usd_eur();
+        let line = |id: &str, kind: LineKind, minor: i64| InvoiceLine {
+            line_id: id.into(),
+            kind,
+            transfer_kind: Some(TransferKind::Payout),
+            description: id.into(),
+            count: 1,
+            amount: Money::new(minor, usd),
+            source_period: (kind == LineKind::Adjustment).then(|| "2026-08".to_owned()),
+            sources: if kind == LineKind::Adjustment { vec!["t-0".into()] } else { vec![] },
+        };
+        InvoiceRecorded {
+            invoice_id: "inv_2026-09".into(),
+            period: "2026-09".into(),
+            period_start: at(1_788_220_800),
+            period_end: at(1_790_812_800),
+            closes_at: at(1_790_899_200),
+            status: InvoiceStatus::Draft,
+            version: 3,
+            lines: vec![
+                line("usage/payout/USD", LineKind::Usage, 150),
+                line("adjustment/2026-08/payout/USD", LineKind::Adjustment, 90),
+            ],
+            totals: vec![Money::new(240, usd)],
+        }
+    }
+
+    fn booking_recorded() -> BookingRecorded {
+        use riverbank_schemas::ledger::{BookingLeg, BookingPurpose};
+        let (usd, _) = usd_eur();
+        BookingRecorded {
+            booking_id: "fee:t-1".into(),
+            purpose: BookingPurpose::Fee,
+            reference: "t-1".into(),
+            outcome: BookingOutcome::Booked,
+            reason: None,
+            legs: vec![
+                BookingLeg { account: "billing:receivable".into(), amount: Money::new(-150, usd) },
+                BookingLeg { account: "billing:fees".into(), amount: Money::new(150, usd) },
+            ],
+        }
+    }
+
+    /// What a breach's error must name, and the breach.
+    type Breach<P> = (&'static str, fn(&mut P));
+
+    /// Decodes `payload` as `event_type`, then each breach of it, which must fail naming `want`.
+    fn refuses<P: Clone + serde::Serialize>(event_type: &str, payload: &P, breaches: &[Breach<P>]) {
+        assert!(risk_decoded(event_type, payload).is_ok(), "{event_type}: the valid payload decodes");
+        for (want, breach) in breaches {
+            let mut p = payload.clone();
+            breach(&mut p);
+            let err = risk_decoded(event_type, &p).expect_err(want);
+            assert!(err.contains(want), "{event_type}: {want}: {err}");
+        }
+    }
+
+    #[test]
+    fn fx_events_decode_and_what_the_stores_refuse_is_dead_lettered() {
+        let rows = risk_decoded(QuoteRecorded::EVENT_TYPE, quote_recorded()).expect("quote");
+        assert!(matches!(&rows[..], [Row::Quote(_, q)] if **q == quote_recorded()));
+        refuses(
+            QuoteRecorded::EVENT_TYPE,
+            &quote_recorded(),
+            &[
+                ("version", |q| q.version = 0),
+                ("version", |q| q.version = u32::MAX),
+                ("markup_bps", |q| q.markup_bps = u32::MAX),
+                ("fixed", |q| q.fixed = "both".into()),
+                ("sell_currency", |q| q.sell = q.buy),
+                ("expires_at", |q| q.expires_at = Some(at(TIME_MAX_S + 1))),
+                ("NUL", |q| q.rates[0].source = "k\0".into()),
+                ("NUL", |q| q.reason = Some("\0".into())),
+            ],
+        );
+        let rows = risk_decoded(ConversionRecorded::EVENT_TYPE, conversion_recorded()).expect("conversion");
+        assert!(matches!(&rows[..], [Row::Conversion(_, c)] if **c == conversion_recorded()));
+        let mut rejected = conversion_recorded();
+        rejected.status = ConversionStatus::Rejected;
+        rejected.amounts = None;
+        rejected.booking_id = None;
+        rejected.reason = Some("stale_rate".into());
+        assert!(risk_decoded(ConversionRecorded::EVENT_TYPE, &rejected).is_ok(), "no amounts before pricing");
+        refuses(
+            ConversionRecorded::EVENT_TYPE,
+            &conversion_recorded(),
+            &[
+                ("version", |c| c.version = 0),
+                ("residue", |c| {
+                    if let Some(a) = &mut c.amounts {
+                        a.residue.amount_minor = 2;
+                    }
+                }),
+                // M − B overflows i64 before F is taken off: Postgres would fail the batch.
+                ("residue", |c| {
+                    if let Some(a) = &mut c.amounts {
+                        (a.mid_value.amount_minor, a.buy.amount_minor) = (i64::MAX, -1);
+                        (a.fee.amount_minor, a.residue.amount_minor) = (1, i64::MAX);
+                    }
+                }),
+                ("buy currency", |c| {
+                    if let Some(a) = &mut c.amounts {
+                        a.fee.currency = a.sell.currency;
+                    }
+                }),
+                ("booking_id and amounts", |c| c.booking_id = None),
+                ("booking_id and amounts", |c| c.amounts = None),
+                ("NUL", |c| c.destination = "a\0".into()),
+                ("NUL", |c| {
+                    if let Some(a) = &mut c.amounts {
+                        a.fee_exact = "\0".into();
+                    }
+                }),
+            ],
+        );
+        let r = FxInputRejected {
+            input_event_id: Uuid::new_v4(),
+            input_event_type: "fx.conversion_requested".into(),
+            quote_id: Some("q1".into()),
+            conversion_id: Some("c9".into()),
+            reason: "quote_expired".into(),
+        };
+        assert!(matches!(
+            &risk_decoded(FxInputRejected::EVENT_TYPE, &r).expect("valid")[..],
+            [Row::FxRejection(..)]
+        ));
+        refuses(FxInputRejected::EVENT_TYPE, &r, &[("NUL", |r| r.conversion_id = Some("c\0".into()))]);
+    }
+
+    #[test]
+    fn rates_decode_one_per_pair_and_bad_rates_are_dead_lettered() {
+        let (usd, eur) = usd_eur();
+        let gbp = Currency::from_code("GBP").expect("GBP");
+        let p = FxRatesPublished {
+            as_of: at(1_790_000_000),
+            rates: vec![
+                FxRate { base: eur, quote: usd, rate_e9: 1_080_000_000 },
+                FxRate { base: gbp, quote: usd, rate_e9: 1_270_000_000 },
+                FxRate { base: eur, quote: usd, rate_e9: 1_090_000_000 },
+            ],
+            published_by: "key:feed".into(),
+        };
+        let rows = risk_decoded(command_types::FX_RATES_PUBLISHED, &p).expect("rates");
+        let [Row::FxRates(_, got)] = &rows[..] else { panic!("one rates row: {rows:?}") };
+        let pairs: Vec<(&str, i64)> = got.rates.iter().map(|r| (r.base.code(), r.rate_e9)).collect();
+        assert_eq!(pairs, [("GBP", 1_270_000_000), ("EUR", 1_090_000_000)], "the last rate of a pair");
+        refuses(
+            command_types::FX_RATES_PUBLISHED,
+            &p,
+            &[
+                ("positive", |p| p.rates[1].rate_e9 = 0),
+                ("to itself", |p| p.rates[0].quote = p.rates[0].base),
+                ("as_of", |p| p.as_of = at(-1)),
+                ("NUL", |p| p.published_by = "\0".into()),
+            ],
+        );
+    }
+
+    #[test]
+    fn billing_events_and_bookings_decode_and_what_the_stores_refuse_is_dead_lettered() {
+        let rows = risk_decoded(FeeCharged::EVENT_TYPE, fee_charged()).expect("fee");
+        assert!(matches!(&rows[..], [Row::Fee(_, f)] if **f == fee_charged()));
+        let mut waived = fee_charged();
+        (waived.status, waived.fee.amount_minor, waived.booking_id, waived.invoice_id) =
+            (FeeStatus::Waived, 0, None, None);
+        assert!(risk_decoded(FeeCharged::EVENT_TYPE, &waived).is_ok(), "a waived fee books nothing");
+        refuses(
+            FeeCharged::EVENT_TYPE,
+            &fee_charged(),
+            &[
+                ("version", |f| f.version = 0),
+                ("non-positive transfer amount", |f| f.transfer_amount.amount_minor = 0),
+                ("negative fee", |f| f.fee.amount_minor = -1),
+                ("YYYY-MM", |f| f.period = "2026-13".into()),
+                ("YYYY-MM", |f| f.period = "2026-9".into()),
+                ("clamped", |f| f.clamped = Some("floor".into())),
+                ("booking_id and invoice_id", |f| f.invoice_id = None),
+                ("booking_id and invoice_id", |f| f.booking_id = None),
+                ("completed_at", |f| f.completed_at = at(TIME_MAX_S + 1)),
+                ("NUL", |f| f.exact = "1\0".into()),
+            ],
+        );
+        let rows = risk_decoded(InvoiceRecorded::EVENT_TYPE, invoice_recorded()).expect("invoice");
+        assert!(matches!(&rows[..], [Row::Invoice(_, i)] if **i == invoice_recorded()));
+        refuses(
+            InvoiceRecorded::EVENT_TYPE,
+            &invoice_recorded(),
+            &[
+                ("version", |i| i.version = 0),
+                ("YYYY-MM", |i| i.period = "2026-00".into()),
+                ("before period_end", |i| i.period_end = i.period_start),
+                ("appears twice", |i| i.lines[1].line_id = i.lines[0].line_id.clone()),
+                ("64-bit", |i| i.lines[0].count = u64::MAX),
+                ("source_period", |i| i.lines[1].source_period = Some("August".into())),
+                ("NUL", |i| i.lines[1].sources = vec!["t\0".into()]),
+                ("closes_at", |i| i.closes_at = at(TIME_MAX_S + 1)),
+            ],
+        );
+        let rows = risk_decoded(BookingRecorded::EVENT_TYPE, booking_recorded()).expect("booking");
+        assert!(matches!(&rows[..], [Row::Booking(_, b)] if *b == booking_recorded()));
+        refuses(
+            BookingRecorded::EVENT_TYPE,
+            &booking_recorded(),
+            &[
+                ("reason", |b| b.outcome = BookingOutcome::Refused),
+                ("reason", |b| b.reason = Some("why".into())),
+                ("NUL", |b| b.legs[0].account = "a\0".into()),
+            ],
+        );
+        let r = BillingInputRejected {
+            input_event_id: Uuid::new_v4(),
+            input_event_type: "billing.fee_config_upserted".into(),
+            transfer_id: None,
+            reason: "min above max".into(),
+        };
+        assert!(matches!(
+            &risk_decoded(BillingInputRejected::EVENT_TYPE, &r).expect("valid")[..],
+            [Row::BillingRejection(..)]
+        ));
+        refuses(BillingInputRejected::EVENT_TYPE, &r, &[("NUL", |r| r.reason = "\0".into())]);
+    }
+
+    #[test]
+    fn periods_are_year_and_month() {
+        for ok in ["2026-01", "2026-12", "0001-09"] {
+            assert!(is_period(ok), "{ok}");
+        }
+        for bad in ["2026-00", "2026-13", "2026-1", "2026/01", "26-01", "2026-01-01", "２０２６-01", ""] {
+            assert!(!is_period(bad), "{bad}");
+        }
     }
 }
