@@ -18,6 +18,7 @@ use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+mod fx_billing;
 mod risk;
 
 pub struct Api {
@@ -107,6 +108,14 @@ pub fn router(state: Arc<Api>) -> Router {
         .route("/v1/risk/decisions", get(risk::decisions))
         .route("/v1/risk/shadow/diff", get(risk::shadow_diff))
         .route("/v1/users/{user_id}/kyc", get(user_kyc))
+        .route("/v1/fx/quotes/{quote_id}", get(fx_billing::quote))
+        .route("/v1/fx/conversions/{conversion_id}", get(fx_billing::conversion))
+        .route("/v1/fx/rates", get(fx_billing::rates))
+        .route("/v1/invoices", get(fx_billing::invoices))
+        .route("/v1/invoices/{invoice_id}", get(fx_billing::invoice))
+        .route("/v1/fees", get(fx_billing::fees))
+        .route("/v1/analytics/fee-revenue", get(fx_billing::fee_revenue))
+        .route("/v1/analytics/fx-volume", get(fx_billing::fx_volume))
         .route("/health", get(health))
         .with_state(state)
 }
