@@ -457,7 +457,15 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
             | Row::RiskDecision(..)
             | Row::RiskRejection(..)
             | Row::User(..)
-            | Row::KycRejection(..) => {}
+            | Row::KycRejection(..)
+            | Row::FxRates(..)
+            | Row::Quote(..)
+            | Row::Conversion(..)
+            | Row::FxRejection(..)
+            | Row::Booking(..)
+            | Row::Fee(..)
+            | Row::Invoice(..)
+            | Row::BillingRejection(..) => {}
         }
     }
     let mut conn = pool.acquire().await?;
