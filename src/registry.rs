@@ -13,6 +13,7 @@ pub fn processors(cfg: &Config) -> Vec<Box<dyn Runnable>> {
         Box::new(riverbank_processors::AuditProcessor::new(topics.clone())),
         Box::new(riverbank_processors::RiskProcessor::new(topics.clone())),
         Box::new(riverbank_processors::KycProcessor::new(topics.clone(), kyc_limits(cfg))),
+        Box::new(fx(cfg, topics.clone())),
         Box::new(transfers(cfg, topics)),
     ]
 }
@@ -26,6 +27,33 @@ fn kyc_limits(cfg: &Config) -> riverbank_processors::KycLimits {
         users_max: k.users_per_partition_max,
         inputs_remembered_max: k.inputs_remembered_max,
     }
+}
+
+/// `[fx]` as the FX processor's settings. Config validation has already refused an unknown pivot or
+/// rounding mode and any threshold that is not `<amount> <CCY>`, so nothing here is dropped.
+pub fn fx(cfg: &Config, topics: Topics) -> riverbank_processors::FxProcessor {
+    use riverbank_processors::fx::FxTenantSettings;
+    use riverbank_runtime::config::parse_money_text;
+    let f = &cfg.fx;
+    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let thresholds = |list: &[String]| list.iter().filter_map(|t| parse_money_text(t)).collect::<Vec<_>>();
+    let defaults = riverbank_processors::FxSettings::default();
+    let tenants = f.tenants.iter().map(|(tenant, t)| {
+        let otc_thresholds = t.otc_thresholds.as_deref().map(thresholds);
+        (tenant.clone(), FxTenantSettings { markup_bps: t.markup_bps, otc_thresholds })
+    });
+    let settings = riverbank_processors::FxSettings {
+        rate_age_max_ms: ms(f.rate_age_max_ms),
+        quote_ttl_ms: ms(f.quote_ttl_ms),
+        pivot: riverbank_schemas::Currency::from_code(&f.pivot_currency).unwrap_or(defaults.pivot),
+        rounding: riverbank_schemas::rounding::RoundingMode::parse(&f.rounding).unwrap_or(defaults.rounding),
+        markup_bps_default: f.markup_bps_default,
+        otc_thresholds_default: thresholds(&f.otc_thresholds_default),
+        tenants: tenants.collect(),
+        entries_max: f.entries_per_partition_max,
+        final_retention_ms: ms(f.final_retention_ms),
+    };
+    riverbank_processors::FxProcessor::new(topics, settings)
 }
 
 fn transfers(cfg: &Config, topics: Topics) -> riverbank_processors::TransfersProcessor {

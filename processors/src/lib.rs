@@ -3,12 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod fx;
 pub mod kyc;
 pub mod risk;
 pub mod transfers;
 pub mod volume;
 
 pub use audit::AuditProcessor;
+pub use fx::{FxProcessor, FxSettings};
 pub use kyc::{KycLimits, KycProcessor};
 pub use risk::RiskProcessor;
 pub use transfers::{ReuseLimits, TransfersLimits, TransfersProcessor};
