@@ -14,6 +14,7 @@ pub fn processors(cfg: &Config) -> Vec<Box<dyn Runnable>> {
         Box::new(riverbank_processors::RiskProcessor::new(topics.clone())),
         Box::new(riverbank_processors::KycProcessor::new(topics.clone(), kyc_limits(cfg))),
         Box::new(fx(cfg, topics.clone())),
+        Box::new(billing(cfg, topics.clone())),
         Box::new(transfers(cfg, topics)),
     ]
 }
@@ -54,6 +55,18 @@ pub fn fx(cfg: &Config, topics: Topics) -> riverbank_processors::FxProcessor {
         final_retention_ms: ms(f.final_retention_ms),
     };
     riverbank_processors::FxProcessor::new(topics, settings)
+}
+
+/// `[billing]` as the billing processor's settings (config validation has refused an unknown rounding).
+pub fn billing(cfg: &Config, topics: Topics) -> riverbank_processors::BillingProcessor {
+    let b = &cfg.billing;
+    let settings = riverbank_processors::BillingSettings {
+        lateness_ms: i64::try_from(b.lateness_ms).unwrap_or(i64::MAX),
+        rounding: riverbank_schemas::rounding::RoundingMode::parse(&b.rounding).unwrap_or_default(),
+        fees_remembered_max: b.fees_remembered_max,
+        open_invoices_max: b.open_invoices_max,
+    };
+    riverbank_processors::BillingProcessor::new(topics, settings)
 }
 
 fn transfers(cfg: &Config, topics: Topics) -> riverbank_processors::TransfersProcessor {

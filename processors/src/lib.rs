@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod billing;
 pub mod fx;
 pub mod kyc;
 pub mod risk;
@@ -10,6 +11,7 @@ pub mod transfers;
 pub mod volume;
 
 pub use audit::AuditProcessor;
+pub use billing::{BillingProcessor, BillingSettings};
 pub use fx::{FxProcessor, FxSettings};
 pub use kyc::{KycLimits, KycProcessor};
 pub use risk::RiskProcessor;
