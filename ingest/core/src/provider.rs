@@ -29,6 +29,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("kycflow.toml", include_str!("../../providers/kycflow.toml")),
     ("cardnet.toml", include_str!("../../providers/cardnet.toml")),
     ("chainwatch.toml", include_str!("../../providers/chainwatch.toml")),
+    ("ratewire.toml", include_str!("../../providers/ratewire.toml")),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -390,6 +390,16 @@ fn every_fixture_yields_the_declared_fields() {
             "tier_upgraded.json",
             &[("case_id", "kf_txn_4f1a9c2e"), ("tier", "3"), ("user_id", "usr_5e2a11")],
         ),
+        (
+            "ratewire",
+            "rate_updated.json",
+            &[("as_of", "2026-11-22T07:30:00Z"), ("base", "EUR"), ("quote", "USD"), ("rate", "1.084500")],
+        ),
+        (
+            "ratewire",
+            "rate_updated_jpy.json",
+            &[("as_of", "2026-11-22T07:30:30.250Z"), ("base", "USD"), ("quote", "JPY"), ("rate", "151.230000")],
+        ),
     ];
     let all = provider::load(&[]).expect("definitions valid");
     let mut checked = 0;
