@@ -10,7 +10,7 @@
 //! `fx_conversion`) from `{env}.ledger.bookings`; all keyed by tenant. Time is the partition's ticks.
 //!
 //! **Rates.** Per pair the latest rate (by `as_of`; an older one is ignored) with its source, time and
-//! version (the log position it arrived at). A pair (A, B) is quoted from, in this order: a direct rate
+//! version (the publication's event id). A pair (A, B) is quoted from, in this order: a direct rate
 //! A/B; the inverse of B/A; a cross through the configured pivot (A/P × P/B, each leg direct or inverse).
 //! A rate whose `as_of` is more than `fx.rate_age_max_ms` behind the partition's clock is stale.
 //!
@@ -83,7 +83,8 @@ pub struct RateUsed {
     /// Who published it (`published_by`: a rates publisher's actor, or `provider:{name}`).
     pub source: String,
     pub as_of: DateTime<Utc>,
-    /// Where it entered this partition's log: `topic/partition/offset`.
+    /// The publication it came with: the `fx.rates_published` event id (a log position would move when
+    /// a publication is re-emitted upstream).
     pub version: String,
 }
 
