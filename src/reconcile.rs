@@ -11,6 +11,12 @@
 //!    or input type); each user's history is versions 1..n with no gap, and `users` holds version n.
 //! 7. Risk: live `risk_decisions` (rows and scores per decision) and `risk_rejections` in both stores;
 //!    each transfer's `risk_latest` row (the review queue) is its highest-step live decision.
+//! 8. FX and billing: quotes and conversions (`fx_quotes`, `fx_conversions` vs `fx_facts`) and fees
+//!    (`fees` vs `fee_facts`) in both stores, each at its latest version; every invoice's totals are the
+//!    sum of its lines per currency, its lines sum to the `billing:fees` legs of the bookings counted on
+//!    it (its fees' and its period's plan charge), and each usage line is the sum of its booked fees;
+//!    every completed conversion's booking is posted with its amounts (sold, bought, the desk's mid value,
+//!    fee, residue) and sums to zero per currency (the zero sum per posting is check 2's as well).
 //!
 //! Sinks land batches independently (each store, each topic), so a running system may disagree for a
 //! moment: [`Options::settle`] re-runs every check until they all agree or the settle time is up. Only
@@ -66,6 +72,20 @@ pub enum Check {
     KycRejectionStores,
     /// A user's KYC history is v1..vn without a gap; `users` holds vn and its statuses.
     KycHistory,
+    /// `fx_quotes` and `fx_conversions` vs `fx_facts` (latest version per id): rows and versions per
+    /// tenant, kind and status.
+    FxStores,
+    /// `fees` vs `fee_facts` (latest version per transfer): rows, fee sums and versions per tenant,
+    /// status and currency.
+    FeeStores,
+    /// An invoice's totals per currency = Σ its lines of that currency.
+    InvoiceTotals,
+    /// An invoice's lines per currency = Σ `billing:fees` legs of the bookings counted on it.
+    InvoiceLegs,
+    /// A usage line = its booked fees (count, sum) of its transfer kind and currency.
+    InvoiceUsageLines,
+    /// A completed conversion's booking is posted: its amounts, zero per currency.
+    ConversionPostings,
     /// All legs of a tenant's currency sum to zero.
     LedgerCurrencySum,
     /// Each posting's legs sum to zero.
@@ -93,6 +113,12 @@ impl Check {
             Check::KycStores => "kyc_stores",
             Check::KycRejectionStores => "kyc_rejection_stores",
             Check::KycHistory => "kyc_history",
+            Check::FxStores => "fx_stores",
+            Check::FeeStores => "fee_stores",
+            Check::InvoiceTotals => "invoice_totals",
+            Check::InvoiceLegs => "invoice_legs",
+            Check::InvoiceUsageLines => "invoice_usage_lines",
+            Check::ConversionPostings => "conversion_postings",
             Check::LedgerCurrencySum => "ledger_currency_sum",
             Check::PostingBalanced => "posting_balanced",
             Check::BalancePosted => "balance_posted",
@@ -376,18 +402,23 @@ WHERE rn <= $2 ORDER BY tenant_id, rn LIMIT $3";
 
 /// Per account: what the legs add up to (the signs of `move_funds` in processors/src/transfers.rs:
 /// the source leg is −amount, the destination leg +amount; a hold adds the amount to the source's
-/// pending debit and the destination's pending credit, a release and a post take it off again, and a
+/// pending debit and the destination's pending credit, a release and a post take it off again (a post
+/// of something never held, a booking's, leaves pending alone), and a
 /// post moves it into `posted`), beside the balance row.
 const ACCOUNTS_CTE: &str = "
-WITH legs AS (
-    SELECT tenant_id, account, currency,
-           coalesce(sum(amount_minor) FILTER (WHERE phase = 'post'), 0)::int8 AS posted,
-           coalesce(sum(CASE WHEN phase = 'hold' THEN -amount_minor ELSE amount_minor END)
-                    FILTER (WHERE amount_minor < 0), 0)::int8 AS pending_debit,
-           coalesce(sum(CASE WHEN phase = 'hold' THEN amount_minor ELSE -amount_minor END)
-                    FILTER (WHERE amount_minor > 0), 0)::int8 AS pending_credit
-    FROM ledger_postings WHERE environment = $1
-    GROUP BY tenant_id, account, currency),
+WITH held AS (
+    SELECT DISTINCT tenant_id, transfer_id FROM ledger_postings WHERE environment = $1 AND phase = 'hold'),
+legs AS (
+    SELECT p.tenant_id, p.account, p.currency,
+           coalesce(sum(p.amount_minor) FILTER (WHERE p.phase = 'post'), 0)::int8 AS posted,
+           coalesce(sum(CASE WHEN p.phase = 'hold' THEN -p.amount_minor ELSE p.amount_minor END)
+                    FILTER (WHERE p.amount_minor < 0 AND h.transfer_id IS NOT NULL), 0)::int8 AS pending_debit,
+           coalesce(sum(CASE WHEN p.phase = 'hold' THEN p.amount_minor ELSE -p.amount_minor END)
+                    FILTER (WHERE p.amount_minor > 0 AND h.transfer_id IS NOT NULL), 0)::int8 AS pending_credit
+    FROM ledger_postings p
+    LEFT JOIN held h ON h.tenant_id = p.tenant_id AND h.transfer_id = p.transfer_id
+    WHERE p.environment = $1
+    GROUP BY p.tenant_id, p.account, p.currency),
 bal AS (
     SELECT tenant_id, account, currency, posted_minor, pending_debit_minor, pending_credit_minor
     FROM account_balances WHERE environment = $1),
@@ -550,6 +581,154 @@ SELECT tenant_id, item, expected, found, total FROM (
     WHERE n IS NULL OR version IS NULL OR lo <> 1 OR n <> hi OR version <> hi
        OR user_status <> hi_status OR kyc_status <> hi_kyc) d
 WHERE rn <= $2 ORDER BY tenant_id, rn LIMIT $3";
+
+/// Per invoice and currency: the totals it states beside the sum of its lines.
+const INVOICE_TOTALS_SQL: &str = "
+WITH t AS (
+    SELECT i.tenant_id, i.invoice_id, e->>'currency' AS currency, sum((e->>'amount_minor')::int8)::int8 AS stated
+    FROM invoices i CROSS JOIN LATERAL jsonb_array_elements(i.totals) e
+    WHERE i.environment = $1
+    GROUP BY 1, 2, 3),
+l AS (
+    SELECT tenant_id, invoice_id, currency, sum(amount_minor)::int8 AS lines, count(*)::int8 AS n
+    FROM invoice_lines WHERE environment = $1
+    GROUP BY 1, 2, 3),
+j AS (
+    SELECT coalesce(t.tenant_id, l.tenant_id) AS tenant_id, coalesce(t.invoice_id, l.invoice_id) AS invoice_id,
+           coalesce(t.currency, l.currency) AS currency, t.stated, coalesce(l.lines, 0) AS lines,
+           coalesce(l.n, 0) AS n
+    FROM t FULL JOIN l ON t.tenant_id = l.tenant_id AND t.invoice_id = l.invoice_id AND t.currency = l.currency)
+SELECT tenant_id, item, expected, found, total FROM (
+    SELECT tenant_id, 'invoice ' || invoice_id || ' ' || currency AS item,
+           'total ' || lines::text || ' (sum of ' || n::text || ' lines)' AS expected,
+           coalesce('total ' || stated::text, 'no total') AS found,
+           count(*) OVER (PARTITION BY tenant_id) AS total,
+           row_number() OVER (PARTITION BY tenant_id ORDER BY invoice_id, currency) AS rn
+    FROM j WHERE stated IS DISTINCT FROM lines) d
+WHERE rn <= $2 ORDER BY tenant_id, rn LIMIT $3";
+
+/// Per invoice and currency: the `billing:fees` legs of the bookings counted on it (the fees naming it,
+/// and the plan charge booked for its period) beside the sum of its lines. An invoice is a view over
+/// fee legs: the legs are what is expected.
+const INVOICE_LEGS_SQL: &str = "
+WITH b AS (
+    SELECT tenant_id, invoice_id, booking_id FROM fees
+    WHERE environment = $1 AND invoice_id IS NOT NULL AND booking_id IS NOT NULL
+    UNION
+    SELECT i.tenant_id, i.invoice_id, lb.booking_id FROM invoices i
+    JOIN ledger_bookings lb
+      ON lb.environment = i.environment AND lb.tenant_id = i.tenant_id AND lb.purpose = 'plan'
+     AND lb.outcome = 'booked' AND lb.reference = i.period
+    WHERE i.environment = $1),
+g AS (
+    SELECT b.tenant_id, b.invoice_id, p.currency, sum(p.amount_minor)::int8 AS legs,
+           count(DISTINCT b.booking_id)::int8 AS bookings
+    FROM b JOIN ledger_postings p
+      ON p.environment = $1 AND p.tenant_id = b.tenant_id AND p.transfer_id = b.booking_id
+     AND p.phase = 'post' AND p.account = 'billing:fees'
+    GROUP BY 1, 2, 3),
+l AS (
+    SELECT tenant_id, invoice_id, currency, sum(amount_minor)::int8 AS lines
+    FROM invoice_lines WHERE environment = $1
+    GROUP BY 1, 2, 3),
+j AS (
+    SELECT coalesce(l.tenant_id, g.tenant_id) AS tenant_id, coalesce(l.invoice_id, g.invoice_id) AS invoice_id,
+           coalesce(l.currency, g.currency) AS currency, coalesce(l.lines, 0) AS lines,
+           coalesce(g.legs, 0) AS legs, coalesce(g.bookings, 0) AS bookings
+    FROM l FULL JOIN g ON l.tenant_id = g.tenant_id AND l.invoice_id = g.invoice_id AND l.currency = g.currency)
+SELECT tenant_id, item, expected, found, total FROM (
+    SELECT tenant_id, 'invoice ' || invoice_id || ' ' || currency AS item,
+           'lines ' || legs::text || ' (billing:fees legs of ' || bookings::text || ' bookings)' AS expected,
+           'lines ' || lines::text AS found,
+           count(*) OVER (PARTITION BY tenant_id) AS total,
+           row_number() OVER (PARTITION BY tenant_id ORDER BY invoice_id, currency) AS rn
+    FROM j WHERE lines <> legs) d
+WHERE rn <= $2 ORDER BY tenant_id, rn LIMIT $3";
+
+/// Per usage line: the booked fees counted on its invoice (not as adjustments) of its transfer kind and
+/// currency, beside the line's count and amount; a group of such fees without a line is named too.
+const INVOICE_USAGE_SQL: &str = "
+WITH u AS (
+    SELECT tenant_id, invoice_id, line_id, transfer_kind, currency, counted, amount_minor
+    FROM invoice_lines WHERE environment = $1 AND kind = 'usage'),
+f AS (
+    SELECT tenant_id, invoice_id, transfer_kind, currency, count(*)::int8 AS n, sum(fee_minor)::int8 AS fees
+    FROM fees
+    WHERE environment = $1 AND status = 'booked' AND NOT adjustment AND invoice_id IS NOT NULL
+    GROUP BY 1, 2, 3, 4),
+j AS (
+    SELECT coalesce(u.tenant_id, f.tenant_id) AS tenant_id, coalesce(u.invoice_id, f.invoice_id) AS invoice_id,
+           u.line_id, coalesce(u.transfer_kind, f.transfer_kind) AS transfer_kind,
+           coalesce(u.currency, f.currency) AS currency, u.counted, u.amount_minor,
+           coalesce(f.n, 0) AS n, coalesce(f.fees, 0) AS fees
+    FROM u FULL JOIN f
+      ON u.tenant_id = f.tenant_id AND u.invoice_id = f.invoice_id AND u.transfer_kind = f.transfer_kind
+     AND u.currency = f.currency)
+SELECT tenant_id, item, expected, found, total FROM (
+    SELECT tenant_id,
+           'invoice ' || invoice_id || ' line '
+               || coalesce(line_id, 'usage/' || coalesce(transfer_kind, '') || '/' || currency) AS item,
+           'count ' || n::text || ', amount ' || fees::text || ' (its booked fees)' AS expected,
+           coalesce('count ' || counted::text || ', amount ' || amount_minor::text, 'no usage line') AS found,
+           count(*) OVER (PARTITION BY tenant_id) AS total,
+           row_number() OVER (PARTITION BY tenant_id ORDER BY invoice_id, line_id, transfer_kind, currency) AS rn
+    FROM j WHERE counted IS DISTINCT FROM n OR amount_minor IS DISTINCT FROM fees) d
+WHERE rn <= $2 ORDER BY tenant_id, rn LIMIT $3";
+
+/// Per completed conversion: its booking's post legs (by account and currency) beside its amounts:
+/// `account` −S and `fx:desk` +S in the sell currency; `fx:desk` −M, `destination` +B, `fx:fees` +F and
+/// `fx:residue` +R in the buy currency (a zero amount has no leg), nothing in any other currency.
+const CONVERSION_POSTINGS_SQL: &str = "
+WITH c AS (
+    SELECT tenant_id, conversion_id, booking_id, account, destination, sell_minor, sell_currency, buy_minor,
+           buy_currency, mid_value_minor, fee_minor, residue_minor
+    FROM fx_conversions WHERE environment = $1 AND status = 'completed'),
+s AS (
+    SELECT c.tenant_id, c.conversion_id, count(p.event_id)::int8 AS legs,
+           coalesce(sum(p.amount_minor) FILTER (WHERE p.currency = c.sell_currency), 0)::int8 AS sell_net,
+           coalesce(sum(p.amount_minor) FILTER (WHERE p.currency = c.buy_currency), 0)::int8 AS buy_net,
+           count(p.event_id) FILTER (WHERE p.currency <> c.sell_currency AND p.currency <> c.buy_currency)::int8
+               AS other,
+           coalesce(sum(p.amount_minor) FILTER (WHERE p.account = c.account AND p.currency = c.sell_currency), 0)
+               ::int8 AS sold,
+           coalesce(sum(p.amount_minor) FILTER (WHERE p.account = 'fx:desk' AND p.currency = c.buy_currency), 0)
+               ::int8 AS desk,
+           coalesce(sum(p.amount_minor)
+                    FILTER (WHERE p.account = c.destination AND p.currency = c.buy_currency), 0)::int8 AS bought,
+           coalesce(sum(p.amount_minor) FILTER (WHERE p.account = 'fx:fees' AND p.currency = c.buy_currency), 0)
+               ::int8 AS fee,
+           coalesce(sum(p.amount_minor)
+                    FILTER (WHERE p.account = 'fx:residue' AND p.currency = c.buy_currency), 0)::int8 AS residue
+    FROM c LEFT JOIN ledger_postings p
+      ON p.environment = $1 AND p.tenant_id = c.tenant_id AND p.transfer_id = c.booking_id AND p.phase = 'post'
+    GROUP BY c.tenant_id, c.conversion_id)
+SELECT tenant_id, item, expected, found, total FROM (
+    SELECT c.tenant_id, 'conversion ' || c.conversion_id AS item,
+           'booking ' || c.booking_id || ': ' || c.account || ' ' || (-c.sell_minor)::text || ' ' || c.sell_currency
+               || ', fx:desk ' || (-c.mid_value_minor)::text || ', ' || c.destination || ' ' || c.buy_minor::text
+               || ', fx:fees ' || c.fee_minor::text || ', fx:residue ' || c.residue_minor::text || ' '
+               || c.buy_currency || ', each currency 0' AS expected,
+           s.legs::text || ' legs: ' || c.account || ' ' || s.sold::text || ' ' || c.sell_currency || ', fx:desk '
+               || s.desk::text || ', ' || c.destination || ' ' || s.bought::text || ', fx:fees ' || s.fee::text
+               || ', fx:residue ' || s.residue::text || ' ' || c.buy_currency || '; sums ' || s.sell_net::text
+               || ' ' || c.sell_currency || ', ' || s.buy_net::text || ' ' || c.buy_currency || ', '
+               || s.other::text || ' legs in other currencies' AS found,
+           count(*) OVER (PARTITION BY c.tenant_id) AS total,
+           row_number() OVER (PARTITION BY c.tenant_id ORDER BY c.conversion_id) AS rn
+    FROM c JOIN s ON s.tenant_id = c.tenant_id AND s.conversion_id = c.conversion_id
+    WHERE s.legs = 0 OR s.sell_net <> 0 OR s.buy_net <> 0 OR s.other <> 0 OR s.sold <> -c.sell_minor
+       OR s.desk <> -c.mid_value_minor OR s.bought <> c.buy_minor OR s.fee <> c.fee_minor
+       OR s.residue <> c.residue_minor) d
+WHERE rn <= $2 ORDER BY tenant_id, rn LIMIT $3";
+
+#[derive(Row, Deserialize)]
+struct ChFeeCount {
+    tenant_id: String,
+    kind: String,
+    n: i64,
+    fees: i64,
+    versions: i64,
+}
 
 #[derive(Row, Deserialize)]
 struct ChRiskCount {
@@ -768,6 +947,7 @@ impl Stores {
         out.extend(compare_stores(Check::RejectionStores, env, &["rows"], &pg_counts, &ch_counts));
         out.extend(self.risk_checks(&mut tx, env).await?);
         out.extend(self.kyc_checks(&mut tx, env).await?);
+        out.extend(self.fx_billing_checks(&mut tx, env).await?);
 
         // 2. Legs sum to zero: per currency (from the Postgres aggregate above), then per posting.
         for ((tenant, currency), v) in &pg_groups {
@@ -970,6 +1150,136 @@ impl Stores {
             &tenants,
             latest,
         ));
+        Ok(out)
+    }
+
+    /// The FX and billing checks of one environment, inside the Postgres snapshot of [`Self::check`]:
+    /// both stores' current states, invoices against their lines and the ledger's fee legs, completed
+    /// conversions against their postings.
+    async fn fx_billing_checks(
+        &self,
+        tx: &mut PgConnection,
+        env: Environment,
+    ) -> anyhow::Result<Vec<CheckResult>> {
+        let pg_fx: Vec<(String, String, i64, i64)> = self
+            .pg_fetch(
+                tx,
+                "postgres: fx_quotes, fx_conversions",
+                "SELECT tenant_id, kind, n, v FROM (
+                     SELECT tenant_id, 'quote ' || status AS kind, count(*)::int8 AS n,
+                            coalesce(sum(version), 0)::int8 AS v
+                     FROM fx_quotes WHERE environment = $1 GROUP BY 1, 2
+                     UNION ALL
+                     SELECT tenant_id, 'conversion ' || status, count(*)::int8, coalesce(sum(version), 0)::int8
+                     FROM fx_conversions WHERE environment = $1 GROUP BY 1, 2) x
+                 ORDER BY 1, 2 LIMIT $2",
+                env,
+                None,
+            )
+            .await?;
+        // Each quote's and conversion's state is its highest version (FINAL: each event once).
+        let ch_fx: Vec<ChCountSum> = self
+            .ch_fetch(
+                "clickhouse: fx_facts",
+                self.ch_query(&format!(
+                    "SELECT tenant_id, concat(toString(fact), ' ', st) AS kind, toInt64(count()) AS n,
+                            toInt64(sum(v)) AS versions
+                     FROM (SELECT tenant_id, fact, id, argMax(status, version) AS st, max(version) AS v
+                           FROM fx_facts FINAL WHERE environment = ? GROUP BY tenant_id, fact, id)
+                     GROUP BY tenant_id, kind ORDER BY tenant_id, kind LIMIT {}",
+                    scope_limit()
+                ))
+                .bind(env.as_str()),
+            )
+            .await?;
+        let pg_groups: Groups = pg_fx.into_iter().map(|(t, k, n, v)| ((t, k), vec![n, v])).collect();
+        let ch_groups: Groups =
+            ch_fx.into_iter().map(|r| ((r.tenant_id, r.kind), vec![r.n, r.versions])).collect();
+        let mut tenants: BTreeSet<String> =
+            pg_groups.keys().chain(ch_groups.keys()).map(|k| k.0.clone()).collect();
+        let mut out = compare_stores(Check::FxStores, env, &["rows", "versions"], &pg_groups, &ch_groups);
+
+        let pg_fees: Vec<(String, String, i64, i64, i64)> = self
+            .pg_fetch(
+                tx,
+                "postgres: fees",
+                "SELECT tenant_id, status || ' ' || currency, count(*)::int8, coalesce(sum(fee_minor), 0)::int8,
+                        coalesce(sum(version), 0)::int8
+                 FROM fees WHERE environment = $1 GROUP BY 1, 2 ORDER BY 1, 2 LIMIT $2",
+                env,
+                None,
+            )
+            .await?;
+        let ch_fees: Vec<ChFeeCount> = self
+            .ch_fetch(
+                "clickhouse: fee_facts",
+                self.ch_query(&format!(
+                    "SELECT tenant_id, concat(st, ' ', cur) AS kind, toInt64(count()) AS n,
+                            toInt64(sum(fee)) AS fees, toInt64(sum(v)) AS versions
+                     FROM (SELECT tenant_id, transfer_id, argMax(status, version) AS st,
+                                  argMax(currency, version) AS cur, argMax(fee_minor, version) AS fee,
+                                  max(version) AS v
+                           FROM fee_facts FINAL WHERE environment = ? GROUP BY tenant_id, transfer_id)
+                     GROUP BY tenant_id, kind ORDER BY tenant_id, kind LIMIT {}",
+                    scope_limit()
+                ))
+                .bind(env.as_str()),
+            )
+            .await?;
+        let pg_groups: Groups = pg_fees.into_iter().map(|(t, k, n, f, v)| ((t, k), vec![n, f, v])).collect();
+        let ch_groups: Groups =
+            ch_fees.into_iter().map(|r| ((r.tenant_id, r.kind), vec![r.n, r.fees, r.versions])).collect();
+        tenants.extend(pg_groups.keys().chain(ch_groups.keys()).map(|k| k.0.clone()));
+        out.extend(compare_stores(
+            Check::FeeStores,
+            env,
+            &["rows", "fee minor", "versions"],
+            &pg_groups,
+            &ch_groups,
+        ));
+
+        let more: Vec<(String,)> = self
+            .pg_fetch(
+                tx,
+                "postgres: invoice tenants",
+                "SELECT tenant_id FROM invoices WHERE environment = $1 ORDER BY 1 LIMIT $2",
+                env,
+                None,
+            )
+            .await?;
+        tenants.extend(more.into_iter().map(|(t,)| t));
+        let checks: [(Check, &str, &str, &str); 4] = [
+            (
+                Check::InvoiceTotals,
+                "postgres: invoice totals",
+                INVOICE_TOTALS_SQL,
+                "invoice totals off their lines",
+            ),
+            (
+                Check::InvoiceLegs,
+                "postgres: invoice fee legs",
+                INVOICE_LEGS_SQL,
+                "invoice lines off their fee legs",
+            ),
+            (
+                Check::InvoiceUsageLines,
+                "postgres: invoice usage lines",
+                INVOICE_USAGE_SQL,
+                "usage lines off their fees",
+            ),
+            (
+                Check::ConversionPostings,
+                "postgres: conversion postings",
+                CONVERSION_POSTINGS_SQL,
+                "completed conversions off their postings",
+            ),
+        ];
+        for (check, what, sql, noun) in checks {
+            let items: Vec<Item> = self.pg_items(tx, what, sql, env).await?;
+            let mut with_items = tenants.clone();
+            with_items.extend(items.iter().map(|i| i.tenant_id.clone()));
+            out.extend(item_results(check, env, noun, &with_items, items));
+        }
         Ok(out)
     }
 

@@ -7,6 +7,7 @@
 
 mod callbacks;
 mod fx_billing;
+mod fx_billing_read;
 mod hardening;
 mod harness;
 mod ingest;
