@@ -14,7 +14,7 @@ use riverbank_processors::{TransfersLimits, TransfersProcessor};
 use riverbank_runtime::config::KafkaConfig;
 use riverbank_runtime::produce::{produce_all, Emit};
 use riverbank_runtime::{CancellationToken, Config};
-use riverbank_schemas::processor::{InputRef, Processor, Verdict};
+use riverbank_schemas::processor::{InputRef, Processor, Verdict, Via};
 use riverbank_schemas::processor::{Output, Spec};
 use riverbank_schemas::{Environment, RawEnvelope, Topics};
 
@@ -41,13 +41,50 @@ impl Processor for Passthrough {
         Vec::new()
     }
     fn apply(&self, _: &mut (), _: &InputRef<'_>, input: RawEnvelope) -> Verdict {
-        let payload = serde_json::to_vec(&input).unwrap_or_default();
-        Verdict::Emit(vec![Emit {
-            topic: self.output.clone(),
-            key: input.tenant_id,
-            event_id: input.event_id,
-            payload,
-        }])
+        forward(&self.output, input)
+    }
+}
+
+/// The passthrough's one rule: the input, unchanged, to `output`.
+fn forward(output: &str, input: RawEnvelope) -> Verdict {
+    let payload = serde_json::to_vec(&input).unwrap_or_default();
+    Verdict::Emit(vec![Emit {
+        topic: output.to_owned(),
+        key: input.tenant_id,
+        event_id: input.event_id,
+        payload,
+    }])
+}
+
+/// [`Passthrough`] behind a router: it reads a log of its own that its router fills from the inputs
+/// `like` names (routed, broadcast and ticks, as a real processor's spec says them), forwards each
+/// input unchanged and keeps no state. The ceiling of router + loop for a routed processor.
+pub(crate) struct RoutedPassthrough {
+    pub(crate) output: String,
+    pub(crate) like: fn(&Topics, Environment) -> Spec,
+}
+
+impl Processor for RoutedPassthrough {
+    type State = ();
+    fn name(&self) -> &'static str {
+        "passthrough-routed"
+    }
+    fn spec(&self, topics: &Topics, env: Environment) -> Spec {
+        let like = (self.like)(topics, env);
+        Spec {
+            log: topics.log(env, "passthrough-routed"),
+            routed: like.routed,
+            broadcast: like.broadcast,
+            ticks: like.ticks,
+            outputs: vec![Output::new(self.output.clone(), &[])],
+            stateful: false,
+        }
+    }
+    fn examples(&self, _: Environment) -> Vec<RawEnvelope> {
+        Vec::new()
+    }
+    fn apply(&self, _: &mut (), _: &InputRef<'_>, input: RawEnvelope) -> Verdict {
+        forward(&self.output, input)
     }
 }
 
@@ -57,6 +94,283 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
+}
+
+/// The median of some runs' figures (any order).
+pub(crate) fn median(runs: &[f64]) -> f64 {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    percentile(&sorted, 0.5)
+}
+
+/// The machine, for a report.
+pub(crate) fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    serde_json::json!({"cpu": model, "cores": cores, "os": std::env::consts::OS})
+}
+
+/// Print the machine line every bench report starts with; returns [`machine`].
+pub(crate) fn print_machine() -> serde_json::Value {
+    let m = machine();
+    println!(
+        "machine: {} cores ({}); shared with other work while measured",
+        m["cores"],
+        m["cpu"].as_str().unwrap_or("?")
+    );
+    m
+}
+
+/// Write a JSON report to `path` (its directory created) and say where it went.
+pub(crate) fn write_report(path: &std::path::Path, report: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(report)?).with_context(|| path.display().to_string())?;
+    println!("report: {}", path.display());
+    Ok(())
+}
+
+/// Records produced per call (below the producer's queue limit).
+const PRODUCE_CHUNK: usize = 20_000;
+
+/// Produce `inputs` as ingest or a processor would: each to `topic_of` it, keyed by its tenant.
+pub(crate) async fn produce_to(
+    cfg: &Config,
+    inputs: &[RawEnvelope],
+    topic_of: impl Fn(&RawEnvelope) -> String,
+) -> anyhow::Result<()> {
+    let producer = riverbank_runtime::kafka::producer(&cfg.kafka)?;
+    for chunk in inputs.chunks(PRODUCE_CHUNK) {
+        let emits: Vec<Emit> = chunk
+            .iter()
+            .map(|e| Emit {
+                topic: topic_of(e),
+                key: e.tenant_id.clone(),
+                event_id: e.event_id,
+                payload: serde_json::to_vec(e).unwrap_or_default(),
+            })
+            .collect();
+        produce_all(&producer, &emits, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// How long to wait for a router to copy its sources, or to write its first ticks.
+const ROUTER_WAIT: Duration = Duration::from_secs(120);
+
+/// Wait until the router of `processor` has copied (and committed) everything on `sources`.
+pub(crate) async fn router_caught_up(
+    cfg: &Config,
+    processor: &str,
+    sources: &[String],
+) -> anyhow::Result<()> {
+    let kcfg = cfg.kafka.clone();
+    let group = riverbank_runtime::kafka::topics(&kcfg).group(&format!("router.{processor}"));
+    let (sources, processor) = (sources.to_vec(), processor.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kcfg.brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let deadline = Instant::now() + ROUTER_WAIT;
+        loop {
+            let mut tpl = TopicPartitionList::new();
+            let mut highs = Vec::new();
+            for t in &sources {
+                for p in 0..kcfg.topic_partitions {
+                    tpl.add_partition(t, p);
+                    highs.push(consumer.fetch_watermarks(t, p, Duration::from_secs(5))?.1);
+                }
+            }
+            let committed = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+            let done = committed.elements().iter().zip(&highs).all(|(e, high)| match e.offset() {
+                Offset::Offset(o) => o >= *high,
+                _ => *high == 0,
+            });
+            if done {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "router of {processor} not caught up after {ROUTER_WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await?
+}
+
+/// Wait until every partition of `log` holds a tick (a processor with ticks then has a clock: inputs
+/// copied into the log from now on are applied after it).
+pub(crate) async fn log_ticked(cfg: &Config, log: &str) -> anyhow::Result<()> {
+    let (kcfg, log) = (cfg.kafka.clone(), log.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let deadline = Instant::now() + ROUTER_WAIT;
+        loop {
+            let records =
+                riverbank_runtime::kafka::read_all(&kcfg, &log, usize::MAX, Duration::from_secs(30))
+                    .map_err(anyhow::Error::msg)?;
+            let ticked: std::collections::HashSet<i32> = records
+                .iter()
+                .filter(|r| r.header(riverbank_runtime::produce::TICK_HEADER).is_some())
+                .map(|r| r.partition)
+                .collect();
+            if ticked.len() >= usize::try_from(kcfg.topic_partitions).unwrap_or(1) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no tick in every partition of {log} after {ROUTER_WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await?
+}
+
+/// Records a topic holds, over its partitions (fresh topics start at 0).
+pub(crate) async fn records_on(cfg: &Config, topic: &str) -> anyhow::Result<i64> {
+    let (kcfg, topic) = (cfg.kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+        let consumer: BaseConsumer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", &kcfg.brokers).create()?;
+        Ok(total_high(&consumer, &topic, kcfg.topic_partitions))
+    })
+    .await?
+}
+
+/// One record of a processor's log as a benchmark applies it alone: an input and how the router
+/// copied it, or a tick.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LogItem {
+    Routed(RawEnvelope),
+    Broadcast(RawEnvelope),
+    Tick(i64),
+}
+
+/// One partition applied alone, as the engine applies its log (`runtime/src/engine.rs`): a tick moves
+/// the clock (never back) and fires the timers due, at most `TIMERS_PER_TICK_MAX` per tick; an input
+/// is applied at the clock. The processor is called directly: no envelope parsing, no I/O.
+pub(crate) struct Alone<P: Processor> {
+    pub(crate) state: P::State,
+    pub(crate) clock_ms: i64,
+    offset: i64,
+}
+
+impl<P: Processor> Alone<P> {
+    pub(crate) fn new() -> Self {
+        Alone { state: <P::State as riverbank_schemas::state::State>::empty(), clock_ms: 0, offset: 0 }
+    }
+
+    /// Apply `items` in order; returns the outputs and how many inputs (or timers) were dead-lettered.
+    pub(crate) fn apply(&mut self, p: &P, items: Vec<LogItem>) -> (Vec<Emit>, usize) {
+        use riverbank_schemas::state::State as _;
+        let (mut out, mut poisoned) = (Vec::with_capacity(items.len() * 2), 0);
+        for item in items {
+            self.offset += 1;
+            let offset = self.offset;
+            let (via, input) = match item {
+                LogItem::Tick(ms) => {
+                    self.clock_ms = self.clock_ms.max(ms);
+                    let at = InputRef {
+                        now_ms: self.clock_ms,
+                        ..InputRef::log("bench.log", 0, offset, Environment::Live)
+                    };
+                    for _ in 0..riverbank_runtime::engine::TIMERS_PER_TICK_MAX {
+                        let Some(t) = self.state.timers().and_then(|t| t.pop_due(self.clock_ms)) else {
+                            break;
+                        };
+                        match p.on_timer(&mut self.state, &at, t) {
+                            Verdict::Emit(e) => out.extend(e),
+                            Verdict::Poison(_) => poisoned += 1,
+                        }
+                    }
+                    continue;
+                }
+                LogItem::Routed(e) => (Via::Routed { topic: "bench.routed", partition: 0, offset }, e),
+                LogItem::Broadcast(e) => {
+                    (Via::Broadcast { topic: "bench.broadcast", partition: 0, offset }, e)
+                }
+            };
+            let at = InputRef {
+                now_ms: self.clock_ms,
+                via,
+                ..InputRef::log("bench.log", 0, offset, Environment::Live)
+            };
+            match p.apply(&mut self.state, &at, input) {
+                Verdict::Emit(e) => out.extend(e),
+                Verdict::Poison(_) => poisoned += 1,
+            }
+        }
+        (out, poisoned)
+    }
+}
+
+/// Outcomes counted by a label (`quote issued (fixed sell)`, `fee booked`, ...): the mix of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Outcomes(pub(crate) std::collections::BTreeMap<String, u64>);
+
+impl Outcomes {
+    pub(crate) fn add(&mut self, label: impl Into<String>) {
+        *self.0.entry(label.into()).or_default() += 1;
+    }
+    pub(crate) fn get(&self, label: &str) -> u64 {
+        self.0.get(label).copied().unwrap_or(0)
+    }
+    pub(crate) fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+    /// `label n (share%)`, one per label, over all counted.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let total = self.total().max(1) as f64;
+        self.0.iter().map(|(k, n)| format!("{k}: {n} ({:.2}%)", *n as f64 / total * 100.0)).collect()
+    }
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        serde_json::json!(self.0)
+    }
+    /// The labels whose counts differ from `other`'s: `label: ours vs theirs`.
+    pub(crate) fn differences(&self, other: &Outcomes) -> Vec<String> {
+        let mut labels: Vec<&String> = self.0.keys().chain(other.0.keys()).collect();
+        labels.sort();
+        labels.dedup();
+        labels
+            .into_iter()
+            .filter(|l| self.get(l) != other.get(l))
+            .map(|l| format!("{l}: {} vs {}", self.get(l), other.get(l)))
+            .collect()
+    }
+}
+
+/// `inputs` as a log holds them: those `broadcast` says copied as broadcast, the rest routed, and a
+/// tick every `every` records, the clock moving on from `clock_ms` by `step_ms` each time.
+pub(crate) fn ticked<'a>(
+    inputs: impl Iterator<Item = &'a RawEnvelope>,
+    broadcast: fn(&RawEnvelope) -> bool,
+    clock_ms: i64,
+    every: usize,
+    step_ms: i64,
+) -> Vec<LogItem> {
+    let mut clock = clock_ms;
+    let mut items = Vec::new();
+    for (n, e) in inputs.enumerate() {
+        if n > 0 && n % every.max(1) == 0 {
+            clock = clock.saturating_add(step_ms);
+            items.push(LogItem::Tick(clock));
+        }
+        items.push(if broadcast(e) { LogItem::Broadcast(e.clone()) } else { LogItem::Routed(e.clone()) });
+    }
+    items
+}
+
+/// The stable code a reason starts with (`unknown_pair: no rate ...` → `unknown_pair`).
+pub(crate) fn reason_code(reason: Option<&str>) -> &str {
+    reason.map_or("", |r| r.split(':').next().unwrap_or(r).trim())
 }
 
 fn total_high(consumer: &BaseConsumer, topic: &str, partitions: i32) -> i64 {
@@ -74,32 +388,61 @@ pub(crate) async fn drain<P: Processor>(
     topic: &str,
     expected: i64,
 ) -> anyhow::Result<(f64, f64)> {
+    let (measured, secs) = drain_fed(cfg, p, topic, 0, expected, async { Ok(()) }).await?;
+    Ok((measured as f64 / expected as f64, secs))
+}
+
+/// Run a processor until `topic` holds `expected` messages, `feed` running beside it (inputs produced
+/// while it works). `topic` held `baseline` before. Returns the messages that landed after the first
+/// one past `baseline` was seen, and the seconds that took (steady state: start-up, restore and group
+/// join excluded).
+pub(crate) async fn drain_fed<P: Processor>(
+    cfg: &Config,
+    p: P,
+    topic: &str,
+    baseline: i64,
+    expected: i64,
+    feed: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<(i64, f64)> {
     let stop = CancellationToken::new();
     let (c, s) = (cfg.clone(), stop.clone());
     let task = tokio::spawn(async move { riverbank_runtime::process::run(&c, p, s).await });
     let kcfg = cfg.kafka.clone();
     let topic = topic.to_owned();
-    let elapsed = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+    let abandon = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let abandoned = std::sync::Arc::clone(&abandon);
+    let watch = tokio::task::spawn_blocking(move || -> anyhow::Result<(i64, f64)> {
         let consumer: BaseConsumer =
             rdkafka::ClientConfig::new().set("bootstrap.servers", &kcfg.brokers).create()?;
         let deadline = Instant::now() + Duration::from_secs(600);
         let mut first: Option<(Instant, i64)> = None;
         loop {
             let n = total_high(&consumer, &topic, kcfg.topic_partitions);
-            if n > 0 && first.is_none() {
+            if n > baseline && first.is_none() {
                 first = Some((Instant::now(), n));
             }
             if n >= expected {
-                let (at, n0) = first.unwrap_or((Instant::now(), 0));
-                return Ok(((expected - n0) as f64 / expected as f64, at.elapsed().as_secs_f64()));
+                let (at, n0) = first.unwrap_or((Instant::now(), baseline));
+                return Ok((expected - n0, at.elapsed().as_secs_f64()));
             }
             anyhow::ensure!(Instant::now() < deadline, "only {n} of {expected} outputs after 600 s");
+            anyhow::ensure!(
+                !abandoned.load(std::sync::atomic::Ordering::Relaxed),
+                "feeding the inputs failed"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
-    })
-    .await??;
+    });
+    let fed = feed.await;
+    if fed.is_err() {
+        abandon.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let watched = watch.await;
     stop.cancel();
-    task.await??;
+    let ran = task.await;
+    fed?;
+    let elapsed = watched??;
+    ran??;
     Ok(elapsed)
 }
 

@@ -29,7 +29,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use riverbank_processors::risk::{parse_list, RiskProcessor, RiskState};
-use riverbank_runtime::produce::{produce_all, Emit};
+use riverbank_runtime::produce::Emit;
 use riverbank_runtime::{kafka, CancellationToken, Config};
 use riverbank_schemas::commands::{command_types, FxRate, FxRatesPublished};
 use riverbank_schemas::kyc::{event_types as kyc_types, KycStatus, UserKycChanged, UserStatus};
@@ -41,7 +41,10 @@ use riverbank_schemas::{
 };
 use serde_json::json;
 
-use crate::bench::{drain, free_local_addr, percentile, Passthrough};
+use crate::bench::{
+    drain, free_local_addr, median, percentile, print_machine, produce_to, router_caught_up, write_report,
+    RoutedPassthrough,
+};
 use crate::workload::Lcg;
 
 /// Tenants the users are spread over (inputs are keyed by tenant: a log partition holds whole tenants).
@@ -55,16 +58,12 @@ const SPAN_MS: i64 = 14 * 24 * 3600 * 1000;
 const CLOCK_MS: i64 = 1_790_000_000_000;
 /// Runs of (1); the median is reported.
 const APPLY_RUNS: usize = 5;
-/// Records produced per call on the broker (below the producer's queue limit).
-const PRODUCE_CHUNK: usize = 20_000;
 /// Users approved (tier 2) for the latency phase.
 const LATENCY_USERS: usize = 500;
 /// Transfers sent and waited for before the latency phase measures (group joins, first fetches).
 const WARMUP_TRANSFERS: usize = 20;
 /// How long to wait for decisions (warm-up, and after the last request).
 const DECISIONS_WAIT: Duration = Duration::from_secs(120);
-/// How long to wait for the router to copy the reference data and users into the log.
-const ROUTER_WAIT: Duration = Duration::from_secs(120);
 /// Tenant of reference publications (they are for every tenant).
 const PLATFORM_TENANT: &str = "platform";
 const SOURCE: &str = "riverbank.bench";
@@ -520,33 +519,13 @@ fn apply_alone(w: &Workload, with_list: bool) -> anyhow::Result<(f64, Vec<f64>, 
             mix = mix_of(&outputs, &decisions_topic);
         }
     }
-    let mut sorted = rates.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    Ok((percentile(&sorted, 0.5), rates, mix))
+    Ok((median(&rates), rates, mix))
 }
 
-/// `bench transfers`' passthrough behind a router: it reads the screening requests through a log of
-/// its own (copied by its router, as risk's are), forwards each unchanged, keeps no state.
-struct RoutedPassthrough(Passthrough);
-
-impl Processor for RoutedPassthrough {
-    type State = ();
-    fn name(&self) -> &'static str {
-        "passthrough-routed"
-    }
-    fn spec(&self, topics: &Topics, env: Environment) -> Spec {
-        Spec {
-            log: topics.log(env, "passthrough-routed"),
-            routed: vec![topics.transfer_screening(env)],
-            ..self.0.spec(topics, env)
-        }
-    }
-    fn examples(&self, _: Environment) -> Vec<RawEnvelope> {
-        Vec::new()
-    }
-    fn apply(&self, s: &mut (), at: &InputRef<'_>, input: RawEnvelope) -> Verdict {
-        self.0.apply(s, at, input)
-    }
+/// What the routed passthrough reads: the screening requests only (risk's router copies them as it
+/// does into risk's log).
+fn screenings_only(topics: &Topics, env: Environment) -> Spec {
+    Spec { routed: vec![topics.transfer_screening(env)], ..Spec::reading(topics.log(env, "risk")) }
 }
 
 /// The source topic of an input.
@@ -564,59 +543,7 @@ fn source_topic(topics: &Topics, env: Environment, event_type: &str) -> String {
 
 async fn produce(cfg: &Config, inputs: &[RawEnvelope]) -> anyhow::Result<()> {
     let topics = kafka::topics(&cfg.kafka);
-    let producer = kafka::producer(&cfg.kafka)?;
-    for chunk in inputs.chunks(PRODUCE_CHUNK) {
-        let emits: Vec<Emit> = chunk
-            .iter()
-            .map(|e| Emit {
-                topic: source_topic(&topics, e.environment, &e.event_type),
-                key: e.tenant_id.clone(),
-                event_id: e.event_id,
-                payload: serde_json::to_vec(e).unwrap_or_default(),
-            })
-            .collect();
-        produce_all(&producer, &emits, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
-    }
-    Ok(())
-}
-
-/// Wait until the router of `processor` has copied (and committed) everything on `sources`.
-async fn router_caught_up(cfg: &Config, processor: &str, sources: &[String]) -> anyhow::Result<()> {
-    let kcfg = cfg.kafka.clone();
-    let group = kafka::topics(&kcfg).group(&format!("router.{processor}"));
-    let (sources, processor) = (sources.to_vec(), processor.to_owned());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &kcfg.brokers)
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let deadline = Instant::now() + ROUTER_WAIT;
-        loop {
-            let mut tpl = TopicPartitionList::new();
-            let mut highs = Vec::new();
-            for t in &sources {
-                for p in 0..kcfg.topic_partitions {
-                    tpl.add_partition(t, p);
-                    highs.push(consumer.fetch_watermarks(t, p, Duration::from_secs(5))?.1);
-                }
-            }
-            let committed = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
-            let done = committed.elements().iter().zip(&highs).all(|(e, high)| match e.offset() {
-                Offset::Offset(o) => o >= *high,
-                _ => *high == 0,
-            });
-            if done {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "router of {processor} not caught up after {ROUTER_WAIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
-    .await?
+    produce_to(cfg, inputs, |e| source_topic(&topics, e.environment, &e.event_type)).await
 }
 
 /// Figures of (2).
@@ -662,7 +589,7 @@ async fn on_broker(base: &Config, o: &Options) -> anyhow::Result<Broker> {
     let decisions_topic = topics.risk_decisions(env);
     let (share, risk_steady_s) = drain(&cfg, RiskProcessor::new(topics.clone()), &decisions_topic, n).await?;
     let passthrough_topic = format!("{}live.bench.passthrough", cfg.kafka.topic_prefix);
-    let ceiling = RoutedPassthrough(Passthrough { output: passthrough_topic.clone() });
+    let ceiling = RoutedPassthrough { output: passthrough_topic.clone(), like: screenings_only };
     let (p_share, passthrough_steady_s) = drain(&cfg, ceiling, &passthrough_topic, n).await?;
 
     let (kcfg, topic) = (cfg.kafka.clone(), decisions_topic.clone());
@@ -946,25 +873,9 @@ async fn measure(
     })
 }
 
-/// The machine, for the report.
-fn machine() -> serde_json::Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned()))
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
-    json!({"cpu": model, "cores": cores, "os": std::env::consts::OS})
-}
-
 /// `riverbank bench risk`.
 pub async fn risk(cfg: &Config, o: &Options) -> anyhow::Result<()> {
-    let m = machine();
-    println!(
-        "machine: {} cores ({}); shared with other work while measured",
-        m["cores"],
-        m["cpu"].as_str().unwrap_or("?")
-    );
+    let m = print_machine();
     let name_key = cfg.risk.name_key.expose().as_bytes();
     let w = workload(name_key, o.users, o.counterparties, o.screenings, CLOCK_MS)?;
     let (n, sanctioned, denied_country) = (w.screenings.len(), w.sanctioned, w.denied_country);
@@ -1033,13 +944,7 @@ pub async fn risk(cfg: &Config, o: &Options) -> anyhow::Result<()> {
             "mix_warmup_included": l.mix.to_json(),
         },
     });
-    if let Some(dir) = o.json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&o.json, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| o.json.display().to_string())?;
-    println!("report: {}", o.json.display());
-    Ok(())
+    write_report(&o.json, &report)
 }
 
 #[cfg(test)]

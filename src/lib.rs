@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_billing;
+pub mod bench_fx;
 pub mod bench_risk;
 pub mod bench_state;
 pub mod demo;

@@ -223,6 +223,12 @@ enum BenchName {
     /// Risk scoring: apply alone; on the broker with its router and checkpoints (and a routed
     /// passthrough); POST /v1/transfers accepted → decision landed at an offered load.
     Risk(riverbank::bench_risk::Options),
+    /// FX: apply alone (quotes, conversions, OTC decisions, rates, ledger answers); on the broker with
+    /// its router and checkpoints, and a routed passthrough over the same inputs.
+    Fx(riverbank::bench_fx::Options),
+    /// Billing: apply alone (fee configs, transfer status changes, ledger answers; fees/s); on the
+    /// broker with its router and checkpoints, and a routed passthrough over the same inputs.
+    Billing(riverbank::bench_billing::Options),
 }
 
 /// The workload of the transfers and sinks benchmarks.
@@ -285,6 +291,10 @@ fn main() -> anyhow::Result<()> {
                 riverbank::bench_state::state(&cfg, accounts, transfers, batch_inputs).await
             }
             Command::Bench { which: BenchName::Risk(o) } => riverbank::bench_risk::risk(&cfg, &o).await,
+            Command::Bench { which: BenchName::Fx(o) } => riverbank::bench_fx::fx(&cfg, &o).await,
+            Command::Bench { which: BenchName::Billing(o) } => {
+                riverbank::bench_billing::billing(&cfg, &o).await
+            }
             Command::Keys { action } => keys(&cfg, action).await,
             Command::Dlq { action: DlqAction::List { env, json } } => {
                 riverbank::dlq::list(&cfg, env, json).await
