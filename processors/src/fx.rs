@@ -12,10 +12,11 @@
 //!   of the publication, as risk records the rates it used. (Not the log position: a publication
 //!   re-emitted upstream lands at a new offset and moves every later one, and a decision must not
 //!   depend on where its inputs sat in the log.) A rate more than [`RATE_AHEAD_MAX_MS`] ahead of
-//!   a set clock is not applied (it would shadow every later rate of its pair). A provider's webhook is
-//!   not applied here: it is republished as one `fx.rates_published` on `fx.rates`
-//!   (`published_by = provider:{name}`) and applied when that comes back, at one point of every
-//!   partition's history.
+//!   a set clock is not applied (it would shadow every later rate of its pair). A publication refused in
+//!   part is answered by every partition it reaches, under one event id derived from it (the sinks keep
+//!   one). A provider's webhook is not applied here: it is republished as one `fx.rates_published` on
+//!   `fx.rates` (`published_by = provider:{name}`) and applied when that comes back, at one point of
+//!   every partition's history.
 //! - **Quotes.** Mid from a direct rate, its inverse, or a cross through the pivot (each leg direct or
 //!   inverse; an inverse is 10^18 / rate rounded with the mode); the quote is refused, with the reason,
 //!   before the partition has a clock (`no_clock`), without a rate (`unknown_pair`), on a stale rate
