@@ -115,7 +115,7 @@ async fn rates_quotes_conversions_fees_and_invoices_across_a_month_boundary() ->
         .await?;
     f.command(&admin_token, "/v1/fx/conversions/c-otc/decision", Some("approver-2"), approve).await?;
     let otc = f.read_until("/v1/fx/conversions/c-otc", "status", &["completed", "rejected"]).await?;
-    anyhow::ensure!(otc["status"] == "completed" && otc["decided_by"] == "approver-2", "{otc}");
+    anyhow::ensure!(otc["status"] == "completed" && otc["decided_by"] == "user:approver-2", "{otc}");
 
     // Fees: a deposit completed (provider time) in last month, while last month is still open.
     let (prev, cur) = (period_of(last_month_day), period_of(now));
