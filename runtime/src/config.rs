@@ -586,6 +586,13 @@ pub fn is_tenant_id(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// `"100000.00 USD"` → Money (amount at the currency's precision).
+pub fn parse_money_text(text: &str) -> Option<riverbank_schemas::Money> {
+    let (amount, code) = text.trim().split_once(' ')?;
+    let currency = riverbank_schemas::Currency::from_code(code.trim()).ok()?;
+    riverbank_schemas::Money::parse_major(amount.trim(), currency).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,11 +657,4 @@ mod tests {
         assert!(!printed.contains("hunter2") && !printed.contains("whsec_c2Vj"), "{printed}");
         assert_eq!(c.ingest.webhooks[0].secrets[0].expose(), "whsec_c2VjcmV0LXNlY3JldA==");
     }
-}
-
-/// `"100000.00 USD"` → Money (amount at the currency's precision).
-pub fn parse_money_text(text: &str) -> Option<riverbank_schemas::Money> {
-    let (amount, code) = text.trim().split_once(' ')?;
-    let currency = riverbank_schemas::Currency::from_code(code.trim()).ok()?;
-    riverbank_schemas::Money::parse_major(amount.trim(), currency).ok()
 }

@@ -174,10 +174,9 @@ async fn routed_broadcast_and_timers_replay_byte_identically_after_sigkill() -> 
     tokio::time::sleep(Duration::from_secs(2)).await;
     p.kill(VOLUME).await?;
     assert!(
-        windows.values().any(|w| w
-            .rates_used
-            .iter()
-            .any(|r| r.version.starts_with(&topics.fx_rates(Environment::Live)))),
+        windows
+            .values()
+            .any(|w| w.rates_used.iter().any(|r| r.version.starts_with(&topics.fx_rates(Environment::Live)))),
         "a window records the broadcast rate version it used"
     );
     // The pure replay of the log as it stands: the same outputs, byte for byte.

@@ -398,7 +398,12 @@ fn every_fixture_yields_the_declared_fields() {
         (
             "ratewire",
             "rate_updated_jpy.json",
-            &[("as_of", "2026-11-22T07:30:30.250Z"), ("base", "USD"), ("quote", "JPY"), ("rate", "151.230000")],
+            &[
+                ("as_of", "2026-11-22T07:30:30.250Z"),
+                ("base", "USD"),
+                ("quote", "JPY"),
+                ("rate", "151.230000"),
+            ],
         ),
     ];
     let all = provider::load(&[]).expect("definitions valid");
