@@ -502,14 +502,14 @@ const SHADOW_PAIRS_SQL: &str = "
         WHERE tenant_id = ? AND environment = ? AND shadow = 0 AND reviewed_by = ''
           AND occurred_at >= toDateTime(?) AND occurred_at <= toDateTime(?)
           AND toUInt64(occurred_at) * 1000 + occurred_ms >= ? AND toUInt64(occurred_at) * 1000 + occurred_ms < ?
-    ) ALL INNER JOIN (
+    ) AS l ALL INNER JOIN (
         SELECT transfer_id, transfer_version, toString(decision) AS s_decision, score AS s_score,
                rule_set AS s_rule_set, rule_set_version AS s_rule_set_version
         FROM risk_decisions FINAL
         WHERE tenant_id = ? AND environment = ? AND shadow = 1
           AND occurred_at >= toDateTime(?) AND occurred_at <= toDateTime(?)
           AND toUInt64(occurred_at) * 1000 + occurred_ms >= ? AND toUInt64(occurred_at) * 1000 + occurred_ms < ?
-    ) USING (transfer_id, transfer_version)";
+    ) AS s USING (transfer_id, transfer_version)";
 
 /// `GET /v1/risk/shadow/diff?from=&to=&limit=`: where the shadow rule set decided otherwise than the
 /// live one on the same transfer version, and counts per (live, shadow) outcome pair.
