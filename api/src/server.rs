@@ -18,6 +18,7 @@ use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+pub mod analytics;
 mod fx_billing;
 mod risk;
 
@@ -116,6 +117,11 @@ pub fn router(state: Arc<Api>) -> Router {
         .route("/v1/fees", get(fx_billing::fees))
         .route("/v1/analytics/fee-revenue", get(fx_billing::fee_revenue))
         .route("/v1/analytics/fx-volume", get(fx_billing::fx_volume))
+        .route("/v1/analytics/transfers", get(analytics::transfers))
+        .route("/v1/analytics/risk-outcomes", get(analytics::risk_outcomes))
+        .route("/v1/analytics/kyc-funnel", get(analytics::kyc_funnel))
+        .route("/v1/analytics/transfer-latency", get(analytics::transfer_latency))
+        .route("/v1/analytics/rejections", get(analytics::rejections))
         .route("/health", get(health))
         .with_state(state)
 }
@@ -291,6 +297,12 @@ pub struct Volume {
 /// each topic, of the instant through which that partition has landed everything ingested before it
 /// (runtime/src/watermark.rs derives it from log positions, upstream processors included). `None` while
 /// any partition has no value yet: a partition is never left out.
+/// How many partitions of a topic the ClickHouse sink has a watermark for, and the least of them.
+/// Placeholder: the topic.
+const COMPLETE_THROUGH_SQL: &str = "SELECT toUInt64(count()) AS partitions, toInt64(min(l)) AS least FROM (
+    SELECT partition, max(landed_through_ms) AS l FROM sink_watermarks
+    WHERE sink = 'clickhouse' AND topic = ? GROUP BY partition)";
+
 async fn complete_through(
     ch: &clickhouse::Client,
     topics: &[String],
@@ -304,11 +316,7 @@ async fn complete_through(
     let mut least: Option<i64> = None;
     for topic in topics {
         let r: Least = ch
-            .query(
-                "SELECT toUInt64(count()) AS partitions, toInt64(min(l)) AS least FROM (
-                     SELECT partition, max(landed_through_ms) AS l FROM sink_watermarks
-                     WHERE sink = 'clickhouse' AND topic = ? GROUP BY partition)",
-            )
+            .query(COMPLETE_THROUGH_SQL)
             .bind(topic)
             .fetch_one()
             .await
@@ -321,6 +329,13 @@ async fn complete_through(
     Ok(least.and_then(DateTime::from_timestamp_millis))
 }
 
+/// Audit events per hour. Placeholders: tenant, environment.
+const AUDIT_VOLUME_SQL: &str = "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, toUInt64(count()) AS events,
+       toUInt64(sum(payload_bytes)) AS payload_bytes
+FROM audit_events FINAL
+WHERE tenant_id = ? AND environment = ?
+GROUP BY hour ORDER BY hour";
+
 async fn audit_volume(
     State(s): State<Arc<Api>>,
     headers: HeaderMap,
@@ -332,13 +347,7 @@ async fn audit_volume(
         // FINAL collapses rows a replay wrote twice, so each audit event counts once.
         let rows: Vec<HourRow> = s2
             .ch
-            .query(
-                "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, toUInt64(count()) AS events,
-                        toUInt64(sum(payload_bytes)) AS payload_bytes
-                 FROM audit_events FINAL
-                 WHERE tenant_id = ? AND environment = ?
-                 GROUP BY hour ORDER BY hour",
-            )
+            .query(AUDIT_VOLUME_SQL)
             .bind(&q.tenant_id)
             .bind(q.environment.as_str())
             .fetch_all()
@@ -388,7 +397,15 @@ pub struct TransferVolume {
     hours: Vec<TransferHour>,
 }
 
+/// Status changes per hour, currency and status. Placeholders: tenant, environment.
+const TRANSFER_VOLUME_SQL: &str = "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, currency, status,
+       toUInt64(count()) AS transfers, toInt64(sum(amount_minor)) AS amount_minor
+FROM transfer_facts FINAL
+WHERE tenant_id = ? AND environment = ?
+GROUP BY hour, currency, status ORDER BY hour, currency, status";
+
 /// Transfers reaching each status per hour and currency, with amounts (each status change counted once).
+/// `/v1/analytics/transfers` adds the kind, day buckets, a time range and pages.
 async fn transfer_volume(
     State(s): State<Arc<Api>>,
     headers: HeaderMap,
@@ -399,13 +416,7 @@ async fn transfer_volume(
     guarded(&s, &headers, (&scope.0, scope.1), async move {
         let rows: Vec<TransferHourRow> = s2
             .ch
-            .query(
-                "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, currency, status,
-                        toUInt64(count()) AS transfers, toInt64(sum(amount_minor)) AS amount_minor
-                 FROM transfer_facts FINAL
-                 WHERE tenant_id = ? AND environment = ?
-                 GROUP BY hour, currency, status ORDER BY hour, currency, status",
-            )
+            .query(TRANSFER_VOLUME_SQL)
             .bind(&q.tenant_id)
             .bind(q.environment.as_str())
             .fetch_all()

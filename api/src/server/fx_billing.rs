@@ -29,10 +29,10 @@ pub const ANALYTICS_RANGE_S_MAX: i64 = 366 * 86_400;
 pub const ID_BYTES_MAX: usize = riverbank_schemas::fx::FX_ID_BYTES_MAX;
 /// ClickHouse sums of minor units are taken in two parts (`intDiv(x, 10^9)` and `x % 10^9`), each far
 /// from overflowing Int64, and put together here with checked arithmetic.
-const SUM_SPLIT: i64 = 1_000_000_000;
+pub(super) const SUM_SPLIT: i64 = 1_000_000_000;
 
 /// A 400 naming the parameter at fault (`error.field`) and the rule it breaks (`error.rule`).
-fn bad(field: &str, code: &'static str, rule: &'static str, message: impl std::fmt::Display) -> HttpError {
+pub(super) fn bad(field: &str, code: &'static str, rule: &'static str, message: impl std::fmt::Display) -> HttpError {
     HttpError {
         field: Some((field.to_owned(), rule)),
         ..HttpError::bad_request(code, format!("{field}: {message}"))
@@ -40,7 +40,7 @@ fn bad(field: &str, code: &'static str, rule: &'static str, message: impl std::f
 }
 
 /// The query string, or a 400 in the one error shape (an unknown or missing parameter, a bad number).
-fn params<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, HttpError> {
+pub(super) fn params<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, HttpError> {
     q.map(|Query(q)| q).map_err(|e| HttpError::bad_request("invalid_query", e.body_text()))
 }
 
@@ -84,7 +84,7 @@ fn check_period(field: &str, text: &str) -> Result<(), HttpError> {
     }
 }
 
-fn page_limit(limit: Option<u32>, max: u32) -> Result<u32, HttpError> {
+pub(super) fn page_limit(limit: Option<u32>, max: u32) -> Result<u32, HttpError> {
     let limit = limit.unwrap_or(FX_BILLING_PAGE_ROWS_DEFAULT.min(max));
     if limit == 0 || limit > max {
         return Err(bad("limit", "invalid_limit", "range", format!("must be 1..={max}")));
@@ -949,10 +949,19 @@ pub struct RangeQuery {
 /// `from` and `to`: required, RFC 3339, `from < to`, at most [`ANALYTICS_RANGE_S_MAX`] apart, within
 /// what ClickHouse `DateTime` holds.
 fn range(q: &RangeQuery) -> Result<(DateTime<Utc>, DateTime<Utc>), HttpError> {
-    let time = |field: &str, v: &Option<String>| -> Result<DateTime<Utc>, HttpError> {
+    time_range(q.from.as_deref(), q.to.as_deref(), ANALYTICS_RANGE_S_MAX)
+}
+
+/// `from` and `to` (RFC 3339, required), `from < to`, at most `span_s_max` seconds apart, within what
+/// ClickHouse `DateTime` holds; a 400 naming the parameter otherwise.
+pub(super) fn time_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    span_s_max: i64,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), HttpError> {
+    let time = |field: &str, v: Option<&str>| -> Result<DateTime<Utc>, HttpError> {
         let example = "RFC 3339, e.g. 2026-12-01T00:00:00Z";
         let text = v
-            .as_deref()
             .ok_or_else(|| bad(field, "invalid_time", "required", format!("is required ({example})")))?;
         let t = DateTime::parse_from_rfc3339(text)
             .map_err(|_| bad(field, "invalid_time", "rfc3339", format!("must be {example}")))?
@@ -962,23 +971,23 @@ fn range(q: &RangeQuery) -> Result<(DateTime<Utc>, DateTime<Utc>), HttpError> {
         }
         Ok(t)
     };
-    let (from, to) = (time("from", &q.from)?, time("to", &q.to)?);
+    let (from, to) = (time("from", from)?, time("to", to)?);
     if from >= to {
         return Err(bad("to", "invalid_time", "order", "must be after from"));
     }
-    if (to - from).num_seconds() > ANALYTICS_RANGE_S_MAX {
+    if (to - from).num_seconds() > span_s_max {
         return Err(bad(
             "to",
             "invalid_time",
             "span",
-            format!("from..to spans at most {} days", ANALYTICS_RANGE_S_MAX / 86_400),
+            format!("from..to spans at most {} days", span_s_max / 86_400),
         ));
     }
     Ok((from, to))
 }
 
 /// A sum of minor units ClickHouse returned in two parts, put together with checked arithmetic.
-fn joined(column: &str, hi: i64, lo: i64) -> Result<i64, HttpError> {
+pub(super) fn joined(column: &str, hi: i64, lo: i64) -> Result<i64, HttpError> {
     i128::from(hi)
         .checked_mul(i128::from(SUM_SPLIT))
         .and_then(|h| h.checked_add(i128::from(lo)))
@@ -1021,6 +1030,27 @@ pub struct FeeRevenue {
     truncated: bool,
 }
 
+/// The fee revenue query as executed. Placeholders in order: tenant, environment, from s, to s, from ms,
+/// to ms, rows (`limit + 1`).
+pub(super) fn fee_revenue_sql() -> String {
+    format!(
+        "SELECT day, kind, currency, toUInt64(count()) AS fees,
+                toInt64(sum(intDiv(fee, {SUM_SPLIT}))) AS fee_hi, toInt64(sum(fee % {SUM_SPLIT})) AS fee_lo
+         FROM (
+             SELECT transfer_id, argMax(status, version) AS st, argMax(kind, version) AS kind,
+                    argMax(currency, version) AS currency, argMax(fee_minor, version) AS fee,
+                    toString(toDate(argMax(completed_at, version))) AS day
+             FROM fee_facts FINAL
+             WHERE tenant_id = ? AND environment = ?
+               AND completed_at >= toDateTime(?) AND completed_at <= toDateTime(?)
+               AND toUInt64(completed_at) * 1000 + completed_ms >= ?
+               AND toUInt64(completed_at) * 1000 + completed_ms < ?
+             GROUP BY transfer_id)
+         WHERE st = 'booked'
+         GROUP BY day, kind, currency ORDER BY day, kind, currency LIMIT ?"
+    )
+}
+
 /// `GET /v1/analytics/fee-revenue?from=&to=[&limit=]`: booked fees (each transfer's latest fee version,
 /// if booked) of transfers completed in `[from, to)`, per day × transfer kind × currency.
 pub(super) async fn fee_revenue(
@@ -1040,22 +1070,7 @@ pub(super) async fn fee_revenue(
         // FINAL collapses a replay's copies; a fee's state is its highest version.
         let rows: Vec<RevenueRow> = s2
             .ch
-            .query(&format!(
-                "SELECT day, kind, currency, toUInt64(count()) AS fees,
-                        toInt64(sum(intDiv(fee, {SUM_SPLIT}))) AS fee_hi, toInt64(sum(fee % {SUM_SPLIT})) AS fee_lo
-                 FROM (
-                     SELECT transfer_id, argMax(status, version) AS st, argMax(kind, version) AS kind,
-                            argMax(currency, version) AS currency, argMax(fee_minor, version) AS fee,
-                            toString(toDate(argMax(completed_at, version))) AS day
-                     FROM fee_facts FINAL
-                     WHERE tenant_id = ? AND environment = ?
-                       AND completed_at >= toDateTime(?) AND completed_at <= toDateTime(?)
-                       AND toUInt64(completed_at) * 1000 + completed_ms >= ?
-                       AND toUInt64(completed_at) * 1000 + completed_ms < ?
-                     GROUP BY transfer_id)
-                 WHERE st = 'booked'
-                 GROUP BY day, kind, currency ORDER BY day, kind, currency LIMIT ?"
-            ))
+            .query(&fee_revenue_sql())
             .bind(&q.tenant_id)
             .bind(q.environment.as_str())
             .bind(from.timestamp())
@@ -1136,6 +1151,29 @@ pub struct FxVolume {
     truncated: bool,
 }
 
+/// The FX volume query as executed. Placeholders in order: tenant, environment, from s, to s, from ms, to
+/// ms, rows (`limit + 1`).
+pub(super) fn fx_volume_sql() -> String {
+    format!(
+        "SELECT pair, sell_currency, buy_currency, toUInt64(count()) AS conversions,
+                toInt64(sum(intDiv(sell, {SUM_SPLIT}))) AS sold_hi, toInt64(sum(sell % {SUM_SPLIT})) AS sold_lo,
+                toInt64(sum(intDiv(buy, {SUM_SPLIT}))) AS bought_hi, toInt64(sum(buy % {SUM_SPLIT})) AS bought_lo
+         FROM (
+             SELECT id, argMax(status, version) AS st, argMax(pair, version) AS pair,
+                    argMax(sell_currency, version) AS sell_currency,
+                    argMax(buy_currency, version) AS buy_currency,
+                    argMax(sell_minor, version) AS sell, argMax(buy_minor, version) AS buy
+             FROM fx_facts FINAL
+             WHERE tenant_id = ? AND environment = ? AND fact = 'conversion'
+               AND occurred_at >= toDateTime(?) AND occurred_at <= toDateTime(?)
+               AND toUInt64(occurred_at) * 1000 + occurred_ms >= ?
+               AND toUInt64(occurred_at) * 1000 + occurred_ms < ?
+             GROUP BY id)
+         WHERE st = 'completed'
+         GROUP BY pair, sell_currency, buy_currency ORDER BY pair, sell_currency, buy_currency LIMIT ?"
+    )
+}
+
 /// `GET /v1/analytics/fx-volume?from=&to=[&limit=]`: conversions completed in `[from, to)` (the time
 /// their completion was recorded), per pair: how many, and the sums sold and bought.
 pub(super) async fn fx_volume(
@@ -1156,24 +1194,7 @@ pub(super) async fn fx_volume(
         // state of the versions recorded in the range is its state.
         let rows: Vec<VolumeRow> = s2
             .ch
-            .query(&format!(
-                "SELECT pair, sell_currency, buy_currency, toUInt64(count()) AS conversions,
-                        toInt64(sum(intDiv(sell, {SUM_SPLIT}))) AS sold_hi, toInt64(sum(sell % {SUM_SPLIT})) AS sold_lo,
-                        toInt64(sum(intDiv(buy, {SUM_SPLIT}))) AS bought_hi, toInt64(sum(buy % {SUM_SPLIT})) AS bought_lo
-                 FROM (
-                     SELECT id, argMax(status, version) AS st, argMax(pair, version) AS pair,
-                            argMax(sell_currency, version) AS sell_currency,
-                            argMax(buy_currency, version) AS buy_currency,
-                            argMax(sell_minor, version) AS sell, argMax(buy_minor, version) AS buy
-                     FROM fx_facts FINAL
-                     WHERE tenant_id = ? AND environment = ? AND fact = 'conversion'
-                       AND occurred_at >= toDateTime(?) AND occurred_at <= toDateTime(?)
-                       AND toUInt64(occurred_at) * 1000 + occurred_ms >= ?
-                       AND toUInt64(occurred_at) * 1000 + occurred_ms < ?
-                     GROUP BY id)
-                 WHERE st = 'completed'
-                 GROUP BY pair, sell_currency, buy_currency ORDER BY pair, sell_currency, buy_currency LIMIT ?"
-            ))
+            .query(&fx_volume_sql())
             .bind(&q.tenant_id)
             .bind(q.environment.as_str())
             .bind(from.timestamp())

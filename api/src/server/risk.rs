@@ -511,6 +511,22 @@ const SHADOW_PAIRS_SQL: &str = "
           AND toUInt64(occurred_at) * 1000 + occurred_ms >= ? AND toUInt64(occurred_at) * 1000 + occurred_ms < ?
     ) AS s USING (transfer_id, transfer_version)";
 
+/// Counts per (live, shadow) outcome pair, as executed: [`SHADOW_PAIRS_SQL`]'s placeholders.
+pub(super) fn shadow_outcomes_sql() -> String {
+    format!(
+        "SELECT l_decision, s_decision, toUInt64(count()) AS transfers FROM ({SHADOW_PAIRS_SQL})
+         GROUP BY l_decision, s_decision ORDER BY l_decision, s_decision"
+    )
+}
+
+/// Where the two sides differ, as executed: [`SHADOW_PAIRS_SQL`]'s placeholders, then rows (`limit + 1`).
+pub(super) fn shadow_differences_sql() -> String {
+    format!(
+        "SELECT * FROM ({SHADOW_PAIRS_SQL}) WHERE l_decision != s_decision
+         ORDER BY at_ms, transfer_id, transfer_version LIMIT ?"
+    )
+}
+
 /// `GET /v1/risk/shadow/diff?from=&to=&limit=`: where the shadow rule set decided otherwise than the
 /// live one on the same transfer version, and counts per (live, shadow) outcome pair.
 pub(super) async fn shadow_diff(
@@ -536,18 +552,12 @@ pub(super) async fn shadow_diff(
             }
             query
         };
-        let pairs: Vec<PairRow> = bind_range(s2.ch.query(&format!(
-            "SELECT l_decision, s_decision, toUInt64(count()) AS transfers FROM ({SHADOW_PAIRS_SQL})
-             GROUP BY l_decision, s_decision ORDER BY l_decision, s_decision"
-        )))
+        let pairs: Vec<PairRow> = bind_range(s2.ch.query(&shadow_outcomes_sql()))
         .fetch_all()
         .await
         .map_err(|e| database_error("clickhouse", &e))?;
         // One more than asked, to tell a full page from a truncated one.
-        let rows: Vec<DiffRow> = bind_range(s2.ch.query(&format!(
-            "SELECT * FROM ({SHADOW_PAIRS_SQL}) WHERE l_decision != s_decision
-             ORDER BY at_ms, transfer_id, transfer_version LIMIT ?"
-        )))
+        let rows: Vec<DiffRow> = bind_range(s2.ch.query(&shadow_differences_sql()))
         .bind(u64::from(limit) + 1)
         .fetch_all()
         .await
