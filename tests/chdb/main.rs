@@ -71,17 +71,33 @@ fn ddl_statements() -> anyhow::Result<Vec<Statement>> {
         .collect()
 }
 
-/// Hook for the analytics queries: the catalog of every ClickHouse analytics query with sample binds
-/// (`clickhouse_queries()`, api/src/server/analytics.rs, issue 14) goes here, each through
-/// `substitute`. Until it lands, only the DDL is checked.
+/// The analytics queries: every ClickHouse query of the API from its catalog
+/// (`riverbank_api::server::analytics::clickhouse_queries`), each with its sample binds substituted.
 fn analytics_queries() -> anyhow::Result<Vec<Statement>> {
-    Ok(Vec::new())
+    riverbank_api::server::analytics::clickhouse_queries()
+        .into_iter()
+        .map(|q| {
+            let mut binds = q.binds.clone();
+            binds.sort_by_key(|(at, _)| *at);
+            anyhow::ensure!(
+                binds.iter().enumerate().all(|(i, (at, _))| i == *at),
+                "{}: bind positions {:?} are not 0..{}",
+                q.name,
+                binds.iter().map(|(at, _)| at).collect::<Vec<_>>(),
+                binds.len()
+            );
+            let values: Vec<String> = binds.into_iter().map(|(_, v)| v).collect();
+            let sql = substitute(&q.sql, &values).with_context(|| q.name.to_string())?;
+            Ok(Statement { name: q.name.to_string(), kind: "query", sql })
+        })
+        .collect()
 }
 
 fn statements() -> anyhow::Result<Vec<Statement>> {
     let mut all = ddl_statements()?;
-    all.extend(analytics_queries()?);
-    anyhow::ensure!(!all.is_empty(), "no statements");
+    let queries = analytics_queries()?;
+    anyhow::ensure!(!all.is_empty() && !queries.is_empty(), "no DDL or no analytics query to check");
+    all.extend(queries);
     Ok(all)
 }
 
