@@ -5,6 +5,7 @@
 //! Where the stack is: RIVERBANK_TEST_BROKERS, RIVERBANK_TEST_PG_URL (a database to create others
 //! from), RIVERBANK_TEST_CH_URL; defaults are the local stack's ports.
 
+mod analytics;
 mod callbacks;
 mod fx_billing;
 mod fx_billing_read;
