@@ -137,7 +137,11 @@ async fn local_server_runs_every_statement() -> anyhow::Result<()> {
     let url = std::env::var("RIVERBANK_TEST_CH_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into());
     let db = format!("chdb_check_{}", uuid::Uuid::new_v4().simple());
     let server = clickhouse::Client::default().with_url(&url);
-    server.query_raw(&format!("CREATE DATABASE {db}")).execute().await.with_context(|| format!("{url}"))?;
+    server
+        .query_raw(&format!("CREATE DATABASE {db}"))
+        .execute()
+        .await
+        .with_context(|| format!("create database {db} on {url}"))?;
     let client = server.clone().with_database(&db);
     let mut failed = Vec::new();
     for s in statements()? {
