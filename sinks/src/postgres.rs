@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
-use riverbank_schemas::billing::{BillingInputRejected, FeeCharged, InvoiceRecorded};
+use riverbank_schemas::billing::{FeeCharged, InvoiceRecorded};
 use riverbank_schemas::commands::FxRatesPublished;
-use riverbank_schemas::fx::{ConversionRecorded, FxInputRejected, QuoteRecorded};
-use riverbank_schemas::kyc::{KycInputRejected, UserKycChanged};
+use riverbank_schemas::fx::{ConversionRecorded, QuoteRecorded};
+use riverbank_schemas::kyc::UserKycChanged;
 use riverbank_schemas::ledger::BookingRecorded;
-use riverbank_schemas::risk::{DecisionRecorded, RiskInputRejected};
-use riverbank_schemas::transfers::{BalanceChanged, InputRejected, LedgerPosting, TransferStatusChanged};
+use riverbank_schemas::risk::DecisionRecorded;
+use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{AuditRecord, Environment};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -33,6 +33,19 @@ impl PostgresSink {
     pub fn new(pool: PgPool) -> Self {
         PostgresSink { pool }
     }
+}
+
+/// The rejection row of `$r` (any of the rejection events: they share these fields), naming its ids `$id`.
+macro_rules! rejection {
+    ($m:expr, $r:expr, [$($id:ident),+]) => {
+        Rejection {
+            meta: $m,
+            input_event_id: $r.input_event_id,
+            input_event_type: &$r.input_event_type,
+            ids: [$(&$r.$id),+],
+            reason: &$r.reason,
+        }
+    };
 }
 
 impl SinkStore for PostgresSink {
@@ -71,40 +84,40 @@ impl SinkStore for PostgresSink {
                 Row::Status(m, s) => status.push((m, s)),
                 Row::Posting(m, p) => postings.push((m, p)),
                 Row::Balance(m, b) => balances.push((m, b)),
-                Row::Rejection(m, r) => rejections.push((m, r)),
+                Row::Rejection(m, r) => rejections.push(rejection!(m, r, [transfer_id])),
                 // Shadow decisions are ClickHouse's alone.
                 Row::RiskDecision(m, d) if !d.shadow => risk_decisions.push((m, &**d)),
                 Row::RiskDecision(..) => {}
-                Row::RiskRejection(m, r) => risk_rejections.push((m, r)),
+                Row::RiskRejection(m, r) => risk_rejections.push(rejection!(m, r, [transfer_id])),
                 Row::User(m, t, u) => users.push((m, *t, u)),
-                Row::KycRejection(m, r) => kyc_rejections.push((m, r)),
+                Row::KycRejection(m, r) => kyc_rejections.push(rejection!(m, r, [user_id, case_id])),
                 Row::FxRates(m, p) => rates.push((m, p)),
                 Row::Quote(m, q) => quotes.push((m, &**q)),
                 Row::Conversion(m, c) => conversions.push((m, &**c)),
-                Row::FxRejection(m, r) => fx_rejections.push((m, r)),
+                Row::FxRejection(m, r) => fx_rejections.push(rejection!(m, r, [quote_id, conversion_id])),
                 Row::Booking(m, b) => bookings.push((m, b)),
                 Row::Fee(m, f) => fees.push((m, &**f)),
                 Row::Invoice(m, i) => invoices.push((m, &**i)),
-                Row::BillingRejection(m, r) => billing_rejections.push((m, r)),
+                Row::BillingRejection(m, r) => billing_rejections.push(rejection!(m, r, [transfer_id])),
             }
         }
         insert_audit(&mut tx, &audit).await?;
         insert_status(&mut tx, &status).await?;
         insert_postings(&mut tx, &postings).await?;
         upsert_balances(&mut tx, &balances).await?;
-        insert_rejections(&mut tx, &rejections).await?;
+        insert_rejections(&mut tx, "transfer_rejections", ["transfer_id"], &rejections).await?;
         insert_risk_decisions(&mut tx, &risk_decisions).await?;
-        insert_risk_rejections(&mut tx, &risk_rejections).await?;
+        insert_rejections(&mut tx, "risk_rejections", ["transfer_id"], &risk_rejections).await?;
         insert_kyc(&mut tx, &users).await?;
-        insert_kyc_rejections(&mut tx, &kyc_rejections).await?;
+        insert_rejections(&mut tx, "kyc_rejections", ["user_id", "case_id"], &kyc_rejections).await?;
         insert_fx_rates(&mut tx, &rates).await?;
         upsert_quotes(&mut tx, &quotes).await?;
         upsert_conversions(&mut tx, &conversions).await?;
-        insert_fx_rejections(&mut tx, &fx_rejections).await?;
+        insert_rejections(&mut tx, "fx_rejections", ["quote_id", "conversion_id"], &fx_rejections).await?;
         insert_bookings(&mut tx, &bookings).await?;
         upsert_fees(&mut tx, &fees).await?;
         upsert_invoices(&mut tx, &invoices).await?;
-        insert_billing_rejections(&mut tx, &billing_rejections).await?;
+        insert_rejections(&mut tx, "billing_rejections", ["transfer_id"], &billing_rejections).await?;
         store_positions(&mut tx, SINK_NAME, positions).await?;
         tx.commit().await?;
         Ok(())
@@ -112,6 +125,56 @@ impl SinkStore for PostgresSink {
 }
 
 type Tx<'a> = Transaction<'a, Postgres>;
+
+/// A row of one of the rejection tables (transfer, risk, KYC, FX and billing rejections share one shape): the
+/// event's meta, the input refused, the ids it names (one per id column of its table, in order) and the reason.
+struct Rejection<'a, const N: usize> {
+    meta: &'a Meta,
+    input_event_id: Uuid,
+    input_event_type: &'a str,
+    ids: [&'a Option<String>; N],
+    reason: &'a str,
+}
+
+/// Rejections into `table`, whose id columns are `id_columns` (constants, never input), in one statement per
+/// batch, every value bound; idempotent on event id.
+async fn insert_rejections<const N: usize>(
+    tx: &mut Tx<'_>,
+    table: &'static str,
+    id_columns: [&'static str; N],
+    rows: &[Rejection<'_, N>],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // $1..$5: the meta and the input; then one text array per id column; then the reason and the time.
+    let id_arrays: String = (0..N).map(|i| format!("${}::text[], ", 6 + i)).collect();
+    let sql = format!(
+        "INSERT INTO {table} (event_id, tenant_id, environment, input_event_id, input_event_type, {}, reason,
+             occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], {id_arrays}${}::text[],
+             ${}::timestamptz[])
+         ON CONFLICT (event_id) DO NOTHING",
+        id_columns.join(", "),
+        6 + N,
+        7 + N,
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(rows.iter().map(|r| r.meta.event_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.meta.tenant_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.meta.environment.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.input_event_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.input_event_type.to_owned()).collect::<Vec<_>>());
+    for i in 0..N {
+        query = query.bind(rows.iter().map(|r| r.ids[i].clone()).collect::<Vec<_>>());
+    }
+    query
+        .bind(rows.iter().map(|r| r.reason.to_owned()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.meta.occurred_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 async fn insert_audit(tx: &mut Tx<'_>, rows: &[(&Meta, &AuditRecord)]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
@@ -252,30 +315,6 @@ async fn insert_postings(tx: &mut Tx<'_>, rows: &[(&Meta, &LedgerPosting)]) -> R
     Ok(())
 }
 
-async fn insert_rejections(tx: &mut Tx<'_>, rows: &[(&Meta, &InputRejected)]) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO transfer_rejections (event_id, tenant_id, environment, input_event_id, input_event_type,
-             transfer_id, reason, occurred_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-             $8::timestamptz[])
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.transfer_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// `user.*` events: history rows, then the users' and cases' current state (forward-only by version).
 async fn insert_kyc(tx: &mut Tx<'_>, rows: &[(&Meta, &str, &UserKycChanged)]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
@@ -379,34 +418,6 @@ async fn insert_kyc(tx: &mut Tx<'_>, rows: &[(&Meta, &str, &UserKycChanged)]) ->
     Ok(())
 }
 
-async fn insert_kyc_rejections(
-    tx: &mut Tx<'_>,
-    rows: &[(&Meta, &KycInputRejected)],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO kyc_rejections (event_id, tenant_id, environment, input_event_id, input_event_type, user_id,
-             case_id, reason, occurred_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-             $8::text[], $9::timestamptz[])
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.user_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.case_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// Live risk decisions (append-only), then the latest decision per transfer, forward-only by step.
 async fn insert_risk_decisions(
     tx: &mut Tx<'_>,
@@ -486,33 +497,6 @@ async fn insert_risk_decisions(
 /// JSON text of a value the sinks serialize themselves (a plain data type: serializing cannot fail).
 fn json_text<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
-}
-
-async fn insert_risk_rejections(
-    tx: &mut Tx<'_>,
-    rows: &[(&Meta, &RiskInputRejected)],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO risk_rejections (event_id, tenant_id, environment, input_event_id, input_event_type,
-             transfer_id, reason, occurred_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-             $8::timestamptz[])
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.environment.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.transfer_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 async fn upsert_balances(tx: &mut Tx<'_>, rows: &[(&Meta, &BalanceChanged)]) -> Result<(), sqlx::Error> {
@@ -736,34 +720,6 @@ async fn upsert_conversions(
     Ok(())
 }
 
-async fn insert_fx_rejections(
-    tx: &mut Tx<'_>,
-    rows: &[(&Meta, &FxInputRejected)],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO fx_rejections (event_id, tenant_id, environment, input_event_id, input_event_type, quote_id,
-             conversion_id, reason, occurred_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-             $8::text[], $9::timestamptz[])
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.quote_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.conversion_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// Bookings' outcomes: one per booking id, the first answer kept (the ledger answers a booking once).
 async fn insert_bookings(tx: &mut Tx<'_>, rows: &[(&Meta, &BookingRecorded)]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
@@ -954,33 +910,6 @@ async fn upsert_invoices(tx: &mut Tx<'_>, rows: &[(&Meta, &InvoiceRecorded)]) ->
     .bind(lines.iter().map(|(_, _, _, l)| l.amount.currency.code()).collect::<Vec<_>>())
     .bind(lines.iter().map(|(_, _, _, l)| l.source_period.clone()).collect::<Vec<_>>())
     .bind(lines.iter().map(|(_, _, _, l)| json_text(&l.sources)).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_billing_rejections(
-    tx: &mut Tx<'_>,
-    rows: &[(&Meta, &BillingInputRejected)],
-) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO billing_rejections (event_id, tenant_id, environment, input_event_id, input_event_type,
-             transfer_id, reason, occurred_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-             $8::timestamptz[])
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.input_event_type.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.transfer_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
