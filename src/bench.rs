@@ -373,6 +373,143 @@ pub(crate) fn reason_code(reason: Option<&str>) -> &str {
     reason.map_or("", |r| r.split(':').next().unwrap_or(r).trim())
 }
 
+/// The source of the benchmarks' generated inputs.
+pub(crate) const SOURCE: &str = "riverbank.bench";
+
+/// A generated tenant: `bank-07`.
+pub(crate) fn tenant(t: usize) -> String {
+    format!("bank-{t:02}")
+}
+
+/// The instant `ms` milliseconds after the epoch.
+pub(crate) fn at(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+pub(crate) fn currency(code: &str) -> anyhow::Result<riverbank_schemas::Currency> {
+    riverbank_schemas::Currency::from_code(code).map_err(|e| anyhow::anyhow!("{code}: {e}"))
+}
+
+/// A live input envelope of bench `bench` with an id derived from `parts` (the same workload has the
+/// same ids).
+pub(crate) fn envelope<P: serde::Serialize>(
+    bench: &str,
+    parts: &[&str],
+    event_type: &str,
+    tenant: &str,
+    at_ms: i64,
+    payload: P,
+) -> anyhow::Result<RawEnvelope> {
+    let mut id_parts = vec![bench];
+    id_parts.extend_from_slice(parts);
+    let id = riverbank_schemas::derived_id(&id_parts);
+    let payload = serde_json::to_value(payload)?;
+    Ok(riverbank_schemas::Envelope::new(
+        id,
+        event_type,
+        tenant,
+        Environment::Live,
+        at(at_ms),
+        SOURCE,
+        payload,
+    ))
+}
+
+/// A size in whole units, mostly small: 70 % up to 200, 20 % up to 1,000, 8 % up to 5,000, 2 % up to
+/// 50,000.
+pub(crate) fn units_drawn(rng: &mut crate::workload::Lcg) -> i64 {
+    (match rng.below(100) {
+        0..70 => 1 + rng.below(200),
+        70..90 => 200 + rng.below(800),
+        90..98 => 1_000 + rng.below(4_000),
+        _ => 5_000 + rng.below(45_000),
+    }) as i64
+}
+
+/// Inputs laid out in stream order, where a follow-up (the next status of a transfer, a quote's
+/// conversion) is due a number of steps later.
+#[derive(Default)]
+pub(crate) struct Stream {
+    pub(crate) out: Vec<RawEnvelope>,
+    pending: std::collections::BTreeMap<(usize, usize), RawEnvelope>,
+    seq: usize,
+}
+
+impl Stream {
+    /// `e` once step `due` is reached (after those already due then).
+    pub(crate) fn later(&mut self, due: usize, e: RawEnvelope) {
+        self.seq += 1;
+        self.pending.insert((due, self.seq), e);
+    }
+    /// Everything due by step `k`, in order.
+    pub(crate) fn release(&mut self, k: usize) {
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 > k {
+                break;
+            }
+            self.out.push(entry.remove());
+        }
+    }
+    /// The stream with everything still pending at its end.
+    pub(crate) fn finish(mut self) -> Vec<RawEnvelope> {
+        self.release(usize::MAX);
+        self.out
+    }
+}
+
+/// The outcomes among `outputs` on `topic`, each counted by `count`.
+pub(crate) fn outcomes_on<'a>(
+    outputs: impl Iterator<Item = &'a Emit>,
+    topic: &str,
+    count: fn(&mut Outcomes, &[u8]),
+) -> Outcomes {
+    let mut mix = Outcomes::default();
+    for o in outputs.filter(|o| o.topic == topic) {
+        count(&mut mix, &o.payload);
+    }
+    mix
+}
+
+/// Every record of `topic` (at most `max`) read back, each counted by `count`.
+pub(crate) async fn outcomes_read(
+    cfg: &Config,
+    topic: &str,
+    max: usize,
+    count: fn(&mut Outcomes, &[u8]),
+) -> anyhow::Result<Outcomes> {
+    let (kcfg, topic) = (cfg.kafka.clone(), topic.to_owned());
+    let records = tokio::task::spawn_blocking(move || {
+        riverbank_runtime::kafka::read_all(&kcfg, &topic, max, Duration::from_secs(300))
+    })
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    let mut mix = Outcomes::default();
+    for r in &records {
+        count(&mut mix, &r.payload);
+    }
+    Ok(mix)
+}
+
+/// Prints the routed passthrough's ceiling, the ratio of the processor's `inputs_per_s` to it, and
+/// whether the outcomes on the broker are those of apply alone; returns the differences.
+pub(crate) fn print_against_ceiling(
+    inputs_per_s: f64,
+    passthrough_per_s: f64,
+    passthrough_steady_s: f64,
+    alone: &Outcomes,
+    broker: &Outcomes,
+) -> Vec<String> {
+    println!("    routed passthrough ceiling: {passthrough_per_s:>9.0} inputs/s (router + loop, no state; steady state over {passthrough_steady_s:.2} s)");
+    println!("    ratio:                      {:>9.2}", inputs_per_s / passthrough_per_s);
+    let diff = alone.differences(broker);
+    if diff.is_empty() {
+        println!("    outcomes on the broker: identical to (1) ({} records read back)", broker.total());
+    } else {
+        println!("    outcomes on the broker DIFFER from (1) (apply alone vs broker): {}", diff.join("; "));
+    }
+    diff
+}
+
 fn total_high(consumer: &BaseConsumer, topic: &str, partitions: i32) -> i64 {
     (0..partitions)
         .filter_map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())

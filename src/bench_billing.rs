@@ -22,12 +22,11 @@
 //!
 //! Measurement arithmetic is floating point here; no money passes through it.
 #![allow(clippy::float_arithmetic)]
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use riverbank_processors::billing::{BillingProcessor, BillingSettings, Period};
 use riverbank_runtime::{kafka, CancellationToken, Config};
 use riverbank_schemas::billing::{BillingInputRejected, FeeCharged, FeeStatus, InvoiceRecorded, TierPricing};
@@ -35,14 +34,13 @@ use riverbank_schemas::commands::{command_types, FeeConfigUpserted, FeeTier};
 use riverbank_schemas::ledger::BookingRecorded;
 use riverbank_schemas::processor::{Processor, Spec};
 use riverbank_schemas::transfers::{TransferStatus, TransferStatusChanged};
-use riverbank_schemas::{
-    derived_id, Currency, Envelope, Environment, Money, RawEnvelope, Topics, TransferKind,
-};
+use riverbank_schemas::{derived_id, Currency, Environment, Money, RawEnvelope, Topics, TransferKind};
 use serde_json::json;
 
 use crate::bench::{
-    drain, drain_fed, log_ticked, median, print_machine, produce_to, reason_code, router_caught_up, ticked,
-    write_report, Alone, LogItem, Outcomes, RoutedPassthrough,
+    self, at, currency, drain, drain_fed, log_ticked, median, outcomes_on, outcomes_read,
+    print_against_ceiling, print_machine, produce_to, reason_code, router_caught_up, tenant, ticked,
+    units_drawn, write_report, Alone, LogItem, Outcomes, RoutedPassthrough, Stream,
 };
 use crate::bench_fx::ledger_answers;
 use crate::workload::Lcg;
@@ -75,7 +73,6 @@ const LATE_PER_MILLE: u64 = 20;
 const PRICED_KINDS: [TransferKind; 3] =
     [TransferKind::Deposit, TransferKind::Payout, TransferKind::Withdrawal];
 const CURRENCIES: [&str; 4] = ["USD", "EUR", "GBP", "JPY"];
-const SOURCE: &str = "riverbank.bench";
 
 /// `riverbank bench billing` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -105,18 +102,7 @@ pub struct Workload {
     pub span: (i64, i64),
 }
 
-fn tenant(t: usize) -> String {
-    format!("bank-{t:02}")
-}
-
-fn at(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-fn currency(code: &str) -> anyhow::Result<Currency> {
-    Currency::from_code(code).map_err(|e| anyhow::anyhow!("{code}: {e}"))
-}
-
+/// An input envelope with an id derived from `parts` (the same workload has the same ids).
 fn envelope<P: serde::Serialize>(
     parts: &[&str],
     event_type: &str,
@@ -124,11 +110,7 @@ fn envelope<P: serde::Serialize>(
     at_ms: i64,
     payload: P,
 ) -> anyhow::Result<RawEnvelope> {
-    let mut id_parts = vec!["bench-billing"];
-    id_parts.extend_from_slice(parts);
-    let id = derived_id(&id_parts);
-    let payload = serde_json::to_value(payload)?;
-    Ok(Envelope::new(id, event_type, tenant, Environment::Live, at(at_ms), SOURCE, payload))
+    bench::envelope("bench-billing", parts, event_type, tenant, at_ms, payload)
 }
 
 /// `major` units of `c` (JPY amounts scaled to about the same worth).
@@ -193,12 +175,7 @@ fn config(t: usize, kind: TransferKind, c: Currency, version: u32, from_ms: i64)
 /// An amount: 70 % up to 200, 20 % up to 1,000, 8 % up to 5,000, 2 % up to 50,000 (units), in USD
 /// (55 %), EUR (25 %), GBP (12 %) or JPY (8 %, ×150).
 fn amount(rng: &mut Lcg) -> anyhow::Result<Money> {
-    let units = (match rng.below(100) {
-        0..70 => 1 + rng.below(200),
-        70..90 => 200 + rng.below(800),
-        90..98 => 1_000 + rng.below(4_000),
-        _ => 5_000 + rng.below(45_000),
-    }) as i64;
+    let units = units_drawn(rng);
     let c = currency(match rng.below(100) {
         0..55 => "USD",
         55..80 => "EUR",
@@ -263,16 +240,10 @@ pub fn workload(s: &BillingSettings, transfers_n: usize, t0_ms: i64) -> anyhow::
 
     // Lifecycles: INITIATED, PROCESSING, then the final status a few transfers later.
     let step = ((end - start) / transfers_n as i64).max(1);
-    let (mut out, mut pending): (Vec<RawEnvelope>, BTreeMap<(usize, usize), RawEnvelope>) =
-        Default::default();
-    let (mut seq, mut completed, mut late) = (0usize, 0usize, 0usize);
+    let mut st = Stream::default();
+    let (mut completed, mut late) = (0usize, 0usize);
     for i in 0..transfers_n {
-        while let Some(e) = pending.first_entry() {
-            if e.key().0 > i {
-                break;
-            }
-            out.push(e.remove());
-        }
+        st.release(i);
         let t = rng.below(TENANTS as u64) as usize;
         let tn = tenant(t);
         let kind = match rng.below(100) {
@@ -310,13 +281,9 @@ pub fn workload(s: &BillingSettings, transfers_n: usize, t0_ms: i64) -> anyhow::
                 change(previous, status, v),
             )
         };
-        out.push(e(1, TransferStatus::Initiated, None, done_ms - 2_000)?);
+        st.out.push(e(1, TransferStatus::Initiated, None, done_ms - 2_000)?);
         let due = i + 1 + rng.below(FOLLOW_MAX) as usize;
-        seq += 1;
-        pending.insert(
-            (due, seq),
-            e(2, TransferStatus::Processing, Some(TransferStatus::Initiated), done_ms - 1_000)?,
-        );
+        st.later(due, e(2, TransferStatus::Processing, Some(TransferStatus::Initiated), done_ms - 1_000)?);
         let last = match r {
             _ if r < COMPLETED_PER_MILLE => Some(TransferStatus::Completed),
             _ if r < COMPLETED_PER_MILLE + FAILED_PER_MILLE => Some(TransferStatus::Failed),
@@ -332,15 +299,13 @@ pub fn workload(s: &BillingSettings, transfers_n: usize, t0_ms: i64) -> anyhow::
                 completed += 1;
                 late += usize::from(is_late);
                 if rng.below(1_000) < TWICE_PER_MILLE {
-                    seq += 1;
-                    pending.insert((final_due + 1 + rng.below(FOLLOW_MAX) as usize, seq), f.clone());
+                    st.later(final_due + 1 + rng.below(FOLLOW_MAX) as usize, f.clone());
                 }
             }
-            seq += 1;
-            pending.insert((final_due, seq), f);
+            st.later(final_due, f);
         }
     }
-    out.extend(pending.into_values());
+    let out = st.finish();
 
     // The ledger's answers: apply configs and status changes, answer each booking requested.
     let mut w =
@@ -427,10 +392,7 @@ fn apply_alone(w: &Workload, s: &BillingSettings) -> anyhow::Result<Apply> {
         let (out, poisoned) = alone.apply(&p, items);
         let secs = t0.elapsed().as_secs_f64();
         anyhow::ensure!(poisoned == 0, "{poisoned} inputs were dead-lettered");
-        let mut m = Outcomes::default();
-        for o in setup_out.iter().chain(&out).filter(|o| o.topic == events) {
-            count(&mut m, &o.payload);
-        }
+        let m = outcomes_on(setup_out.iter().chain(&out), &events, count);
         rates.push(n as f64 / secs);
         fee_rates.push(fees_in(&m) as f64 / secs);
         if run == 0 {
@@ -527,16 +489,7 @@ async fn on_broker(base: &Config, w: &Workload, expected: &Outcomes) -> anyhow::
     let ceiling = RoutedPassthrough { output: passthrough_topic.clone(), like: billing_like };
     let (p_share, passthrough_steady_s) = drain(&cfg, ceiling, &passthrough_topic, copies).await?;
 
-    let (kcfg, topic) = (cfg.kafka.clone(), events.clone());
-    let records = tokio::task::spawn_blocking(move || {
-        kafka::read_all(&kcfg, &topic, total as usize * 2 + 1, Duration::from_secs(300))
-    })
-    .await?
-    .map_err(anyhow::Error::msg)?;
-    let mut mix = Outcomes::default();
-    for r in &records {
-        count(&mut mix, &r.payload);
-    }
+    let mix = outcomes_read(&cfg, &events, total as usize * 2 + 1, count).await?;
     Ok(Broker {
         events_per_s,
         steady_s,
@@ -577,14 +530,8 @@ pub async fn billing(cfg: &Config, o: &Options) -> anyhow::Result<()> {
 
     let b = on_broker(cfg, &w, &a.mix).await?;
     println!("(2) billing on the broker:     {:>9.0} records/s landed on billing.events = {:>9.0} inputs/s = {:>9.0} fees/s (router, checkpoint after every batch; steady state over {:.2} s)", b.events_per_s, b.inputs_per_s, b.fees_per_s, b.steady_s);
-    println!("    routed passthrough ceiling: {:>9.0} inputs/s (router + loop, no state; steady state over {:.2} s)", b.passthrough_per_s, b.passthrough_steady_s);
-    println!("    ratio:                      {:>9.2}", b.inputs_per_s / b.passthrough_per_s);
-    let diff = a.mix.differences(&b.mix);
-    if diff.is_empty() {
-        println!("    outcomes on the broker: identical to (1) ({} records read back)", b.mix.total());
-    } else {
-        println!("    outcomes on the broker DIFFER from (1) (apply alone vs broker): {}", diff.join("; "));
-    }
+    let diff =
+        print_against_ceiling(b.inputs_per_s, b.passthrough_per_s, b.passthrough_steady_s, &a.mix, &b.mix);
 
     let report = json!({
         "machine": m,
@@ -614,6 +561,8 @@ pub async fn billing(cfg: &Config, o: &Options) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use chrono::DateTime;
+
     use super::*;
 
     /// The outcomes of one untimed run of (1) over `w`.
@@ -624,11 +573,7 @@ mod tests {
         let mut alone = Alone::<BillingProcessor>::new();
         let (mut out, _) = alone.apply(&p, setup_items(w));
         out.extend(alone.apply(&p, main_items(w, w.statuses.iter().chain(&w.answers))).0);
-        let mut mix = Outcomes::default();
-        for o in out.iter().filter(|o| o.topic == events) {
-            count(&mut mix, &o.payload);
-        }
-        mix
+        outcomes_on(out.iter(), &events, count)
     }
 
     fn ms(rfc3339: &str) -> i64 {

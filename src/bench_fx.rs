@@ -22,12 +22,11 @@
 //!
 //! Measurement arithmetic is floating point here; no money passes through it.
 #![allow(clippy::float_arithmetic)]
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use riverbank_processors::fx::{FxProcessor, FxSettings};
 use riverbank_runtime::produce::Emit;
 use riverbank_runtime::{kafka, CancellationToken, Config};
@@ -39,12 +38,13 @@ use riverbank_schemas::fx::{
 };
 use riverbank_schemas::ledger::{BookingOutcome, BookingRecorded, BookingRequested};
 use riverbank_schemas::processor::{Processor, Spec};
-use riverbank_schemas::{derived_id, Currency, Envelope, Environment, Money, RawEnvelope, Topics};
+use riverbank_schemas::{derived_id, Envelope, Environment, Money, RawEnvelope, Topics};
 use serde_json::json;
 
 use crate::bench::{
-    drain, drain_fed, log_ticked, median, print_machine, produce_to, reason_code, records_on,
-    router_caught_up, ticked, write_report, Alone, LogItem, Outcomes, RoutedPassthrough,
+    self, at, currency, drain, drain_fed, log_ticked, median, outcomes_on, outcomes_read,
+    print_against_ceiling, print_machine, produce_to, reason_code, records_on, router_caught_up, tenant,
+    ticked, units_drawn, write_report, Alone, LogItem, Outcomes, RoutedPassthrough, Stream, SOURCE,
 };
 use crate::workload::Lcg;
 
@@ -84,7 +84,6 @@ const LEDGER_REFUSED_PER_MILLE: u64 = 30;
 const SETUP_WAIT: Duration = Duration::from_secs(120);
 /// Tenant of rate publications (they are for every tenant).
 const PLATFORM_TENANT: &str = "platform";
-const SOURCE: &str = "riverbank.bench";
 const TRADER: &str = "user:bench-trader";
 const CHECKER: &str = "user:bench-checker";
 
@@ -165,18 +164,6 @@ impl Workload {
     }
 }
 
-fn tenant(t: usize) -> String {
-    format!("bank-{t:02}")
-}
-
-fn at(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-fn currency(code: &str) -> anyhow::Result<Currency> {
-    Currency::from_code(code).map_err(|e| anyhow::anyhow!("{code}: {e}"))
-}
-
 /// An input envelope with an id derived from `parts` (the same workload has the same ids).
 fn envelope<P: serde::Serialize>(
     parts: &[&str],
@@ -185,11 +172,7 @@ fn envelope<P: serde::Serialize>(
     at_ms: i64,
     payload: P,
 ) -> anyhow::Result<RawEnvelope> {
-    let mut id_parts = vec!["bench-fx"];
-    id_parts.extend_from_slice(parts);
-    let id = derived_id(&id_parts);
-    let payload = serde_json::to_value(payload)?;
-    Ok(Envelope::new(id, event_type, tenant, Environment::Live, at(at_ms), SOURCE, payload))
+    bench::envelope("bench-fx", parts, event_type, tenant, at_ms, payload)
 }
 
 /// A publication of `rates` as of `as_of_ms`.
@@ -232,16 +215,6 @@ fn amount_of(rng: &mut Lcg, code: &str, usd: i64) -> anyhow::Result<Money> {
     Ok(Money::new(minor, c))
 }
 
-/// Mostly small: 70 % up to 200, 20 % up to 1,000, 8 % up to 5,000, 2 % up to 50,000 (USD worth).
-fn usd_worth(rng: &mut Lcg) -> i64 {
-    (match rng.below(100) {
-        0..70 => 1 + rng.below(200),
-        70..90 => 200 + rng.below(800),
-        90..98 => 1_000 + rng.below(4_000),
-        _ => 5_000 + rng.below(45_000),
-    }) as i64
-}
-
 /// One quote request: `fixed_sell` fixes the sold amount, else the bought one.
 fn quote_request(
     rng: &mut Lcg,
@@ -268,29 +241,6 @@ fn conversion_request(conversion_id: &str, quote_id: &str, t: usize) -> FxConver
         source_account: format!("acct_treasury_{t:02}"),
         destination_account: None,
         requested_by: TRADER.to_owned(),
-    }
-}
-
-/// Inputs laid out in stream order: each follow-up is due after a number of quotes.
-struct Stream {
-    out: Vec<RawEnvelope>,
-    pending: BTreeMap<(usize, usize), RawEnvelope>,
-    seq: usize,
-}
-
-impl Stream {
-    fn later(&mut self, due: usize, e: RawEnvelope) {
-        self.seq += 1;
-        self.pending.insert((due, self.seq), e);
-    }
-    /// Everything due by quote `k`, in order.
-    fn release(&mut self, k: usize) {
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.key().0 > k {
-                break;
-            }
-            self.out.push(entry.remove());
-        }
     }
 }
 
@@ -386,7 +336,7 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
     for i in 0..expiring_n {
         let t = i % TENANTS;
         let pair = PAIRS[rng.below(PAIRS.len() as u64) as usize];
-        let usd = usd_worth(&mut rng);
+        let usd = units_drawn(&mut rng);
         let req = quote_request(&mut rng, &format!("qx-{i:06}"), pair, true, usd)?;
         expiring.push(envelope(
             &["qx", &i.to_string()],
@@ -403,7 +353,7 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
     // About two records per quote: the republications' as_of stay within 100 s of the first's.
     let republications = quotes_n * 3 / RATES_EVERY + 1;
     let rate_step = RATE_STEP_MS.min(100_000 / republications as i64).max(1);
-    let mut st = Stream { out: Vec::new(), pending: BTreeMap::new(), seq: 0 };
+    let mut st = Stream::default();
     let mut published = 0usize;
     let mut since_rates = 0usize;
     for k in 0..quotes_n {
@@ -418,7 +368,7 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
         let tn = tenant(t);
         let (qid, k_s) = (format!("q-{k:07}"), k.to_string());
         let r = rng.below(1_000);
-        let usd = usd_worth(&mut rng);
+        let usd = units_drawn(&mut rng);
         let fixed_sell = rng.below(100) < 60;
         let (req, priced, otc) = if r < UNKNOWN_PAIR_PER_MILLE {
             let pair = if rng.below(2) == 0 { ("USD", UNPRICED) } else { (UNPRICED, "EUR") };
@@ -497,8 +447,7 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
             st.out.push(e);
         }
     }
-    st.release(usize::MAX);
-    let requests = st.out;
+    let requests = st.finish();
     anyhow::ensure!(
         published as i64 * rate_step < riverbank_processors::fx::RATE_AHEAD_MAX_MS / 2,
         "{published} republications would run the rates ahead of the clock"
@@ -569,9 +518,7 @@ fn apply_alone(w: &Workload, s: &FxSettings) -> anyhow::Result<(f64, Vec<f64>, O
         anyhow::ensure!(poisoned == 0, "{poisoned} inputs were dead-lettered");
         rates.push(n as f64 / secs);
         if run == 0 {
-            for o in setup_out.iter().chain(&out).filter(|o| o.topic == events) {
-                count(&mut mix, &o.payload);
-            }
+            mix = outcomes_on(setup_out.iter().chain(&out), &events, count);
             booked = out.iter().filter(|o| o.topic == bookings).count();
         }
     }
@@ -681,16 +628,7 @@ async fn on_broker(base: &Config, o: &Options, s: &FxSettings) -> anyhow::Result
     let ceiling = RoutedPassthrough { output: passthrough_topic.clone(), like: fx_like };
     let (p_share, passthrough_steady_s) = drain(&cfg, ceiling, &passthrough_topic, copies as i64).await?;
 
-    let mut mix = Outcomes::default();
-    let (kcfg, topic) = (cfg.kafka.clone(), events.clone());
-    let records = tokio::task::spawn_blocking(move || {
-        kafka::read_all(&kcfg, &topic, expected as usize * 2 + 1, Duration::from_secs(300))
-    })
-    .await?
-    .map_err(anyhow::Error::msg)?;
-    for r in &records {
-        count(&mut mix, &r.payload);
-    }
+    let mix = outcomes_read(&cfg, &events, expected as usize * 2 + 1, count).await?;
     Ok(Broker {
         events_per_s,
         steady_s,
@@ -711,11 +649,7 @@ fn outcomes_of(w: &Workload, s: &FxSettings, tick_step_ms: i64) -> Outcomes {
     let mut alone = Alone::<FxProcessor>::new();
     let (mut out, _) = alone.apply(&p, setup_items(w, s));
     out.extend(alone.apply(&p, main_items(w, s, w.requests.iter().chain(&w.answers), tick_step_ms)).0);
-    let mut mix = Outcomes::default();
-    for o in out.iter().filter(|o| o.topic == events) {
-        count(&mut mix, &o.payload);
-    }
-    mix
+    outcomes_on(out.iter(), &events, count)
 }
 
 /// `riverbank bench fx`.
@@ -747,14 +681,13 @@ pub async fn fx(cfg: &Config, o: &Options) -> anyhow::Result<()> {
 
     let b = on_broker(cfg, o, &s).await?;
     println!("(2) fx on the broker:          {:>9.0} records/s landed on fx.events = {:>9.0} inputs/s (router, checkpoint after every batch; steady state over {:.2} s)", b.events_per_s, b.inputs_per_s, b.steady_s);
-    println!("    routed passthrough ceiling: {:>9.0} inputs/s (router + loop, no state; steady state over {:.2} s)", b.passthrough_per_s, b.passthrough_steady_s);
-    println!("    ratio:                      {:>9.2}", b.inputs_per_s / b.passthrough_per_s);
-    let diff = apply_mix.differences(&b.mix);
-    if diff.is_empty() {
-        println!("    outcomes on the broker: identical to (1) ({} records read back)", b.mix.total());
-    } else {
-        println!("    outcomes on the broker DIFFER from (1) (apply alone vs broker): {}", diff.join("; "));
-    }
+    let diff = print_against_ceiling(
+        b.inputs_per_s,
+        b.passthrough_per_s,
+        b.passthrough_steady_s,
+        &apply_mix,
+        &b.mix,
+    );
 
     let report = json!({
         "machine": m,
