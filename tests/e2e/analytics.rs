@@ -25,6 +25,8 @@ const ENV: Environment = Environment::Live;
 /// How long anything asynchronous (the sink landing a batch, the watermark moving) may take to show.
 const WAIT: Duration = Duration::from_secs(90);
 
+type Transfer<'a> = (&'a str, TransferKind, i64, &'a str);
+
 struct Outputs {
     topics: Topics,
     emits: Vec<Emit>,
@@ -45,16 +47,8 @@ impl Outputs {
         self.emits.push(Emit { topic, key: TENANT.to_owned(), event_id: id, payload });
     }
 
-    fn status(
-        &mut self,
-        id: &str,
-        kind: TransferKind,
-        minor: i64,
-        cur: &str,
-        s: TransferStatus,
-        v: u32,
-        at: DateTime<Utc>,
-    ) {
+    /// Transfer `(id, kind, amount in minor units, currency)` reaching status `s` as version `v`.
+    fn status(&mut self, (id, kind, minor, cur): Transfer, s: TransferStatus, v: u32, at: DateTime<Utc>) {
         let currency = Currency::from_code(cur).expect("a currency");
         let p = TransferStatusChanged {
             transfer_id: id.into(),
@@ -271,13 +265,13 @@ async fn analytics_count_what_the_processors_produced() -> anyhow::Result<()> {
     let mut out = Outputs { topics: topics.clone(), emits: Vec::new() };
     use TransferKind::{Deposit, Payout};
     use TransferStatus::{Cancelled, Completed, Initiated};
-    out.status("tr-1", Deposit, 100_000, "USD", Initiated, 1, ms(t0, 250));
-    out.status("tr-1", Deposit, 100_000, "USD", Completed, 2, ms(t0, 2_250));
-    out.status("tr-2", Deposit, 500, "USD", Initiated, 1, ms(t0, 10_000));
-    out.status("tr-2", Deposit, 500, "USD", Completed, 2, ms(t0, 14_000));
-    out.status("tr-3", Payout, 2_000, "EUR", Initiated, 1, ms(t0, 20_000));
-    out.status("tr-3", Payout, 2_000, "EUR", Cancelled, 2, ms(t1, 30_000));
-    out.status("tr-4", Deposit, 700, "USD", Initiated, 1, now);
+    out.status(("tr-1", Deposit, 100_000, "USD"), Initiated, 1, ms(t0, 250));
+    out.status(("tr-1", Deposit, 100_000, "USD"), Completed, 2, ms(t0, 2_250));
+    out.status(("tr-2", Deposit, 500, "USD"), Initiated, 1, ms(t0, 10_000));
+    out.status(("tr-2", Deposit, 500, "USD"), Completed, 2, ms(t0, 14_000));
+    out.status(("tr-3", Payout, 2_000, "EUR"), Initiated, 1, ms(t0, 20_000));
+    out.status(("tr-3", Payout, 2_000, "EUR"), Cancelled, 2, ms(t1, 30_000));
+    out.status(("tr-4", Deposit, 700, "USD"), Initiated, 1, now);
     out.decision("d-1", "tr-1", RiskOutcome::Approve, false, false, ms(t0, 5_000));
     out.decision("d-2", "tr-2", RiskOutcome::Review, false, false, ms(t0, 6_000));
     out.decision("d-2s", "tr-2", RiskOutcome::Block, true, false, ms(t0, 7_000));

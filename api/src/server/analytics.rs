@@ -28,6 +28,8 @@ use super::{complete_through, database_error, guarded, live, Api};
 pub const HOUR_RANGE_S_MAX: i64 = 31 * 86_400;
 /// Longest `from`..`to` span with daily buckets: 366 days.
 pub const DAY_RANGE_S_MAX: i64 = 366 * 86_400;
+/// Longest `after` cursor accepted, in bytes (hex of the last row's key).
+const CURSOR_BYTES_MAX: usize = 1_024;
 /// One hour, in seconds.
 const HOUR_S: i64 = 3_600;
 /// One day, in seconds.
@@ -255,7 +257,7 @@ fn encode_cursor(parts: &[String]) -> String {
 fn decode_cursor(text: &str, types: &str) -> Result<Vec<String>, HttpError> {
     let bad_cursor =
         || bad("after", "invalid_cursor", "cursor", "must be a next_cursor from a previous page");
-    if text.len() % 2 != 0 || text.len() > 1024 {
+    if !text.len().is_multiple_of(2) || text.len() > CURSOR_BYTES_MAX {
         return Err(bad_cursor());
     }
     let bytes = (0..text.len())
