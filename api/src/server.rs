@@ -330,7 +330,8 @@ async fn complete_through(
 }
 
 /// Audit events per hour. Placeholders: tenant, environment.
-const AUDIT_VOLUME_SQL: &str = "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, toUInt64(count()) AS events,
+const AUDIT_VOLUME_SQL: &str =
+    "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, toUInt64(count()) AS events,
        toUInt64(sum(payload_bytes)) AS payload_bytes
 FROM audit_events FINAL
 WHERE tenant_id = ? AND environment = ?

@@ -32,7 +32,12 @@ pub const ID_BYTES_MAX: usize = riverbank_schemas::fx::FX_ID_BYTES_MAX;
 pub(super) const SUM_SPLIT: i64 = 1_000_000_000;
 
 /// A 400 naming the parameter at fault (`error.field`) and the rule it breaks (`error.rule`).
-pub(super) fn bad(field: &str, code: &'static str, rule: &'static str, message: impl std::fmt::Display) -> HttpError {
+pub(super) fn bad(
+    field: &str,
+    code: &'static str,
+    rule: &'static str,
+    message: impl std::fmt::Display,
+) -> HttpError {
     HttpError {
         field: Some((field.to_owned(), rule)),
         ..HttpError::bad_request(code, format!("{field}: {message}"))
@@ -961,8 +966,8 @@ pub(super) fn time_range(
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), HttpError> {
     let time = |field: &str, v: Option<&str>| -> Result<DateTime<Utc>, HttpError> {
         let example = "RFC 3339, e.g. 2026-12-01T00:00:00Z";
-        let text = v
-            .ok_or_else(|| bad(field, "invalid_time", "required", format!("is required ({example})")))?;
+        let text =
+            v.ok_or_else(|| bad(field, "invalid_time", "required", format!("is required ({example})")))?;
         let t = DateTime::parse_from_rfc3339(text)
             .map_err(|_| bad(field, "invalid_time", "rfc3339", format!("must be {example}")))?
             .with_timezone(&Utc);

@@ -553,15 +553,15 @@ pub(super) async fn shadow_diff(
             query
         };
         let pairs: Vec<PairRow> = bind_range(s2.ch.query(&shadow_outcomes_sql()))
-        .fetch_all()
-        .await
-        .map_err(|e| database_error("clickhouse", &e))?;
+            .fetch_all()
+            .await
+            .map_err(|e| database_error("clickhouse", &e))?;
         // One more than asked, to tell a full page from a truncated one.
         let rows: Vec<DiffRow> = bind_range(s2.ch.query(&shadow_differences_sql()))
-        .bind(u64::from(limit) + 1)
-        .fetch_all()
-        .await
-        .map_err(|e| database_error("clickhouse", &e))?;
+            .bind(u64::from(limit) + 1)
+            .fetch_all()
+            .await
+            .map_err(|e| database_error("clickhouse", &e))?;
         let truncated = rows.len() > limit as usize;
         let differences = rows
             .into_iter()
