@@ -57,7 +57,7 @@ use riverbank_schemas::ledger::{
 use riverbank_schemas::money::AMOUNT_MINOR_MAX;
 use riverbank_schemas::processor::{derived_emit, Emit, InputRef, Output, Processor, Spec, Verdict};
 use riverbank_schemas::rounding::{div_round, exact_decimal, pow10, RoundingMode};
-use riverbank_schemas::state::{Cell, Table, Timer, Timers};
+use riverbank_schemas::state::{remember_bounded, Cell, Table, Timer, Timers};
 use riverbank_schemas::{
     commands::{parse_rate_e9, FxConversionRequested, FxQuoteRequested},
     derived_id, Currency, Envelope, Environment, Money, RawEnvelope, Topics, WebhookReceived,
@@ -310,16 +310,7 @@ impl FxState {
 
     /// Remember `key`, forgetting the oldest past `max`.
     fn remember(&mut self, key: String, max: usize) {
-        while self.seen_order.len() >= max {
-            let Some(oldest) = self.seen_order.keys().next().cloned() else { break };
-            if let Some(k) = self.seen_order.remove(&oldest) {
-                self.seen.remove(&k);
-            }
-        }
-        let seq = self.seen_seq.get().saturating_add(1);
-        self.seen_seq.set(seq);
-        self.seen.insert(key.clone(), seq);
-        self.seen_order.insert(format!("{seq:020}"), key);
+        remember_bounded(&mut self.seen, &mut self.seen_order, &mut self.seen_seq, key, max);
     }
 }
 

@@ -37,7 +37,7 @@ use riverbank_schemas::kyc::{
     TIER_MAX,
 };
 use riverbank_schemas::processor::{Emit, InputRef, Output, Processor, Spec, Verdict};
-use riverbank_schemas::state::{Cell, Table, Timer, Timers};
+use riverbank_schemas::state::{remember_bounded, Cell, Table, Timer, Timers};
 use riverbank_schemas::{derived_id, Envelope, Environment, RawEnvelope, Topics, WebhookReceived};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -369,17 +369,8 @@ impl Processor for KycProcessor {
 impl KycProcessor {
     /// Remember an input for deduplication, forgetting the oldest past the limit.
     fn remember(&self, state: &mut KycState, key: String) {
-        while state.seen_order.len() >= self.limits.inputs_remembered_max.max(1) {
-            let Some(oldest) = state.seen_order.keys().next().cloned() else { break };
-            if let Some(k) = state.seen_order.remove(&oldest) {
-                state.seen.remove(&k);
-            }
-        }
-        // 2^64 inputs cannot arrive; saturating keeps even that from reusing an earlier position.
-        let seq = state.seen_seq.get().saturating_add(1);
-        state.seen_seq.set(seq);
-        state.seen.insert(key.clone(), seq);
-        state.seen_order.insert(format!("{seq:020}"), key);
+        let max = self.limits.inputs_remembered_max;
+        remember_bounded(&mut state.seen, &mut state.seen_order, &mut state.seen_seq, key, max);
     }
 
     /// The user at `key`, or a new one if the partition has room.

@@ -369,6 +369,29 @@ impl State for () {
     }
 }
 
+/// Remember `key` in a bounded set of remembered inputs (or ids): `seen` maps each key to its sequence,
+/// `order` holds the keys by sequence (`{sequence:020}`) and `seq` the last sequence given. Past `max`
+/// keys (at least one) the oldest are forgotten first.
+pub fn remember_bounded(
+    seen: &mut Table<u64>,
+    order: &mut Table<String>,
+    seq: &mut Cell<u64>,
+    key: String,
+    max: usize,
+) {
+    while order.len() >= max.max(1) {
+        let Some(oldest) = order.keys().next().cloned() else { break };
+        if let Some(k) = order.remove(&oldest) {
+            seen.remove(&k);
+        }
+    }
+    // 2^64 inputs cannot arrive; saturating keeps even that from reusing an earlier position.
+    let next = seq.get().saturating_add(1);
+    seq.set(next);
+    seen.insert(key.clone(), next);
+    order.insert(format!("{next:020}"), key);
+}
+
 /// Implement [`State`] for a struct from the fields that hold its tables, cells and timers:
 /// `state_tables!(MyState { accounts, clock }, timers = timers);` (`timers = …` is optional). The struct
 /// needs `fn new() -> Self` building every table with its prefix, and may implement `restored` via
