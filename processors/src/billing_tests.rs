@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use riverbank_schemas::billing::period_of;
-use riverbank_schemas::processor::Via;
 use riverbank_schemas::state::{Encoded, State as _};
 use serde_json::json;
 
 use super::*;
+use crate::test_harness::Harness;
 
 const T: &str = "tenant-a";
 const T2: &str = "tenant-b";
@@ -85,48 +85,14 @@ fn decode_out(e: &Emit) -> (String, Out) {
 }
 
 /// A processor, its state and the partition clock (ticks).
-struct H {
-    p: BillingProcessor,
-    s: BillingState,
-    seq: u64,
-    now_ms: i64,
-}
+type H = Harness<BillingProcessor>;
 
 impl H {
     fn new() -> Self {
         Self::with(BillingSettings::default())
     }
     fn with(settings: BillingSettings) -> Self {
-        H { p: BillingProcessor::new(Topics::new(""), settings), s: BillingState::new(), seq: 0, now_ms: 0 }
-    }
-    fn at(&self) -> InputRef<'static> {
-        InputRef {
-            topic: "live.billing.inputs",
-            partition: 0,
-            offset: 0,
-            environment: Environment::Live,
-            now_ms: self.now_ms,
-            via: Via::Log,
-        }
-    }
-    fn envelope(
-        &mut self,
-        tenant: &str,
-        event_type: &str,
-        at_ms: i64,
-        payload: serde_json::Value,
-    ) -> RawEnvelope {
-        self.seq += 1;
-        let id = derived_id(&["billing-test", &self.seq.to_string()]);
-        let at = DateTime::from_timestamp_millis(at_ms).expect("a time");
-        Envelope::new(id, event_type, tenant, Environment::Live, at, "test", payload)
-    }
-    fn send_raw(&mut self, e: RawEnvelope) -> Vec<Emit> {
-        let at = self.at();
-        match self.p.apply(&mut self.s, &at, e) {
-            Verdict::Emit(out) => out,
-            Verdict::Poison(reason) => panic!("poison: {reason}"),
-        }
+        Harness::of(BillingProcessor::new(Topics::new(""), settings), "live.billing.inputs", "billing-test")
     }
     fn send(&mut self, e: RawEnvelope) -> Vec<Out> {
         self.send_raw(e).iter().map(|e| decode_out(e).1).collect()
@@ -135,19 +101,6 @@ impl H {
         let out = self.send(e);
         assert_eq!(out.len(), 1, "{out:?}");
         out[0].clone()
-    }
-    /// Move the clock to `now_ms` and fire the timers due, as the runtime does on a tick.
-    fn tick_raw(&mut self, now_ms: i64) -> Vec<Emit> {
-        self.now_ms = self.now_ms.max(now_ms);
-        let mut out = Vec::new();
-        while let Some(t) = self.s.timers.pop_due(self.now_ms) {
-            let at = self.at();
-            match self.p.on_timer(&mut self.s, &at, t) {
-                Verdict::Emit(e) => out.extend(e),
-                Verdict::Poison(r) => panic!("timer poison: {r}"),
-            }
-        }
-        out
     }
     fn tick(&mut self, now_ms: i64) -> Vec<Out> {
         self.tick_raw(now_ms).iter().map(|e| decode_out(e).1).collect()

@@ -9,6 +9,7 @@ use KycStatus as K;
 use UserStatus as U;
 
 use super::*;
+use crate::test_harness::Harness;
 
 const T: &str = "tenant-a";
 
@@ -63,48 +64,17 @@ fn decode_out(e: &Emit) -> Out {
 }
 
 /// A processor, its state and the partition clock (ticks).
-struct H {
-    p: KycProcessor,
-    s: KycState,
-    seq: u64,
-    now_ms: i64,
-}
+type H = Harness<KycProcessor>;
 
 impl H {
     fn new() -> Self {
         Self::with(KycLimits::default())
     }
     fn with(limits: KycLimits) -> Self {
-        H { p: KycProcessor::new(Topics::new(""), limits), s: KycState::new(), seq: 0, now_ms: 0 }
-    }
-    fn at(&self) -> InputRef<'static> {
-        InputRef {
-            topic: "live.kyc.inputs",
-            partition: 0,
-            offset: 0,
-            environment: Environment::Live,
-            now_ms: self.now_ms,
-            via: riverbank_schemas::processor::Via::Log,
-        }
-    }
-    fn envelope(
-        &mut self,
-        tenant: &str,
-        event_type: &str,
-        at_ms: i64,
-        payload: serde_json::Value,
-    ) -> RawEnvelope {
-        self.seq += 1;
-        let id = derived_id(&["kyc-test", &self.seq.to_string()]);
-        let at = DateTime::from_timestamp_millis(at_ms).expect("a time");
-        Envelope::new(id, event_type, tenant, Environment::Live, at, "test", payload)
+        Harness::of(KycProcessor::new(Topics::new(""), limits), "live.kyc.inputs", "kyc-test")
     }
     fn send(&mut self, e: RawEnvelope) -> Vec<Out> {
-        let at = self.at();
-        match self.p.apply(&mut self.s, &at, e) {
-            Verdict::Emit(out) => out.iter().map(decode_out).collect(),
-            Verdict::Poison(reason) => panic!("poison: {reason}"),
-        }
+        self.send_raw(e).iter().map(decode_out).collect()
     }
     fn one(&mut self, e: RawEnvelope) -> Out {
         let out = self.send(e);
@@ -135,16 +105,7 @@ impl H {
     }
     /// Move the partition clock to `now_ms` and fire the timers due, as the runtime does on a tick.
     fn tick(&mut self, now_ms: i64) -> Vec<Out> {
-        self.now_ms = self.now_ms.max(now_ms);
-        let mut out = Vec::new();
-        while let Some(t) = self.s.timers.pop_due(self.now_ms) {
-            let at = self.at();
-            match self.p.on_timer(&mut self.s, &at, t) {
-                Verdict::Emit(e) => out.extend(e.iter().map(decode_out)),
-                Verdict::Poison(r) => panic!("timer poison: {r}"),
-            }
-        }
-        out
+        self.tick_raw(now_ms).iter().map(decode_out).collect()
     }
     fn user(&self, user: &str) -> &User {
         &self.s.users[user_key(T, user).as_str()]
@@ -619,7 +580,7 @@ fn a_restored_state_continues_identically() {
         h.s.snapshot().into_iter().map(|(k, v)| (k, Encoded::Bin(v))).collect();
     let restored = KycState::restore(&snap).expect("restores");
     assert_eq!(restored, h.s);
-    let mut g = H { p: h.p.clone(), s: restored, seq: h.seq, now_ms: h.now_ms };
+    let mut g = h.with_state(restored);
     let valid = KycLimits::default().approval_valid_ms;
     for x in [&mut h, &mut g] {
         x.review("c2", "approved", Some(3), ms(1));

@@ -10,6 +10,9 @@ pub mod risk;
 pub mod transfers;
 pub mod volume;
 
+#[cfg(test)]
+mod test_harness;
+
 pub use audit::AuditProcessor;
 pub use billing::{BillingProcessor, BillingSettings};
 pub use fx::{FxProcessor, FxSettings};
