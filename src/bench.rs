@@ -490,6 +490,27 @@ pub(crate) async fn outcomes_read(
     Ok(mix)
 }
 
+/// A copy of `base` on fresh topics (prefix `{name}-{uuid}.`), live only.
+pub(crate) fn fresh_config(base: &Config, name: &str) -> Config {
+    let mut cfg = base.clone();
+    cfg.kafka.topic_prefix = format!("{name}-{}.", uuid::Uuid::new_v4().simple());
+    cfg.kafka.environments = vec![Environment::Live];
+    cfg
+}
+
+/// Creates the topics `p` runs on in `env` (its log, inputs and outputs) and the routed passthrough's log.
+pub(crate) async fn ensure_processor_topics<P: Processor>(
+    cfg: &Config,
+    p: &P,
+    topics: &Topics,
+    env: Environment,
+) -> anyhow::Result<()> {
+    let specs = vec![(env, p.spec(topics, env))];
+    let mut all = riverbank_runtime::process::topics_of(cfg, p.name(), &specs);
+    all.push(topics.log(env, "passthrough-routed"));
+    riverbank_runtime::kafka::ensure_topics(&cfg.kafka, &all).await.context("creating bench topics")
+}
+
 /// Prints the routed passthrough's ceiling, the ratio of the processor's `inputs_per_s` to it, and
 /// whether the outcomes on the broker are those of apply alone; returns the differences.
 pub(crate) fn print_against_ceiling(

@@ -38,9 +38,10 @@ use riverbank_schemas::{derived_id, Currency, Environment, Money, RawEnvelope, T
 use serde_json::json;
 
 use crate::bench::{
-    self, at, currency, drain, drain_fed, log_ticked, median, outcomes_on, outcomes_read,
-    print_against_ceiling, print_machine, produce_to, reason_code, router_caught_up, tenant, ticked,
-    units_drawn, write_report, Alone, LogItem, Outcomes, RoutedPassthrough, Stream,
+    self, at, currency, drain, drain_fed, ensure_processor_topics, fresh_config, log_ticked, median,
+    outcomes_on, outcomes_read, print_against_ceiling, print_machine, produce_to, reason_code,
+    router_caught_up, tenant, ticked, units_drawn, write_report, Alone, LogItem, Outcomes, RoutedPassthrough,
+    Stream,
 };
 use crate::bench_fx::ledger_answers;
 use crate::workload::Lcg;
@@ -74,6 +75,9 @@ const PRICED_KINDS: [TransferKind; 3] =
     [TransferKind::Deposit, TransferKind::Payout, TransferKind::Withdrawal];
 const CURRENCIES: [&str; 4] = ["USD", "EUR", "GBP", "JPY"];
 
+/// What the inputs' ids derive from (with their parts).
+const ID: &str = "bench-billing";
+
 /// `riverbank bench billing` options.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
@@ -100,17 +104,6 @@ pub struct Workload {
     pub late: usize,
     /// The completions' span (ms).
     pub span: (i64, i64),
-}
-
-/// An input envelope with an id derived from `parts` (the same workload has the same ids).
-fn envelope<P: serde::Serialize>(
-    parts: &[&str],
-    event_type: &str,
-    tenant: &str,
-    at_ms: i64,
-    payload: P,
-) -> anyhow::Result<RawEnvelope> {
-    bench::envelope("bench-billing", parts, event_type, tenant, at_ms, payload)
 }
 
 /// `major` units of `c` (JPY amounts scaled to about the same worth).
@@ -227,12 +220,26 @@ pub fn workload(s: &BillingSettings, transfers_n: usize, t0_ms: i64) -> anyhow::
                 let parts = [tenant(t), kind.as_str().to_owned(), code.to_owned()];
                 let p = config(t, kind, c, 1, from);
                 let ids = ["config", &parts[0], &parts[1], &parts[2], "1"];
-                configs.push(envelope(&ids, command_types::FEE_CONFIG_UPSERTED, &tenant(t), from, p)?);
+                configs.push(bench::envelope(
+                    ID,
+                    &ids,
+                    command_types::FEE_CONFIG_UPSERTED,
+                    &tenant(t),
+                    from,
+                    p,
+                )?);
                 if t % 4 == 1 && kind == TransferKind::Payout {
                     let mid = start + (end - start) / 2;
                     let p = config(t, kind, c, 2, mid);
                     let ids = ["config", &parts[0], &parts[1], &parts[2], "2"];
-                    configs.push(envelope(&ids, command_types::FEE_CONFIG_UPSERTED, &tenant(t), from, p)?);
+                    configs.push(bench::envelope(
+                        ID,
+                        &ids,
+                        command_types::FEE_CONFIG_UPSERTED,
+                        &tenant(t),
+                        from,
+                        p,
+                    )?);
                 }
             }
         }
@@ -273,7 +280,8 @@ pub fn workload(s: &BillingSettings, transfers_n: usize, t0_ms: i64) -> anyhow::
         };
         let i_s = i.to_string();
         let e = |v: u32, status, previous, at_ms| {
-            envelope(
+            bench::envelope(
+                ID,
                 &["status", &i_s, &v.to_string()],
                 TransferStatusChanged::EVENT_TYPE,
                 &tn,
@@ -430,17 +438,12 @@ struct Broker {
 
 /// (2): the real processor with its router and checkpoints, then the routed passthrough.
 async fn on_broker(base: &Config, w: &Workload, expected: &Outcomes) -> anyhow::Result<Broker> {
-    let mut cfg = base.clone();
-    cfg.kafka.topic_prefix = format!("benchbilling-{}.", uuid::Uuid::new_v4().simple());
-    cfg.kafka.environments = vec![Environment::Live];
+    let cfg = fresh_config(base, "benchbilling");
     let env = Environment::Live;
     let topics = kafka::topics(&cfg.kafka);
     // The processor as registered (`[billing]` of the config).
     let billing = crate::registry::billing(&cfg, topics.clone());
-    let specs = vec![(env, billing.spec(&topics, env))];
-    let mut all = riverbank_runtime::process::topics_of(&cfg, billing.name(), &specs);
-    all.push(topics.log(env, "passthrough-routed"));
-    kafka::ensure_topics(&cfg.kafka, &all).await.context("creating bench topics")?;
+    ensure_processor_topics(&cfg, &billing, &topics, env).await?;
     let source = |e: &RawEnvelope| {
         if e.event_type == TransferStatusChanged::EVENT_TYPE {
             topics.transfer_status(env)

@@ -25,7 +25,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use chrono::Utc;
 use riverbank_processors::fx::{FxProcessor, FxSettings};
 use riverbank_runtime::produce::Emit;
@@ -42,9 +41,10 @@ use riverbank_schemas::{derived_id, Envelope, Environment, Money, RawEnvelope, T
 use serde_json::json;
 
 use crate::bench::{
-    self, at, currency, drain, drain_fed, log_ticked, median, outcomes_on, outcomes_read,
-    print_against_ceiling, print_machine, produce_to, reason_code, records_on, router_caught_up, tenant,
-    ticked, units_drawn, write_report, Alone, LogItem, Outcomes, RoutedPassthrough, Stream, SOURCE,
+    self, at, currency, drain, drain_fed, ensure_processor_topics, fresh_config, log_ticked, median,
+    outcomes_on, outcomes_read, print_against_ceiling, print_machine, produce_to, reason_code, records_on,
+    router_caught_up, tenant, ticked, units_drawn, write_report, Alone, LogItem, Outcomes, RoutedPassthrough,
+    Stream, SOURCE,
 };
 use crate::workload::Lcg;
 
@@ -86,6 +86,9 @@ const SETUP_WAIT: Duration = Duration::from_secs(120);
 const PLATFORM_TENANT: &str = "platform";
 const TRADER: &str = "user:bench-trader";
 const CHECKER: &str = "user:bench-checker";
+
+/// What the inputs' ids derive from (with their parts).
+const ID: &str = "bench-fx";
 
 /// `riverbank bench fx` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -164,21 +167,10 @@ impl Workload {
     }
 }
 
-/// An input envelope with an id derived from `parts` (the same workload has the same ids).
-fn envelope<P: serde::Serialize>(
-    parts: &[&str],
-    event_type: &str,
-    tenant: &str,
-    at_ms: i64,
-    payload: P,
-) -> anyhow::Result<RawEnvelope> {
-    bench::envelope("bench-fx", parts, event_type, tenant, at_ms, payload)
-}
-
 /// A publication of `rates` as of `as_of_ms`.
 fn publication(name: &str, rates: Vec<FxRate>, as_of_ms: i64) -> anyhow::Result<RawEnvelope> {
     let p = FxRatesPublished { as_of: at(as_of_ms), rates, published_by: "bench-rates".to_owned() };
-    envelope(&["rates", name], command_types::FX_RATES_PUBLISHED, PLATFORM_TENANT, as_of_ms, p)
+    bench::envelope(ID, &["rates", name], command_types::FX_RATES_PUBLISHED, PLATFORM_TENANT, as_of_ms, p)
 }
 
 /// The published rates, each moved by up to ±`jitter_bps` basis points.
@@ -338,7 +330,8 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
         let pair = PAIRS[rng.below(PAIRS.len() as u64) as usize];
         let usd = units_drawn(&mut rng);
         let req = quote_request(&mut rng, &format!("qx-{i:06}"), pair, true, usd)?;
-        expiring.push(envelope(
+        expiring.push(bench::envelope(
+            ID,
             &["qx", &i.to_string()],
             command_types::FX_QUOTE_REQUESTED,
             &tenant(t),
@@ -384,12 +377,15 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
             let pair = PAIRS[rng.below(PAIRS.len() as u64) as usize];
             (quote_request(&mut rng, &qid, pair, fixed_sell, usd)?, true, false)
         };
-        st.out.push(envelope(&["q", &k_s], command_types::FX_QUOTE_REQUESTED, &tn, at_ms, req)?);
+        st.out.push(bench::envelope(ID, &["q", &k_s], command_types::FX_QUOTE_REQUESTED, &tn, at_ms, req)?);
         if priced {
             let due = k + 1 + rng.below(FOLLOW_MAX) as usize;
             let cid = format!("c-{k:07}");
             let conv = conversion_request(&cid, &qid, t);
-            st.later(due, envelope(&["c", &k_s], command_types::FX_CONVERSION_REQUESTED, &tn, at_ms, conv)?);
+            st.later(
+                due,
+                bench::envelope(ID, &["c", &k_s], command_types::FX_CONVERSION_REQUESTED, &tn, at_ms, conv)?,
+            );
             if otc {
                 let mut decide_at = due + 1 + rng.below(FOLLOW_MAX) as usize;
                 let decision = |actor: &str| FxConversionDecided {
@@ -399,7 +395,8 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
                     reason: None,
                 };
                 if rng.below(1_000) < SELF_APPROVAL_PER_MILLE {
-                    let d = envelope(
+                    let d = bench::envelope(
+                        ID,
                         &["self", &k_s],
                         command_types::FX_CONVERSION_DECIDED,
                         &tn,
@@ -409,7 +406,8 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
                     st.later(decide_at, d);
                     decide_at += 1;
                 }
-                let d = envelope(
+                let d = bench::envelope(
+                    ID,
                     &["d", &k_s],
                     command_types::FX_CONVERSION_DECIDED,
                     &tn,
@@ -419,14 +417,21 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
                 st.later(decide_at, d);
             } else if rng.below(1_000) < TWICE_PER_MILLE {
                 let again = conversion_request(&format!("c-{k:07}-again"), &qid, t);
-                let e =
-                    envelope(&["again", &k_s], command_types::FX_CONVERSION_REQUESTED, &tn, at_ms, again)?;
+                let e = bench::envelope(
+                    ID,
+                    &["again", &k_s],
+                    command_types::FX_CONVERSION_REQUESTED,
+                    &tn,
+                    at_ms,
+                    again,
+                )?;
                 st.later(due + 1 + rng.below(FOLLOW_MAX) as usize, e);
             }
         }
         if rng.below(1_000) < UNKNOWN_QUOTE_PER_MILLE {
             let conv = conversion_request(&format!("c-{k:07}-unknown"), &format!("q-none-{k:07}"), t);
-            st.out.push(envelope(
+            st.out.push(bench::envelope(
+                ID,
                 &["unknown", &k_s],
                 command_types::FX_CONVERSION_REQUESTED,
                 &tn,
@@ -437,7 +442,8 @@ pub fn workload(s: &FxSettings, quotes_n: usize, t0_ms: i64) -> anyhow::Result<W
         if k % EXPIRING_PER == EXPIRING_PER / 2 && k / EXPIRING_PER < expiring_n {
             let i = k / EXPIRING_PER;
             let conv = conversion_request(&format!("cx-{i:06}"), &format!("qx-{i:06}"), i % TENANTS);
-            let e = envelope(
+            let e = bench::envelope(
+                ID,
                 &["cx", &i.to_string()],
                 command_types::FX_CONVERSION_REQUESTED,
                 &tenant(i % TENANTS),
@@ -545,19 +551,14 @@ struct Broker {
 
 /// (2): the real processor with its router and checkpoints, then the routed passthrough.
 async fn on_broker(base: &Config, o: &Options, s: &FxSettings) -> anyhow::Result<Broker> {
-    let mut cfg = base.clone();
-    cfg.kafka.topic_prefix = format!("benchfx-{}.", uuid::Uuid::new_v4().simple());
-    cfg.kafka.environments = vec![Environment::Live];
+    let cfg = fresh_config(base, "benchfx");
     let env = Environment::Live;
     let topics = kafka::topics(&cfg.kafka);
     // The clock of the broker is the router's ticks (wall time): the workload is laid out from now.
     let w = workload(s, o.quotes, Utc::now().timestamp_millis())?;
     // The processor as registered (`[fx]` of the config).
     let fx = crate::registry::fx(&cfg, topics.clone());
-    let specs = vec![(env, fx.spec(&topics, env))];
-    let mut all = riverbank_runtime::process::topics_of(&cfg, fx.name(), &specs);
-    all.push(topics.log(env, "passthrough-routed"));
-    kafka::ensure_topics(&cfg.kafka, &all).await.context("creating bench topics")?;
+    ensure_processor_topics(&cfg, &fx, &topics, env).await?;
     let source = |e: &RawEnvelope| {
         if e.event_type == command_types::FX_RATES_PUBLISHED {
             topics.fx_rates(env)
