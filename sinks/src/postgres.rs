@@ -255,14 +255,11 @@ async fn insert_status(tx: &mut Tx<'_>, rows: &[(&Meta, &TransferStatusChanged)]
     .execute(&mut **tx)
     .await?;
     // Current status: the highest version per transfer in this batch, applied only if newer than stored.
-    let mut latest: BTreeMap<(&str, &str, &str), (&Meta, &TransferStatusChanged)> = BTreeMap::new();
-    for (m, s) in rows {
-        let key = (m.tenant_id.as_str(), m.environment.as_str(), s.transfer_id.as_str());
-        if latest.get(&key).is_none_or(|(_, old)| old.version < s.version) {
-            latest.insert(key, (m, s));
-        }
-    }
-    let cur: Vec<(&Meta, &TransferStatusChanged)> = latest.into_values().collect();
+    let cur = latest(
+        rows,
+        |m, s| (m.tenant_id.as_str(), m.environment.as_str(), s.transfer_id.as_str()),
+        |s| s.version,
+    );
     sqlx::query(
         "INSERT INTO transfers (tenant_id, environment, transfer_id, kind, amount_minor, currency, status, version,
              reason, last_event_id, updated_at)
@@ -351,21 +348,19 @@ async fn insert_kyc(tx: &mut Tx<'_>, rows: &[(&Meta, &str, &UserKycChanged)]) ->
     .execute(&mut **tx)
     .await?;
     // Current state: the highest version per user (and per case) in this batch, applied only if newer.
-    let mut users: BTreeMap<(&str, &str, &str), (&Meta, &UserKycChanged)> = BTreeMap::new();
-    let mut cases: BTreeMap<(&str, &str, &str), (&Meta, &UserKycChanged)> = BTreeMap::new();
-    for (m, _, u) in rows {
-        let key = (m.tenant_id.as_str(), m.environment.as_str(), u.user_id.as_str());
-        if users.get(&key).is_none_or(|(_, old)| old.version < u.version) {
-            users.insert(key, (m, u));
-        }
-        if let (Some(case), Some(_)) = (&u.case_id, u.case_status) {
-            let key = (m.tenant_id.as_str(), m.environment.as_str(), case.as_str());
-            if cases.get(&key).is_none_or(|(_, old)| old.version < u.version) {
-                cases.insert(key, (m, u));
-            }
-        }
-    }
-    let cur: Vec<(&Meta, &UserKycChanged)> = users.into_values().collect();
+    let events: Vec<(&Meta, &UserKycChanged)> = rows.iter().map(|&(m, _, u)| (m, u)).collect();
+    let cur = latest(
+        &events,
+        |m, u| (m.tenant_id.as_str(), m.environment.as_str(), u.user_id.as_str()),
+        |u| u.version,
+    );
+    let with_case: Vec<(&Meta, &UserKycChanged)> =
+        events.iter().copied().filter(|(_, u)| u.case_id.is_some() && u.case_status.is_some()).collect();
+    let cases = latest(
+        &with_case,
+        |m, u| (m.tenant_id.as_str(), m.environment.as_str(), u.case_id.as_deref().unwrap_or_default()),
+        |u| u.version,
+    );
     sqlx::query(
         "INSERT INTO users (tenant_id, environment, user_id, user_status, kyc_status, tier, kyc_expires_at, version,
              last_event_id, updated_at)
@@ -392,7 +387,7 @@ async fn insert_kyc(tx: &mut Tx<'_>, rows: &[(&Meta, &str, &UserKycChanged)]) ->
     if cases.is_empty() {
         return Ok(());
     }
-    let cur: Vec<(&Meta, &UserKycChanged)> = cases.into_values().collect();
+    let cur = cases;
     sqlx::query(
         "INSERT INTO kyc_cases (tenant_id, environment, case_id, user_id, provider, case_status, version,
              last_event_id, updated_at)
@@ -465,14 +460,11 @@ async fn insert_risk_decisions(
     .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
-    let mut latest: BTreeMap<(&str, &str, &str), (&Meta, &DecisionRecorded)> = BTreeMap::new();
-    for (m, d) in rows {
-        let key = (m.tenant_id.as_str(), m.environment.as_str(), d.transfer_id.as_str());
-        if latest.get(&key).is_none_or(|(_, old)| rows::risk_step(old) < rows::risk_step(d)) {
-            latest.insert(key, (m, d));
-        }
-    }
-    let cur: Vec<(&Meta, &DecisionRecorded)> = latest.into_values().collect();
+    let cur = latest(
+        rows,
+        |m, d| (m.tenant_id.as_str(), m.environment.as_str(), d.transfer_id.as_str()),
+        rows::risk_step,
+    );
     sqlx::query(
         "INSERT INTO risk_latest (tenant_id, environment, transfer_id, step, decision, event_id, occurred_at)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::uuid[],
@@ -503,14 +495,11 @@ async fn upsert_balances(tx: &mut Tx<'_>, rows: &[(&Meta, &BalanceChanged)]) -> 
     if rows.is_empty() {
         return Ok(());
     }
-    let mut latest: BTreeMap<(&str, &str, &str, &str), (&Meta, &BalanceChanged)> = BTreeMap::new();
-    for (m, b) in rows {
-        let key = (m.tenant_id.as_str(), m.environment.as_str(), b.account.as_str(), b.currency.code());
-        if latest.get(&key).is_none_or(|(_, old)| old.version < b.version) {
-            latest.insert(key, (m, b));
-        }
-    }
-    let cur: Vec<(&Meta, &BalanceChanged)> = latest.into_values().collect();
+    let cur = latest(
+        rows,
+        |m, b| (m.tenant_id.as_str(), m.environment.as_str(), b.account.as_str(), b.currency.code()),
+        |b| b.version,
+    );
     sqlx::query(
         "INSERT INTO account_balances (tenant_id, environment, account, currency, posted_minor, pending_debit_minor,
              pending_credit_minor, available_minor, version, updated_at)
@@ -543,10 +532,10 @@ fn version_i32(v: u32) -> i32 {
 }
 
 /// The highest version per key among `rows` (a batch may carry several versions of one entity).
-fn latest<'a, T, K: Ord>(
+fn latest<'a, T, K: Ord, V: PartialOrd>(
     rows: &[(&'a Meta, &'a T)],
     key: impl Fn(&'a Meta, &'a T) -> K,
-    version: impl Fn(&T) -> u32,
+    version: impl Fn(&T) -> V,
 ) -> Vec<(&'a Meta, &'a T)> {
     let mut latest: BTreeMap<K, (&'a Meta, &'a T)> = BTreeMap::new();
     for &(m, r) in rows {
