@@ -3,7 +3,8 @@
 //! quote that expires and the conversion refused against it, an OTC conversion approved by a second
 //! person (and not by its requester), fees charged on completed deposits, last month's invoice finalized
 //! by its timer, a deposit whose completion (provider event time) falls in that closed month billed as an
-//! adjustment on this month's invoice naming it, and `riverbank reconcile` clean.
+//! adjustment on this month's invoice naming it, a subscription plan charged once in each month, and
+//! `riverbank reconcile` clean.
 //!
 //! Time: the billing processor closes a month at its end + `billing.lateness_ms` on the partition's
 //! clock; the test sets the lateness so that last month closes about a minute after it starts.
@@ -74,6 +75,12 @@ async fn rates_quotes_conversions_fees_and_invoices_across_a_month_boundary() ->
         run: "e2e".to_owned(),
         wait: Duration::from_secs(60),
     };
+
+    // A subscription plan from the start of last month: charged once for each month.
+    let plan_from = month_start(last_month_day).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let plan =
+        serde_json::json!({"plan": "growth", "fee": "49.00", "currency": "USD", "effective_from": plan_from});
+    f.command_with(reqwest::Method::PUT, &admin_token, "/v1/billing/plan", None, plan).await?;
 
     // Steps 6-7 of the demo: fee config, rates, a deposit and its fee, a quote and a conversion.
     let shown = riverbank::money_loop::fx_and_billing(&f).await?;
@@ -157,12 +164,16 @@ async fn rates_quotes_conversions_fees_and_invoices_across_a_month_boundary() ->
         )
         .await?;
 
-    // Last month: exactly dep-last-month's fee; finalized, and never changed after.
+    // Last month: dep-last-month's fee and the plan; finalized, and never changed after.
     let lines = closed["lines"].as_array().cloned().unwrap_or_default();
+    let amount_of = |lines: &[serde_json::Value], kind: &str| -> i64 {
+        lines.iter().filter(|l| l["kind"] == kind).map(|l| minor(&l["amount"])).sum()
+    };
     anyhow::ensure!(
-        lines.len() == 1 && lines[0]["kind"] == "usage" && minor(&lines[0]["amount"]) == 530,
+        lines.len() == 2 && amount_of(&lines, "usage") == 530 && amount_of(&lines, "plan") == 4_900,
         "{closed}"
     );
+    anyhow::ensure!(minor(&closed["totals"][0]) == 530 + 4_900, "{closed}");
     let again = f.read(&format!("/v1/invoices/{inv_prev}")).await?;
     anyhow::ensure!(again["lines"] == closed["lines"] && again["status"] == "finalized", "{again}");
     // This month: the deposits' fees (2.80 + 9.30) and the adjustment (2.30) naming its source period.
@@ -172,10 +183,10 @@ async fn rates_quotes_conversions_fees_and_invoices_across_a_month_boundary() ->
         minor(&adjustment["amount"]) == 230 && adjustment["source_period"] == prev.as_str(),
         "{open}"
     );
-    let usage: i64 = lines.iter().filter(|l| l["kind"] == "usage").map(|l| minor(&l["amount"])).sum();
-    anyhow::ensure!(usage == 280 + 930, "usage lines {usage}: {open}");
+    anyhow::ensure!(amount_of(&lines, "usage") == 280 + 930, "usage lines: {open}");
+    anyhow::ensure!(amount_of(&lines, "plan") == 4_900, "this month's plan line: {open}");
     let totals = open["totals"].as_array().cloned().unwrap_or_default();
-    anyhow::ensure!(totals.len() == 1 && minor(&totals[0]) == 280 + 930 + 230, "{open}");
+    anyhow::ensure!(totals.len() == 1 && minor(&totals[0]) == 280 + 930 + 230 + 4_900, "{open}");
     anyhow::ensure!(open["status"] == "draft", "{open}");
 
     // The tenant's posted balances still sum to zero per currency (fees, conversions and residue included).
