@@ -218,28 +218,15 @@ pub fn workload(s: &BillingSettings, transfers_n: usize, t0_ms: i64) -> anyhow::
             for code in CURRENCIES {
                 let c = currency(code)?;
                 let parts = [tenant(t), kind.as_str().to_owned(), code.to_owned()];
-                let p = config(t, kind, c, 1, from);
-                let ids = ["config", &parts[0], &parts[1], &parts[2], "1"];
-                configs.push(bench::envelope(
-                    ID,
-                    &ids,
-                    command_types::FEE_CONFIG_UPSERTED,
-                    &tenant(t),
-                    from,
-                    p,
-                )?);
+                // Version `v` in force from `from_ms`.
+                let version = |v: u32, from_ms: i64| {
+                    let ids = ["config", &parts[0], &parts[1], &parts[2], &v.to_string()];
+                    let p = config(t, kind, c, v, from_ms);
+                    bench::envelope(ID, &ids, command_types::FEE_CONFIG_UPSERTED, &parts[0], from, p)
+                };
+                configs.push(version(1, from)?);
                 if t % 4 == 1 && kind == TransferKind::Payout {
-                    let mid = start + (end - start) / 2;
-                    let p = config(t, kind, c, 2, mid);
-                    let ids = ["config", &parts[0], &parts[1], &parts[2], "2"];
-                    configs.push(bench::envelope(
-                        ID,
-                        &ids,
-                        command_types::FEE_CONFIG_UPSERTED,
-                        &tenant(t),
-                        from,
-                        p,
-                    )?);
+                    configs.push(version(2, start + (end - start) / 2)?);
                 }
             }
         }
