@@ -100,18 +100,8 @@ impl CatalogQuery {
 pub fn clickhouse_queries() -> Vec<CatalogQuery> {
     let c = Checked::sample();
     let (tenant, env) = (Bind::Text(c.tenant_id.clone()), Bind::Text("live".into()));
-    let (from_s, to_s) = (Bind::Int(c.from.timestamp()), Bind::Int(c.to.timestamp()));
-    let (from_ms, to_ms) = (Bind::Int(c.from.timestamp_millis()), Bind::Int(c.to.timestamp_millis()));
     let rows = Bind::Int(101);
-    let fx_billing_binds = [
-        tenant.clone(),
-        env.clone(),
-        from_s.clone(),
-        to_s.clone(),
-        from_ms.clone(),
-        to_ms.clone(),
-        rows.clone(),
-    ];
+    let fx_billing_binds = super::fx_billing::range_binds(&c.tenant_id, c.environment, (c.from, c.to), 101);
     let shadow: Vec<Bind> = fx_billing_binds[..6].iter().chain(&fx_billing_binds[..6]).cloned().collect();
     let mut shadow_rows = shadow.clone();
     shadow_rows.push(rows);
@@ -328,7 +318,12 @@ where
 }
 
 /// Rows of `sql` with `binds`, at most `limit + 1` (the last bind), and whether there were more.
-async fn fetch<R>(s: &Api, sql: &str, binds: &[Bind], limit: u32) -> Result<(Vec<R>, bool), HttpError>
+pub(super) async fn fetch<R>(
+    s: &Api,
+    sql: &str,
+    binds: &[Bind],
+    limit: u32,
+) -> Result<(Vec<R>, bool), HttpError>
 where
     R: clickhouse::RowOwned + clickhouse::RowRead,
 {

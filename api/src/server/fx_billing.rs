@@ -15,9 +15,10 @@ use riverbank_runtime::http::HttpError;
 use riverbank_runtime::kafka;
 use riverbank_schemas::billing::{FeePart, INVOICE_LINES_MAX};
 use riverbank_schemas::fx::RateUsed;
-use riverbank_schemas::{Currency, Environment, Money};
+use riverbank_schemas::{Currency, Environment, Money, Topics};
 use serde::{Deserialize, Serialize};
 
+use super::analytics::{fetch, Bind};
 use super::{complete_through, database_error, guarded, live, Api};
 
 /// Rows per page when the caller names no `limit` (at most `api.page_rows_max`).
@@ -991,6 +992,80 @@ pub(super) fn time_range(
     Ok((from, to))
 }
 
+/// What a ranged analytics read states beside its rows.
+#[derive(Debug, Serialize)]
+pub struct RangeFrame {
+    tenant_id: String,
+    environment: Environment,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// Every event recorded before this instant is counted; later ones may still arrive.
+    complete_through: Option<DateTime<Utc>>,
+}
+
+/// The binds of a ranged analytics query ([`fee_revenue_sql`], [`fx_volume_sql`]), in placeholder order:
+/// tenant, environment, from s, to s, from ms, to ms, rows.
+pub(super) fn range_binds(
+    tenant_id: &str,
+    environment: Environment,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    rows: u64,
+) -> Vec<Bind> {
+    vec![
+        Bind::Text(tenant_id.to_owned()),
+        Bind::Text(environment.as_str().to_owned()),
+        Bind::Int(from.timestamp()),
+        Bind::Int(to.timestamp()),
+        Bind::Int(from.timestamp_millis()),
+        Bind::Int(to.timestamp_millis()),
+        Bind::Int(i64::try_from(rows).unwrap_or(i64::MAX)),
+    ]
+}
+
+/// One ranged analytics read over ClickHouse: `sql` (placeholders as [`range_binds`]), the topic its
+/// `complete_through` watches, and how the answer is made of the frame, the rows and `truncated`.
+struct Ranged<T, Out> {
+    sql: String,
+    topic: fn(&Topics, Environment) -> String,
+    answer: fn(RangeFrame, Vec<T>, bool) -> Out,
+}
+
+impl<T, Out: Serialize> Ranged<T, Out> {
+    /// The parameters (a 400 before anything else), the key, the range ([`ANALYTICS_RANGE_S_MAX`]) and
+    /// `limit` (default and maximum `api.page_rows_max`); then `limit + 1` rows of `sql`, the first
+    /// `limit` through `row`, `truncated` when there were more, and `complete_through`.
+    async fn run<R>(
+        self,
+        s: Arc<Api>,
+        headers: HeaderMap,
+        q: Result<Query<RangeQuery>, QueryRejection>,
+        row: impl Fn(R) -> Result<T, HttpError>,
+    ) -> Response
+    where
+        R: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        let q = match params(q) {
+            Ok(q) => q,
+            Err(e) => return e.into_response(),
+        };
+        let s2 = s.clone();
+        let scope = (q.tenant_id.clone(), q.environment);
+        guarded(&s, &headers, (&scope.0, scope.1), async move {
+            let (from, to) = range(&q)?;
+            let limit = q.limit.map_or(Ok(s2.page_rows_max), |l| page_limit(Some(l), s2.page_rows_max))?;
+            let binds = range_binds(&q.tenant_id, q.environment, (from, to), u64::from(limit) + 1);
+            let (rows, truncated) = fetch::<R>(&s2, &self.sql, &binds, limit).await?;
+            let rows = rows.into_iter().map(row).collect::<Result<Vec<_>, HttpError>>()?;
+            let topic = (self.topic)(&kafka::topics(&s2.kafka), q.environment);
+            let complete_through = complete_through(&s2.ch, &[topic], s2.kafka.topic_partitions).await?;
+            let frame =
+                RangeFrame { tenant_id: q.tenant_id, environment: q.environment, from, to, complete_through };
+            Ok((self.answer)(frame, rows, truncated))
+        })
+        .await
+    }
+}
+
 /// A sum of minor units ClickHouse returned in two parts, put together with checked arithmetic.
 pub(super) fn joined(column: &str, hi: i64, lo: i64) -> Result<i64, HttpError> {
     i128::from(hi)
@@ -1024,12 +1099,9 @@ pub struct RevenueDay {
 
 #[derive(Debug, Serialize)]
 pub struct FeeRevenue {
-    tenant_id: String,
-    environment: Environment,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    /// Every fee recorded before this instant is counted; later ones may still arrive.
-    complete_through: Option<DateTime<Utc>>,
+    /// `complete_through`: every fee recorded before it is counted; later ones may still arrive.
+    #[serde(flatten)]
+    frame: RangeFrame,
     days: Vec<RevenueDay>,
     /// More rows exist than `limit`.
     truncated: bool,
@@ -1063,58 +1135,23 @@ pub(super) async fn fee_revenue(
     headers: HeaderMap,
     q: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Response {
-    let q = match params(q) {
-        Ok(q) => q,
-        Err(e) => return e.into_response(),
+    // FINAL collapses a replay's copies; a fee's state is its highest version.
+    let revenue = Ranged {
+        sql: fee_revenue_sql(),
+        topic: Topics::billing_events,
+        answer: |frame, days, truncated| FeeRevenue { frame, days, truncated },
     };
-    let s2 = s.clone();
-    let scope = (q.tenant_id.clone(), q.environment);
-    guarded(&s, &headers, (&scope.0, scope.1), async move {
-        let (from, to) = range(&q)?;
-        let limit = q.limit.map_or(Ok(s2.page_rows_max), |l| page_limit(Some(l), s2.page_rows_max))?;
-        // FINAL collapses a replay's copies; a fee's state is its highest version.
-        let rows: Vec<RevenueRow> = s2
-            .ch
-            .query(&fee_revenue_sql())
-            .bind(&q.tenant_id)
-            .bind(q.environment.as_str())
-            .bind(from.timestamp())
-            .bind(to.timestamp())
-            .bind(from.timestamp_millis())
-            .bind(to.timestamp_millis())
-            .bind(u64::from(limit) + 1)
-            .fetch_all()
-            .await
-            .map_err(|e| database_error("clickhouse", &e))?;
-        let truncated = rows.len() > limit as usize;
-        let days = rows
-            .into_iter()
-            .take(limit as usize)
-            .map(|r| {
-                Ok(RevenueDay {
-                    fee_minor: joined("fee_facts.fee_minor", r.fee_hi, r.fee_lo)?,
-                    day: r.day,
-                    kind: r.kind,
-                    currency: r.currency,
-                    fees: r.fees,
-                })
+    revenue
+        .run(s, headers, q, |r: RevenueRow| {
+            Ok(RevenueDay {
+                fee_minor: joined("fee_facts.fee_minor", r.fee_hi, r.fee_lo)?,
+                day: r.day,
+                kind: r.kind,
+                currency: r.currency,
+                fees: r.fees,
             })
-            .collect::<Result<Vec<_>, HttpError>>()?;
-        let topics = kafka::topics(&s2.kafka);
-        let complete_through =
-            complete_through(&s2.ch, &[topics.billing_events(q.environment)], s2.kafka.topic_partitions)
-                .await?;
-        Ok(FeeRevenue {
-            tenant_id: q.tenant_id,
-            environment: q.environment,
-            from,
-            to,
-            complete_through,
-            days,
-            truncated,
         })
-    })
-    .await
+        .await
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -1145,12 +1182,9 @@ pub struct PairVolume {
 
 #[derive(Debug, Serialize)]
 pub struct FxVolume {
-    tenant_id: String,
-    environment: Environment,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    /// Every conversion recorded before this instant is counted; later ones may still arrive.
-    complete_through: Option<DateTime<Utc>>,
+    /// `complete_through`: every conversion recorded before it is counted; later ones may still arrive.
+    #[serde(flatten)]
+    frame: RangeFrame,
     pairs: Vec<PairVolume>,
     /// More rows exist than `limit`.
     truncated: bool,
@@ -1186,59 +1220,25 @@ pub(super) async fn fx_volume(
     headers: HeaderMap,
     q: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Response {
-    let q = match params(q) {
-        Ok(q) => q,
-        Err(e) => return e.into_response(),
+    // `completed` is final: a conversion completed in the range has its highest version there, so the
+    // state of the versions recorded in the range is its state.
+    let volume = Ranged {
+        sql: fx_volume_sql(),
+        topic: Topics::fx_events,
+        answer: |frame, pairs, truncated| FxVolume { frame, pairs, truncated },
     };
-    let s2 = s.clone();
-    let scope = (q.tenant_id.clone(), q.environment);
-    guarded(&s, &headers, (&scope.0, scope.1), async move {
-        let (from, to) = range(&q)?;
-        let limit = q.limit.map_or(Ok(s2.page_rows_max), |l| page_limit(Some(l), s2.page_rows_max))?;
-        // `completed` is final: a conversion completed in the range has its highest version there, so the
-        // state of the versions recorded in the range is its state.
-        let rows: Vec<VolumeRow> = s2
-            .ch
-            .query(&fx_volume_sql())
-            .bind(&q.tenant_id)
-            .bind(q.environment.as_str())
-            .bind(from.timestamp())
-            .bind(to.timestamp())
-            .bind(from.timestamp_millis())
-            .bind(to.timestamp_millis())
-            .bind(u64::from(limit) + 1)
-            .fetch_all()
-            .await
-            .map_err(|e| database_error("clickhouse", &e))?;
-        let truncated = rows.len() > limit as usize;
-        let pairs = rows
-            .into_iter()
-            .take(limit as usize)
-            .map(|r| {
-                Ok(PairVolume {
-                    sold_minor: joined("fx_facts.sell_minor", r.sold_hi, r.sold_lo)?,
-                    bought_minor: joined("fx_facts.buy_minor", r.bought_hi, r.bought_lo)?,
-                    pair: r.pair,
-                    sell_currency: r.sell_currency,
-                    buy_currency: r.buy_currency,
-                    conversions: r.conversions,
-                })
+    volume
+        .run(s, headers, q, |r: VolumeRow| {
+            Ok(PairVolume {
+                sold_minor: joined("fx_facts.sell_minor", r.sold_hi, r.sold_lo)?,
+                bought_minor: joined("fx_facts.buy_minor", r.bought_hi, r.bought_lo)?,
+                pair: r.pair,
+                sell_currency: r.sell_currency,
+                buy_currency: r.buy_currency,
+                conversions: r.conversions,
             })
-            .collect::<Result<Vec<_>, HttpError>>()?;
-        let topics = kafka::topics(&s2.kafka);
-        let complete_through =
-            complete_through(&s2.ch, &[topics.fx_events(q.environment)], s2.kafka.topic_partitions).await?;
-        Ok(FxVolume {
-            tenant_id: q.tenant_id,
-            environment: q.environment,
-            from,
-            to,
-            complete_through,
-            pairs,
-            truncated,
         })
-    })
-    .await
+        .await
 }
 
 #[cfg(test)]
