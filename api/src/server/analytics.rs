@@ -125,11 +125,23 @@ pub fn clickhouse_queries() -> Vec<CatalogQuery> {
         CatalogQuery::new("analytics.fx_volume", super::fx_billing::fx_volume_sql(), &fx_billing_binds),
         CatalogQuery::new("risk.shadow_outcomes", super::risk::shadow_outcomes_sql(), &shadow),
         CatalogQuery::new("risk.shadow_differences", super::risk::shadow_differences_sql(), &shadow_rows),
-        CatalogQuery::new("analytics.transfers", TRANSFERS_SQL, &transfers_binds(&c, 101)),
-        CatalogQuery::new("analytics.transfers (next page)", TRANSFERS_SQL, &transfers_binds(&paged, 101)),
-        CatalogQuery::new("analytics.risk_outcomes", RISK_OUTCOMES_SQL, &risk_binds(&paged_bucket, 101)),
-        CatalogQuery::new("analytics.kyc_funnel", KYC_FUNNEL_SQL, &kyc_binds(&paged_bucket, 101)),
-        CatalogQuery::new("analytics.transfer_latency", LATENCY_SQL, &latency_binds(&paged_latency, 101)),
+        CatalogQuery::new("analytics.transfers", TRANSFERS_SQL, &scoped_binds(&c, "isss", 101)),
+        CatalogQuery::new(
+            "analytics.transfers (next page)",
+            TRANSFERS_SQL,
+            &scoped_binds(&paged, "isss", 101),
+        ),
+        CatalogQuery::new(
+            "analytics.risk_outcomes",
+            RISK_OUTCOMES_SQL,
+            &scoped_binds(&paged_bucket, "i", 101),
+        ),
+        CatalogQuery::new("analytics.kyc_funnel", KYC_FUNNEL_SQL, &first_time_binds(&paged_bucket, "i", 101)),
+        CatalogQuery::new(
+            "analytics.transfer_latency",
+            LATENCY_SQL,
+            &first_time_binds(&paged_latency, "iss", 101),
+        ),
         CatalogQuery::new("analytics.rejections", REJECTIONS_SQL, &rejections_binds(&paged_rejections, 101)),
     ]
 }
@@ -334,6 +346,26 @@ where
     Ok((rows, more))
 }
 
+/// One page of buckets: `limit + 1` rows of `sql` with `binds` (rows the last), the first `limit` kept,
+/// the next cursor made by `key` of the last row kept when more follow; then the frame, with
+/// `complete_through` over `topics`.
+async fn page<R>(
+    s: &Api,
+    c: &Checked,
+    sql: &str,
+    binds: &[Bind],
+    key: fn(&R) -> Vec<String>,
+    topics: &[String],
+) -> Result<(Vec<R>, Frame), HttpError>
+where
+    R: clickhouse::RowOwned + clickhouse::RowRead,
+{
+    let (rows, more) = fetch::<R>(s, sql, binds, c.limit).await?;
+    let next = more.then(|| rows.last()).flatten().map(key);
+    let frame = frame(s, c, topics, next).await?;
+    Ok((rows, frame))
+}
+
 async fn frame(
     s: &Api,
     c: &Checked,
@@ -385,9 +417,11 @@ const TRANSFERS_SQL: &str = concat!(
      ORDER BY bucket, currency, kind, status LIMIT ?"
 );
 
-fn transfers_binds(c: &Checked, rows: u64) -> Vec<Bind> {
+/// [`Checked::scope`], the cursor (its parts as `types`), rows: the binds of [`TRANSFERS_SQL`] and
+/// [`RISK_OUTCOMES_SQL`].
+fn scoped_binds(c: &Checked, types: &str, rows: u64) -> Vec<Bind> {
     let mut b = c.scope();
-    b.extend(c.cursor("isss"));
+    b.extend(c.cursor(types));
     b.push(Bind::Int(i64::try_from(rows).unwrap_or(i64::MAX)));
     b
 }
@@ -432,14 +466,12 @@ pub(super) async fn transfers(
     q: Result<Query<AnalyticsQuery>, QueryRejection>,
 ) -> Response {
     run(s, headers, q, "isss", |s, c| async move {
-        let binds = transfers_binds(&c, u64::from(c.limit) + 1);
-        let (rows, more) = fetch::<TransfersRow>(&s, TRANSFERS_SQL, &binds, c.limit).await?;
-        let next = more
-            .then(|| rows.last())
-            .flatten()
-            .map(|r| vec![r.bucket.to_string(), r.currency.clone(), r.kind.clone(), r.status.clone()]);
-        let topics = kafka::topics(&s.kafka);
-        let frame = frame(&s, &c, &[topics.transfer_status(c.environment)], next).await?;
+        let binds = scoped_binds(&c, "isss", u64::from(c.limit) + 1);
+        let key = |r: &TransfersRow| {
+            vec![r.bucket.to_string(), r.currency.clone(), r.kind.clone(), r.status.clone()]
+        };
+        let topics = [kafka::topics(&s.kafka).transfer_status(c.environment)];
+        let (rows, frame) = page(&s, &c, TRANSFERS_SQL, &binds, key, &topics).await?;
         let buckets = rows
             .into_iter()
             .map(|r| {
@@ -480,13 +512,6 @@ const RISK_OUTCOMES_SQL: &str = concat!(
      GROUP BY bucket HAVING ? = 0 OR bucket > ?
      ORDER BY bucket LIMIT ?"
 );
-
-fn risk_binds(c: &Checked, rows: u64) -> Vec<Bind> {
-    let mut b = c.scope();
-    b.extend(c.cursor("i"));
-    b.push(Bind::Int(i64::try_from(rows).unwrap_or(i64::MAX)));
-    b
-}
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct RiskRow {
@@ -537,11 +562,10 @@ pub(super) async fn risk_outcomes(
     q: Result<Query<AnalyticsQuery>, QueryRejection>,
 ) -> Response {
     run(s, headers, q, "i", |s, c| async move {
-        let binds = risk_binds(&c, u64::from(c.limit) + 1);
-        let (rows, more) = fetch::<RiskRow>(&s, RISK_OUTCOMES_SQL, &binds, c.limit).await?;
-        let next = more.then(|| rows.last()).flatten().map(|r| vec![r.bucket.to_string()]);
-        let topics = kafka::topics(&s.kafka);
-        let frame = frame(&s, &c, &[topics.risk_decisions(c.environment)], next).await?;
+        let binds = scoped_binds(&c, "i", u64::from(c.limit) + 1);
+        let key = |r: &RiskRow| vec![r.bucket.to_string()];
+        let topics = [kafka::topics(&s.kafka).risk_decisions(c.environment)];
+        let (rows, frame) = page(&s, &c, RISK_OUTCOMES_SQL, &binds, key, &topics).await?;
         let buckets = rows
             .into_iter()
             .map(|r| RiskBucket {
@@ -589,7 +613,9 @@ const KYC_FUNNEL_SQL: &str = "
     GROUP BY bucket HAVING ? = 0 OR bucket > ?
     ORDER BY bucket LIMIT ?";
 
-fn kyc_binds(c: &Checked, rows: u64) -> Vec<Bind> {
+/// Bucket s ×2, tenant, environment, to s, from ms, to ms, the cursor (its parts as `types`), rows: the
+/// binds of [`KYC_FUNNEL_SQL`] and [`LATENCY_SQL`], which bucket each row by its own first time.
+fn first_time_binds(c: &Checked, types: &str, rows: u64) -> Vec<Bind> {
     let mut b = vec![
         Bind::Int(c.bucket.seconds()),
         Bind::Int(c.bucket.seconds()),
@@ -599,7 +625,7 @@ fn kyc_binds(c: &Checked, rows: u64) -> Vec<Bind> {
         Bind::Int(c.from.timestamp_millis()),
         Bind::Int(c.to.timestamp_millis()),
     ];
-    b.extend(c.cursor("i"));
+    b.extend(c.cursor(types));
     b.push(Bind::Int(i64::try_from(rows).unwrap_or(i64::MAX)));
     b
 }
@@ -666,11 +692,10 @@ pub(super) async fn kyc_funnel(
     q: Result<Query<AnalyticsQuery>, QueryRejection>,
 ) -> Response {
     run(s, headers, q, "i", |s, c| async move {
-        let binds = kyc_binds(&c, u64::from(c.limit) + 1);
-        let (rows, more) = fetch::<KycRow>(&s, KYC_FUNNEL_SQL, &binds, c.limit).await?;
-        let next = more.then(|| rows.last()).flatten().map(|r| vec![r.bucket.to_string()]);
-        let topics = kafka::topics(&s.kafka);
-        let frame = frame(&s, &c, &[topics.kyc_events(c.environment)], next).await?;
+        let binds = first_time_binds(&c, "i", u64::from(c.limit) + 1);
+        let key = |r: &KycRow| vec![r.bucket.to_string()];
+        let topics = [kafka::topics(&s.kafka).kyc_events(c.environment)];
+        let (rows, frame) = page(&s, &c, KYC_FUNNEL_SQL, &binds, key, &topics).await?;
         let buckets = rows
             .into_iter()
             .map(|r| KycBucket {
@@ -715,21 +740,6 @@ const LATENCY_SQL: &str = "
     HAVING ? = 0 OR (bucket, kind, final_status) > (?, ?, ?)
     ORDER BY bucket, kind, final_status LIMIT ?";
 
-fn latency_binds(c: &Checked, rows: u64) -> Vec<Bind> {
-    let mut b = vec![
-        Bind::Int(c.bucket.seconds()),
-        Bind::Int(c.bucket.seconds()),
-        Bind::Text(c.tenant_id.clone()),
-        Bind::Text(c.environment.as_str().to_owned()),
-        Bind::Int(c.to.timestamp()),
-        Bind::Int(c.from.timestamp_millis()),
-        Bind::Int(c.to.timestamp_millis()),
-    ];
-    b.extend(c.cursor("iss"));
-    b.push(Bind::Int(i64::try_from(rows).unwrap_or(i64::MAX)));
-    b
-}
-
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct LatencyRow {
     bucket: u32,
@@ -766,14 +776,10 @@ pub(super) async fn transfer_latency(
     q: Result<Query<AnalyticsQuery>, QueryRejection>,
 ) -> Response {
     run(s, headers, q, "iss", |s, c| async move {
-        let binds = latency_binds(&c, u64::from(c.limit) + 1);
-        let (rows, more) = fetch::<LatencyRow>(&s, LATENCY_SQL, &binds, c.limit).await?;
-        let next = more
-            .then(|| rows.last())
-            .flatten()
-            .map(|r| vec![r.bucket.to_string(), r.kind.clone(), r.final_status.clone()]);
-        let topics = kafka::topics(&s.kafka);
-        let frame = frame(&s, &c, &[topics.transfer_status(c.environment)], next).await?;
+        let binds = first_time_binds(&c, "iss", u64::from(c.limit) + 1);
+        let key = |r: &LatencyRow| vec![r.bucket.to_string(), r.kind.clone(), r.final_status.clone()];
+        let topics = [kafka::topics(&s.kafka).transfer_status(c.environment)];
+        let (rows, frame) = page(&s, &c, LATENCY_SQL, &binds, key, &topics).await?;
         let buckets = rows
             .into_iter()
             .map(|r| LatencyBucket {
@@ -850,15 +856,11 @@ pub(super) async fn rejections(
 ) -> Response {
     run(s, headers, q, "iss", |s, c| async move {
         let binds = rejections_binds(&c, u64::from(c.limit) + 1);
-        let (rows, more) = fetch::<RejectionRow>(&s, REJECTIONS_SQL, &binds, c.limit).await?;
-        let next = more
-            .then(|| rows.last())
-            .flatten()
-            .map(|r| vec![r.bucket.to_string(), r.source.clone(), r.reason.clone()]);
+        let key = |r: &RejectionRow| vec![r.bucket.to_string(), r.source.clone(), r.reason.clone()];
         let topics = kafka::topics(&s.kafka);
         let env = c.environment;
         let watched = [topics.transfer_rejections(env), topics.risk_decisions(env), topics.kyc_events(env)];
-        let frame = frame(&s, &c, &watched, next).await?;
+        let (rows, frame) = page(&s, &c, REJECTIONS_SQL, &binds, key, &watched).await?;
         let buckets = rows
             .into_iter()
             .map(|r| RejectionBucket {
