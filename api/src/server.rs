@@ -303,6 +303,26 @@ const COMPLETE_THROUGH_SQL: &str = "SELECT toUInt64(count()) AS partitions, toIn
     SELECT partition, max(landed_through_ms) AS l FROM sink_watermarks
     WHERE sink = 'clickhouse' AND topic = ? GROUP BY partition)";
 
+/// A keyset page's `next_cursor`: the last row's key when the page is full (more may follow), else none.
+fn next_cursor<R>(rows: &[R], limit: u32, key: impl FnOnce(&R) -> String) -> Option<String> {
+    (rows.len() == limit as usize).then(|| rows.last().map(key)).flatten()
+}
+
+/// A `<unix micros>_<id>` keyset cursor (micros hold no `_`): the time and the id, the id checked by
+/// `id_ok`; `bad_cursor()` for anything else.
+fn micros_cursor(
+    text: &str,
+    id_ok: impl FnOnce(&str) -> bool,
+    bad_cursor: fn() -> HttpError,
+) -> Result<(DateTime<Utc>, String), HttpError> {
+    let (micros, id) = text.split_once('_').ok_or_else(bad_cursor)?;
+    let at = micros.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad_cursor)?;
+    if !id_ok(id) {
+        return Err(bad_cursor());
+    }
+    Ok((at, id.to_owned()))
+}
+
 async fn complete_through(
     ch: &clickhouse::Client,
     topics: &[String],
@@ -680,9 +700,7 @@ async fn balances(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query
         .fetch_all(&s2.pg)
         .await
         .map_err(|e| database_error("postgres", &e))?;
-        let next_cursor = (rows.len() == limit as usize)
-            .then(|| rows.last().map(|r| format!("{}/{}", r.account, r.currency)))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| format!("{}/{}", r.account, r.currency));
         Ok(serde_json::json!({
             "tenant_id": q.tenant_id, "environment": q.environment, "balances": rows, "next_cursor": next_cursor
         }))

@@ -19,7 +19,7 @@ use riverbank_schemas::{Currency, Environment, Money, Topics};
 use serde::{Deserialize, Serialize};
 
 use super::analytics::{fetch, Bind};
-use super::{complete_through, database_error, guarded, live, Api};
+use super::{complete_through, database_error, guarded, live, micros_cursor, next_cursor, Api};
 
 /// Rows per page when the caller names no `limit` (at most `api.page_rows_max`).
 pub const FX_BILLING_PAGE_ROWS_DEFAULT: u32 = 100;
@@ -505,9 +505,7 @@ pub(super) async fn rates(
         for r in &mut rates {
             r.rate = rate_text(r.rate_e9);
         }
-        let next_cursor = (rates.len() == limit as usize)
-            .then(|| rates.last().map(|r| format!("{}/{}", r.base, r.quote)))
-            .flatten();
+        let next_cursor = next_cursor(&rates, limit, |r| format!("{}/{}", r.base, r.quote));
         Ok(serde_json::json!({
             "tenant_id": q.tenant_id, "environment": q.environment, "rates": rates, "next_cursor": next_cursor
         }))
@@ -626,9 +624,7 @@ pub(super) async fn invoices(
         .fetch_all(&s2.pg)
         .await
         .map_err(|e| database_error("postgres", &e))?;
-        let next_cursor = (rows.len() == limit as usize)
-            .then(|| rows.last().map(|r| format!("{}/{}", r.period, r.invoice_id)))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| format!("{}/{}", r.period, r.invoice_id));
         let invoices = rows.into_iter().map(InvoiceSummary::of).collect::<Result<Vec<_>, _>>()?;
         Ok(serde_json::json!({
             "tenant_id": q.tenant_id, "environment": q.environment, "invoices": invoices,
@@ -865,10 +861,7 @@ impl FeeView {
 
 /// Fees cursor: `<completed_at unix micros>_<transfer_id>` (micros hold no `_`).
 fn parse_fee_cursor(text: &str) -> Result<(DateTime<Utc>, String), HttpError> {
-    let (micros, transfer_id) = text.split_once('_').ok_or_else(bad_cursor)?;
-    let at = micros.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad_cursor)?;
-    check_id("after", transfer_id).map_err(|_| bad_cursor())?;
-    Ok((at, transfer_id.to_owned()))
+    micros_cursor(text, |id| check_id("after", id).is_ok(), bad_cursor)
 }
 
 /// `GET /v1/fees[?transfer_id=][&period=][&invoice_id=]`: fees in the order their transfers completed, a
@@ -895,13 +888,7 @@ pub(super) async fn fees(
             check_id("invoice_id", i)?;
         }
         let limit = page_limit(q.limit, s2.page_rows_max)?;
-        let (after_at, after_id) = match &q.after {
-            Some(c) => {
-                let (at, id) = parse_fee_cursor(c)?;
-                (Some(at), Some(id))
-            }
-            None => (None, None),
-        };
+        let (after_at, after_id) = q.after.as_deref().map(parse_fee_cursor).transpose()?.unzip();
         let rows: Vec<FeeRow> = sqlx::query_as(
             "SELECT transfer_id, transfer_kind, transfer_amount_minor, transfer_currency, completed_at, period,
                     fee_minor, currency, status, version, config_version, pricing, monthly_volume_before_minor,
@@ -927,9 +914,8 @@ pub(super) async fn fees(
         if rows.is_empty() && q.transfer_id.is_some() && q.after.is_none() {
             return Err(not_found("fee (no fee recorded for this transfer)"));
         }
-        let next_cursor = (rows.len() == limit as usize)
-            .then(|| rows.last().map(|r| format!("{}_{}", r.completed_at.timestamp_micros(), r.transfer_id)))
-            .flatten();
+        let next_cursor =
+            next_cursor(&rows, limit, |r| format!("{}_{}", r.completed_at.timestamp_micros(), r.transfer_id));
         let fees = rows.into_iter().map(FeeView::of).collect::<Result<Vec<_>, _>>()?;
         Ok(serde_json::json!({
             "tenant_id": q.tenant_id, "environment": q.environment, "fees": fees, "next_cursor": next_cursor

@@ -14,7 +14,7 @@ use riverbank_schemas::risk::{RateApplied, RuleHit};
 use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 
-use super::{complete_through, database_error, guarded, live, Api, TenantQuery};
+use super::{complete_through, database_error, guarded, live, micros_cursor, next_cursor, Api, TenantQuery};
 
 /// Rows per page when the caller names no `limit` (at most `api.page_rows_max`).
 pub const RISK_PAGE_ROWS_DEFAULT: u32 = 100;
@@ -111,10 +111,7 @@ pub struct ReviewQueue {
 
 /// Queue cursor: `<queued_at unix micros>_<transfer_id>` (micros hold no `_`).
 fn parse_queue_cursor(text: &str) -> Result<(DateTime<Utc>, String), HttpError> {
-    let (micros, transfer_id) = text.split_once('_').ok_or_else(bad_cursor)?;
-    let at = micros.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad_cursor)?;
-    check_transfer_id(transfer_id).map_err(|_| bad_cursor())?;
-    Ok((at, transfer_id.to_owned()))
+    micros_cursor(text, |id| check_transfer_id(id).is_ok(), bad_cursor)
 }
 
 /// `GET /v1/risk/reviews`: transfers whose latest live decision is `review`, oldest first (the time
@@ -128,13 +125,7 @@ pub(super) async fn reviews(
     let scope = (q.tenant_id.clone(), q.environment);
     guarded(&s, &headers, (&scope.0, scope.1), async move {
         let limit = page_limit(q.limit, s2.page_rows_max)?;
-        let (after_at, after_id) = match &q.after {
-            Some(c) => {
-                let (at, id) = parse_queue_cursor(c)?;
-                (Some(at), Some(id))
-            }
-            None => (None, None),
-        };
+        let (after_at, after_id) = q.after.as_deref().map(parse_queue_cursor).transpose()?.unzip();
         // `risk_latest` holds each transfer's latest live decision (the sink moves it forward only);
         // its partial index on decision = 'review' is the queue in order.
         let rows: Vec<QueuedRow> = sqlx::query_as(
@@ -155,9 +146,8 @@ pub(super) async fn reviews(
         .fetch_all(&s2.pg)
         .await
         .map_err(|e| database_error("postgres", &e))?;
-        let next_cursor = (rows.len() == limit as usize)
-            .then(|| rows.last().map(|r| format!("{}_{}", r.queued_at.timestamp_micros(), r.transfer_id)))
-            .flatten();
+        let next_cursor =
+            next_cursor(&rows, limit, |r| format!("{}_{}", r.queued_at.timestamp_micros(), r.transfer_id));
         let reviews = rows
             .into_iter()
             .map(|r| {
@@ -358,11 +348,9 @@ pub(super) async fn decisions(
                 "no risk decision on this transfer for this tenant",
             ));
         }
-        let next_cursor = (rows.len() == limit as usize)
-            .then(|| {
-                rows.last().map(|r| format!("{}_{}_{}", r.step, r.occurred_at.timestamp_micros(), r.event_id))
-            })
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| {
+            format!("{}_{}_{}", r.step, r.occurred_at.timestamp_micros(), r.event_id)
+        });
         let decisions = rows.into_iter().map(DecisionView::of).collect::<Result<Vec<_>, _>>()?;
         Ok(TransferDecisions {
             tenant_id: q.tenant_id,
