@@ -52,7 +52,7 @@ impl Bind {
     }
 }
 
-fn apply(mut q: clickhouse::query::Query, binds: &[Bind]) -> clickhouse::query::Query {
+pub(super) fn apply(mut q: clickhouse::query::Query, binds: &[Bind]) -> clickhouse::query::Query {
     for b in binds {
         q = match b {
             Bind::Text(t) => q.bind(t.as_str()),
@@ -100,11 +100,9 @@ impl CatalogQuery {
 pub fn clickhouse_queries() -> Vec<CatalogQuery> {
     let c = Checked::sample();
     let (tenant, env) = (Bind::Text(c.tenant_id.clone()), Bind::Text("live".into()));
-    let rows = Bind::Int(101);
     let fx_billing_binds = super::fx_billing::range_binds(&c.tenant_id, c.environment, (c.from, c.to), 101);
-    let shadow: Vec<Bind> = fx_billing_binds[..6].iter().chain(&fx_billing_binds[..6]).cloned().collect();
-    let mut shadow_rows = shadow.clone();
-    shadow_rows.push(rows);
+    let shadow = super::risk::shadow_binds(&c.tenant_id, c.environment, (c.from, c.to), None);
+    let shadow_rows = super::risk::shadow_binds(&c.tenant_id, c.environment, (c.from, c.to), Some(101));
     let mut paged = c.clone();
     paged.after = Some(vec!["1764550800".into(), "USD".into(), "deposit".into(), "COMPLETED".into()]);
     let mut paged_rejections = c.clone();

@@ -14,6 +14,8 @@ use riverbank_schemas::risk::{RateApplied, RuleHit};
 use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 
+use super::analytics::{apply, fetch, Bind};
+use super::fx_billing::range_binds;
 use super::{complete_through, database_error, guarded, live, micros_cursor, next_cursor, Api, TenantQuery};
 
 /// Rows per page when the caller names no `limit` (at most `api.page_rows_max`).
@@ -515,6 +517,20 @@ pub(super) fn shadow_differences_sql() -> String {
     )
 }
 
+/// The binds of [`shadow_outcomes_sql`] (tenant, environment, from s, to s, from ms, to ms: the live
+/// side, then the same for the shadow side) and, with `rows`, of [`shadow_differences_sql`].
+pub(super) fn shadow_binds(
+    tenant_id: &str,
+    environment: Environment,
+    range: (DateTime<Utc>, DateTime<Utc>),
+    rows: Option<u64>,
+) -> Vec<Bind> {
+    let side = &range_binds(tenant_id, environment, range, 0)[..6];
+    let mut b: Vec<Bind> = side.iter().chain(side).cloned().collect();
+    b.extend(rows.map(|r| Bind::Int(i64::try_from(r).unwrap_or(i64::MAX))));
+    b
+}
+
 /// `GET /v1/risk/shadow/diff?from=&to=&limit=`: where the shadow rule set decided otherwise than the
 /// live one on the same transfer version, and counts per (live, shadow) outcome pair.
 pub(super) async fn shadow_diff(
@@ -527,33 +543,17 @@ pub(super) async fn shadow_diff(
     guarded(&s, &headers, (&scope.0, scope.1), async move {
         let (from, to) = diff_range(&q)?;
         let limit = page_limit(q.limit, s2.page_rows_max)?;
-        let bind_range = |query: clickhouse::query::Query| {
-            let mut query = query;
-            for _ in 0..2 {
-                query = query
-                    .bind(&q.tenant_id)
-                    .bind(q.environment.as_str())
-                    .bind(from.timestamp())
-                    .bind(to.timestamp())
-                    .bind(from.timestamp_millis())
-                    .bind(to.timestamp_millis());
-            }
-            query
-        };
-        let pairs: Vec<PairRow> = bind_range(s2.ch.query(&shadow_outcomes_sql()))
+        let binds = |rows| shadow_binds(&q.tenant_id, q.environment, (from, to), rows);
+        let pairs: Vec<PairRow> = apply(s2.ch.query(&shadow_outcomes_sql()), &binds(None))
             .fetch_all()
             .await
             .map_err(|e| database_error("clickhouse", &e))?;
         // One more than asked, to tell a full page from a truncated one.
-        let rows: Vec<DiffRow> = bind_range(s2.ch.query(&shadow_differences_sql()))
-            .bind(u64::from(limit) + 1)
-            .fetch_all()
-            .await
-            .map_err(|e| database_error("clickhouse", &e))?;
-        let truncated = rows.len() > limit as usize;
+        let differences_binds = binds(Some(u64::from(limit) + 1));
+        let (rows, truncated) =
+            fetch::<DiffRow>(&s2, &shadow_differences_sql(), &differences_binds, limit).await?;
         let differences = rows
             .into_iter()
-            .take(limit as usize)
             .map(|r| Difference {
                 screened_at: i64::try_from(r.at_ms)
                     .ok()
