@@ -303,6 +303,26 @@ const COMPLETE_THROUGH_SQL: &str = "SELECT toUInt64(count()) AS partitions, toIn
     SELECT partition, max(landed_through_ms) AS l FROM sink_watermarks
     WHERE sink = 'clickhouse' AND topic = ? GROUP BY partition)";
 
+/// One row of a tenant's environment by its id, or none: `sql`'s placeholders are the tenant ($1), the
+/// environment ($2) and the id ($3).
+async fn scoped_row<R>(
+    pg: &PgPool,
+    sql: &str,
+    (tenant_id, env): (&str, Environment),
+    id: &str,
+) -> Result<Option<R>, HttpError>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(sql)
+        .bind(tenant_id)
+        .bind(env.as_str())
+        .bind(id)
+        .fetch_optional(pg)
+        .await
+        .map_err(|e| database_error("postgres", &e))
+}
+
 /// A keyset page's `next_cursor`: the last row's key when the page is full (more may follow), else none.
 fn next_cursor<R>(rows: &[R], limit: u32, key: impl FnOnce(&R) -> String) -> Option<String> {
     (rows.len() == limit as usize).then(|| rows.last().map(key)).flatten()
@@ -508,16 +528,14 @@ async fn transfer(
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
     guarded(&s, &headers, (&scope.0, scope.1), async move {
-        let current: Option<TransferView> = sqlx::query_as(
+        let current: Option<TransferView> = scoped_row(
+            &s2.pg,
             "SELECT transfer_id, kind, amount_minor, currency, status, version, reason, updated_at
              FROM transfers WHERE tenant_id = $1 AND environment = $2 AND transfer_id = $3",
+            (&q.tenant_id, q.environment),
+            &transfer_id,
         )
-        .bind(&q.tenant_id)
-        .bind(q.environment.as_str())
-        .bind(&transfer_id)
-        .fetch_optional(&s2.pg)
-        .await
-        .map_err(|e| database_error("postgres", &e))?;
+        .await?;
         let Some(transfer) = current else {
             return Err(HttpError::new(
                 StatusCode::NOT_FOUND,
@@ -600,16 +618,14 @@ async fn user_kyc(
     let scope = (q.tenant_id.clone(), q.environment);
     guarded(&s, &headers, (&scope.0, scope.1), async move {
         let (tenant, env) = (q.tenant_id.as_str(), q.environment.as_str());
-        let current: Option<UserKycView> = sqlx::query_as(
+        let current: Option<UserKycView> = scoped_row(
+            &s2.pg,
             "SELECT user_id, user_status, kyc_status, tier, kyc_expires_at, version, updated_at
              FROM users WHERE tenant_id = $1 AND environment = $2 AND user_id = $3",
+            (tenant, q.environment),
+            &user_id,
         )
-        .bind(tenant)
-        .bind(env)
-        .bind(&user_id)
-        .fetch_optional(&s2.pg)
-        .await
-        .map_err(|e| database_error("postgres", &e))?;
+        .await?;
         let Some(user) = current else {
             return Err(HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such user for this tenant"));
         };

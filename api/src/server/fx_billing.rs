@@ -19,7 +19,7 @@ use riverbank_schemas::{Currency, Environment, Money, Topics};
 use serde::{Deserialize, Serialize};
 
 use super::analytics::{fetch, Bind};
-use super::{complete_through, database_error, guarded, live, micros_cursor, next_cursor, Api};
+use super::{complete_through, database_error, guarded, live, micros_cursor, next_cursor, scoped_row, Api};
 
 /// Rows per page when the caller names no `limit` (at most `api.page_rows_max`).
 pub const FX_BILLING_PAGE_ROWS_DEFAULT: u32 = 100;
@@ -221,18 +221,16 @@ pub(super) async fn quote(
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
     guarded(&s, &headers, (&scope.0, scope.1), async move {
-        let row: Option<QuoteRow> = sqlx::query_as(
+        let row: Option<QuoteRow> = scoped_row(
+            &s2.pg,
             "SELECT quote_id, status, version, sell_currency, buy_currency, sell_minor, buy_minor, fixed, mid_e9,
                     rate_e9, markup_bps, rates::text AS rates, pivot, rate_as_of, expires_at, rounding,
                     requested_by, reason, conversion_id, updated_at
              FROM fx_quotes WHERE tenant_id = $1 AND environment = $2 AND quote_id = $3",
+            (&q.tenant_id, q.environment),
+            &quote_id,
         )
-        .bind(&q.tenant_id)
-        .bind(q.environment.as_str())
-        .bind(&quote_id)
-        .fetch_optional(&s2.pg)
-        .await
-        .map_err(|e| database_error("postgres", &e))?;
+        .await?;
         let r = row.ok_or_else(|| not_found("quote"))?;
         Ok(QuoteView {
             tenant_id: q.tenant_id,
@@ -385,7 +383,8 @@ pub(super) async fn conversion(
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
     guarded(&s, &headers, (&scope.0, scope.1), async move {
-        let row: Option<ConversionRow> = sqlx::query_as(
+        let row: Option<ConversionRow> = scoped_row(
+            &s2.pg,
             "SELECT c.conversion_id, c.quote_id, c.status, c.version, c.account, c.destination, c.sell_minor,
                     c.sell_currency, c.buy_minor, c.buy_currency, c.mid_value_minor, c.fee_minor, c.residue_minor,
                     c.mid_value_exact, c.buy_exact, c.fee_exact, c.mid_e9, c.rate_e9, c.rounding, c.booking_id,
@@ -395,13 +394,10 @@ pub(super) async fn conversion(
              LEFT JOIN ledger_bookings b
                ON b.tenant_id = c.tenant_id AND b.environment = c.environment AND b.booking_id = c.booking_id
              WHERE c.tenant_id = $1 AND c.environment = $2 AND c.conversion_id = $3",
+            (&q.tenant_id, q.environment),
+            &conversion_id,
         )
-        .bind(&q.tenant_id)
-        .bind(q.environment.as_str())
-        .bind(&conversion_id)
-        .fetch_optional(&s2.pg)
-        .await
-        .map_err(|e| database_error("postgres", &e))?;
+        .await?;
         let r = row.ok_or_else(|| not_found("conversion"))?;
         Ok(ConversionView {
             tenant_id: q.tenant_id,
