@@ -695,13 +695,7 @@ fn decode_billing_plan(body: &[u8], actor: &str) -> Result<Command, FieldError> 
     let cur = currency("currency", &b.currency)?;
     let fee = non_negative_amount("fee", &b.fee, cur)?;
     if let Some(at) = b.effective_from {
-        if !crate::event_time::in_range(at) {
-            return Err(invalid(
-                "effective_from",
-                "range",
-                format!("must be within {}", crate::event_time::EVENT_TIME_RANGE),
-            ));
-        }
+        event_time("effective_from", at)?;
     }
     let payload = riverbank_schemas::billing::BillingPlanSet {
         plan: b.plan,
@@ -717,15 +711,17 @@ fn decode_billing_plan(body: &[u8], actor: &str) -> Result<Command, FieldError> 
     })
 }
 
+/// An instant a command states (`as_of`, `effective_from`): inside the accepted event-time range.
+fn event_time(field: &str, at: DateTime<Utc>) -> Result<(), FieldError> {
+    if crate::event_time::in_range(at) {
+        return Ok(());
+    }
+    Err(invalid(field, "range", format!("must be within {}", crate::event_time::EVENT_TIME_RANGE)))
+}
+
 fn decode_fx_rates(body: &[u8], actor: &str) -> Result<Command, FieldError> {
     let b: FxRatesBody = json(body)?;
-    if !crate::event_time::in_range(b.as_of) {
-        return Err(invalid(
-            "as_of",
-            "range",
-            format!("must be within {}", crate::event_time::EVENT_TIME_RANGE),
-        ));
-    }
+    event_time("as_of", b.as_of)?;
     if b.rates.is_empty() || b.rates.len() > RATES_PER_REQUEST_MAX {
         return Err(invalid("rates", "count", "give 1-500 rates"));
     }
@@ -776,13 +772,7 @@ fn decode_fee_config(path_id: Option<&str>, body: &[u8], actor: &str) -> Result<
         Some(_) => return Err(invalid("pricing", "one_of", "volume or graduated")),
     };
     if let Some(at) = b.effective_from {
-        if !crate::event_time::in_range(at) {
-            return Err(invalid(
-                "effective_from",
-                "range",
-                format!("must be within {}", crate::event_time::EVENT_TIME_RANGE),
-            ));
-        }
+        event_time("effective_from", at)?;
     }
     let payload = FeeConfigUpserted {
         transfer_kind: kind,
