@@ -954,6 +954,7 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
                 m.occurred_at.to_rfc3339()
             )),
             Row::Audit(..)
+            | Row::AuditCheckpoint(..)
             | Row::Rejection(..)
             | Row::RiskDecision(..)
             | Row::RiskRejection(..)

@@ -52,7 +52,7 @@ pub const SETTLE_RETRY_INTERVAL_MS: u64 = 500;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Check {
-    /// `audit_log` (Postgres) vs `audit_events` (ClickHouse): rows, payload bytes.
+    /// `audit_log` (Postgres) vs `audit_trail` (ClickHouse): rows, payload bytes.
     AuditStores,
     /// `transfer_status_history` (amounts from `transfers`) vs `transfer_facts`: rows, amounts, versions.
     StatusStores,
@@ -811,10 +811,10 @@ impl Stores {
             .await?;
         let ch_audit: Vec<ChAudit> = self
             .ch_fetch(
-                "clickhouse: audit_events",
+                "clickhouse: audit_trail",
                 self.ch_query(&format!(
-                    "SELECT tenant_id, toInt64(uniqExact(event_id)) AS n, toInt64(sum(payload_bytes)) AS bytes
-                     FROM audit_events FINAL WHERE environment = ?
+                    "SELECT tenant_id, toInt64(uniqExact(audit_id)) AS n, toInt64(sum(payload_bytes)) AS bytes
+                     FROM audit_trail FINAL WHERE environment = ?
                      GROUP BY tenant_id ORDER BY tenant_id LIMIT {}",
                     scope_limit()
                 ))

@@ -10,13 +10,28 @@ use riverbank_schemas::{Environment, Topics};
 pub fn processors(cfg: &Config) -> Vec<Box<dyn Runnable>> {
     let topics = kafka::topics(&cfg.kafka);
     vec![
-        Box::new(riverbank_processors::AuditProcessor::new(topics.clone())),
+        Box::new(audit(cfg, topics.clone())),
         Box::new(riverbank_processors::RiskProcessor::new(topics.clone())),
         Box::new(riverbank_processors::KycProcessor::new(topics.clone(), kyc_limits(cfg))),
         Box::new(fx(cfg, topics.clone())),
         Box::new(billing(cfg, topics.clone())),
         Box::new(transfers(cfg, topics)),
     ]
+}
+
+/// `[audit]` as the audit processor's settings. Config validation has already refused a signing key
+/// that is not a 64-hex-digit seed.
+pub fn audit(cfg: &Config, topics: Topics) -> riverbank_processors::AuditProcessor {
+    let a = &cfg.audit;
+    let signer = riverbank_crypto::sign::CheckpointSigner::from_seed_hex(a.signing_key.expose()).ok();
+    let settings = riverbank_processors::audit::AuditSettings {
+        signer: signer.map(std::sync::Arc::new),
+        checkpoint_every_records: a.checkpoint_every_records,
+        checkpoint_every_ms: i64::try_from(a.checkpoint_every_ms).unwrap_or(i64::MAX),
+        inputs_remembered_max: a.inputs_remembered_max,
+        logs_per_partition_max: a.logs_per_partition_max,
+    };
+    riverbank_processors::AuditProcessor::new(topics, settings)
 }
 
 fn kyc_limits(cfg: &Config) -> riverbank_processors::KycLimits {

@@ -373,7 +373,7 @@ async fn complete_through(
 const AUDIT_VOLUME_SQL: &str =
     "SELECT toUInt32(toStartOfHour(occurred_at)) AS hour, toUInt64(count()) AS events,
        toUInt64(sum(payload_bytes)) AS payload_bytes
-FROM audit_events FINAL
+FROM audit_trail FINAL
 WHERE tenant_id = ? AND environment = ?
 GROUP BY hour ORDER BY hour";
 

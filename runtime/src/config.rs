@@ -42,6 +42,8 @@ pub struct Config {
     pub transfers: TransfersConfig,
     pub kyc: KycConfig,
     pub risk: RiskConfig,
+    pub keys: KeysConfig,
+    pub audit: AuditConfig,
     pub fx: FxConfig,
     pub billing: BillingConfig,
     pub sinks: SinksConfig,
@@ -176,6 +178,103 @@ pub struct KycConfig {
     pub users_per_partition_max: usize,
     /// Inputs remembered per partition to recognise duplicates (the oldest is forgotten first).
     pub inputs_remembered_max: usize,
+}
+
+/// The audit trail (processors/src/audit.rs, ARCHITECTURE.md "The audit trail").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Ed25519 seed (64 hex digits) checkpoints are signed with. The default is a development key:
+    /// set your own in production (RIVERBANK__AUDIT__SIGNING_KEY); `riverbank audit public-key` prints
+    /// the public key and key id a verifier needs.
+    pub signing_key: Secret<String>,
+    /// Public keys (hex) of earlier signing keys, still accepted by `riverbank audit verify` and the proof
+    /// endpoint after a rotation.
+    pub verify_keys: Vec<String>,
+    /// A checkpoint after this many records of a log at most …
+    pub checkpoint_every_records: u64,
+    /// … or this long (event time) after the first record it does not cover yet.
+    pub checkpoint_every_ms: u64,
+    /// Source event ids remembered per partition, so an upstream duplicate is never chained twice.
+    pub inputs_remembered_max: usize,
+    /// (tenant) logs per partition at most; a record of one more is dead-lettered with the reason.
+    pub logs_per_partition_max: usize,
+    /// Records an inclusion proof is computed over at most (`GET /v1/audit/{id}/proof` reads the leaves).
+    pub proof_records_max: u64,
+    /// Rows an export streams at most per request (narrow the time range for more).
+    pub export_rows_max: u64,
+    /// Rows fetched from the store per round trip while streaming an export.
+    pub export_batch_rows: u32,
+}
+
+/// Field-level encryption keys (runtime/src/keystore.rs, ARCHITECTURE.md "Personal data and keys").
+/// The embedded defaults are DEVELOPMENT-ONLY keys (ids `dev-only-…`, a warning at start-up when in use):
+/// production sets `key_file` (RIVERBANK__KEYS__KEY_FILE) and `pseudonym_key`
+/// (RIVERBANK__KEYS__PSEUDONYM_KEY), or replaces `keks` in its config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Key-encryption keys: per data class, exactly one `active` (new data keys are wrapped under it);
+    /// older ones of a class stay until `riverbank keys rewrap` has moved every data key off them.
+    /// Ignored when `key_file` is set.
+    pub keks: Vec<KekConfig>,
+    /// A JSON key file (`{"keks": [{"id", "class", "key", "active"}]}`) replacing `keks`; empty: none.
+    pub key_file: String,
+    /// Key of pseudonymous ids in analytics (64 hex digits, HMAC-SHA256).
+    pub pseudonym_key: Secret<String>,
+    /// Unwrapped data keys cached per process at most, each for at most `cache_ttl_ms` (so an erasure
+    /// stops every process decrypting within `cache_ttl_ms`).
+    pub cache_entries_max: usize,
+    pub cache_ttl_ms: u64,
+    /// `riverbank keys rewrap` re-wraps this many data keys per transaction.
+    pub rewrap_batch_rows: u32,
+}
+
+/// One key-encryption key: `key` is 64 hex digits (256 bits).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KekConfig {
+    pub id: String,
+    pub class: String,
+    pub key: Secret<String>,
+    pub active: bool,
+}
+
+impl KeysConfig {
+    /// The configured key-encryption keys as the crypto crate takes them.
+    pub fn kek_entries(&self) -> Vec<riverbank_crypto::keys::KekEntry> {
+        self.keks
+            .iter()
+            .map(|k| riverbank_crypto::keys::KekEntry {
+                id: k.id.clone(),
+                class: k.class.clone(),
+                key: k.key.expose().clone(),
+                active: k.active,
+            })
+            .collect()
+    }
+
+    fn check(&self, errors: &mut Vec<String>) {
+        if self.key_file.is_empty() {
+            match riverbank_crypto::keys::KeyRing::from_entries(&self.kek_entries()) {
+                Ok(ring) if !ring.missing_classes().is_empty() => errors.push(format!(
+                    "keys.keks: no active key for {}",
+                    ring.missing_classes().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("keys.keks: {e}")),
+            }
+        } else if !Path::new(&self.key_file).is_file() {
+            errors.push(format!("keys.key_file {} is not a readable file", self.key_file));
+        }
+        let p = self.pseudonym_key.expose();
+        if p.len() != 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+            errors.push("keys.pseudonym_key must be 64 hex digits (256 bits)".into());
+        }
+        if self.cache_entries_max == 0 || self.cache_ttl_ms == 0 || self.rewrap_batch_rows == 0 {
+            errors.push("keys.cache_entries_max, cache_ttl_ms and rewrap_batch_rows must be at least 1".into());
+        }
+    }
 }
 
 /// Risk scoring (and the edge's part of it).
@@ -362,6 +461,7 @@ impl Config {
         self.check_ranges(&mut errors);
         self.check_edges(&mut errors);
         self.check_webhooks(&mut errors);
+        self.keys.check(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -436,6 +536,28 @@ impl Config {
         }
         if self.processor.restore_window_records < 1 {
             errors.push("processor.restore_window_records must be at least 1".into());
+        }
+        let seed = self.audit.signing_key.expose();
+        if seed.len() != 64 || !seed.bytes().all(|b| b.is_ascii_hexdigit()) {
+            errors.push("audit.signing_key must be an Ed25519 seed of 64 hex digits".into());
+        }
+        for k in &self.audit.verify_keys {
+            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errors.push(format!("audit.verify_keys: {k:?} is not an Ed25519 public key of 64 hex digits"));
+            }
+        }
+        for (name, v) in [
+            ("audit.checkpoint_every_records", self.audit.checkpoint_every_records),
+            ("audit.checkpoint_every_ms", self.audit.checkpoint_every_ms),
+            ("audit.proof_records_max", self.audit.proof_records_max),
+            ("audit.export_rows_max", self.audit.export_rows_max),
+            ("audit.export_batch_rows", u64::from(self.audit.export_batch_rows)),
+            ("audit.inputs_remembered_max", self.audit.inputs_remembered_max as u64),
+            ("audit.logs_per_partition_max", self.audit.logs_per_partition_max as u64),
+        ] {
+            if v == 0 {
+                errors.push(format!("{name} must be at least 1"));
+            }
         }
         if self.risk.name_key.expose().len() < 16 {
             errors.push("risk.name_key must be at least 16 bytes".into());
@@ -640,6 +762,18 @@ mod tests {
         let c = Config::load_from(None, "RIVERBANK_TEST_ENV__").expect("valid");
         assert_eq!(c.kafka.brokers, "from-env:9092");
         assert_eq!(c.sinks.batch_rows_max, 11);
+    }
+
+    #[test]
+    fn keys_section_validates() {
+        let c = Config::load_from(None, NO_ENV).expect("defaults are valid");
+        assert_eq!(c.keys.keks.len(), riverbank_crypto::keys::DataClass::ALL.len());
+        assert!(!format!("{c:?}").contains(c.keys.keks[0].key.expose().as_str()));
+        let mut bad = c.clone();
+        bad.keys.keks.retain(|k| k.class != "pii.dob");
+        bad.keys.pseudonym_key = Secret::new("short".into());
+        let text = bad.validate().expect_err("invalid").to_string();
+        assert!(text.contains("no active key for pii.dob") && text.contains("keys.pseudonym_key"), "{text}");
     }
 
     #[test]

@@ -48,35 +48,6 @@ impl WebhookReceived {
     pub const SCHEMA_VERSION: u16 = 1;
 }
 
-/// An append-only audit record (DOMAIN.md, "Audit"). Holds no PII: ids, actions and sizes only.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuditRecord {
-    pub audit_id: Uuid,
-    pub tenant_id: String,
-    pub environment: Environment,
-    /// Who acted: `provider:<name>`, `user:<pseudonymous id>`, `system:<component>`.
-    pub actor: String,
-    /// What happened, dotted: `webhook.received`, `transfer.status_changed`, …
-    pub action: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    /// The event this record was derived from.
-    pub source_event_id: Uuid,
-    pub occurred_at: DateTime<Utc>,
-    /// When the source event was accepted by riverbank (taken from it, so replays are identical).
-    pub recorded_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-    /// Size in bytes of the payload the action concerned (0 when none).
-    pub payload_bytes: u64,
-}
-
-impl AuditRecord {
-    pub const EVENT_TYPE: &'static str = "audit.recorded";
-    pub const SCHEMA_VERSION: u16 = 1;
-}
-
 /// Input that could not be processed, parked with the reason so it can be inspected and redriven.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -23,7 +23,9 @@ pub fn generated() -> Vec<(&'static str, String)> {
     }
     vec![
         ("envelope.webhook_received.v1.json", render::<Envelope<WebhookReceived>>()),
-        ("envelope.audit_recorded.v1.json", render::<Envelope<AuditRecord>>()),
+        ("envelope.audit_recorded.v2.json", render::<Envelope<AuditRecord>>()),
+        ("envelope.audit_checkpoint_signed.v1.json", render::<Envelope<crate::AuditCheckpoint>>()),
+        ("envelope.audit_action_taken.v1.json", render::<Envelope<crate::AuditAction>>()),
         ("dead_letter.v1.json", render::<DeadLetter>()),
         ("money.json", render::<Money>()),
         ("envelope.transfer_requested.v1.json", render::<Envelope<TransferRequested>>()),

@@ -2,6 +2,7 @@
 //! No I/O lives here: no tokio, no Kafka, no databases.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod billing;
 pub mod commands;
 pub mod envelope;
@@ -21,7 +22,8 @@ pub mod transfers;
 pub mod volume;
 
 pub use envelope::{Envelope, Environment, RawEnvelope};
-pub use events::{AuditRecord, DeadLetter, WebhookReceived};
+pub use audit::{AuditAction, AuditCheckpoint, AuditRecord};
+pub use events::{DeadLetter, WebhookReceived};
 pub use money::{Currency, Money, MoneyError};
 pub use topics::Topics;
 pub use transfers::TransferKind;

@@ -32,6 +32,13 @@ impl Topics {
         self.name(env, "audit.events.log")
     }
 
+    /// Actions performed outside the processors, stated by the component that performed them
+    /// (`audit.action_taken`: API keys, redrives, decrypted reads, exports, erasures, rewraps,
+    /// consents); the audit processor chains them with everything else.
+    pub fn audit_actions(&self, env: Environment) -> String {
+        self.name(env, "audit.actions")
+    }
+
     /// Transfer status events (the platform's `transactions.update.status`).
     pub fn transfer_status(&self, env: Environment) -> String {
         self.name(env, "transactions.update.status")
@@ -144,6 +151,7 @@ impl Topics {
         vec![
             self.ingest_webhooks(env),
             self.audit_events(env),
+            self.audit_actions(env),
             self.transfer_status(env),
             self.transfer_inputs(env),
             self.transfer_rejections(env),
@@ -178,7 +186,7 @@ impl Topics {
     pub fn upstream(&self, topic: &str) -> Option<(&'static str, Vec<String>)> {
         let env = self.environment_of(topic)?;
         if topic == self.audit_events(env) {
-            return Some(("audit", vec![self.ingest_webhooks(env)]));
+            return Some(("audit", vec![self.log(env, "audit")]));
         }
         let transfers = [
             self.transfer_status(env),

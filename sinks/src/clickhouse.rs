@@ -23,33 +23,59 @@ use riverbank_schemas::kyc::{event_types as kyc_event_types, KycInputRejected, U
 use riverbank_schemas::ledger::BookingRecorded;
 use riverbank_schemas::risk::{event_types as risk_types, DecisionRecorded, RiskInputRejected};
 use riverbank_schemas::transfers::{InputRejected, LedgerPosting, PostingPhase, TransferStatusChanged};
-use riverbank_schemas::{AuditRecord, Currency};
+use riverbank_schemas::{AuditCheckpoint, AuditRecord, Currency};
 
 pub const SINK_NAME: &str = "clickhouse";
 
 /// Statements creating every table, in order. Idempotent (`IF NOT EXISTS`).
 pub fn ddl() -> Vec<&'static str> {
     vec![
-        "CREATE TABLE IF NOT EXISTS audit_events (
-            event_id UUID,
+        // The audit trail, every column as stated so `riverbank audit verify --clickhouse` can re-encode
+        // each row. One row per log position: a replayed copy replaces itself (same bytes).
+        "CREATE TABLE IF NOT EXISTS audit_trail (
+            audit_id UUID,
             tenant_id String,
             environment Enum8('live' = 1, 'sandbox' = 2),
+            seq UInt64,
             actor String,
             action String,
             resource_type String,
             resource_id String,
+            before Nullable(String),
+            after Nullable(String),
+            ip Nullable(String),
+            user_agent Nullable(String),
+            request_id Nullable(String),
+            trace_id Nullable(String),
             source_event_id UUID,
+            source_event_type String,
             occurred_at DateTime('UTC'),
             occurred_ms UInt16,
             recorded_at DateTime('UTC'),
+            recorded_ms UInt16,
             payload_bytes UInt64,
+            prev_hash String,
+            hash String,
             source_topic String,
             source_partition Int32,
-            source_offset Int64,
-            first_seen_rank UInt64
-        ) ENGINE = ReplacingMergeTree(first_seen_rank)
+            source_offset Int64
+        ) ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(occurred_at)
-        ORDER BY (tenant_id, environment, event_id)",
+        ORDER BY (tenant_id, environment, seq)",
+        "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+            checkpoint_id UUID,
+            tenant_id String,
+            environment Enum8('live' = 1, 'sandbox' = 2),
+            tree_size UInt64,
+            root_hash String,
+            last_hash String,
+            occurred_at DateTime('UTC'),
+            occurred_ms UInt16,
+            key_id String,
+            signature String
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(occurred_at)
+        ORDER BY (tenant_id, environment, tree_size)",
         // Every event the sink reads (metadata only, never payloads): volumes per tenant, type, hour.
         "CREATE TABLE IF NOT EXISTS events (
             event_id UUID,
@@ -295,30 +321,55 @@ pub async fn create(cfg: &ClickHouseConfig) -> Result<(), clickhouse::error::Err
     Ok(())
 }
 
+/// An `audit_trail` row: the record as stated, times split into seconds and milliseconds.
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
-pub struct AuditEventRow {
+pub struct AuditTrailRow {
     #[serde(with = "clickhouse::serde::uuid")]
-    pub event_id: uuid::Uuid,
+    pub audit_id: uuid::Uuid,
     pub tenant_id: String,
     /// Enum8: 1 live, 2 sandbox.
     pub environment: i8,
+    pub seq: u64,
     pub actor: String,
     pub action: String,
     pub resource_type: String,
     pub resource_id: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub trace_id: Option<String>,
     #[serde(with = "clickhouse::serde::uuid")]
     pub source_event_id: uuid::Uuid,
+    pub source_event_type: String,
     /// Unix seconds (DateTime).
     pub occurred_at: u32,
     pub occurred_ms: u16,
     pub recorded_at: u32,
+    pub recorded_ms: u16,
     pub payload_bytes: u64,
+    pub prev_hash: String,
+    pub hash: String,
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
-    /// Replacing version: highest for the earliest recorded copy, so when a provider redelivers an
-    /// event (same id, later attempt time) the first copy survives, as it does in Postgres.
-    pub first_seen_rank: u64,
+}
+
+/// An `audit_checkpoints` row.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct AuditCheckpointRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub checkpoint_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub environment: i8,
+    pub tree_size: u64,
+    pub root_hash: String,
+    pub last_hash: String,
+    pub occurred_at: u32,
+    pub occurred_ms: u16,
+    pub key_id: String,
+    pub signature: String,
 }
 
 fn enum8(env: Environment) -> i8 {
@@ -332,26 +383,108 @@ fn unix_seconds(t: chrono::DateTime<chrono::Utc>) -> Result<u32, String> {
     u32::try_from(t.timestamp()).map_err(|_| format!("time {t} outside ClickHouse DateTime range"))
 }
 
-impl AuditEventRow {
+impl AuditTrailRow {
     pub fn from_audit(m: &Meta, a: &AuditRecord) -> Result<Self, String> {
-        Ok(AuditEventRow {
-            event_id: a.audit_id,
+        Ok(AuditTrailRow {
+            audit_id: a.audit_id,
             tenant_id: a.tenant_id.clone(),
             environment: enum8(a.environment),
+            seq: a.seq,
             actor: a.actor.clone(),
             action: a.action.clone(),
             resource_type: a.resource_type.clone(),
             resource_id: a.resource_id.clone(),
+            before: a.before.clone(),
+            after: a.after.clone(),
+            ip: a.ip.clone(),
+            user_agent: a.user_agent.clone(),
+            request_id: a.request_id.clone(),
+            trace_id: a.trace_id.clone(),
             source_event_id: a.source_event_id,
+            source_event_type: a.source_event_type.clone(),
             occurred_at: unix_seconds(a.occurred_at)?,
-            occurred_ms: u16::try_from(a.occurred_at.timestamp_subsec_millis()).unwrap_or(999),
+            occurred_ms: millis(a.occurred_at),
             recorded_at: unix_seconds(a.recorded_at)?,
+            recorded_ms: millis(a.recorded_at),
             payload_bytes: a.payload_bytes,
+            prev_hash: a.prev_hash.clone(),
+            hash: a.hash.clone(),
             source_topic: m.source_topic.clone(),
             source_partition: m.source_partition,
             source_offset: m.source_offset,
-            first_seen_rank: u64::MAX - u64::try_from(a.recorded_at.timestamp_millis()).unwrap_or(0),
         })
+    }
+
+    /// The record as stated, read back (what `audit verify --clickhouse` re-encodes).
+    pub fn to_record(&self) -> Result<AuditRecord, String> {
+        let time = |s: u32, ms: u16| {
+            chrono::DateTime::<chrono::Utc>::from_timestamp_millis(i64::from(s) * 1000 + i64::from(ms))
+                .ok_or_else(|| format!("audit row {}: time out of range", self.audit_id))
+        };
+        Ok(AuditRecord {
+            audit_id: self.audit_id,
+            tenant_id: self.tenant_id.clone(),
+            environment: env_of(self.environment)?,
+            seq: self.seq,
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            resource_type: self.resource_type.clone(),
+            resource_id: self.resource_id.clone(),
+            before: self.before.clone(),
+            after: self.after.clone(),
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+            request_id: self.request_id.clone(),
+            trace_id: self.trace_id.clone(),
+            source_event_id: self.source_event_id,
+            source_event_type: self.source_event_type.clone(),
+            occurred_at: time(self.occurred_at, self.occurred_ms)?,
+            recorded_at: time(self.recorded_at, self.recorded_ms)?,
+            payload_bytes: self.payload_bytes,
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+        })
+    }
+}
+
+impl AuditCheckpointRow {
+    pub fn from_checkpoint(c: &AuditCheckpoint) -> Result<Self, String> {
+        Ok(AuditCheckpointRow {
+            checkpoint_id: c.checkpoint_id,
+            tenant_id: c.tenant_id.clone(),
+            environment: enum8(c.environment),
+            tree_size: c.tree_size,
+            root_hash: c.root_hash.clone(),
+            last_hash: c.last_hash.clone(),
+            occurred_at: unix_seconds(c.occurred_at)?,
+            occurred_ms: millis(c.occurred_at),
+            key_id: c.key_id.clone(),
+            signature: c.signature.clone(),
+        })
+    }
+
+    pub fn to_checkpoint(&self) -> Result<AuditCheckpoint, String> {
+        let ms = i64::from(self.occurred_at) * 1000 + i64::from(self.occurred_ms);
+        Ok(AuditCheckpoint {
+            checkpoint_id: self.checkpoint_id,
+            tenant_id: self.tenant_id.clone(),
+            environment: env_of(self.environment)?,
+            tree_size: self.tree_size,
+            root_hash: self.root_hash.clone(),
+            last_hash: self.last_hash.clone(),
+            occurred_at: chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+                .ok_or("checkpoint time out of range")?,
+            key_id: self.key_id.clone(),
+            signature: self.signature.clone(),
+        })
+    }
+}
+
+fn env_of(v: i8) -> Result<Environment, String> {
+    match v {
+        1 => Ok(Environment::Live),
+        2 => Ok(Environment::Sandbox),
+        other => Err(format!("environment enum value {other} is neither live nor sandbox")),
     }
 }
 
@@ -755,7 +888,8 @@ impl EventRow {
 #[derive(Debug, Clone)]
 pub enum ChRow {
     Event(EventRow),
-    Audit(AuditEventRow),
+    Audit(AuditTrailRow),
+    AuditCheckpoint(AuditCheckpointRow),
     Fact(TransferFactRow),
     Posting(PostingRow),
     Rejection(RejectionRow),
@@ -774,8 +908,12 @@ impl ChRow {
         use riverbank_schemas::transfers::BalanceChanged;
         let (event_type, typed) = match r {
             Decoded::Audit(m, a) => {
-                (AuditRecord::EVENT_TYPE, Some(ChRow::Audit(AuditEventRow::from_audit(m, a)?)))
+                (AuditRecord::EVENT_TYPE, Some(ChRow::Audit(AuditTrailRow::from_audit(m, a)?)))
             }
+            Decoded::AuditCheckpoint(_, c) => (
+                AuditCheckpoint::EVENT_TYPE,
+                Some(ChRow::AuditCheckpoint(AuditCheckpointRow::from_checkpoint(c)?)),
+            ),
             Decoded::Status(m, s) => (TransferStatusChanged::EVENT_TYPE, Some(ChRow::Fact(fact(m, s)?))),
             Decoded::Posting(m, p) => (LedgerPosting::EVENT_TYPE, Some(ChRow::Posting(posting(m, p)?))),
             Decoded::Balance(..) => (BalanceChanged::EVENT_TYPE, None),
@@ -906,6 +1044,7 @@ pub async fn insert_rows(
     timeout: Duration,
 ) -> Result<(), StoreError> {
     let (mut events, mut audit, mut facts, mut postings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut checkpoints = Vec::new();
     let mut rejections = Vec::new();
     let (mut kyc_facts, mut kyc_rejections) = (Vec::new(), Vec::new());
     let (mut risk_decisions, mut risk_rejections) = (Vec::new(), Vec::new());
@@ -914,6 +1053,7 @@ pub async fn insert_rows(
         match r {
             ChRow::Event(e) => events.push(e.clone()),
             ChRow::Audit(a) => audit.push(a.clone()),
+            ChRow::AuditCheckpoint(c) => checkpoints.push(c.clone()),
             ChRow::Fact(f) => facts.push(f.clone()),
             ChRow::Posting(p) => postings.push(p.clone()),
             ChRow::Rejection(r) => rejections.push(r.clone()),
@@ -930,7 +1070,11 @@ pub async fn insert_rows(
         within(timeout, "insert events", insert(client, &t("events"), &events)).await?;
     }
     if !audit.is_empty() {
-        within(timeout, "insert audit_events", insert(client, &t("audit_events"), &audit)).await?;
+        within(timeout, "insert audit_trail", insert(client, &t("audit_trail"), &audit)).await?;
+    }
+    if !checkpoints.is_empty() {
+        let table = t("audit_checkpoints");
+        within(timeout, "insert audit_checkpoints", insert(client, &table, &checkpoints)).await?;
     }
     if !facts.is_empty() {
         within(timeout, "insert transfer_facts", insert(client, &t("transfer_facts"), &facts)).await?;

@@ -11,7 +11,7 @@ use riverbank_schemas::kyc::UserKycChanged;
 use riverbank_schemas::ledger::BookingRecorded;
 use riverbank_schemas::risk::DecisionRecorded;
 use riverbank_schemas::transfers::{BalanceChanged, LedgerPosting, TransferStatusChanged};
-use riverbank_schemas::{AuditRecord, Environment};
+use riverbank_schemas::{AuditCheckpoint, AuditRecord, Environment};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -73,6 +73,7 @@ impl SinkStore for PostgresSink {
     async fn write(&self, rows: &[Row], positions: &[Position]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let (mut audit, mut status, mut postings, mut balances) = (vec![], vec![], vec![], vec![]);
+        let mut checkpoints = vec![];
         let mut rejections = vec![];
         let (mut risk_decisions, mut risk_rejections) = (vec![], vec![]);
         let (mut users, mut kyc_rejections) = (vec![], vec![]);
@@ -81,6 +82,7 @@ impl SinkStore for PostgresSink {
         for r in rows {
             match r {
                 Row::Audit(m, a) => audit.push((m, a)),
+                Row::AuditCheckpoint(m, c) => checkpoints.push((m, c)),
                 Row::Status(m, s) => status.push((m, s)),
                 Row::Posting(m, p) => postings.push((m, p)),
                 Row::Balance(m, b) => balances.push((m, b)),
@@ -102,6 +104,7 @@ impl SinkStore for PostgresSink {
             }
         }
         insert_audit(&mut tx, &audit).await?;
+        insert_checkpoints(&mut tx, &checkpoints).await?;
         insert_status(&mut tx, &status).await?;
         insert_postings(&mut tx, &postings).await?;
         upsert_balances(&mut tx, &balances).await?;
@@ -181,23 +184,26 @@ async fn insert_audit(tx: &mut Tx<'_>, rows: &[(&Meta, &AuditRecord)]) -> Result
         return Ok(());
     }
     let col = |f: fn(&(&Meta, &AuditRecord)) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let opt = |f: fn(&AuditRecord) -> &Option<String>| rows.iter().map(|(_, a)| f(a).clone()).collect::<Vec<_>>();
     let ids: Vec<Uuid> = rows.iter().map(|(_, a)| a.audit_id).collect();
     let source_ids: Vec<Uuid> = rows.iter().map(|(_, a)| a.source_event_id).collect();
     let occurred: Vec<DateTime<Utc>> = rows.iter().map(|(_, a)| a.occurred_at).collect();
     let recorded: Vec<DateTime<Utc>> = rows.iter().map(|(_, a)| a.recorded_at).collect();
-    let trace: Vec<Option<String>> = rows.iter().map(|(_, a)| a.trace_id.clone()).collect();
-    // Checked in decode: fits in i64.
+    // Checked in decode: both fit in i64.
     let bytes: Vec<i64> =
         rows.iter().map(|(_, a)| i64::try_from(a.payload_bytes).unwrap_or(i64::MAX)).collect();
+    let seqs: Vec<i64> = rows.iter().map(|(_, a)| i64::try_from(a.seq).unwrap_or(i64::MAX)).collect();
     let partitions: Vec<i32> = rows.iter().map(|(m, _)| m.source_partition).collect();
     let offsets: Vec<i64> = rows.iter().map(|(m, _)| m.source_offset).collect();
     sqlx::query(
         "INSERT INTO audit_log (event_id, tenant_id, environment, actor, action, resource_type, resource_id,
              source_event_id, occurred_at, recorded_at, trace_id, payload_bytes, source_topic,
-             source_partition, source_offset)
+             source_partition, source_offset, seq, before, after, ip, user_agent, request_id,
+             source_event_type, prev_hash, hash)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
              $7::text[], $8::uuid[], $9::timestamptz[], $10::timestamptz[], $11::text[], $12::int8[],
-             $13::text[], $14::int4[], $15::int8[])
+             $13::text[], $14::int4[], $15::int8[], $16::int8[], $17::text[], $18::text[], $19::text[],
+             $20::text[], $21::text[], $22::text[], $23::text[], $24::text[])
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(&ids)
@@ -210,8 +216,51 @@ async fn insert_audit(tx: &mut Tx<'_>, rows: &[(&Meta, &AuditRecord)]) -> Result
     .bind(&source_ids)
     .bind(&occurred)
     .bind(&recorded)
-    .bind(&trace)
+    .bind(opt(|a| &a.trace_id))
     .bind(&bytes)
+    .bind(col(|(m, _)| m.source_topic.clone()))
+    .bind(&partitions)
+    .bind(&offsets)
+    .bind(&seqs)
+    .bind(opt(|a| &a.before))
+    .bind(opt(|a| &a.after))
+    .bind(opt(|a| &a.ip))
+    .bind(opt(|a| &a.user_agent))
+    .bind(opt(|a| &a.request_id))
+    .bind(col(|(_, a)| a.source_event_type.clone()))
+    .bind(col(|(_, a)| a.prev_hash.clone()))
+    .bind(col(|(_, a)| a.hash.clone()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_checkpoints(tx: &mut Tx<'_>, rows: &[(&Meta, &AuditCheckpoint)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&(&Meta, &AuditCheckpoint)) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let ids: Vec<Uuid> = rows.iter().map(|(_, c)| c.checkpoint_id).collect();
+    let sizes: Vec<i64> = rows.iter().map(|(_, c)| i64::try_from(c.tree_size).unwrap_or(i64::MAX)).collect();
+    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|(_, c)| c.occurred_at).collect();
+    let partitions: Vec<i32> = rows.iter().map(|(m, _)| m.source_partition).collect();
+    let offsets: Vec<i64> = rows.iter().map(|(m, _)| m.source_offset).collect();
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (checkpoint_id, tenant_id, environment, tree_size, root_hash, last_hash,
+             occurred_at, key_id, signature, source_topic, source_partition, source_offset)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+             $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::int8[])
+         ON CONFLICT (checkpoint_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(col(|(_, c)| c.tenant_id.clone()))
+    .bind(col(|(_, c)| c.environment.as_str().to_owned()))
+    .bind(&sizes)
+    .bind(col(|(_, c)| c.root_hash.clone()))
+    .bind(col(|(_, c)| c.last_hash.clone()))
+    .bind(&occurred)
+    .bind(col(|(_, c)| c.key_id.clone()))
+    .bind(col(|(_, c)| c.signature.clone()))
     .bind(col(|(m, _)| m.source_topic.clone()))
     .bind(&partitions)
     .bind(&offsets)

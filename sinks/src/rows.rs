@@ -10,7 +10,7 @@ use riverbank_schemas::risk::{event_types as risk_types, DecisionRecorded, RiskI
 use riverbank_schemas::transfers::{
     BalanceChanged, InputRejected, LedgerPosting, RiskOutcome, TransferStatusChanged,
 };
-use riverbank_schemas::{AuditRecord, Environment, RawEnvelope};
+use riverbank_schemas::{AuditCheckpoint, AuditRecord, Environment, RawEnvelope};
 use uuid::Uuid;
 
 /// Envelope facts every row keeps.
@@ -28,6 +28,8 @@ pub struct Meta {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
     Audit(Meta, AuditRecord),
+    /// A signed audit checkpoint.
+    AuditCheckpoint(Meta, AuditCheckpoint),
     Status(Meta, TransferStatusChanged),
     Posting(Meta, LedgerPosting),
     Balance(Meta, BalanceChanged),
@@ -54,6 +56,7 @@ impl Row {
     pub fn meta(&self) -> &Meta {
         match self {
             Row::Audit(m, _)
+            | Row::AuditCheckpoint(m, _)
             | Row::Status(m, _)
             | Row::Posting(m, _)
             | Row::Balance(m, _)
@@ -78,6 +81,7 @@ impl Row {
 /// with one of these (`src/registry.rs`); a declared output with none must be read by a processor.
 pub const PROJECTED: &[&str] = &[
     AuditRecord::EVENT_TYPE,
+    AuditCheckpoint::EVENT_TYPE,
     TransferStatusChanged::EVENT_TYPE,
     LedgerPosting::EVENT_TYPE,
     BalanceChanged::EVENT_TYPE,
@@ -141,7 +145,11 @@ pub fn decode(
     payload: &[u8],
 ) -> Result<(Vec<Row>, i64), String> {
     let e: RawEnvelope = serde_json::from_slice(payload).map_err(|err| format!("not an envelope: {err}"))?;
-    if e.schema_version != 1 {
+    let understood = match e.event_type.as_str() {
+        AuditRecord::EVENT_TYPE => AuditRecord::SCHEMA_VERSION,
+        _ => 1,
+    };
+    if e.schema_version != understood {
         return Err(format!("{} v{} is not understood by the sinks", e.event_type, e.schema_version));
     }
     if e.environment != env {
@@ -166,8 +174,12 @@ pub fn decode(
             if a.audit_id != e.event_id || a.tenant_id != e.tenant_id || a.environment != e.environment {
                 return Err("envelope and audit record disagree on id, tenant or environment".to_owned());
             }
-            if i64::try_from(a.payload_bytes).is_err() {
-                return Err("payload_bytes out of range".to_owned());
+            if i64::try_from(a.payload_bytes).is_err() || i64::try_from(a.seq).is_err() || a.seq == 0 {
+                return Err("payload_bytes or seq out of range".to_owned());
+            }
+            // Asserted where consumed too: a record whose hash is not its own is never stored.
+            if a.hash != a.compute_hash() {
+                return Err(format!("audit record {} (seq {}) does not hash to its hash", a.audit_id, a.seq));
             }
             check_time("recorded_at", &a.recorded_at)?;
             check_time("audit occurred_at", &a.occurred_at)?;
@@ -176,13 +188,38 @@ pub fn decode(
                 ("action", &a.action),
                 ("resource_type", &a.resource_type),
                 ("resource_id", &a.resource_id),
+                ("source_event_type", &a.source_event_type),
+                ("prev_hash", &a.prev_hash),
             ] {
                 check_text(f, v)?;
             }
-            if let Some(t) = &a.trace_id {
-                check_text("trace_id", t)?;
+            for (f, v) in [
+                ("before", &a.before),
+                ("after", &a.after),
+                ("ip", &a.ip),
+                ("user_agent", &a.user_agent),
+                ("request_id", &a.request_id),
+                ("trace_id", &a.trace_id),
+            ] {
+                if let Some(v) = v {
+                    check_text(f, v)?;
+                }
             }
             Row::Audit(meta, a)
+        }
+        AuditCheckpoint::EVENT_TYPE => {
+            let c: AuditCheckpoint = typed(&e)?;
+            if c.checkpoint_id != e.event_id || c.tenant_id != e.tenant_id || c.environment != e.environment {
+                return Err("envelope and audit checkpoint disagree on id, tenant or environment".to_owned());
+            }
+            if i64::try_from(c.tree_size).is_err() || c.tree_size == 0 {
+                return Err("tree_size out of range".to_owned());
+            }
+            check_time("checkpoint occurred_at", &c.occurred_at)?;
+            for (f, v) in [("key_id", &c.key_id), ("signature", &c.signature), ("root_hash", &c.root_hash)] {
+                check_text(f, v)?;
+            }
+            Row::AuditCheckpoint(meta, c)
         }
         TransferStatusChanged::EVENT_TYPE => {
             let s: TransferStatusChanged = typed(&e)?;

@@ -283,11 +283,11 @@ log_filter = "info"
         Ok(sqlx::PgPool::connect(&self.pg_db_url).await?)
     }
 
-    /// (rows, sum of payload_bytes) for a tenant, straight from Postgres.
+    /// (audit rows of webhooks, sum of their payload_bytes) for a tenant, straight from Postgres.
     pub async fn pg_counts(&self, tenant: &str) -> anyhow::Result<(i64, i64)> {
         let pool = sqlx::PgPool::connect(&self.pg_db_url).await?;
         let row: (i64, Option<i64>) =
-            sqlx::query_as("SELECT count(*), sum(payload_bytes)::int8 FROM audit_log WHERE tenant_id = $1")
+            sqlx::query_as("SELECT count(*), sum(payload_bytes)::int8 FROM audit_log WHERE tenant_id = $1 AND source_event_type = 'webhook.received'")
                 .bind(tenant)
                 .fetch_one(&pool)
                 .await?;
@@ -295,7 +295,8 @@ log_filter = "info"
         Ok((row.0, row.1.unwrap_or(0)))
     }
 
-    /// (rows, sum of payload_bytes) for a tenant, straight from ClickHouse, each event once.
+    /// (audit rows of webhooks, sum of their payload_bytes) for a tenant, straight from ClickHouse, each
+    /// record once.
     pub async fn ch_counts(&self, tenant: &str) -> anyhow::Result<(u64, u64)> {
         #[derive(clickhouse::Row, serde::Deserialize)]
         struct C {
@@ -304,7 +305,7 @@ log_filter = "info"
         }
         let c = self.ch();
         let r: C = c
-            .query("SELECT toUInt64(count()) AS n, toUInt64(sum(payload_bytes)) AS bytes FROM audit_events FINAL WHERE tenant_id = ?")
+            .query("SELECT toUInt64(count()) AS n, toUInt64(sum(payload_bytes)) AS bytes FROM audit_trail FINAL WHERE tenant_id = ? AND source_event_type = 'webhook.received'")
             .bind(tenant)
             .fetch_one()
             .await?;
@@ -314,7 +315,7 @@ log_filter = "info"
     /// Raw ClickHouse rows for a tenant, duplicates included (to show replays were collapsed by key).
     pub async fn ch_distinct_ids(&self, tenant: &str) -> anyhow::Result<u64> {
         let c = self.ch();
-        Ok(c.query("SELECT toUInt64(uniqExact(event_id)) FROM audit_events WHERE tenant_id = ?")
+        Ok(c.query("SELECT toUInt64(uniqExact(audit_id)) FROM audit_trail WHERE tenant_id = ? AND source_event_type = 'webhook.received'")
             .bind(tenant)
             .fetch_one::<u64>()
             .await?)

@@ -116,7 +116,8 @@ async fn read_topic(
 async fn audit_rows(p: &Pipeline, tenant: &str) -> anyhow::Result<Vec<(String, String)>> {
     let pool = p.pg().await?;
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT action, resource_id FROM audit_log WHERE tenant_id = $1 ORDER BY action, resource_id",
+        "SELECT action, resource_id FROM audit_log WHERE tenant_id = $1 AND source_event_type = 'webhook.received'
+         ORDER BY action, resource_id",
     )
     .bind(tenant)
     .fetch_all(&pool)

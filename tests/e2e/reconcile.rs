@@ -10,7 +10,7 @@ use riverbank::reconcile::{Check, CheckResult, Report};
 use riverbank::workload::{produce_inputs, transfer_inputs};
 use riverbank_processors::{TransfersLimits, TransfersProcessor};
 use riverbank_schemas::processor::{InputRef, Processor, Verdict};
-use riverbank_schemas::transfers::{LedgerPosting, TransferStatusChanged};
+use riverbank_schemas::transfers::{InputRejected, LedgerPosting, TransferStatusChanged};
 use riverbank_schemas::{Environment, RawEnvelope, Topics};
 use tokio::process::Command;
 
@@ -32,12 +32,12 @@ const LANDED_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a ClickHouse mutation (`ALTER TABLE … DELETE`) may take to apply.
 const MUTATION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// (status events, ledger legs) an uninterrupted run of the transfers processor emits.
-fn reference(topics: &Topics, inputs: &[RawEnvelope]) -> (i64, i64) {
+/// (status events, ledger legs, rejections) an uninterrupted run of the transfers processor emits.
+fn reference(topics: &Topics, inputs: &[RawEnvelope]) -> (i64, i64, i64) {
     let p = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
     let at = InputRef::log("x", 0, 0, Environment::Live);
     let mut state = Default::default();
-    let (mut statuses, mut legs) = (0, 0);
+    let (mut statuses, mut legs, mut rejections) = (0, 0, 0);
     for e in inputs {
         let Verdict::Emit(out) = p.apply(&mut state, &at, e.clone()) else { panic!("poison input") };
         for o in out {
@@ -45,11 +45,12 @@ fn reference(topics: &Topics, inputs: &[RawEnvelope]) -> (i64, i64) {
             match env.event_type.as_str() {
                 TransferStatusChanged::EVENT_TYPE => statuses += 1,
                 LedgerPosting::EVENT_TYPE => legs += 1,
+                InputRejected::EVENT_TYPE => rejections += 1,
                 _ => {}
             }
         }
     }
-    (statuses, legs)
+    (statuses, legs, rejections)
 }
 
 /// Wait until Postgres holds every audit row, status change and leg (ClickHouse and balances are left
@@ -130,8 +131,9 @@ async fn reconcile_is_clean_after_traffic_and_names_each_corruption() -> anyhow:
     let tenants: Vec<&str> = TENANTS.iter().map(|t| t.0).collect();
     let inputs = transfer_inputs(&tenants, TRANSFERS_PER_TENANT, 23);
     produce_inputs(&riverbank_runtime::Config::load(Some(&p.config))?.kafka, &inputs).await?;
-    let (statuses, legs) = reference(&Topics::new(p.topic_prefix.clone()), &inputs);
-    let audit = i64::try_from(TENANTS.len() * WEBHOOKS_PER_TENANT)?;
+    let (statuses, legs, rejections) = reference(&Topics::new(p.topic_prefix.clone()), &inputs);
+    // Every webhook, status change and rejection is audited.
+    let audit = i64::try_from(TENANTS.len() * WEBHOOKS_PER_TENANT)? + statuses + rejections;
     wait_landed(&p, audit, statuses, legs).await?;
 
     // Clean: in-process (the harness helper) and through the binary.
@@ -149,10 +151,14 @@ async fn reconcile_is_clean_after_traffic_and_names_each_corruption() -> anyhow:
             assert!(result(&clean, check, &usd).ok);
         }
         let a = result(&clean, Check::AuditStores, &scope);
-        assert!(
-            a.expected.starts_with(&format!("postgres rows {WEBHOOKS_PER_TENANT},")),
-            "audit rows counted: {a:?}"
-        );
+        let pool = p.pg().await?;
+        let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_log WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        assert!(rows > WEBHOOKS_PER_TENANT as i64, "webhooks and transfers audited: {rows}");
+        assert!(a.expected.starts_with(&format!("postgres rows {rows},")), "audit rows counted: {a:?}");
     }
     let positions = clean.results.iter().filter(|r| r.check == Check::SinkPosition).count();
     assert!(positions >= 2, "both sinks' positions checked:\n{}", clean.table());
