@@ -7,6 +7,7 @@ pub mod commands;
 pub mod event_time;
 pub mod provider;
 pub mod schemes;
+pub mod sensitive;
 pub mod standard_webhooks;
 pub mod verify;
 

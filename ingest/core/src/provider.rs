@@ -10,6 +10,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::event_time;
 use crate::schemes::{Key, Scheme};
+use crate::sensitive::Sensitive;
 use crate::verify::{within_tolerance, VerifyError};
 use crate::Headers;
 
@@ -49,6 +50,10 @@ pub struct ProviderDef {
     /// [`callbacks`]): resolved here into `WebhookReceived.transfer_callback`.
     #[serde(default)]
     pub transfers: Option<TransfersSpec>,
+    /// Where the body carries personal or sensitive financial data, and its class (see
+    /// [`crate::sensitive`]): sealed at the edge before anything is produced.
+    #[serde(default)]
+    pub sensitive: Sensitive,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -191,6 +196,11 @@ impl ProviderDef {
             }
         }
         fields::validate(&self.fields)?;
+        let reads: Vec<(String, String)> = fields
+            .iter()
+            .filter_map(|(at, s)| Some(((*at).to_owned(), s.as_ref()?.pointer.clone()?)))
+            .collect();
+        self.sensitive.validate(&self.fields, &reads)?;
         if let Some(t) = &self.transfers {
             let mapped: std::collections::BTreeSet<&str> = e.types.values().map(String::as_str).collect();
             t.validate(&self.fields, &mapped)?;
