@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod engine;
 pub mod http;
 pub mod kafka;
+pub mod keystore;
 pub mod process;
 pub mod produce;
 pub mod registry;
