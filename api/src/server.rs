@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 pub mod analytics;
+mod audit;
 mod fx_billing;
 mod risk;
 
@@ -31,6 +32,7 @@ pub struct Api {
     in_flight: InFlight,
     keys: KeyCache,
     require_api_key: bool,
+    audit: audit::AuditReads,
 }
 
 impl Api {
@@ -49,6 +51,7 @@ impl Api {
                 1,
             ),
             require_api_key: cfg.api.require_api_key,
+            audit: audit::AuditReads::new(cfg)?,
         })
     }
 
@@ -61,6 +64,16 @@ impl Api {
         tenant_id: &str,
         env: Environment,
     ) -> Result<(), HttpError> {
+        self.authorize_key(headers, tenant_id, env).await.map(|_| ())
+    }
+
+    /// [`Self::authorize`], answering the key presented (none on a trusted network without keys).
+    async fn authorize_key(
+        &self,
+        headers: &HeaderMap,
+        tenant_id: &str,
+        env: Environment,
+    ) -> Result<Option<riverbank_runtime::apikeys::ApiKey>, HttpError> {
         check_tenant(tenant_id)?;
         if !KeyCache::presented(headers) {
             if self.require_api_key {
@@ -70,7 +83,7 @@ impl Api {
                     "send Authorization: Bearer <api key>",
                 ));
             }
-            return Ok(());
+            return Ok(None);
         }
         let key = self.keys.authenticate(&self.pg, headers).await?;
         if key.tenant_id != tenant_id {
@@ -94,13 +107,16 @@ impl Api {
                 "a rates feed reads no tenant data",
             ));
         }
-        Ok(())
+        Ok(Some(key))
     }
 }
 
 pub fn router(state: Arc<Api>) -> Router {
     Router::new()
-        .route("/v1/audit", get(audit))
+        .route("/v1/audit", get(audit::search))
+        .route("/v1/audit/export", get(audit::export))
+        .route("/v1/audit/keys", get(audit::keys))
+        .route("/v1/audit/{audit_id}/proof", get(audit::proof))
         .route("/v1/analytics/audit-volume", get(audit_volume))
         .route("/v1/analytics/transfer-volume", get(transfer_volume))
         .route("/v1/transfers/{transfer_id}", get(transfer))
@@ -181,78 +197,6 @@ fn check_tenant(tenant_id: &str) -> Result<(), HttpError> {
             "tenant_id must be 1-64 of ASCII letters, digits, '-', '_'",
         ))
     }
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct AuditEntry {
-    event_id: uuid::Uuid,
-    actor: String,
-    action: String,
-    resource_type: String,
-    resource_id: String,
-    source_event_id: uuid::Uuid,
-    occurred_at: DateTime<Utc>,
-    recorded_at: DateTime<Utc>,
-    trace_id: Option<String>,
-    payload_bytes: i64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct AuditPage {
-    tenant_id: String,
-    environment: Environment,
-    records: Vec<AuditEntry>,
-    /// Pass as `after` for the next page; absent on the last page.
-    next_cursor: Option<String>,
-}
-
-/// Cursor text: `<occurred_at unix micros>_<event_id>`.
-fn parse_cursor(text: &str) -> Result<(DateTime<Utc>, uuid::Uuid), HttpError> {
-    let bad = || HttpError::bad_request("invalid_cursor", "after must be a next_cursor from a previous page");
-    let (micros, id) = text.split_once('_').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
-    Ok((at, id.parse().map_err(|_| bad())?))
-}
-
-async fn audit(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<TenantQuery>) -> Response {
-    let s2 = s.clone();
-    let scope = (q.tenant_id.clone(), q.environment);
-    guarded(&s, &headers, (&scope.0, scope.1), async move {
-        let limit = q.limit.unwrap_or(100);
-        if limit == 0 || limit > s2.page_rows_max {
-            return Err(HttpError::bad_request("invalid_limit", format!("limit must be 1..={}", s2.page_rows_max)));
-        }
-        let (after_at, after_id) = match &q.after {
-            Some(c) => {
-                let (at, id) = parse_cursor(c)?;
-                (Some(at), Some(id))
-            }
-            None => (None, None),
-        };
-        let records: Vec<AuditEntry> = sqlx::query_as(
-            "SELECT event_id, actor, action, resource_type, resource_id, source_event_id, occurred_at, recorded_at,
-                    trace_id, payload_bytes
-             FROM audit_log
-             WHERE tenant_id = $1 AND environment = $2
-               AND ($3::timestamptz IS NULL OR (occurred_at, event_id) > ($3, $4::uuid))
-             ORDER BY occurred_at, event_id
-             LIMIT $5",
-        )
-        .bind(&q.tenant_id)
-        .bind(q.environment.as_str())
-        .bind(after_at)
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(&s2.pg)
-        .await
-        .map_err(|e| database_error("postgres", &e))?;
-        let next_cursor = (records.len() == limit as usize)
-            .then(|| records.last().map(|r| format!("{}_{}", r.occurred_at.timestamp_micros(), r.event_id)))
-            .flatten();
-        Ok(AuditPage { tenant_id: q.tenant_id, environment: q.environment, records, next_cursor })
-    })
-    .await
 }
 
 fn database_error(store: &'static str, e: &dyn std::fmt::Display) -> HttpError {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apikeys;
+pub mod audit;
 pub mod backoff;
 pub mod batch;
 pub mod checkpoint;

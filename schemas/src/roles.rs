@@ -14,6 +14,8 @@ pub enum Role {
     RatesPublisher,
     /// Decides transfers that risk scoring held for manual review (never one they requested).
     ComplianceOfficer,
+    /// Reads and exports the audit trail and every read model; sends no command.
+    Auditor,
 }
 
 impl Role {
@@ -24,11 +26,12 @@ impl Role {
             Role::Admin => "admin",
             Role::RatesPublisher => "rates_publisher",
             Role::ComplianceOfficer => "compliance_officer",
+            Role::Auditor => "auditor",
         }
     }
 
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher, Role::ComplianceOfficer]
+        [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher, Role::ComplianceOfficer, Role::Auditor]
             .into_iter()
             .find(|r| r.as_str() == s)
     }

@@ -51,7 +51,8 @@ async fn rates_quotes_conversions_fees_and_invoices_across_a_month_boundary() ->
     let lateness_ms = (now - this_month).num_milliseconds() + CLOSE_AFTER_MS;
     let extra = format!(
         "[fx]\nquote_ttl_ms = {QUOTE_TTL_MS}\notc_thresholds_default = [\"500.00 USD\"]\n[billing]\nlateness_ms = {lateness_ms}\n\
-         [[ingest.webhooks]]\nprovider = \"idcheck\"\ntenant_id = \"{TENANT}\"\nenvironment = \"live\"\nsecrets = [\"{IDCHECK_SECRET}\"]\n"
+         [[ingest.webhooks]]\nprovider = \"idcheck\"\ntenant_id = \"{TENANT}\"\nenvironment = \"live\"\nsecrets = [\"{IDCHECK_SECRET}\"]\n{}",
+        crate::audit::AUDIT_EXTRA
     );
     let p = Pipeline::start_with("fx_billing", &[(TENANT, 43)], &COMPONENTS, &extra).await?;
     let cfg = riverbank_runtime::Config::load(Some(&p.config))?;
@@ -199,5 +200,6 @@ async fn rates_quotes_conversions_fees_and_invoices_across_a_month_boundary() ->
     anyhow::ensure!(sums.values().all(|s| *s == 0) && sums.len() >= 3, "posted sums {sums:?}");
 
     p.assert_reconciled().await;
+    crate::audit::assert_trail(&p, Environment::Live, &admin_token).await?;
     p.finish().await
 }

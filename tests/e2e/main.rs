@@ -6,6 +6,7 @@
 //! from), RIVERBANK_TEST_CH_URL; defaults are the local stack's ports.
 
 mod analytics;
+mod audit;
 mod callbacks;
 mod fx_billing;
 mod fx_billing_read;

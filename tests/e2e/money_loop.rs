@@ -62,7 +62,8 @@ async fn keys_on(k: &KafkaConfig, topic: &str, event_type: &str) -> anyhow::Resu
 async fn a_user_is_verified_deposits_are_screened_reviewed_and_completed_and_risky_ones_blocked(
 ) -> anyhow::Result<()> {
     let extra = format!(
-        "[[ingest.webhooks]]\nprovider = \"idcheck\"\ntenant_id = \"{TENANT}\"\nenvironment = \"live\"\nsecrets = [\"{IDCHECK_SECRET}\"]\n"
+        "[[ingest.webhooks]]\nprovider = \"idcheck\"\ntenant_id = \"{TENANT}\"\nenvironment = \"live\"\nsecrets = [\"{IDCHECK_SECRET}\"]\n{}",
+        crate::audit::AUDIT_EXTRA
     );
     let p = Pipeline::start_with("money_loop", &[(TENANT, 41)], &COMPONENTS, &extra).await?;
     let cfg = riverbank_runtime::Config::load(Some(&p.config))?;
@@ -82,7 +83,7 @@ async fn a_user_is_verified_deposits_are_screened_reviewed_and_completed_and_ris
             Environment::Live,
             &crate::harness::secret_of(41),
         )?,
-        admin_token,
+        admin_token: admin_token.clone(),
         officer_token,
         run: "e2e1".to_owned(),
         wait: Duration::from_secs(60),
@@ -151,5 +152,6 @@ async fn a_user_is_verified_deposits_are_screened_reviewed_and_completed_and_ris
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     p.assert_reconciled().await;
+    crate::audit::assert_trail(&p, Environment::Live, &admin_token).await?;
     p.finish().await
 }
