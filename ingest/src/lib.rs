@@ -6,6 +6,7 @@
 pub mod commands;
 pub mod keys;
 pub mod request;
+pub mod sealing;
 pub mod server;
 pub mod store;
 pub mod webhooks;

@@ -123,10 +123,17 @@ pub struct Ingest {
     pub(crate) api_keys: riverbank_runtime::apikeys::KeyCache,
     /// Key of counterparty name digests (`risk.name_key`).
     pub(crate) name_key: Vec<u8>,
+    /// Data keys of the personal data the edge seals (`crate::sealing`).
+    pub(crate) keystore: riverbank_runtime::keystore::KeyStore,
 }
 
 impl Ingest {
-    pub fn new(cfg: &Config, producer: FutureProducer, pool: PgPool) -> Result<Ingest, IngestSetupError> {
+    pub fn new(
+        cfg: &Config,
+        producer: FutureProducer,
+        pool: PgPool,
+        keystore: riverbank_runtime::keystore::KeyStore,
+    ) -> Result<Ingest, IngestSetupError> {
         let (providers, keys) = webhook_keys(cfg)?;
         let i = &cfg.ingest;
         Ok(Ingest {
@@ -157,6 +164,7 @@ impl Ingest {
                 i.retry_after_s,
             ),
             name_key: cfg.risk.name_key.expose().as_bytes().to_vec(),
+            keystore,
         })
     }
 

@@ -50,7 +50,8 @@ pub async fn serve(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
     // accepted" (short of an acknowledgement lost in flight, which the deterministic event id covers).
     let mut producer_cfg = cfg.kafka.clone();
     producer_cfg.message_timeout_ms = cfg.ingest.produce_timeout_ms;
-    let state = Arc::new(Ingest::new(cfg, kafka::producer(&producer_cfg)?, pool.clone())?);
+    let keystore = riverbank_runtime::keystore::from_config(pool.clone(), &cfg.keys).await?;
+    let state = Arc::new(Ingest::new(cfg, kafka::producer(&producer_cfg)?, pool.clone(), keystore)?);
     tokio::spawn(store::sweep_loop(
         pool,
         Duration::from_secs(cfg.ingest.retention_sweep_interval_s),

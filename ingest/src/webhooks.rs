@@ -5,6 +5,10 @@
 //! time is not a time or is outside 1970–2100 is parked the same way but answered 422 naming the field
 //! (the provider must fix it; an operator can redrive it after a definition fix).
 //!
+//! **Personal data.** Every value a definition declares `[sensitive]` is sealed before anything is
+//! produced, in the event's body and in a dead letter's stored form ([`crate::sealing`]); the
+//! deduplication key and the claim's hash are still computed on the raw body.
+//!
 //! **Event time.** `occurred_at` is the body's event time when the definition declares one (the same
 //! in every delivery of the event), else the time the delivery's key was first claimed (pinned in the
 //! claim row, so a takeover or a retry produces the same `occurred_at`), never the per-attempt signed
@@ -22,6 +26,7 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use riverbank_ingest_core::provider::{Mapping, ProviderDef, Unmappable};
 use riverbank_ingest_core::schemes::VerifyError;
+use riverbank_ingest_core::sensitive::Pass;
 use riverbank_ingest_core::Headers;
 use riverbank_runtime::config::is_tenant_id;
 use riverbank_runtime::http::HttpError;
@@ -31,6 +36,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::keys::KeySet;
 use crate::request::{error_body, header, trace_id, Ingest, Outcome};
+use crate::sealing::{self, Sealer};
 use crate::store::RequestKey;
 
 /// Axum's header map, read through the core's [`Headers`].
@@ -67,13 +73,14 @@ pub fn event_id(env: Environment, tenant: &str, provider: &str, dedupe_key: &str
     derived_id(&["webhook", env.as_str(), tenant, provider, dedupe_key])
 }
 
-/// What an authentic delivery becomes: the mapped event on the webhooks topic, or a dead letter.
-/// Shared by the server and the dead-letter redrive, so both produce the very same event. For a
-/// redrive, `received_at` is the letter's, which the server set to the pinned first-claim time: it is
-/// the event's `ingested_at`, and its `occurred_at` when the body has none (never the signed
-/// timestamp: a per-attempt value, so copies of one event would get different times).
+/// What a dead letter of the edge becomes when redriven: the event the server would have produced,
+/// under the letter's id (the event id of the delivery it kept, which its sealed values are bound to:
+/// the stored form of a delivery without a provider event id no longer hashes to it), at the letter's `received_at`, which the server set to the pinned first-claim time: the event's
+/// `ingested_at`, and its `occurred_at` when the body has none. `mapping` and `body` are the letter's
+/// stored form mapped again and sealed (`Sealer` with [`Pass::Stored`]).
 #[allow(clippy::too_many_arguments)]
-pub fn emit_for(
+pub fn emit_redriven(
+    event_id: uuid::Uuid,
     topics: &Topics,
     def: &ProviderDef,
     tenant: &str,
@@ -82,9 +89,7 @@ pub fn emit_for(
     signed_headers: std::collections::BTreeMap<String, String>,
     body: &[u8],
     received_at: DateTime<Utc>,
-    trace_id: Option<String>,
 ) -> Result<(Emit, bool), serde_json::Error> {
-    let event_id = event_id(env, tenant, &def.name, &mapping.dedupe_key);
     emit_with_id(
         event_id,
         topics,
@@ -96,11 +101,12 @@ pub fn emit_for(
         body,
         received_at,
         received_at,
-        trace_id,
+        None,
     )
 }
 
-/// [`emit_for`] under a given event id (a claim taken over keeps the id stored in it). `received_at`
+/// What an authentic delivery becomes: the mapped event on the webhooks topic, or a dead letter, under
+/// a given event id (a claim taken over keeps the id stored in it). `received_at`
 /// is this copy's receive time (`ingested_at`); `pinned_at` is the time the key was first claimed,
 /// the same for every copy of the event id: the event time when the body has none, and a dead
 /// letter's `received_at` (so a redrive of any copy stamps the same times).
@@ -219,8 +225,17 @@ async fn accept(
         (None, Err(_)) => "dead_lettered",
         (None, Ok(_)) => "accepted",
     };
+    // The data keys of the personal data it holds, before the claim (the values are sealed under the
+    // event id the claim settles). Nothing is produced without them.
+    let plan = sealing::plan(def, &accepted.mapping, &body, Pass::Edge);
+    let sealer = Sealer::prepare(&s.keystore, &tenant, env, plan).await.map_err(|e| {
+        tracing::warn!(error = %e, "key store unavailable");
+        metrics::counter!("riverbank_ingest_key_store_errors_total").increment(1);
+        HttpError::unavailable("key_store_unavailable", "request not accepted; retry later", s.retry_after_s)
+    })?;
     let delivery = Authentic {
         def,
+        sealer: &sealer,
         tenant: &tenant,
         env,
         mapping: &accepted.mapping,
@@ -268,6 +283,8 @@ fn refused(provider: &str, e: VerifyError) -> HttpError {
 /// A verified delivery: everything its event needs but the event id and time, which the claim decides.
 struct Authentic<'a> {
     def: &'a ProviderDef,
+    /// Seals its personal data (in the event's body, or in the dead letter's stored form).
+    sealer: &'a Sealer,
     tenant: &'a str,
     env: Environment,
     mapping: &'a Mapping,
@@ -287,15 +304,19 @@ impl Authentic<'_> {
         event_id: uuid::Uuid,
         pinned_at: DateTime<Utc>,
     ) -> Result<Outcome, HttpError> {
+        let (mapping, stored) = self
+            .sealer
+            .seal(self.tenant, self.env, event_id, self.mapping, self.body)
+            .map_err(|e| s.internal(&e))?;
         let (emit, dead_lettered) = emit_with_id(
             event_id,
             &s.topics,
             self.def,
             self.tenant,
             self.env,
-            self.mapping,
+            &mapping,
             self.signed_headers,
-            self.body,
+            &stored,
             self.received_at,
             pinned_at,
             self.trace_id,
