@@ -7,6 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use riverbank_runtime::{kafka, shutdown, telemetry, CancellationToken, Config};
 
+mod bench_crypto;
+mod keys_cli;
+
 #[derive(Parser)]
 #[command(name = "riverbank", version, about = "Money-movement event pipeline on Kafka")]
 struct Cli {
@@ -56,6 +59,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysAction,
+    },
+    /// Personal data: erase a data subject by destroying its data keys.
+    Gdpr {
+        #[command(subcommand)]
+        action: keys_cli::GdprAction,
     },
     /// Dead letters: inputs that could not be processed, with the reason.
     Dlq {
@@ -166,6 +174,12 @@ enum KeysAction {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+    /// Field encryption: re-wrap every data key under its class's active key-encryption key (after a
+    /// rotation); --dry-run says what would move and changes nothing.
+    Rewrap {
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -229,6 +243,8 @@ enum BenchName {
     /// Billing: apply alone (fee configs, transfer status changes, ledger answers; fees/s); on the
     /// broker with its router and checkpoints, and a routed passthrough over the same inputs.
     Billing(riverbank::bench_billing::Options),
+    /// Field encryption: ns per seal and open (16, 256, 4096 bytes), data-key wrap/unwrap, pseudonyms.
+    Crypto(bench_crypto::Options),
 }
 
 /// The workload of the transfers and sinks benchmarks.
@@ -295,6 +311,8 @@ fn main() -> anyhow::Result<()> {
             Command::Bench { which: BenchName::Billing(o) } => {
                 riverbank::bench_billing::billing(&cfg, &o).await
             }
+            Command::Bench { which: BenchName::Crypto(o) } => bench_crypto::crypto(&o),
+            Command::Gdpr { action } => keys_cli::gdpr(&cfg, action).await,
             Command::Keys { action } => keys(&cfg, action).await,
             Command::Dlq { action: DlqAction::List { env, json } } => {
                 riverbank::dlq::list(&cfg, env, json).await
@@ -387,6 +405,9 @@ async fn keys(cfg: &Config, action: KeysAction) -> anyhow::Result<()> {
         KeysAction::Revoke { key_id } => {
             anyhow::ensure!(store::revoke_key(&pool, &key_id).await?, "no live key {key_id}");
             println!("revoked {key_id}");
+        }
+        KeysAction::Rewrap { dry_run } => {
+            keys_cli::rewrap(cfg, dry_run).await?;
         }
         KeysAction::List { tenant, limit } => {
             for k in store::list_keys(&pool, tenant.as_deref(), limit).await? {

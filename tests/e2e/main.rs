@@ -13,6 +13,7 @@ mod fx_billing_read;
 mod hardening;
 mod harness;
 mod ingest;
+mod keys;
 mod kyc;
 mod money_loop;
 mod reconcile;

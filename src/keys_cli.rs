@@ -1,0 +1,82 @@
+//! `riverbank keys rewrap` and `riverbank gdpr erase`: the operator's side of the data-key store
+//! (runtime/src/keystore.rs).
+use riverbank_runtime::keystore::{self, Erasure, RewrapReport};
+use riverbank_runtime::Config;
+use riverbank_schemas::Environment;
+
+#[derive(clap::Subcommand)]
+pub enum GdprAction {
+    /// Erase a data subject: destroy every data key of the subject, so no sealed field of theirs, in any
+    /// topic or table, decrypts again (in other processes within keys.cache_ttl_ms; for backups see
+    /// ARCHITECTURE.md "Personal data and keys").
+    Erase {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = |s: &str| s.parse::<Environment>())]
+        environment: Environment,
+        /// The subject id the sealed fields name (an opaque id such as the user id).
+        #[arg(long)]
+        subject: String,
+    },
+}
+
+async fn store(cfg: &Config) -> anyhow::Result<keystore::KeyStore> {
+    use anyhow::Context as _;
+    let pool = riverbank_runtime::stores::postgres_pool(&cfg.postgres, false)
+        .await
+        .context("connecting to postgres")?;
+    keystore::from_config(pool, &cfg.keys).await
+}
+
+/// Re-wrap every data key under its class's active key-encryption key (or, dry, say what would move).
+/// Fails if any data key could not be unwrapped (it is left as it was).
+pub async fn rewrap(cfg: &Config, dry_run: bool) -> anyhow::Result<RewrapReport> {
+    let report = store(cfg).await?.rewrap(dry_run).await?;
+    let verb = if dry_run { "would rewrap" } else { "rewrapped" };
+    for ((class, from, to), count) in &report.moves {
+        println!("{verb} {:>8} {class:<24} {from} -> {to}  (failed {})", count.keys, count.failed);
+    }
+    for class in &report.classes_without_active_kek {
+        println!("no active key-encryption key for {class}: its data keys stay where they are");
+    }
+    println!(
+        "{verb} {} data keys in total, {} failed, {} batches",
+        report.total(),
+        report.failed(),
+        report.batches
+    );
+    anyhow::ensure!(
+        report.failed() == 0,
+        "{} data keys could not be unwrapped (is an old key-encryption key missing from the ring?)",
+        report.failed()
+    );
+    Ok(report)
+}
+
+/// `riverbank gdpr …`.
+pub async fn gdpr(cfg: &Config, action: GdprAction) -> anyhow::Result<()> {
+    match action {
+        GdprAction::Erase { tenant, environment, subject } => {
+            erase(cfg, &tenant, environment, &subject).await.map(|_| ())
+        }
+    }
+}
+
+/// Destroy the subject's data keys and print the count. Returns what was destroyed: the audit record of
+/// the erasure is made from it.
+pub async fn erase(
+    cfg: &Config,
+    tenant: &str,
+    environment: Environment,
+    subject: &str,
+) -> anyhow::Result<Erasure> {
+    let erasure = store(cfg).await?.erase_subject(tenant, environment, subject).await?;
+    let keys: Vec<String> = erasure.destroyed.iter().map(|d| format!("{} v{}", d.class, d.version)).collect();
+    println!(
+        "erased subject {subject} of tenant {tenant} ({}): {} data keys destroyed{}",
+        environment.as_str(),
+        erasure.destroyed.len(),
+        if keys.is_empty() { String::new() } else { format!(" ({})", keys.join(", ")) }
+    );
+    Ok(erasure)
+}
