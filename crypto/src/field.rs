@@ -301,6 +301,16 @@ mod tests {
         }
 
         #[test]
+        fn prop_unknown_versions_are_refused(version in "[a-z0-9]{1,6}") {
+            prop_assume!(version != ENVELOPE_VERSION);
+            let dek = Dek::from_bytes([3; 32]);
+            let sealed = seal(&dek, &kid(), &CTX, b"x").expect("seal");
+            let other = sealed.replacen(ENVELOPE_VERSION, &version, 1);
+            prop_assert!(matches!(open(&dek, &CTX, &other), Err(CryptoError::UnsupportedVersion(_))));
+            prop_assert!(!is_sealed(&other));
+        }
+
+        #[test]
         fn prop_parse_never_panics(s in "\\PC{0,200}") {
             let _ = parse(&s);
             let _ = parse(&format!("rbf1.{s}"));

@@ -14,7 +14,8 @@
 //! **Cache bound.** Unwrapped keys are cached per process, at most `keys.cache_entries_max` of them, each
 //! for at most `keys.cache_ttl_ms` from when it was read. `erase_subject` drops the subject's entries in
 //! its own process at once; every other process stops decrypting the subject's data at most
-//! `keys.cache_ttl_ms` after the erasure committed.
+//! `keys.cache_ttl_ms` after the erasure committed. Within that window another process may also still
+//! seal under the erased key: such a value is as unreadable as the rest of the subject's erased data.
 //!
 //! **Backups.** The wrapped key is gone from the live table at once; a backup taken before the erasure
 //! still holds it, wrapped under a key-encryption key. The subject's data is unreadable in every backup
