@@ -1,6 +1,7 @@
 //! Pieces of the `riverbank` binary that tests and benchmarks reuse.
 #![forbid(unsafe_code)]
 
+pub mod audit_verify;
 pub mod bench;
 pub mod bench_billing;
 pub mod bench_fx;

@@ -85,11 +85,26 @@ enum Command {
     },
     /// Print the effective config (secrets redacted) after validating it.
     Config,
+    /// The audit trail: verify an export or the stores offline; print the checkpoint public key.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
     /// Risk scoring: publish rule sets and sanctions lists; backtest a rule set on stored history.
     Risk {
         #[command(subcommand)]
         action: RiskAction,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the chain, the Merkle tree heads and the signatures of every log of an export
+    /// (--file) or of the stores (--postgres, --clickhouse); names the first row of each log that
+    /// does not verify and exits non-zero.
+    Verify(riverbank::audit_verify::VerifyArgs),
+    /// Print the key id and public key (hex) of `audit.signing_key`: what verifiers need.
+    PublicKey,
 }
 
 #[derive(Subcommand)]
@@ -325,6 +340,15 @@ fn main() -> anyhow::Result<()> {
                 riverbank::reconcile::run(&cfg, env, json, settle_ms).await
             }
             Command::Risk { action } => risk(&cfg, action).await,
+            Command::Audit { action: AuditCommand::Verify(args) } => {
+                riverbank::audit_verify::run(&cfg, &args).await
+            }
+            Command::Audit { action: AuditCommand::PublicKey } => {
+                let signer =
+                    riverbank_crypto::sign::CheckpointSigner::from_seed_hex(cfg.audit.signing_key.expose())?;
+                println!("{}={}", signer.key_id(), signer.public_key_hex());
+                Ok(())
+            }
             Command::Config => {
                 let (providers, _) = riverbank_ingest::server::webhook_keys(&cfg)?;
                 println!("{cfg:#?}");
