@@ -22,8 +22,9 @@ const QUOTE_TTL_MS: u64 = 15_000;
 /// Last month closes this long after the test computes the lateness.
 const CLOSE_AFTER_MS: i64 = 60_000;
 
-const COMPONENTS: [&[&str]; 9] = [
+const COMPONENTS: [&[&str]; 10] = [
     &["ingest"],
+    &["process", "audit"],
     &["process", "transfers"],
     &["process", "risk"],
     &["process", "kyc"],
