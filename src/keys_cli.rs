@@ -45,6 +45,22 @@ pub async fn rewrap(cfg: &Config, dry_run: bool) -> anyhow::Result<RewrapReport>
         report.failed(),
         report.batches
     );
+    if !dry_run {
+        // A rewrap concerns every tenant's keys: it is recorded in the platform's own log.
+        let env = cfg.kafka.environments.first().copied().unwrap_or(Environment::Live);
+        let action = riverbank_runtime::audit::OperatorAction {
+            tenant: riverbank_runtime::audit::PLATFORM_TENANT,
+            env,
+            action: riverbank_schemas::audit::actions::KEYS_REWRAPPED,
+            resource_type: "data_keys",
+            resource_id: "all",
+            before: None,
+            after: Some(format!("rewrapped={} failed={}", report.total(), report.failed())),
+        };
+        riverbank_runtime::audit::state_operator_action(cfg, action)
+            .await
+            .map_err(|e| anyhow::anyhow!("rewrapped, but not audited: {e}"))?;
+    }
     anyhow::ensure!(
         report.failed() == 0,
         "{} data keys could not be unwrapped (is an old key-encryption key missing from the ring?)",
@@ -71,6 +87,20 @@ pub async fn erase(
     subject: &str,
 ) -> anyhow::Result<Erasure> {
     let erasure = store(cfg).await?.erase_subject(tenant, environment, subject).await?;
+    let action = riverbank_runtime::audit::OperatorAction {
+        tenant,
+        env: environment,
+        action: riverbank_schemas::audit::actions::SUBJECT_ERASED,
+        resource_type: "subject",
+        resource_id: subject,
+        before: None,
+        after: Some(format!("data keys destroyed: {}", erasure.destroyed.len())),
+    };
+    // The keys are gone either way; an erasure that could not be recorded says so (run it again: it
+    // destroys nothing more and records it).
+    riverbank_runtime::audit::state_operator_action(cfg, action)
+        .await
+        .map_err(|e| anyhow::anyhow!("erased, but not audited: {e}"))?;
     let keys: Vec<String> = erasure.destroyed.iter().map(|d| format!("{} v{}", d.class, d.version)).collect();
     println!(
         "erased subject {subject} of tenant {tenant} ({}): {} data keys destroyed{}",

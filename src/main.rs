@@ -174,7 +174,7 @@ enum KeysAction {
         tenant: String,
         #[arg(long, value_parser = parse_env)]
         env: riverbank_schemas::Environment,
-        /// admin, operator, viewer, rates_publisher or compliance_officer.
+        /// admin, operator, viewer, rates_publisher, compliance_officer or auditor.
         #[arg(long, value_parser = parse_role)]
         role: riverbank_ingest::core::commands::Role,
         #[arg(long, default_value = "")]
@@ -417,6 +417,24 @@ async fn keys(cfg: &Config, action: KeysAction) -> anyhow::Result<()> {
                 "tenant id must be 1-64 of ASCII letters, digits, '-', '_'"
             );
             let (key, token) = store::create_key(&pool, &tenant, env, role, &label).await?;
+            // A key nobody can find in the audit trail is never handed out: unaudited, it is revoked.
+            let stated = riverbank_runtime::audit::state_operator_action(
+                cfg,
+                riverbank_runtime::audit::OperatorAction {
+                    tenant: &key.tenant_id,
+                    env: key.environment,
+                    action: riverbank_schemas::audit::actions::API_KEY_CREATED,
+                    resource_type: "api_key",
+                    resource_id: &key.key_id,
+                    before: None,
+                    after: Some(format!("role={}", key.role.as_str())),
+                },
+            )
+            .await;
+            if let Err(e) = stated {
+                store::revoke_key(&pool, &key.key_id).await?;
+                anyhow::bail!("the key could not be audited ({e}); it was revoked again");
+            }
             eprintln!(
                 "created {} for tenant {} ({}, role {}); the token below is shown only now:",
                 key.key_id,
@@ -427,7 +445,27 @@ async fn keys(cfg: &Config, action: KeysAction) -> anyhow::Result<()> {
             println!("{token}");
         }
         KeysAction::Revoke { key_id } => {
+            let key = store::find_key(&pool, &key_id).await?;
             anyhow::ensure!(store::revoke_key(&pool, &key_id).await?, "no live key {key_id}");
+            if let Some(key) = key {
+                let stated = riverbank_runtime::audit::state_operator_action(
+                    cfg,
+                    riverbank_runtime::audit::OperatorAction {
+                        tenant: &key.tenant_id,
+                        env: key.environment,
+                        action: riverbank_schemas::audit::actions::API_KEY_REVOKED,
+                        resource_type: "api_key",
+                        resource_id: &key.key_id,
+                        before: Some(format!("role={}", key.role.as_str())),
+                        after: Some("revoked".to_owned()),
+                    },
+                )
+                .await;
+                // Revoked either way: a revocation is never held back by the audit trail.
+                if let Err(e) = stated {
+                    anyhow::bail!("revoked {key_id}, but the revocation could not be audited: {e}");
+                }
+            }
             println!("revoked {key_id}");
         }
         KeysAction::Rewrap { dry_run } => {

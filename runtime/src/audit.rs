@@ -36,6 +36,9 @@ pub async fn state_action(producer: &FutureProducer, emit: &Emit, timeout: Durat
     Ok(emit.event_id)
 }
 
+/// The log of actions that concern no one tenant (a key rewrap, a redrive of a letter without tenant).
+pub const PLATFORM_TENANT: &str = "platform";
+
 /// What an operator did from the CLI (`riverbank keys …`, `dlq redrive`, `gdpr erase`, `keys rewrap`).
 /// The actor is `operator:{$USER}` (`operator:unknown` without one).
 #[derive(Debug, Clone)]
