@@ -7,6 +7,7 @@
 
 mod analytics;
 mod audit;
+mod audit_tamper;
 mod callbacks;
 mod fx_billing;
 mod fx_billing_read;
