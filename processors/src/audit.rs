@@ -187,9 +187,7 @@ pub fn record_parts(input: &RawEnvelope) -> Result<Option<RecordParts>, String> 
         actor: format!("system:{component}"),
         action: input.event_type.clone(),
         resource_type: resource.to_owned(),
-        resource_id: text(p, id_pointer)
-            .or_else(|| text(p, "/input_event_id"))
-            .unwrap_or_default(),
+        resource_id: text(p, id_pointer).or_else(|| text(p, "/input_event_id")).unwrap_or_default(),
         before: None,
         after: text(p, "/reason").map(|r| cut(format!("rejected: {r}"))),
         ip: None,
@@ -197,20 +195,21 @@ pub fn record_parts(input: &RawEnvelope) -> Result<Option<RecordParts>, String> 
         request_id: None,
         payload_bytes: 0,
     };
-    let simple = |actor: String, resource: &str, id: Option<String>, before: Option<String>, after: Option<String>| {
-        RecordParts {
-            actor,
-            action: input.event_type.clone(),
-            resource_type: resource.to_owned(),
-            resource_id: id.unwrap_or_default(),
-            before: before.map(cut),
-            after: after.map(cut),
-            ip: None,
-            user_agent: None,
-            request_id: input.idempotency_key.clone(),
-            payload_bytes: 0,
-        }
-    };
+    let simple =
+        |actor: String, resource: &str, id: Option<String>, before: Option<String>, after: Option<String>| {
+            RecordParts {
+                actor,
+                action: input.event_type.clone(),
+                resource_type: resource.to_owned(),
+                resource_id: id.unwrap_or_default(),
+                before: before.map(cut),
+                after: after.map(cut),
+                ip: None,
+                user_agent: None,
+                request_id: input.idempotency_key.clone(),
+                payload_bytes: 0,
+            }
+        };
     let parts = match input.event_type.as_str() {
         WebhookReceived::EVENT_TYPE => {
             let w: WebhookReceived = decode(input)?;
@@ -352,10 +351,11 @@ impl AuditProcessor {
                 self.settings.logs_per_partition_max, input.tenant_id
             ));
         }
-        let head = state.heads.get(&key).cloned().unwrap_or_else(|| ChainHead {
-            hash: GENESIS_HASH.to_owned(),
-            ..ChainHead::default()
-        });
+        let head = state
+            .heads
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| ChainHead { hash: GENESIS_HASH.to_owned(), ..ChainHead::default() });
         let seq = head.seq.checked_add(1).ok_or("the audit log is full (2^64 records)")?;
         let mut record = AuditRecord {
             audit_id: derived_id(&["audit", &input.event_id.to_string()]),
@@ -397,10 +397,20 @@ impl AuditProcessor {
         if self.settings.signer.is_some() {
             let timer = input.tenant_id.clone();
             if next.seq - next.checkpointed >= self.settings.checkpoint_every_records.max(1) {
-                out.push(self.checkpoint(&input.tenant_id, at.environment, &mut next, record.recorded_at, input)?);
+                out.push(self.checkpoint(
+                    &input.tenant_id,
+                    at.environment,
+                    &mut next,
+                    record.recorded_at,
+                    input,
+                )?);
                 state.timers.cancel(&timer);
             } else if state.timers.get(&timer).is_none() {
-                state.timers.schedule(&timer, at.now_ms.saturating_add(self.settings.checkpoint_every_ms), "");
+                state.timers.schedule(
+                    &timer,
+                    at.now_ms.saturating_add(self.settings.checkpoint_every_ms),
+                    "",
+                );
             }
         }
         state.heads.insert(key, next);
@@ -427,7 +437,12 @@ impl AuditProcessor {
             occurred_at.timestamp_millis(),
         );
         let checkpoint = AuditCheckpoint {
-            checkpoint_id: derived_id(&["audit-checkpoint", tenant, environment.as_str(), &head.seq.to_string()]),
+            checkpoint_id: derived_id(&[
+                "audit-checkpoint",
+                tenant,
+                environment.as_str(),
+                &head.seq.to_string(),
+            ]),
             tenant_id: tenant.to_owned(),
             environment,
             tree_size: head.seq,
@@ -462,7 +477,8 @@ impl AuditProcessor {
         payload: P,
     ) -> Result<Emit, String> {
         let out = Envelope::derived(cause, event_id, event_type, version, "riverbank.audit", payload);
-        let payload = serde_json::to_vec(&out).map_err(|e| format!("{event_type} does not serialize: {e}"))?;
+        let payload =
+            serde_json::to_vec(&out).map_err(|e| format!("{event_type} does not serialize: {e}"))?;
         Ok(Emit { topic: topic.to_owned(), key: out.tenant_id.clone(), event_id, payload })
     }
 }

@@ -215,7 +215,9 @@ fn the_log_count_is_bounded() {
     }
     let e = status(&mut h, "t10", "tr", "COMPLETED");
     let at = h.at();
-    assert!(matches!(h.p.apply(&mut h.s, &at, e), Verdict::Poison(r) if r.contains("logs_per_partition_max")));
+    assert!(
+        matches!(h.p.apply(&mut h.s, &at, e), Verdict::Poison(r) if r.contains("logs_per_partition_max"))
+    );
 }
 
 proptest! {

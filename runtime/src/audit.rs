@@ -25,7 +25,8 @@ pub fn action_emit(
     let mut e = Envelope::new(id, AuditAction::EVENT_TYPE, tenant, env, Utc::now(), source, action);
     e.schema_version = AuditAction::SCHEMA_VERSION;
     e.trace_id = trace_id;
-    let payload = serde_json::to_vec(&e).map_err(|err| format!("an audit action does not serialize: {err}"))?;
+    let payload =
+        serde_json::to_vec(&e).map_err(|err| format!("an audit action does not serialize: {err}"))?;
     Ok(Emit { topic: topics.audit_actions(env), key: tenant.to_owned(), event_id: id, payload })
 }
 
@@ -73,7 +74,8 @@ pub async fn state_operator_action(cfg: &crate::Config, a: OperatorAction<'_>) -
 }
 
 /// The `audit_log` columns of a record, in [`AuditRow`]'s order.
-pub const AUDIT_COLUMNS: &str = "event_id, tenant_id, environment, seq, actor, action, resource_type, resource_id, \
+pub const AUDIT_COLUMNS: &str =
+    "event_id, tenant_id, environment, seq, actor, action, resource_type, resource_id, \
      before, after, ip, user_agent, request_id, trace_id, source_event_id, source_event_type, occurred_at, \
      recorded_at, payload_bytes, prev_hash, hash";
 
@@ -106,7 +108,8 @@ pub struct AuditRow {
 impl AuditRow {
     /// The record as stated, or why this row cannot be one (a pre-chain row, a value out of range).
     pub fn to_record(&self) -> Result<AuditRecord, String> {
-        let missing = |what: &str| format!("audit row {} has no {what} (written before the chain)", self.event_id);
+        let missing =
+            |what: &str| format!("audit row {} has no {what} (written before the chain)", self.event_id);
         Ok(AuditRecord {
             audit_id: self.event_id,
             tenant_id: self.tenant_id.clone(),

@@ -386,7 +386,9 @@ impl ExportRow {
         if names != CSV_COLUMNS {
             return Err(format!("the CSV header is not {}", CSV_COLUMNS.join(",")));
         }
-        it.enumerate().map(|(i, fields)| row_from_csv(&fields).map_err(|e| format!("CSV row {}: {e}", i + 1))).collect()
+        it.enumerate()
+            .map(|(i, fields)| row_from_csv(&fields).map_err(|e| format!("CSV row {}: {e}", i + 1)))
+            .collect()
     }
 }
 
@@ -475,16 +477,14 @@ fn row_from_csv(fields: &[Option<String>]) -> Result<ExportRow, String> {
         CSV_COLUMNS.iter().position(|c| *c == col).and_then(|i| fields[i].clone())
     };
     let need = |col: &str| get(col).ok_or_else(|| format!("{col} is missing"));
-    let num = |col: &str| -> Result<u64, String> {
-        need(col)?.parse::<u64>().map_err(|e| format!("{col}: {e}"))
-    };
+    let num =
+        |col: &str| -> Result<u64, String> { need(col)?.parse::<u64>().map_err(|e| format!("{col}: {e}")) };
     let time = |col: &str| -> Result<DateTime<Utc>, String> {
         let ms = need(col)?.parse::<i64>().map_err(|e| format!("{col}: {e}"))?;
         DateTime::<Utc>::from_timestamp_millis(ms).ok_or_else(|| format!("{col}: out of range"))
     };
-    let uuid = |col: &str| -> Result<Uuid, String> {
-        need(col)?.parse::<Uuid>().map_err(|e| format!("{col}: {e}"))
-    };
+    let uuid =
+        |col: &str| -> Result<Uuid, String> { need(col)?.parse::<Uuid>().map_err(|e| format!("{col}: {e}")) };
     let env = |col: &str| -> Result<Environment, String> {
         need(col)?.parse::<Environment>().map_err(|e| format!("{col}: {e}"))
     };

@@ -23,7 +23,10 @@ pub const AUDIT_EXTRA: &str = "[audit]\ncheckpoint_every_ms = 1500\ncheckpoint_e
 /// `processors/src/audit.rs`.
 fn must_audit(event_type: &str, payload: &serde_json::Value) -> bool {
     match event_type {
-        "webhook.received" | "transfer.status_changed" | "transfer.input_rejected" | "risk.input_rejected" => true,
+        "webhook.received"
+        | "transfer.status_changed"
+        | "transfer.input_rejected"
+        | "risk.input_rejected" => true,
         // Live decisions and manual reviews; shadow runs decide nothing.
         "risk.decision_recorded" => payload["shadow"] != true,
         "user.kyc.updated" | "user.verified" | "user.frozen" | "user.unfrozen" | "user.closed" => true,
@@ -92,8 +95,21 @@ fn assert_chained(tenant: &str, records: &[AuditRecord]) {
 
 /// Everything the module doc says, for every tenant of the pipeline in `env`; `token` is an admin key.
 pub async fn assert_trail(p: &Pipeline, env: Environment, token: &str) -> anyhow::Result<()> {
+    for (tenant, records) in assert_captured(p, env).await? {
+        exports_and_proof(p, env, &tenant, token, &records).await?;
+    }
+    Ok(())
+}
+
+/// Capture (exactly the events that must be recorded, each once) and the chain of every tenant's log in
+/// `env`, in Postgres; ClickHouse holds no more. The logs, by tenant.
+async fn assert_captured(
+    p: &Pipeline,
+    env: Environment,
+) -> anyhow::Result<BTreeMap<String, Vec<AuditRecord>>> {
     // The trail lands after the events it records: wait until every expected one is in Postgres.
     let deadline = Instant::now() + Duration::from_secs(90);
+    let mut logs = BTreeMap::new();
     let (want, mut got) = loop {
         let want = expected(p, env).await?;
         let mut got = BTreeMap::new();
@@ -113,7 +129,10 @@ pub async fn assert_trail(p: &Pipeline, env: Environment, token: &str) -> anyhow
         assert_eq!(distinct.len(), sources.len(), "{tenant}: a source event audited twice");
         let missing: Vec<&String> = ids.difference(&distinct).collect();
         let extra: Vec<&String> = distinct.difference(ids).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{tenant}: missing {missing:?}, unexpected {extra:?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{tenant}: missing {missing:?}, unexpected {extra:?}"
+        );
         assert_chained(tenant, &records);
         // ClickHouse holds the same log.
         let ch: u64 = p
@@ -124,9 +143,54 @@ pub async fn assert_trail(p: &Pipeline, env: Environment, token: &str) -> anyhow
             .fetch_one()
             .await?;
         assert!(ch <= records.len() as u64, "{tenant}: clickhouse holds more records ({ch}) than postgres");
-        exports_and_proof(p, env, tenant, token, &records).await?;
+        logs.insert(tenant.clone(), records);
     }
-    Ok(())
+    Ok(logs)
+}
+
+/// The audit processor SIGKILLed twice mid-stream and the transfers processor once (so its replays
+/// write status events again upstream): every log still holds each source event exactly once, numbered
+/// without a gap, and `riverbank audit verify` passes on both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_chains_have_no_gap_or_duplicate_after_sigkills() -> anyhow::Result<()> {
+    const AUDIT: &[&str] = &["process", "audit"];
+    const TRANSFERS: &[&str] = &["process", "transfers"];
+    let components: [&[&str]; 4] = [AUDIT, TRANSFERS, &["sink", "postgres"], &["sink", "clickhouse"]];
+    let extra = format!("[processor]\nbatch_events_max = 50\n{AUDIT_EXTRA}");
+    let mut p = Pipeline::start_with("audit_crash", &[], &components, &extra).await?;
+    let inputs = riverbank::workload::transfer_inputs(&["tenant-a", "tenant-b", "tenant-c"], 60, 17);
+    let chunks: Vec<&[riverbank_schemas::RawEnvelope]> = inputs.chunks(inputs.len() / 4 + 1).collect();
+    let kafka = riverbank_runtime::Config::load(Some(&p.config))?.kafka;
+    for (i, chunk) in chunks.iter().enumerate() {
+        riverbank::workload::produce_inputs(&kafka, chunk).await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        match i {
+            0 | 2 => {
+                p.kill(AUDIT).await?; // SIGKILL mid-stream
+                p.spawn(AUDIT)?;
+            }
+            1 => {
+                p.kill(TRANSFERS).await?;
+                p.spawn(TRANSFERS)?;
+            }
+            _ => {}
+        }
+    }
+    let logs = assert_captured(&p, Environment::Live).await?;
+    assert_eq!(logs.len(), 3, "every tenant has a log: {:?}", logs.keys());
+    // The stores, as an auditor would check them offline (ClickHouse once it has caught up).
+    for store in ["--postgres", "--clickhouse"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = p.cli(&["audit", "verify", store], &[]).await;
+            match out {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => anyhow::bail!("audit verify {store}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+    p.finish().await
 }
 
 async fn exports_and_proof(
@@ -149,8 +213,7 @@ async fn exports_and_proof(
     };
     let json = get("/v1/audit/export", base("json")).send().await?.error_for_status()?.text().await?;
     let csv = get("/v1/audit/export", base("csv")).send().await?.error_for_status()?.text().await?;
-    let from_json: Vec<ExportRow> =
-        json.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let from_json: Vec<ExportRow> = json.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let from_csv = ExportRow::parse_csv(&csv).map_err(|e| anyhow::anyhow!(e))?;
     assert_eq!(from_json, from_csv, "{tenant}: JSON and CSV exports differ");
     let exported: Vec<&AuditRecord> = from_json
@@ -163,16 +226,19 @@ async fn exports_and_proof(
     assert_eq!(exported, records.iter().collect::<Vec<_>>(), "{tenant}: the export is the log");
 
     // A proof, once a signed checkpoint covers record 1: checked with the public key alone.
-    let keys: serde_json::Value = p.http.get(format!("{}/v1/audit/keys", p.api_url)).send().await?.json().await?;
+    let keys: serde_json::Value =
+        p.http.get(format!("{}/v1/audit/keys", p.api_url)).send().await?.json().await?;
     let public: Vec<String> = keys["keys"]
         .as_array()
         .map(|a| a.iter().filter_map(|k| k["public_key"].as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
-    let verifier = VerifyingKeys::parse(public.iter().map(String::as_str)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let verifier =
+        VerifyingKeys::parse(public.iter().map(String::as_str)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let first = &records[0];
     let deadline = Instant::now() + Duration::from_secs(30);
     let proof: serde_json::Value = loop {
-        let r = get(&format!("/v1/audit/{}/proof", first.audit_id), base("json")[..2].to_vec()).send().await?;
+        let r =
+            get(&format!("/v1/audit/{}/proof", first.audit_id), base("json")[..2].to_vec()).send().await?;
         if r.status().is_success() {
             break r.json().await?;
         }

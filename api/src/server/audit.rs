@@ -24,7 +24,9 @@ use chrono::{DateTime, Utc};
 use rdkafka::producer::FutureProducer;
 use riverbank_crypto::merkle;
 use riverbank_crypto::sign::{CheckpointSigner, VerifyingKeys};
-use riverbank_runtime::audit::{action_emit, state_action, AuditRow, CheckpointRow, AUDIT_COLUMNS, CHECKPOINT_COLUMNS};
+use riverbank_runtime::audit::{
+    action_emit, state_action, AuditRow, CheckpointRow, AUDIT_COLUMNS, CHECKPOINT_COLUMNS,
+};
 use riverbank_runtime::config::Config;
 use riverbank_runtime::http::{within, HttpError};
 use riverbank_runtime::kafka;
@@ -121,10 +123,12 @@ pub struct SearchPage {
 
 fn check_filter(name: &str, v: &Option<String>) -> Result<(), HttpError> {
     match v {
-        Some(v) if v.is_empty() || v.len() > FILTER_BYTES_MAX || v.contains('\0') => Err(HttpError::bad_request(
-            "invalid_filter",
-            format!("{name} must be 1..={FILTER_BYTES_MAX} bytes without NUL"),
-        )),
+        Some(v) if v.is_empty() || v.len() > FILTER_BYTES_MAX || v.contains('\0') => {
+            Err(HttpError::bad_request(
+                "invalid_filter",
+                format!("{name} must be 1..={FILTER_BYTES_MAX} bytes without NUL"),
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -148,7 +152,10 @@ pub async fn search(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Que
     guarded(&s, &headers, (&scope.0, scope.1), async move {
         let limit = q.limit.unwrap_or(AUDIT_PAGE_ROWS_DEFAULT.min(s2.page_rows_max));
         if limit == 0 || limit > s2.page_rows_max {
-            return Err(HttpError::bad_request("invalid_limit", format!("limit must be 1..={}", s2.page_rows_max)));
+            return Err(HttpError::bad_request(
+                "invalid_limit",
+                format!("limit must be 1..={}", s2.page_rows_max),
+            ));
         }
         for (name, v) in [
             ("actor", &q.actor),
@@ -187,8 +194,7 @@ pub async fn search(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Que
         .await
         .map_err(|e| database_error("postgres", &e))?;
         let records = rows.iter().map(record_of).collect::<Result<Vec<_>, _>>()?;
-        let next_cursor =
-            super::next_cursor(&records, limit, |r: &AuditRecord| r.seq.to_string());
+        let next_cursor = super::next_cursor(&records, limit, |r: &AuditRecord| r.seq.to_string());
         Ok(SearchPage { tenant_id: q.tenant_id, environment: q.environment, records, next_cursor })
     })
     .await
@@ -198,7 +204,12 @@ pub async fn search(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Que
 const TRAIL_ROLES: [Role; 3] = [Role::Admin, Role::Auditor, Role::ComplianceOfficer];
 
 /// The key (if any) of a trail read, checked for tenant, environment and role; its actor name.
-async fn trail_reader(s: &Api, headers: &HeaderMap, tenant: &str, env: Environment) -> Result<String, HttpError> {
+async fn trail_reader(
+    s: &Api,
+    headers: &HeaderMap,
+    tenant: &str,
+    env: Environment,
+) -> Result<String, HttpError> {
     match s.authorize_key(headers, tenant, env).await? {
         Some(key) if !TRAIL_ROLES.contains(&key.role) => Err(HttpError::new(
             StatusCode::FORBIDDEN,
@@ -266,12 +277,10 @@ pub async fn export(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Que
         let a = &s.audit;
         let emit = action_emit(&a.topics, &q.tenant_id, q.environment, "riverbank.api", action, None)
             .map_err(|e| database_error("kafka", &e))?;
-        state_action(&a.producer, &emit, a.produce_timeout)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "audit action not stated; export refused");
-                HttpError::unavailable("audit_unavailable", "the export could not be audited; retry", 1)
-            })?;
+        state_action(&a.producer, &emit, a.produce_timeout).await.map_err(|e| {
+            tracing::warn!(error = %e, "audit action not stated; export refused");
+            HttpError::unavailable("audit_unavailable", "the export could not be audited; retry", 1)
+        })?;
         Ok((from, to))
     };
     let (from, to) = match within(s.request_timeout, started).await {
@@ -282,7 +291,15 @@ pub async fn export(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Que
         ExportFormat::Json => "application/x-ndjson",
         ExportFormat::Csv => "text/csv; charset=utf-8",
     };
-    let stream = export_stream(s.pg.clone(), q.tenant_id, q.environment, q.format, from, to, s.audit.export_batch_rows);
+    let stream = export_stream(
+        s.pg.clone(),
+        q.tenant_id,
+        q.environment,
+        q.format,
+        from,
+        to,
+        s.audit.export_batch_rows,
+    );
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response()
 }
 
@@ -320,7 +337,8 @@ fn export_stream(
     to: u64,
     batch: u32,
 ) -> impl futures::Stream<Item = Result<String, std::io::Error>> {
-    let cursor = ExportCursor { pg, tenant, env, format, next: from, to, batch, header_sent: false, done: false };
+    let cursor =
+        ExportCursor { pg, tenant, env, format, next: from, to, batch, header_sent: false, done: false };
     futures::stream::unfold(cursor, |mut c| async move {
         if c.done {
             return None;
@@ -384,7 +402,12 @@ async fn export_batch(c: &ExportCursor) -> Result<(Vec<ExportRow>, Option<u64>),
     .fetch_all(&c.pg)
     .await
     .map_err(|e| e.to_string())?;
-    let mut cps = checkpoints.iter().map(CheckpointRow::to_checkpoint).collect::<Result<Vec<_>, _>>()?.into_iter().peekable();
+    let mut cps = checkpoints
+        .iter()
+        .map(CheckpointRow::to_checkpoint)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .peekable();
     let mut out = Vec::with_capacity(records.len() + 1);
     let mut last = None;
     for r in &records {
@@ -426,7 +449,8 @@ pub struct Proof {
     verification: &'static str,
 }
 
-const HOW_TO_VERIFY: &str = "leaf = SHA-256(0x00 || canonical_bytes(record)); fold inclusion_proof per RFC 9162 \
+const HOW_TO_VERIFY: &str =
+    "leaf = SHA-256(0x00 || canonical_bytes(record)); fold inclusion_proof per RFC 9162 \
      2.1.3.2 with leaf_index and checkpoint.tree_size to checkpoint.root_hash; verify checkpoint.signature \
      (Ed25519, base64) over 'riverbank.audit.checkpoint.v1\\n{tenant_id}\\n{environment}\\n{tree_size}\\n\
      {root_hash}\\n{last_hash}\\n{occurred_at ms}\\n' with the key GET /v1/audit/keys lists under key_id";
@@ -455,7 +479,10 @@ pub async fn proof(
         .fetch_optional(&s.pg)
         .await
         .map_err(|e| database_error("postgres", &e))?;
-        let record = record_of(&row.ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such audit record"))?)?;
+        let record =
+            record_of(&row.ok_or_else(|| {
+                HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such audit record")
+            })?)?;
         let cp: Option<CheckpointRow> = sqlx::query_as(&format!(
             "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints
              WHERE tenant_id = $1 AND environment = $2 AND tree_size >= $3 ORDER BY tree_size DESC LIMIT 1"
@@ -480,13 +507,17 @@ pub async fn proof(
             return Err(HttpError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "log_too_large",
-                format!("proofs are computed over at most audit.proof_records_max ({}) records", s.audit.proof_records_max),
+                format!(
+                    "proofs are computed over at most audit.proof_records_max ({}) records",
+                    s.audit.proof_records_max
+                ),
             ));
         }
         let leaves = leaves(&s.pg, &q.tenant_id, q.environment, checkpoint.tree_size).await?;
         let root = merkle::root(&leaves);
         // Served only when it holds: the stored leaves give the signed head, under a key we know.
-        let signed = s.audit.keys.verify(&checkpoint.key_id, &checkpoint.signed_message(), &checkpoint.signature);
+        let signed =
+            s.audit.keys.verify(&checkpoint.key_id, &checkpoint.signed_message(), &checkpoint.signature);
         if hex::encode(root) != checkpoint.root_hash || signed.is_err() {
             tracing::error!(tenant_id = %q.tenant_id, tree_size = checkpoint.tree_size, "audit store does not match its signed checkpoint");
             return Err(HttpError::new(
@@ -513,7 +544,12 @@ pub async fn proof(
 }
 
 /// Leaf hashes of records 1..=size of a log, read in seq order; a gap is a store error.
-async fn leaves(pg: &PgPool, tenant: &str, env: Environment, size: u64) -> Result<Vec<merkle::Hash>, HttpError> {
+async fn leaves(
+    pg: &PgPool,
+    tenant: &str,
+    env: Environment,
+    size: u64,
+) -> Result<Vec<merkle::Hash>, HttpError> {
     let rows: Vec<AuditRow> = sqlx::query_as(&format!(
         "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE tenant_id = $1 AND environment = $2 AND seq BETWEEN 1 AND $3
          ORDER BY seq"
