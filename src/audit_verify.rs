@@ -15,7 +15,9 @@
 //!
 //! Sources: an export file (JSON lines or CSV of [`ExportRow`]; read twice, checkpoints first, so their
 //! order in the file does not matter), or the live stores (Postgres `audit_log` + `audit_checkpoints`,
-//! ClickHouse `audit_trail` + `audit_checkpoints` with FINAL), read in keyset pages of [`PAGE_ROWS`].
+//! ClickHouse `audit_trail` + `audit_checkpoints` with FINAL), read in keyset pages of [`PAGE_ROWS`]
+//! while the pipeline runs: records first, then the checkpoints up to the page's last seq (past the
+//! last page: all of them, and records are read once more when a checkpoint covers more than was read).
 //! Records after the last checkpoint are chained but not yet signed: the summary says up to where the
 //! log is signed. Only reads; prints ids, seqs and hashes, never record contents.
 use std::collections::{BTreeMap, BTreeSet};
@@ -223,6 +225,11 @@ impl LogVerifier {
     /// Records verified so far (the last seq).
     pub fn size(&self) -> u64 {
         self.tree.size()
+    }
+
+    /// Whether a checkpoint read covers records not read yet.
+    pub fn awaits_records(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     fn fail(&self, kind: FailureKind, seq: Option<u64>, audit_id: Option<Uuid>, detail: String) -> Failure {
@@ -851,6 +858,7 @@ pub async fn verify_postgres(cfg: &Config, keys: &VerifyingKeys, filter: &Filter
             )
             .await?;
             let last_page = rows.len() < PAGE_ROWS as usize;
+            let none_new = rows.is_empty();
             // Every checkpoint up to this page's last seq (all that remain after the last page) goes in
             // before the records, so each is checked when the log reaches its size.
             let upto = if last_page { i64::MAX } else { rows.last().and_then(|r| r.seq).unwrap_or(i64::MAX) };
@@ -888,7 +896,10 @@ pub async fn verify_postgres(cfg: &Config, keys: &VerifyingKeys, filter: &Filter
                     break 'log Err(f);
                 }
             }
-            if last_page {
+            // A checkpoint beyond the records read may be one whose records landed after the records
+            // query (the sinks write records, then checkpoints): read once more before calling them
+            // missing.
+            if last_page && (none_new || !v.awaits_records()) {
                 break Ok(());
             }
         };
@@ -977,6 +988,7 @@ pub async fn verify_clickhouse(
             )
             .await?;
             let last_page = rows.len() < PAGE_ROWS as usize;
+            let none_new = rows.is_empty();
             let upto = if last_page { u64::MAX } else { rows.last().map(|r| r.seq).unwrap_or(u64::MAX) };
             let cps: Vec<AuditCheckpointRow> = bounded(
                 limit,
@@ -1012,7 +1024,10 @@ pub async fn verify_clickhouse(
                     break 'log Err(f);
                 }
             }
-            if last_page {
+            // A checkpoint beyond the records read may be one whose records landed after the records
+            // query (the sinks write records, then checkpoints): read once more before calling them
+            // missing.
+            if last_page && (none_new || !v.awaits_records()) {
                 break Ok(());
             }
         };

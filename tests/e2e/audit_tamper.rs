@@ -17,7 +17,8 @@ use crate::harness::{deliveries, sender, Pipeline};
 const RECORDS: u64 = 10;
 /// Checkpoints after 4 and 8 records (and on the timer for the rest).
 const AUDIT_EXTRA: &str = "[audit]\ncheckpoint_every_records = 4\ncheckpoint_every_ms = 1000\n";
-const TENANTS: [(&str, u8); 4] = [("tamper-a", 31), ("tamper-b", 32), ("tamper-c", 33), ("tamper-d", 34)];
+const TENANTS: [(&str, u8); 5] =
+    [("tamper-a", 31), ("tamper-b", 32), ("tamper-c", 33), ("tamper-d", 34), ("tamper-e", 35)];
 
 /// `riverbank audit verify <args>`: (exit code 0, stdout and stderr).
 async fn verify(p: &Pipeline, args: &[&str]) -> anyhow::Result<(bool, String)> {
@@ -244,11 +245,21 @@ async fn audit_verify_names_every_tampered_row() -> anyhow::Result<()> {
     .await?;
     let c = &["--postgres", "--tenant", "tamper-c"];
     verify_fails_naming(&p, c, &named("tamper-c", 2, ids["tamper-c"][&3]), "a field was changed").await?;
-    // The whole store fails, names all three, and the untouched tenant still verifies.
+    // e: the end of a signed range deleted (seq 7 onwards; the checkpoint after 8 still says 8).
+    pg_as_attacker(&pg, &["DELETE FROM audit_log WHERE tenant_id = 'tamper-e' AND seq >= 7"]).await?;
+    let e = &["--postgres", "--tenant", "tamper-e"];
+    verify_fails_naming(
+        &p,
+        e,
+        "FAILED  tenant tamper-e environment live seq 7 checkpoint ",
+        "seq 7..=8 are missing",
+    )
+    .await?;
+    // The whole store fails, names all four, and the untouched tenant still verifies.
     let (ok, text) = verify(&p, &["--postgres"]).await?;
     assert!(!ok, "{text}");
     assert!(text.contains("ok      tenant tamper-d environment live: 10 records"), "{text}");
-    assert!(text.contains("3 logs failed"), "{text}");
+    assert!(text.contains("4 logs failed"), "{text}");
     // ClickHouse was not touched: it still verifies.
     verify_passes(&p, &["--clickhouse"]).await?;
 
@@ -273,8 +284,9 @@ async fn audit_verify_names_every_tampered_row() -> anyhow::Result<()> {
     ch_insert_copies(&ch, "tamper-d", "seq = 5", "action", "'transfer.forged'").await?;
     let d = &["--clickhouse", "--tenant", "tamper-d"];
     verify_fails_naming(&p, d, &named("tamper-d", 5, ids["tamper-d"][&5]), "a field was changed").await?;
-    // Postgres' tamper-d is still intact.
+    // Postgres' tamper-d and ClickHouse's tamper-e are still intact.
     verify_passes(&p, &["--postgres", "--tenant", "tamper-d"]).await?;
+    verify_passes(&p, &["--clickhouse", "--tenant", "tamper-e"]).await?;
 
     // --- Export files -----------------------------------------------------------------------------
     for (format, ext) in [("json", "jsonl"), ("csv", "csv")] {
