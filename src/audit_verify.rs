@@ -51,10 +51,11 @@ pub const FILE_CHECKPOINTS_MAX: usize = 1_000_000;
 /// The CLI arguments of `riverbank audit verify`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct VerifyArgs {
-    /// An export (JSON lines or CSV of export rows).
+    /// An export (JSON lines or CSV of export rows). Repeat it for consecutive slices of the same logs
+    /// (monthly archives), in log order: they are verified as one trail from seq 1.
     #[arg(long)]
-    pub file: Option<PathBuf>,
-    /// The export's format (default: from the extension: .csv is CSV, anything else JSON lines).
+    pub file: Vec<PathBuf>,
+    /// The exports' format (default: from each extension: .csv is CSV, anything else JSON lines).
     #[arg(long, value_enum, requires = "file")]
     pub format: Option<ExportFormat>,
     /// The configured Postgres (`audit_log`, `audit_checkpoints`).
@@ -600,7 +601,7 @@ impl Filter {
 /// when any log fails.
 pub async fn run(cfg: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.file.is_some() || args.postgres || args.clickhouse,
+        !args.file.is_empty() || args.postgres || args.clickhouse,
         "name a source: --file PATH, --postgres or --clickhouse"
     );
     let keys = verifying_keys(cfg, &args.public_keys)?;
@@ -608,9 +609,14 @@ pub async fn run(cfg: &Config, args: &VerifyArgs) -> anyhow::Result<()> {
     let mut first_failure = None;
     let mut failed_logs = 0usize;
     let mut sources = Vec::new();
-    if let Some(path) = &args.file {
-        let format = args.format.unwrap_or_else(|| ExportFormat::of_path(path));
-        sources.push((format!("file {}", path.display()), verify_file(path, format, &keys, &filter)?));
+    if !args.file.is_empty() {
+        let files: Vec<(PathBuf, ExportFormat)> = args
+            .file
+            .iter()
+            .map(|p| (p.clone(), args.format.unwrap_or_else(|| ExportFormat::of_path(p))))
+            .collect();
+        let name = args.file.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" + ");
+        sources.push((format!("file {name}"), verify_files(&files, &keys, &filter)?));
     }
     if args.postgres {
         sources.push(("postgres".to_owned(), verify_postgres(cfg, &keys, &filter).await?));
@@ -641,29 +647,43 @@ pub fn verify_file(
     keys: &VerifyingKeys,
     filter: &Filter,
 ) -> anyhow::Result<Report> {
+    verify_files(&[(path.to_path_buf(), format)], keys, filter)
+}
+
+/// Verifies consecutive slices of the same logs as one trail: every file's checkpoints first, then
+/// every file's records in the order given.
+pub fn verify_files(
+    files: &[(PathBuf, ExportFormat)],
+    keys: &VerifyingKeys,
+    filter: &Filter,
+) -> anyhow::Result<Report> {
     let mut v = Verifier::new(keys.clone());
     let mut checkpoints = 0usize;
-    read_export(path, format, |_, row| {
-        if let ExportRow::Checkpoint(cp) = row {
-            if filter.admits(&LogId::of_checkpoint(&cp)) {
-                checkpoints += 1;
-                anyhow::ensure!(
-                    checkpoints <= FILE_CHECKPOINTS_MAX,
-                    "more than {FILE_CHECKPOINTS_MAX} checkpoints: verify per tenant (--tenant)"
-                );
-                v.checkpoint(cp)?;
+    for (path, format) in files {
+        read_export(path, *format, |_, row| {
+            if let ExportRow::Checkpoint(cp) = row {
+                if filter.admits(&LogId::of_checkpoint(&cp)) {
+                    checkpoints += 1;
+                    anyhow::ensure!(
+                        checkpoints <= FILE_CHECKPOINTS_MAX,
+                        "more than {FILE_CHECKPOINTS_MAX} checkpoints: verify per tenant (--tenant)"
+                    );
+                    v.checkpoint(cp)?;
+                }
             }
-        }
-        Ok(())
-    })?;
-    read_export(path, format, |_, row| {
-        if let ExportRow::Record(r) = row {
-            if filter.admits(&LogId::of_record(&r)) {
-                v.record(&r)?;
+            Ok(())
+        })?;
+    }
+    for (path, format) in files {
+        read_export(path, *format, |_, row| {
+            if let ExportRow::Record(r) = row {
+                if filter.admits(&LogId::of_record(&r)) {
+                    v.record(&r)?;
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
+    }
     Ok(v.finish())
 }
 
@@ -1412,6 +1432,39 @@ mod tests {
                 assert!(err.contains(":1: the CSV header"), "{err}");
             }
         }
+    }
+
+    #[test]
+    fn consecutive_slices_verify_as_one_trail_and_a_missing_slice_is_named() {
+        let rows = log("tenant-a", 30, 4);
+        let split = |rows: &[ExportRow], from: u64, to: u64| -> Vec<ExportRow> {
+            rows.iter()
+                .filter(|r| {
+                    let at = match r {
+                        ExportRow::Record(r) => r.seq,
+                        ExportRow::Checkpoint(c) => c.tree_size,
+                    };
+                    (from..=to).contains(&at)
+                })
+                .cloned()
+                .collect()
+        };
+        let (a, b, c) = (split(&rows, 1, 10), split(&rows, 11, 20), split(&rows, 21, 30));
+        let files =
+            [write(&a, ExportFormat::Jsonl), write(&b, ExportFormat::Csv), write(&c, ExportFormat::Jsonl)];
+        let keys = signer().verifying_keys();
+        let all = Filter::default();
+        let given = |fs: &[&tempfile_path::TempPath]| -> Vec<(PathBuf, ExportFormat)> {
+            fs.iter().map(|f| (f.0.clone(), ExportFormat::of_path(&f.0))).collect()
+        };
+        let report = verify_files(&given(&[&files[0], &files[1], &files[2]]), &keys, &all).unwrap();
+        assert!(report.is_clean(), "{}", report.render("slices"));
+        assert_eq!((report.records(), report.checkpoints()), (30, 7));
+        // A slice alone does not start the log; a slice left out is a gap.
+        let f = verify_files(&given(&[&files[1]]), &keys, &all).unwrap();
+        assert_eq!(f.failures().next().map(|f| (f.kind, f.seq)), Some((FailureKind::Gap, Some(11))));
+        let f = verify_files(&given(&[&files[0], &files[2]]), &keys, &all).unwrap();
+        assert_eq!(f.failures().next().map(|f| (f.kind, f.seq)), Some((FailureKind::Gap, Some(21))));
     }
 
     #[test]
