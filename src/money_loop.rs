@@ -158,7 +158,12 @@ impl Flow<'_> {
             "applicantId": case, "inspectionId": format!("{case}-i"), "correlationId": format!("req-{case}"),
             "levelName": level, "externalUserId": user, "type": "applicantApproved", "reviewStatus": "completed",
             "createdAt": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "reviewResult": {"reviewAnswer": "GREEN"}
+            "reviewResult": {"reviewAnswer": "GREEN"},
+            // Personal data as the vendor sends it (made up): sealed at the edge (idcheck's [sensitive]).
+            "info": {"firstName": "Asha", "lastName": "Demo", "dob": "1990-01-01", "tin": "000-00-0000",
+                     "phone": "+1 555 0100", "addresses": [{"street": "1 Demo Street", "town": "Springfield"}],
+                     "idDocs": [{"idDocType": "PASSPORT", "number": "DEMO00001"}]},
+            "email": "asha.demo@example.com"
         });
         self.webhook(&self.kyc, &format!("kyc-{case}"), &body).await
     }

@@ -444,6 +444,20 @@ async fn no_seeded_personal_value_is_anywhere_in_clear_and_erasure_makes_a_subje
     let raw = format!("name={}&pan={}&note=not json", seeded("dead raw name"), seeded("dead raw pan"));
     webhook(&p, &kyf, "-", raw.into_bytes(), "dead letter").await?;
 
+    // The redrive of the JSON letter after a definition fix: produced from the stored (sealed) form
+    // under the letter's id; the letter sealed whole stays unmappable.
+    let dir = p.dir.join("providers");
+    std::fs::create_dir_all(&dir)?;
+    let builtin = riverbank_ingest::core::provider::BUILTIN.iter().find(|(f, _)| *f == "idcheck.toml");
+    let fixed = builtin
+        .context("idcheck built-in")?
+        .1
+        .replace("[event.types]\n", "[event.types]\n\"applicantTeleported\" = \"kyc.case_needs_review\"\n");
+    std::fs::write(dir.join("idcheck.toml"), fixed)?;
+    let providers_dir = [("RIVERBANK__INGEST__PROVIDERS_DIR", dir.display().to_string())];
+    let redriven = p.cli(&["dlq", "redrive", "--all"], &providers_dir).await?;
+    anyhow::ensure!(redriven.contains("1 of 2 dead letters redriven"), "{redriven}");
+
     // Wait until the KYC results reached Postgres, then until every store agrees (sinks caught up).
     let pg = p.pg().await?;
     let deadline = Instant::now() + WAIT;
@@ -464,7 +478,8 @@ async fn no_seeded_personal_value_is_anywhere_in_clear_and_erasure_makes_a_subje
     p.assert_reconciled().await;
 
     // The scan.
-    let places = haystacks(&p, &metrics).await?;
+    let mut places = haystacks(&p, &metrics).await?;
+    places.push(("cli dlq redrive (stdout)".to_owned(), redriven.into_bytes()));
     let mut kinds: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for (place, bytes) in &places {
         let kind = kinds.entry(place.split(' ').next().unwrap_or_default()).or_default();
@@ -472,7 +487,9 @@ async fn no_seeded_personal_value_is_anywhere_in_clear_and_erasure_makes_a_subje
         kind.1 += bytes.len();
     }
     eprintln!("scanned (places, bytes): {kinds:?}");
-    anyhow::ensure!(kinds.len() == 5, "topics, postgres, clickhouse, logs and metrics scanned: {kinds:?}");
+    for kind in ["topic", "postgres", "clickhouse", "log", "metrics"] {
+        anyhow::ensure!(kinds.contains_key(kind), "{kind} not scanned: {kinds:?}");
+    }
     let mut leaks = Vec::new();
     for (place, bytes) in &places {
         for what in find_seeded(bytes) {
@@ -525,9 +542,11 @@ async fn no_seeded_personal_value_is_anywhere_in_clear_and_erasure_makes_a_subje
             .await?
             .map_err(|e| anyhow::anyhow!(e))?
     };
+    let mut webhook_ids = BTreeSet::new();
     for r in &records {
         let envelope: serde_json::Value = serde_json::from_slice(&r.payload)?;
         let record = envelope["event_id"].as_str().unwrap_or_default().to_owned();
+        webhook_ids.insert(record.clone());
         let mut found = Vec::new();
         sealed_in(&envelope["payload"]["body"], &mut String::new(), &mut found);
         for (pointer, sealed) in found {
@@ -556,6 +575,10 @@ async fn no_seeded_personal_value_is_anywhere_in_clear_and_erasure_makes_a_subje
                 let mut found = Vec::new();
                 sealed_in(&body, &mut String::new(), &mut found);
                 anyhow::ensure!(!found.is_empty(), "the JSON dead letter holds sealed values");
+                anyhow::ensure!(
+                    webhook_ids.contains(&record),
+                    "the redriven letter is produced under its id {record} (its values opened there too)"
+                );
                 for (pointer, sealed) in found {
                     let subject = field::parse(&sealed).map(|s| s.subject).unwrap_or_default();
                     let clear = open_sealed(&keys, &sealed, &pointer, &record)
