@@ -117,6 +117,7 @@ pub fn router(state: Arc<Api>) -> Router {
         .route("/v1/audit/export", get(audit::export))
         .route("/v1/audit/keys", get(audit::keys))
         .route("/v1/audit/{audit_id}/proof", get(audit::proof))
+        .route("/v1/users/{user_id}/consents", get(audit::consents))
         .route("/v1/analytics/audit-volume", get(audit_volume))
         .route("/v1/analytics/transfer-volume", get(transfer_volume))
         .route("/v1/transfers/{transfer_id}", get(transfer))

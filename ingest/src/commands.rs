@@ -58,6 +58,7 @@ fn stream_topic(s: &Ingest, stream: Stream, env: Environment) -> String {
         Stream::Billing => s.topics.billing_commands(env),
         Stream::Kyc => s.topics.kyc_commands(env),
         Stream::Risk => s.topics.risk_commands(env),
+        Stream::Audit => s.topics.audit_actions(env),
     }
 }
 
@@ -273,3 +274,4 @@ endpoint!(kyc_review, Endpoint::KycReviewDecision, path);
 endpoint!(risk_review, Endpoint::RiskReviewDecision, path);
 endpoint!(fx_conversion_decision, Endpoint::FxConversionDecision, path);
 endpoint!(billing_plan, Endpoint::BillingPlan);
+endpoint!(consent, Endpoint::Consent, path);

@@ -37,6 +37,7 @@ pub fn router(state: Arc<Ingest>) -> Router {
         .route("/v1/kyc/users/{id}/close", post(commands::kyc_close))
         .route("/v1/kyc/cases/{id}/decision", post(commands::kyc_review))
         .route("/v1/risk/reviews/{id}/decision", post(commands::risk_review))
+        .route("/v1/users/{id}/consents", post(commands::consent))
         .route("/health", get(health))
         .with_state(state)
 }

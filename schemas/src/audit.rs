@@ -241,9 +241,11 @@ pub mod actions {
 }
 
 /// An IP address cut to its network (IPv4 /24, IPv6 /48): enough to investigate, not a person's address.
-/// Anything that does not parse is dropped.
+/// Anything that does not parse is dropped. Idempotent: a network it gave is given back unchanged.
 pub fn truncate_ip(ip: &str) -> Option<String> {
-    match ip.trim().parse::<std::net::IpAddr>().ok()? {
+    let ip = ip.trim();
+    let ip = ip.strip_suffix("/24").or_else(|| ip.strip_suffix("/48")).unwrap_or(ip);
+    match ip.parse::<std::net::IpAddr>().ok()? {
         std::net::IpAddr::V4(v4) => {
             let o = v4.octets();
             Some(format!("{}.{}.{}.0/24", o[0], o[1], o[2]))
@@ -620,6 +622,10 @@ mod tests {
         assert_eq!(truncate_ip("203.0.113.77").as_deref(), Some("203.0.113.0/24"));
         assert_eq!(truncate_ip("2001:db8:85a3::8a2e:370:7334").as_deref(), Some("2001:db8:85a3::/48"));
         assert_eq!(truncate_ip("not an ip"), None);
+        for ip in ["203.0.113.77", "2001:db8:85a3::8a2e:370:7334"] {
+            let once = truncate_ip(ip);
+            assert_eq!(once.as_deref().and_then(truncate_ip), once, "idempotent");
+        }
         assert_eq!(cut_user_agent(&"é".repeat(200)).len(), 256);
     }
 

@@ -152,6 +152,30 @@ async fn a_user_is_verified_deposits_are_screened_reviewed_and_completed_and_ris
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     p.assert_reconciled().await;
+    // Consents are events too: a grant, then its revocation, read back from the trail.
+    for granted in [true, false] {
+        let body = serde_json::json!({"purpose": "marketing", "granted": granted, "ip": "198.51.100.77", "user_agent": "App/2.1"});
+        flow.command(&admin_token, "/v1/users/usr-consent/consents", None, body).await?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let consents: serde_json::Value = loop {
+        let c: serde_json::Value = p
+            .http
+            .get(format!("{}/v1/users/usr-consent/consents", p.api_url))
+            .query(&[("tenant_id", TENANT), ("environment", "live")])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if c["history"].as_array().is_some_and(|h| h.len() == 2) || std::time::Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(consents["current"]["marketing"], false, "{consents}");
+    assert_eq!(consents["history"][0]["granted"], true, "{consents}");
+    assert_eq!(consents["history"][1]["ip"], "198.51.100.0/24", "only the network is kept: {consents}");
     crate::audit::assert_trail(&p, Environment::Live, &admin_token).await?;
     p.finish().await
 }

@@ -569,3 +569,92 @@ async fn leaves(
 pub async fn keys(State(s): State<Arc<Api>>) -> Response {
     Json(serde_json::json!({ "keys": s.audit.public_keys })).into_response()
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentQuery {
+    tenant_id: String,
+    #[serde(default = "live")]
+    environment: Environment,
+}
+
+/// A user's consents: every grant and revocation in the order the trail holds them, and the state per
+/// purpose now. Consents are audit actions (`POST /v1/users/{id}/consents` at ingest), so this reads
+/// the trail itself.
+#[derive(Debug, Serialize)]
+pub struct Consents {
+    user_id: String,
+    /// Purpose → granted now.
+    current: std::collections::BTreeMap<String, bool>,
+    history: Vec<ConsentEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConsentEntry {
+    purpose: String,
+    granted: bool,
+    at: DateTime<Utc>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    audit_id: uuid::Uuid,
+    seq: u64,
+}
+
+/// Consent changes read per request at most (a user's consents are few; more is refused, not cut).
+const CONSENT_ROWS_MAX: i64 = 10_000;
+
+pub async fn consents(
+    State(s): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(user_id): Path<String>,
+    Query(q): Query<ConsentQuery>,
+) -> Response {
+    let s2 = s.clone();
+    let scope = (q.tenant_id.clone(), q.environment);
+    guarded(&s, &headers, (&scope.0, scope.1), async move {
+        check_filter("user_id", &Some(user_id.clone()))?;
+        if user_id.contains('/') {
+            return Err(HttpError::bad_request("invalid_user_id", "user_id holds no '/'"));
+        }
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log
+             WHERE tenant_id = $1 AND environment = $2 AND resource_type = 'consent'
+               AND action IN ('consent.granted', 'consent.revoked')
+               AND starts_with(resource_id, $3)
+             ORDER BY seq LIMIT $4"
+        ))
+        .bind(&q.tenant_id)
+        .bind(q.environment.as_str())
+        .bind(format!("{user_id}/"))
+        .bind(CONSENT_ROWS_MAX + 1)
+        .fetch_all(&s2.pg)
+        .await
+        .map_err(|e| database_error("postgres", &e))?;
+        if rows.len() as i64 > CONSENT_ROWS_MAX {
+            return Err(HttpError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too_many_consents",
+                format!("more than {CONSENT_ROWS_MAX} consent changes; search /v1/audit instead"),
+            ));
+        }
+        let mut current = std::collections::BTreeMap::new();
+        let mut history = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let r = record_of(row)?;
+            let purpose = r.resource_id.split_once('/').map(|(_, p)| p.to_owned()).unwrap_or_default();
+            let granted = r.action == actions::CONSENT_GRANTED;
+            current.insert(purpose.clone(), granted);
+            history.push(ConsentEntry {
+                purpose,
+                granted,
+                at: r.occurred_at,
+                ip: r.ip,
+                user_agent: r.user_agent,
+                audit_id: r.audit_id,
+                seq: r.seq,
+            });
+        }
+        Ok(Consents { user_id, current, history })
+    })
+    .await
+}

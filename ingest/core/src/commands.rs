@@ -35,6 +35,8 @@ pub enum Stream {
     Billing,
     Kyc,
     Risk,
+    /// Actions stated for the audit trail (`audit.action_taken` on `{env}.audit.actions`): consents.
+    Audit,
 }
 
 /// One endpoint of the command API.
@@ -55,11 +57,13 @@ pub enum Endpoint {
     KycUser(KycUserAction),
     KycReviewDecision,
     RiskReviewDecision,
+    /// A user's consent granted or revoked (`POST /v1/users/{id}/consents`), with when and from where.
+    Consent,
 }
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 15] = [
+    pub const ALL: [Endpoint; 16] = [
         Endpoint::CreateTransfer,
         Endpoint::ApproveTransfer,
         Endpoint::RejectTransfer,
@@ -75,13 +79,14 @@ impl Endpoint {
         Endpoint::KycUser(KycUserAction::Close),
         Endpoint::KycReviewDecision,
         Endpoint::RiskReviewDecision,
+        Endpoint::Consent,
     ];
 
     /// Roles allowed to call this endpoint.
     pub fn roles(self) -> &'static [Role] {
         use Endpoint::*;
         match self {
-            CreateTransfer | CancelTransfer | FxQuote | FxConversion => &[Role::Operator, Role::Admin],
+            CreateTransfer | CancelTransfer | FxQuote | FxConversion | Consent => &[Role::Operator, Role::Admin],
             ApproveTransfer | RejectTransfer | FeeConfig | BillingPlan | FxConversionDecision
             | KycUser(_) | KycReviewDecision => &[Role::Admin],
             FxRates => &[Role::RatesPublisher, Role::Admin],
@@ -107,6 +112,7 @@ impl Endpoint {
             KycUser(KycUserAction::Close) => "kyc_close",
             KycReviewDecision => "kyc_review_decision",
             RiskReviewDecision => "risk_review_decision",
+            Consent => "consent",
         }
     }
 }
@@ -269,6 +275,19 @@ struct ReasonBody {
     reason: Option<String>,
 }
 
+/// `POST /v1/users/{id}/consents`: what the user consented to (or withdrew), and the user's own client
+/// as the tenant saw it (the user's address is cut to its network before anything is produced).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentBody {
+    purpose: String,
+    granted: bool,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    user_agent: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequiredReasonBody {
@@ -395,6 +414,7 @@ pub fn decode(
         FeeConfig => decode_fee_config(path_id, body, actor),
         KycUser(action) => decode_kyc_user(action, path_id, body, actor),
         KycReviewDecision => decode_kyc_review(path_id, body, actor),
+        Consent => decode_consent(path_id, body),
     }
 }
 
@@ -841,6 +861,36 @@ fn decode_kyc_user(
     })
 }
 
+/// A consent becomes an audit action of the user (`consent.granted` / `consent.revoked`), resource
+/// `consent` `{user}/{purpose}`; its time is the command's.
+fn decode_consent(path_id: Option<&str>, body: &[u8]) -> Result<Command, FieldError> {
+    use riverbank_schemas::audit::{actions, cut_user_agent, truncate_ip, AuditAction};
+    let user_id = path(path_id, "user_id")?;
+    let b: ConsentBody = json(body)?;
+    check_id("purpose", &b.purpose)?;
+    let ip = match &b.ip {
+        Some(ip) => Some(truncate_ip(ip).ok_or_else(|| invalid("ip", "format", "must be an IPv4 or IPv6 address"))?),
+        None => None,
+    };
+    let payload = AuditAction {
+        actor: format!("user:{user_id}"),
+        action: if b.granted { actions::CONSENT_GRANTED } else { actions::CONSENT_REVOKED }.to_owned(),
+        resource_type: "consent".to_owned(),
+        resource_id: format!("{user_id}/{}", b.purpose),
+        before: None,
+        after: Some(if b.granted { "granted" } else { "revoked" }.to_owned()),
+        ip,
+        user_agent: b.user_agent.as_deref().map(cut_user_agent),
+        request_id: None,
+    };
+    Ok(Command {
+        event_type: AuditAction::EVENT_TYPE,
+        stream: Stream::Audit,
+        entity_key: user_id,
+        payload: to_value(&payload),
+    })
+}
+
 fn decode_kyc_review(path_id: Option<&str>, body: &[u8], actor: &str) -> Result<Command, FieldError> {
     let case_id = path(path_id, "case_id")?;
     let b: ReviewBody = json(body)?;
@@ -1217,6 +1267,23 @@ mod tests {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
         assert_eq!(Endpoint::RiskReviewDecision.roles(), [Role::ComplianceOfficer]);
+        assert!(!Endpoint::Consent.roles().contains(&Role::Auditor));
+    }
+
+    #[test]
+    fn a_consent_is_an_audit_action_with_the_users_network_only() {
+        let body = br#"{"purpose":"marketing","granted":true,"ip":"203.0.113.77","user_agent":"Mobile/1.0"}"#;
+        let c = decode(Endpoint::Consent, Some("usr_1"), body, "key:k1", b"k").expect("decodes");
+        assert_eq!((c.event_type, c.stream, c.entity_key.as_str()), ("audit.action_taken", Stream::Audit, "usr_1"));
+        assert_eq!(c.payload["action"], "consent.granted");
+        assert_eq!(c.payload["resource_id"], "usr_1/marketing");
+        assert_eq!(c.payload["ip"], "203.0.113.0/24");
+        assert!(!c.payload.to_string().contains("203.0.113.77"));
+        let revoked = decode(Endpoint::Consent, Some("usr_1"), br#"{"purpose":"marketing","granted":false}"#, "a", b"k")
+            .expect("decodes");
+        assert_eq!(revoked.payload["action"], "consent.revoked");
+        let bad = decode(Endpoint::Consent, Some("usr_1"), br#"{"purpose":"m","granted":true,"ip":"nope"}"#, "a", b"k");
+        assert!(matches!(bad, Err(e) if e.field == "ip"));
     }
 
     #[test]
