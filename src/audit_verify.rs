@@ -802,6 +802,9 @@ fn row_hint(text: &str) -> String {
                 .map(|val| format!("{k} {}", val.as_str().map(str::to_owned).unwrap_or(val.to_string())))
         })
         .collect();
+    if fields.is_empty() {
+        return String::new();
+    }
     format!("; the {kind} reads as {}", fields.join(" "))
 }
 
