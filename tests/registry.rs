@@ -1025,14 +1025,16 @@ fn the_registry_checks_report_a_broken_declaration() {
         spec: Spec {
             outputs: vec![Output::new(topics.audit_events(env), &["audit.recorded"])],
             stateful: false,
-            ..Spec::reading(topics.ingest_webhooks(env))
+            ..Spec::reading(topics.log(env, "audit"))
         },
     };
     let on_disk = schema_files_on_disk();
     let generated = schema_files_generated();
     let sinks_read_audit: BTreeSet<String> = [topics.audit_events(env)].into();
     let sinks_read_both: BTreeSet<String> = [topics.audit_events(env), orphan.clone()].into();
-    let created = topics.all(env);
+    // What migrate creates: the edge's topics and the sound processor's log.
+    let mut created = topics.all(env);
+    created.push(topics.log(env, "audit"));
     let broken_only = std::slice::from_ref(&broken);
 
     // Nothing reads the orphan; a processor reading it would be its consumer.
