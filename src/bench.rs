@@ -894,8 +894,9 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
 
     let (pg_measured, t_pg) =
         drain_sink(&cfg, PostgresSink::new(pool.clone()), n, || pg_landed(&pool)).await?;
+    let pseudonym_key = riverbank_runtime::keystore::pseudonym_key(&cfg.keys)?;
     let (ch_measured, t_ch) =
-        drain_sink(&cfg, ClickHouseSink::new(&cfg.clickhouse), n, || ch_landed(&ch)).await?;
+        drain_sink(&cfg, ClickHouseSink::new(&cfg.clickhouse, pseudonym_key), n, || ch_landed(&ch)).await?;
 
     // Bare rates for the same rows: COPY into same-shaped tables; the ClickHouse inserter with
     // pre-built rows into same-shaped tables.
@@ -906,7 +907,7 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
             riverbank_sinks::rows::decode(&e.topic, riverbank_schemas::Environment::Live, 0, 0, &e.payload)
                 .map_err(anyhow::Error::msg)?;
         for r in decoded {
-            ch_rows.extend(ChRow::from_row(&r).map_err(anyhow::Error::msg)?);
+            ch_rows.extend(ChRow::from_row(&r, &pseudonym_key).map_err(anyhow::Error::msg)?);
             rows.push(r);
         }
     }
@@ -955,6 +956,7 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
             )),
             Row::Audit(..)
             | Row::AuditCheckpoint(..)
+            | Row::PersonalData(..)
             | Row::Rejection(..)
             | Row::RiskDecision(..)
             | Row::RiskRejection(..)
@@ -1021,8 +1023,8 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
     let (c2, s2) = (cfg.clone(), stop.clone());
     let ch_cfg = cfg.clickhouse.clone();
     let ch_task = tokio::spawn(async move {
-        riverbank_runtime::sink::run(&c2, ClickHouseSink::new(&ch_cfg), crate::registry::sink_inputs(&c2), s2)
-            .await
+        let store = ClickHouseSink::new(&ch_cfg, pseudonym_key);
+        riverbank_runtime::sink::run(&c2, store, crate::registry::sink_inputs(&c2), s2).await
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let base = n;

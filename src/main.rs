@@ -505,7 +505,10 @@ async fn run_clickhouse_sink(cfg: &Config, stop: CancellationToken) -> anyhow::R
     if cfg.clickhouse.create_on_start {
         riverbank_sinks::clickhouse::create(&cfg.clickhouse).await.context("clickhouse ddl")?;
     }
-    let store = riverbank_sinks::clickhouse::ClickHouseSink::new(&cfg.clickhouse);
+    let store = riverbank_sinks::clickhouse::ClickHouseSink::new(
+        &cfg.clickhouse,
+        riverbank_runtime::keystore::pseudonym_key(&cfg.keys)?,
+    );
     riverbank_runtime::sink::run(cfg, store, riverbank::registry::sink_inputs(cfg), stop).await
 }
 

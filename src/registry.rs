@@ -135,7 +135,7 @@ fn specs_of(cfg: &Config, p: &dyn Runnable) -> Vec<(Environment, riverbank_schem
 }
 
 /// The topics the sinks read in one environment: every declared output carrying an event type the
-/// sinks project (`riverbank_sinks::rows::PROJECTED`).
+/// sinks project (`riverbank_sinks::rows::PROJECTED`), and ingest's webhooks.
 pub fn sink_inputs_in(cfg: &Config, env: Environment) -> Vec<String> {
     let topics = kafka::topics(&cfg.kafka);
     let mut out: Vec<String> = processors(cfg)
@@ -144,6 +144,8 @@ pub fn sink_inputs_in(cfg: &Config, env: Environment) -> Vec<String> {
         .filter(|o| o.event_types.iter().any(|t| riverbank_sinks::rows::PROJECTED.contains(t)))
         .map(|o| o.topic)
         .collect();
+    // Ingest's webhooks: the Postgres sink keeps their sealed personal values (`personal_data`).
+    out.push(topics.ingest_webhooks(env));
     out.sort();
     out.dedup();
     out

@@ -21,6 +21,7 @@ use sqlx::PgPool;
 pub mod analytics;
 mod audit;
 mod fx_billing;
+mod personal;
 mod risk;
 
 pub struct Api {
@@ -33,13 +34,16 @@ pub struct Api {
     keys: KeyCache,
     require_api_key: bool,
     audit: audit::AuditReads,
+    personal: personal::PersonalReads,
 }
 
 impl Api {
     /// Connects lazily: the API starts (and reports unhealthy) while a database is still down.
     pub async fn new(cfg: &Config) -> anyhow::Result<Api> {
+        let pg = postgres_pool(&cfg.postgres, true).await?;
         Ok(Api {
-            pg: postgres_pool(&cfg.postgres, true).await?,
+            personal: personal::PersonalReads::new(cfg, pg.clone())?,
+            pg,
             ch: clickhouse_client(&cfg.clickhouse),
             kafka: cfg.kafka.clone(),
             page_rows_max: cfg.api.page_rows_max,
@@ -126,6 +130,7 @@ pub fn router(state: Arc<Api>) -> Router {
         .route("/v1/risk/decisions", get(risk::decisions))
         .route("/v1/risk/shadow/diff", get(risk::shadow_diff))
         .route("/v1/users/{user_id}/kyc", get(user_kyc))
+        .route("/v1/users/{user_id}/personal-data", get(personal::read))
         .route("/v1/fx/quotes/{quote_id}", get(fx_billing::quote))
         .route("/v1/fx/conversions/{conversion_id}", get(fx_billing::conversion))
         .route("/v1/fx/rates", get(fx_billing::rates))

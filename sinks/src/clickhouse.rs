@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use riverbank_runtime::config::ClickHouseConfig;
+use riverbank_runtime::keystore::crypto::pseudonym::pseudonym;
 use riverbank_runtime::sink::{Position, SinkStore, StoreError, Stored};
 use riverbank_runtime::stores::{clickhouse_client, clickhouse_server_client};
 use riverbank_schemas::Environment;
@@ -590,7 +591,7 @@ pub struct RiskDecisionRow {
     pub occurred_ms: u16,
 }
 
-fn risk_decision(m: &Meta, d: &DecisionRecorded) -> Result<RiskDecisionRow, String> {
+fn risk_decision(m: &Meta, d: &DecisionRecorded, key: &[u8; 32]) -> Result<RiskDecisionRow, String> {
     use riverbank_schemas::transfers::RiskOutcome;
     Ok(RiskDecisionRow {
         event_id: m.event_id,
@@ -613,7 +614,7 @@ fn risk_decision(m: &Meta, d: &DecisionRecorded) -> Result<RiskDecisionRow, Stri
         amount_report_minor: d.amount_report_minor,
         report_currency: d.report_currency.code().to_owned(),
         ctr: u8::from(d.ctr),
-        user_id: d.user_id.clone().unwrap_or_default(),
+        user_id: user_pseudonym(key, &m.tenant_id, d.user_id.as_deref().unwrap_or_default()),
         requested_by: d.requested_by.clone(),
         reviewed_by: d.reviewed_by.clone().unwrap_or_default(),
         hit_rules: d.hits.iter().map(|h| h.rule.clone()).collect(),
@@ -671,12 +672,12 @@ pub struct KycFactRow {
     pub occurred_ms: u16,
 }
 
-fn kyc_fact(m: &Meta, event_type: &str, u: &UserKycChanged) -> Result<KycFactRow, String> {
+fn kyc_fact(m: &Meta, event_type: &str, u: &UserKycChanged, key: &[u8; 32]) -> Result<KycFactRow, String> {
     Ok(KycFactRow {
         event_id: m.event_id,
         tenant_id: m.tenant_id.clone(),
         environment: enum8(m.environment),
-        user_id: u.user_id.clone(),
+        user_id: user_pseudonym(key, &m.tenant_id, &u.user_id),
         event_type: event_type.to_owned(),
         user_status: u.user_status.as_str().to_owned(),
         kyc_status: u.kyc_status.as_str().to_owned(),
@@ -710,14 +711,14 @@ pub struct KycRejectionRow {
     pub occurred_ms: u16,
 }
 
-fn kyc_rejection(m: &Meta, r: &KycInputRejected) -> Result<KycRejectionRow, String> {
+fn kyc_rejection(m: &Meta, r: &KycInputRejected, key: &[u8; 32]) -> Result<KycRejectionRow, String> {
     Ok(KycRejectionRow {
         event_id: m.event_id,
         tenant_id: m.tenant_id.clone(),
         environment: enum8(m.environment),
         input_event_id: r.input_event_id,
         input_event_type: r.input_event_type.clone(),
-        user_id: r.user_id.clone().unwrap_or_default(),
+        user_id: user_pseudonym(key, &m.tenant_id, r.user_id.as_deref().unwrap_or_default()),
         case_id: r.case_id.clone().unwrap_or_default(),
         reason: r.reason.clone(),
         occurred_at: unix_seconds(m.occurred_at)?,
@@ -902,11 +903,27 @@ pub enum ChRow {
     FeeFact(FeeFactRow),
 }
 
+/// The id ClickHouse holds for a user id of `tenant`: its keyed pseudonym
+/// (`riverbank_crypto::pseudonym`, under `keys.pseudonym_key`), never the id itself. Analytics count
+/// and join by it; a filter by a user id pseudonymizes the bound value the same way. An empty id (no
+/// user named) stays empty.
+pub fn user_pseudonym(key: &[u8; 32], tenant: &str, user_id: &str) -> String {
+    if user_id.is_empty() {
+        String::new()
+    } else {
+        pseudonym(key, tenant, user_id)
+    }
+}
+
 impl ChRow {
-    /// The `events` row and the typed row (if the type has a table) for one decoded message.
-    pub fn from_row(r: &Decoded) -> Result<Vec<ChRow>, String> {
+    /// The `events` row and the typed row (if the type has a table) for one decoded message; user ids
+    /// become pseudonyms under `pseudonym_key`. A sealed personal value (`personal_data`, Postgres
+    /// only) becomes no row: ClickHouse never holds webhook bodies, and `events` counts what it did.
+    pub fn from_row(r: &Decoded, pseudonym_key: &[u8; 32]) -> Result<Vec<ChRow>, String> {
         use riverbank_schemas::transfers::BalanceChanged;
+        let key = pseudonym_key;
         let (event_type, typed) = match r {
+            Decoded::PersonalData(..) => return Ok(Vec::new()),
             Decoded::Audit(m, a) => {
                 (AuditRecord::EVENT_TYPE, Some(ChRow::Audit(AuditTrailRow::from_audit(m, a)?)))
             }
@@ -918,12 +935,12 @@ impl ChRow {
             Decoded::Posting(m, p) => (LedgerPosting::EVENT_TYPE, Some(ChRow::Posting(posting(m, p)?))),
             Decoded::Balance(..) => (BalanceChanged::EVENT_TYPE, None),
             Decoded::Rejection(m, r) => (InputRejected::EVENT_TYPE, Some(ChRow::Rejection(rejection(m, r)?))),
-            Decoded::User(m, t, u) => (*t, Some(ChRow::KycFact(kyc_fact(m, t, u)?))),
+            Decoded::User(m, t, u) => (*t, Some(ChRow::KycFact(kyc_fact(m, t, u, key)?))),
             Decoded::KycRejection(m, r) => {
-                (kyc_event_types::KYC_INPUT_REJECTED, Some(ChRow::KycRejection(kyc_rejection(m, r)?)))
+                (kyc_event_types::KYC_INPUT_REJECTED, Some(ChRow::KycRejection(kyc_rejection(m, r, key)?)))
             }
             Decoded::RiskDecision(m, d) => {
-                (risk_types::DECISION_RECORDED, Some(ChRow::RiskDecision(risk_decision(m, d)?)))
+                (risk_types::DECISION_RECORDED, Some(ChRow::RiskDecision(risk_decision(m, d, key)?)))
             }
             Decoded::RiskRejection(m, r) => {
                 (risk_types::INPUT_REJECTED, Some(ChRow::RiskRejection(risk_rejection(m, r)?)))
@@ -1013,13 +1030,17 @@ fn position_version(log_epoch: i32, next_offset: i64) -> u64 {
 pub struct ClickHouseSink {
     client: Client,
     timeout: Duration,
+    /// `keys.pseudonym_key`: user ids are written as their pseudonyms ([`user_pseudonym`]).
+    pseudonym_key: [u8; 32],
 }
 
 impl ClickHouseSink {
-    pub fn new(cfg: &ClickHouseConfig) -> Self {
+    /// `pseudonym_key` is `keys.pseudonym_key` (`riverbank_runtime::keystore::pseudonym_key`).
+    pub fn new(cfg: &ClickHouseConfig, pseudonym_key: [u8; 32]) -> Self {
         ClickHouseSink {
             client: clickhouse_client(cfg),
             timeout: Duration::from_millis(cfg.request_timeout_ms),
+            pseudonym_key,
         }
     }
 }
@@ -1139,7 +1160,7 @@ impl SinkStore for ClickHouseSink {
         let (rows, ingested_ms) = rows::decode(topic, env, partition, offset, payload)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            out.extend(ChRow::from_row(r)?);
+            out.extend(ChRow::from_row(r, &self.pseudonym_key)?);
         }
         Ok((out, ingested_ms))
     }
@@ -1252,5 +1273,101 @@ impl SinkStore for ClickHouseSink {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use riverbank_schemas::kyc::{KycStatus, UserStatus};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::rows::PersonalValue;
+
+    const KEY: [u8; 32] = [7; 32];
+
+    fn meta(tenant: &str) -> Meta {
+        Meta {
+            event_id: Uuid::new_v4(),
+            tenant_id: tenant.to_owned(),
+            environment: Environment::Live,
+            occurred_at: Utc::now(),
+            source_topic: "t".into(),
+            source_partition: 0,
+            source_offset: 0,
+        }
+    }
+
+    fn user(id: &str) -> UserKycChanged {
+        UserKycChanged {
+            user_id: id.into(),
+            user_status: UserStatus::Active,
+            kyc_status: KycStatus::Approved,
+            tier: 1,
+            kyc_expires_at: None,
+            version: 1,
+            case_id: None,
+            case_status: None,
+            provider: None,
+            reason: None,
+            actor: None,
+            cause_event_id: Uuid::new_v4(),
+        }
+    }
+
+    fn kyc_user_id(rows: &[ChRow]) -> String {
+        rows.iter()
+            .find_map(|r| match r {
+                ChRow::KycFact(f) => Some(f.user_id.clone()),
+                _ => None,
+            })
+            .expect("a kyc fact")
+    }
+
+    #[test]
+    fn user_ids_are_written_as_keyed_pseudonyms() {
+        let t = kyc_event_types::USER_VERIFIED;
+        let a = ChRow::from_row(&Decoded::User(meta("tenant-a"), t, user("usr_1")), &KEY).expect("rows");
+        let id = kyc_user_id(&a);
+        assert_ne!(id, "usr_1");
+        assert_eq!(id, pseudonym(&KEY, "tenant-a", "usr_1"));
+        assert_eq!(id.len(), 64);
+        // Stable per (tenant, user), so analytics count and join by it; unrelated across tenants and keys.
+        let again = ChRow::from_row(&Decoded::User(meta("tenant-a"), t, user("usr_1")), &KEY).expect("rows");
+        assert_eq!(kyc_user_id(&again), id);
+        let other = ChRow::from_row(&Decoded::User(meta("tenant-b"), t, user("usr_1")), &KEY).expect("rows");
+        assert_ne!(kyc_user_id(&other), id);
+        let rekeyed =
+            ChRow::from_row(&Decoded::User(meta("tenant-a"), t, user("usr_1")), &[8; 32]).expect("rows");
+        assert_ne!(kyc_user_id(&rekeyed), id);
+        // No user named stays empty (risk decisions and KYC rejections without a user).
+        assert_eq!(user_pseudonym(&KEY, "tenant-a", ""), "");
+        let rejected = KycInputRejected {
+            input_event_id: Uuid::new_v4(),
+            input_event_type: "webhook.received".into(),
+            user_id: Some("usr_2".into()),
+            case_id: None,
+            reason: "r".into(),
+            at: None,
+        };
+        let rows = ChRow::from_row(&Decoded::KycRejection(meta("tenant-a"), rejected), &KEY).expect("rows");
+        let Some(ChRow::KycRejection(r)) = rows.get(1) else { panic!("a kyc rejection row") };
+        assert_eq!(r.user_id, pseudonym(&KEY, "tenant-a", "usr_2"));
+    }
+
+    #[test]
+    fn personal_data_becomes_no_clickhouse_row() {
+        let v = PersonalValue {
+            subject: "usr_1".into(),
+            data_class: "pii.name",
+            pointer: "/name".into(),
+            record: Uuid::new_v4().to_string(),
+            sealed: "rbf1.x.y.z".into(),
+            provider: "kycflow".into(),
+        };
+        let rows =
+            ChRow::from_row(&Decoded::PersonalData(meta("tenant-a"), Box::new(v)), &KEY).expect("rows");
+        assert!(rows.is_empty(), "no events row either: {rows:?}");
     }
 }

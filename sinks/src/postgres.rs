@@ -15,7 +15,7 @@ use riverbank_schemas::{AuditCheckpoint, AuditRecord, Environment};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::rows::{self, Meta, Row};
+use crate::rows::{self, Meta, PersonalValue, Row};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -79,9 +79,10 @@ impl SinkStore for PostgresSink {
         let (mut users, mut kyc_rejections) = (vec![], vec![]);
         let (mut rates, mut quotes, mut conversions, mut fx_rejections) = (vec![], vec![], vec![], vec![]);
         let (mut bookings, mut fees, mut invoices, mut billing_rejections) = (vec![], vec![], vec![], vec![]);
+        let mut personal = vec![];
         for r in rows {
             match r {
-                Row::Audit(m, a) => audit.push((m, a)),
+                Row::Audit(m, a) => audit.push((m, &**a)),
                 Row::AuditCheckpoint(m, c) => checkpoints.push((m, c)),
                 Row::Status(m, s) => status.push((m, s)),
                 Row::Posting(m, p) => postings.push((m, p)),
@@ -101,6 +102,7 @@ impl SinkStore for PostgresSink {
                 Row::Fee(m, f) => fees.push((m, &**f)),
                 Row::Invoice(m, i) => invoices.push((m, &**i)),
                 Row::BillingRejection(m, r) => billing_rejections.push(rejection!(m, r, [transfer_id])),
+                Row::PersonalData(m, v) => personal.push((m, &**v)),
             }
         }
         insert_audit(&mut tx, &audit).await?;
@@ -121,6 +123,7 @@ impl SinkStore for PostgresSink {
         upsert_fees(&mut tx, &fees).await?;
         upsert_invoices(&mut tx, &invoices).await?;
         insert_rejections(&mut tx, "billing_rejections", ["transfer_id"], &billing_rejections).await?;
+        insert_personal_data(&mut tx, &personal).await?;
         store_positions(&mut tx, SINK_NAME, positions).await?;
         tx.commit().await?;
         Ok(())
@@ -184,7 +187,8 @@ async fn insert_audit(tx: &mut Tx<'_>, rows: &[(&Meta, &AuditRecord)]) -> Result
         return Ok(());
     }
     let col = |f: fn(&(&Meta, &AuditRecord)) -> String| rows.iter().map(f).collect::<Vec<String>>();
-    let opt = |f: fn(&AuditRecord) -> &Option<String>| rows.iter().map(|(_, a)| f(a).clone()).collect::<Vec<_>>();
+    let opt =
+        |f: fn(&AuditRecord) -> &Option<String>| rows.iter().map(|(_, a)| f(a).clone()).collect::<Vec<_>>();
     let ids: Vec<Uuid> = rows.iter().map(|(_, a)| a.audit_id).collect();
     let source_ids: Vec<Uuid> = rows.iter().map(|(_, a)| a.source_event_id).collect();
     let occurred: Vec<DateTime<Utc>> = rows.iter().map(|(_, a)| a.occurred_at).collect();
@@ -781,6 +785,36 @@ async fn insert_bookings(tx: &mut Tx<'_>, rows: &[(&Meta, &BookingRecorded)]) ->
     .bind(rows.iter().map(|(_, b)| json_text(&b.legs)).collect::<Vec<_>>())
     .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Sealed personal values, as sealed (never opened here); insert-only, idempotent on (event id, pointer).
+async fn insert_personal_data(tx: &mut Tx<'_>, rows: &[(&Meta, &PersonalValue)]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO personal_data (event_id, pointer, tenant_id, environment, subject, data_class, record, sealed,
+             provider, occurred_at, source_topic, source_partition, source_offset)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+             $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::int4[], $13::int8[])
+         ON CONFLICT (event_id, pointer) DO NOTHING",
+    )
+    .bind(rows.iter().map(|(m, _)| m.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, v)| v.pointer.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.environment.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, v)| v.subject.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, v)| v.data_class).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, v)| v.record.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, v)| v.sealed.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, v)| v.provider.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.occurred_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.source_topic.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.source_partition).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(m, _)| m.source_offset).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -1,6 +1,7 @@
 //! What the sinks write: one small mapping per event type. Adding a processor's output to the stores
 //! means a variant here, a table in each store and a statement in each sink, not a new sink.
 use chrono::{DateTime, Utc};
+use riverbank_runtime::keystore::crypto::field;
 use riverbank_schemas::billing::{BillingInputRejected, FeeCharged, FeeStatus, InvoiceRecorded};
 use riverbank_schemas::commands::{command_types, FxRate, FxRatesPublished};
 use riverbank_schemas::fx::{ConversionRecorded, ConversionStatus, FxInputRejected, QuoteRecorded};
@@ -10,7 +11,7 @@ use riverbank_schemas::risk::{event_types as risk_types, DecisionRecorded, RiskI
 use riverbank_schemas::transfers::{
     BalanceChanged, InputRejected, LedgerPosting, RiskOutcome, TransferStatusChanged,
 };
-use riverbank_schemas::{AuditCheckpoint, AuditRecord, Environment, RawEnvelope};
+use riverbank_schemas::{AuditCheckpoint, AuditRecord, Environment, RawEnvelope, WebhookReceived};
 use uuid::Uuid;
 
 /// Envelope facts every row keeps.
@@ -27,7 +28,7 @@ pub struct Meta {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
-    Audit(Meta, AuditRecord),
+    Audit(Meta, Box<AuditRecord>),
     /// A signed audit checkpoint.
     AuditCheckpoint(Meta, AuditCheckpoint),
     Status(Meta, TransferStatusChanged),
@@ -50,7 +51,29 @@ pub enum Row {
     Fee(Meta, Box<FeeCharged>),
     Invoice(Meta, Box<InvoiceRecorded>),
     BillingRejection(Meta, BillingInputRejected),
+    /// One sealed value of a `webhook.received` body (Postgres `personal_data`; nothing in ClickHouse).
+    PersonalData(Meta, Box<PersonalValue>),
 }
+
+/// A sealed value found in a webhook body, with what opening it needs besides the data key: the
+/// tenant and environment (the meta), the subject and class (from its key id), the JSON pointer it sits
+/// at (the associated data's field) and the event id (its record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonalValue {
+    pub subject: String,
+    pub data_class: &'static str,
+    /// The concrete RFC 6901 pointer in `WebhookReceived.body`.
+    pub pointer: String,
+    /// The associated data's record: the webhook's event id as text.
+    pub record: String,
+    /// The `rbf1.` envelope, as ingest produced it.
+    pub sealed: String,
+    pub provider: String,
+}
+
+/// Most sealed values one webhook body may hold (a definition declares at most 64 pointers; `*` over an
+/// array multiplies them). A body with more is dead-lettered with the count.
+pub const PERSONAL_VALUES_PER_EVENT_MAX: usize = 4096;
 
 impl Row {
     pub fn meta(&self) -> &Meta {
@@ -72,7 +95,8 @@ impl Row {
             | Row::Booking(m, _)
             | Row::Fee(m, _)
             | Row::Invoice(m, _)
-            | Row::BillingRejection(m, _) => m,
+            | Row::BillingRejection(m, _)
+            | Row::PersonalData(m, _) => m,
         }
     }
 }
@@ -155,6 +179,47 @@ pub fn decode(
     if e.environment != env {
         return Err(format!("envelope says environment {} on a {env} topic", e.environment));
     }
+    let ingested_ms = e.ingested_at.timestamp_millis();
+    if e.event_type == WebhookReceived::EVENT_TYPE {
+        let sealed = sealed_values(&e.payload["body"])?;
+        // A webhook without personal data becomes no row at all, and nothing of it is checked further.
+        if sealed.is_empty() {
+            return Ok((vec![], ingested_ms));
+        }
+        check_time("occurred_at", &e.occurred_at)?;
+        check_text("tenant_id", &e.tenant_id)?;
+        let provider = e.payload["provider"].as_str().ok_or("webhook.received without its provider")?;
+        check_text("provider", provider)?;
+        let meta = Meta {
+            event_id: e.event_id,
+            tenant_id: e.tenant_id.clone(),
+            environment: e.environment,
+            occurred_at: e.occurred_at,
+            source_topic: topic.to_owned(),
+            source_partition: partition,
+            source_offset: offset,
+        };
+        let record = e.event_id.to_string();
+        let rows = sealed
+            .into_iter()
+            .map(|(pointer, sealed, parsed)| {
+                check_text("personal data pointer", &pointer)?;
+                check_text("personal data subject", &parsed.subject)?;
+                Ok(Row::PersonalData(
+                    meta.clone(),
+                    Box::new(PersonalValue {
+                        subject: parsed.subject,
+                        data_class: parsed.class.as_str(),
+                        pointer,
+                        record: record.clone(),
+                        sealed: sealed.to_owned(),
+                        provider: provider.to_owned(),
+                    }),
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        return Ok((rows, ingested_ms));
+    }
     check_time("occurred_at", &e.occurred_at)?;
     check_time("ingested_at", &e.ingested_at)?;
     check_text("tenant_id", &e.tenant_id)?;
@@ -167,7 +232,6 @@ pub fn decode(
         source_partition: partition,
         source_offset: offset,
     };
-    let ingested_ms = e.ingested_at.timestamp_millis();
     let row = match e.event_type.as_str() {
         AuditRecord::EVENT_TYPE => {
             let a: AuditRecord = typed(&e)?;
@@ -205,7 +269,7 @@ pub fn decode(
                     check_text(f, v)?;
                 }
             }
-            Row::Audit(meta, a)
+            Row::Audit(meta, Box::new(a))
         }
         AuditCheckpoint::EVENT_TYPE => {
             let c: AuditCheckpoint = typed(&e)?;
@@ -311,6 +375,53 @@ pub fn decode(
         },
     };
     Ok((vec![row], ingested_ms))
+}
+
+/// Every sealed value (`rbf1.` envelope, `riverbank_crypto::field::parse`) in a webhook body: its
+/// concrete RFC 6901 pointer, the envelope and what its key id names. Strings that are not envelopes
+/// (clear values the definition does not declare) are no concern of the store and are passed over.
+fn sealed_values(body: &serde_json::Value) -> Result<Vec<(String, &str, field::SealedField)>, String> {
+    fn walk<'a>(
+        v: &'a serde_json::Value,
+        at: &mut String,
+        out: &mut Vec<(String, &'a str, field::SealedField)>,
+    ) -> Result<(), String> {
+        match v {
+            serde_json::Value::String(s) if s.starts_with("rbf1.") => {
+                if let Some(parsed) = field::parse(s) {
+                    if out.len() == PERSONAL_VALUES_PER_EVENT_MAX {
+                        return Err(format!(
+                            "the webhook body holds more than {PERSONAL_VALUES_PER_EVENT_MAX} sealed values"
+                        ));
+                    }
+                    out.push((at.clone(), s.as_str(), parsed));
+                }
+            }
+            serde_json::Value::Object(m) => {
+                for (k, child) in m {
+                    let len = at.len();
+                    at.push('/');
+                    at.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    walk(child, at, out)?;
+                    at.truncate(len);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    let len = at.len();
+                    at.push('/');
+                    at.push_str(&i.to_string());
+                    walk(child, at, out)?;
+                    at.truncate(len);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(body, &mut String::new(), &mut out)?;
+    Ok(out)
 }
 
 /// A `user.*` payload, checked against what the stores enforce.
@@ -644,6 +755,8 @@ mod tests {
     const MIRRORED: &[(&str, &str)] = &[
         ("environment IN ('live', 'sandbox')", "Environment is an enum of the two"),
         ("payload_bytes >= 0", "u64, and checked to fit i64"),
+        ("seq >= 1", "u64, checked to fit i64; seq 0 is refused"),
+        ("tree_size >= 1", "u64, checked to fit i64; a checkpoint of size 0 is refused"),
         ("next_offset >= 0", "positions are offsets the log delivered"),
         ("amount_minor > 0", "status events with a non-positive amount are refused"),
         ("version > 0", "status version 0 is refused"),
@@ -913,6 +1026,151 @@ mod tests {
         nul.payload.transfer_id = "t\0".into();
         assert!(decoded(&nul, Environment::Live).unwrap_err().contains("NUL"));
         assert!(decoded(&status(100, 1), Environment::Sandbox).unwrap_err().contains("environment"));
+    }
+
+    /// A `webhook.received` of `tenant-a` in live whose body is `body`, at `at`.
+    fn webhook(id: Uuid, body: serde_json::Value, at: DateTime<Utc>) -> Vec<u8> {
+        let w = WebhookReceived {
+            provider: "kycflow".into(),
+            provider_event_id: "kf_1".into(),
+            provider_event_type: Some("auto_approved".into()),
+            event_type: Some("kyc.result".into()),
+            entity_key: Some("usr_1".into()),
+            provider_schema_version: None,
+            body_bytes: 10,
+            fields: [("user_id".to_owned(), "usr_1".to_owned())].into(),
+            transfer_callback: None,
+            body,
+        };
+        let e =
+            Envelope::new(id, WebhookReceived::EVENT_TYPE, "tenant-a", Environment::Live, at, "kycflow", w);
+        serde_json::to_vec(&e).expect("json")
+    }
+
+    #[test]
+    fn sealed_values_of_a_webhook_become_personal_data_rows_that_open_where_they_are_stored() {
+        use riverbank_runtime::keystore::crypto::field::{key_id, open, seal, FieldContext};
+        use riverbank_runtime::keystore::crypto::keys::{DataClass, Dek};
+        let (dek, id) = (Dek::generate().expect("dek"), Uuid::new_v4());
+        let record = id.to_string();
+        let sealed = |subject: &str, class: DataClass, pointer: &str, clear: &str| {
+            let ctx = FieldContext {
+                tenant: "tenant-a",
+                environment: "live",
+                subject,
+                field: pointer,
+                record: &record,
+            };
+            let text = serde_json::to_vec(clear).expect("json");
+            seal(&dek, &key_id(subject, class, 1), &ctx, &text).expect("seal")
+        };
+        let body = serde_json::json!({
+            "userId": "usr_1",
+            "status": "auto_approved",
+            "applicant": {
+                "name": sealed("usr_1", DataClass::PII_NAME, "/applicant/name", "Ada Lovelace"),
+                "a/b~c": sealed("usr_1", DataClass::PII_PHONE, "/applicant/a~1b~0c", "+44 20 7946 0000"),
+            },
+            "documents": [
+                {"type": "pan", "number": sealed("usr_1", DataClass::PII_NATIONAL_ID, "/documents/0/number", "ABCDE1234F")},
+                {"type": "note", "number": "rbf1.not-an-envelope"}
+            ],
+        });
+        let (rows, _) =
+            decode("t.live.ingest.webhooks", Environment::Live, 2, 7, &webhook(id, body, Utc::now()))
+                .expect("decodes");
+        let mut got: Vec<(String, &str, String)> = Vec::new();
+        for r in &rows {
+            let Row::PersonalData(m, v) = r else { panic!("not personal data: {r:?}") };
+            assert_eq!(
+                (m.event_id, m.tenant_id.as_str(), m.source_partition, m.source_offset),
+                (id, "tenant-a", 2, 7)
+            );
+            assert_eq!(
+                (v.subject.as_str(), v.record.as_str(), v.provider.as_str()),
+                ("usr_1", record.as_str(), "kycflow")
+            );
+            assert!(v.sealed.starts_with("rbf1."));
+            // The stored pointer and record are the associated data: the value opens with them.
+            let ctx = FieldContext {
+                tenant: "tenant-a",
+                environment: "live",
+                subject: &v.subject,
+                field: &v.pointer,
+                record: &v.record,
+            };
+            let clear: String =
+                serde_json::from_slice(&open(&dek, &ctx, &v.sealed).expect("opens")).expect("json");
+            got.push((v.pointer.clone(), v.data_class, clear));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("/applicant/a~1b~0c".to_owned(), "pii.phone", "+44 20 7946 0000".to_owned()),
+                ("/applicant/name".to_owned(), "pii.name", "Ada Lovelace".to_owned()),
+                ("/documents/0/number".to_owned(), "pii.national_id", "ABCDE1234F".to_owned()),
+            ],
+            "every sealed value, and nothing else (a string that only looks like one is passed over)"
+        );
+        // No row holds a clear value.
+        assert!(!format!("{rows:?}").contains("Lovelace") && !format!("{rows:?}").contains("1234F"));
+    }
+
+    #[test]
+    fn webhooks_without_personal_data_become_no_row_and_are_never_dead_lettered() {
+        let body = serde_json::json!({"userId": "usr_1", "status": "auto_approved", "tier": 1});
+        let (rows, _) =
+            decode("t", Environment::Live, 0, 0, &webhook(Uuid::new_v4(), body.clone(), Utc::now()))
+                .expect("decodes");
+        assert!(rows.is_empty());
+        // Nothing to store, so nothing the stores refuse matters: a time beyond them is no dead letter.
+        let far = DateTime::from_timestamp(TIME_MAX_S + 1, 0).expect("time");
+        let (rows, _) =
+            decode("t", Environment::Live, 0, 0, &webhook(Uuid::new_v4(), body, far)).expect("decodes");
+        assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn personal_data_the_store_would_refuse_is_dead_lettered_with_the_reason() {
+        use riverbank_runtime::keystore::crypto::field::{key_id, seal, FieldContext};
+        use riverbank_runtime::keystore::crypto::keys::{DataClass, Dek};
+        let dek = Dek::generate().expect("dek");
+        let ctx = FieldContext {
+            tenant: "tenant-a",
+            environment: "live",
+            subject: "usr_1",
+            field: "/x",
+            record: "r",
+        };
+        let one = seal(&dek, &key_id("usr_1", DataClass::PII_NAME, 1), &ctx, b"\"x\"").expect("seal");
+        // A key holding a NUL (PostgreSQL text cannot).
+        let body = serde_json::json!({ "na\u{0}me": one.clone() });
+        let err =
+            decode("t", Environment::Live, 0, 0, &webhook(Uuid::new_v4(), body, Utc::now())).unwrap_err();
+        assert!(err.contains("pointer") && err.contains("NUL"), "{err}");
+        // A time the stores cannot hold, once there is something to store.
+        let far = DateTime::from_timestamp(TIME_MAX_S + 1, 0).expect("time");
+        let err = decode(
+            "t",
+            Environment::Live,
+            0,
+            0,
+            &webhook(Uuid::new_v4(), serde_json::json!({"n": one.clone()}), far),
+        )
+        .unwrap_err();
+        assert!(err.contains("occurred_at"), "{err}");
+        // More sealed values than one event may hold.
+        let many: Vec<String> = vec![one; PERSONAL_VALUES_PER_EVENT_MAX + 1];
+        let err = decode(
+            "t",
+            Environment::Live,
+            0,
+            0,
+            &webhook(Uuid::new_v4(), serde_json::json!({"n": many}), Utc::now()),
+        )
+        .unwrap_err();
+        assert!(err.contains(&PERSONAL_VALUES_PER_EVENT_MAX.to_string()), "{err}");
     }
 
     #[test]

@@ -251,7 +251,10 @@ async fn analytics_count_what_the_processors_produced() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let ch_sink = tokio::spawn({
         let (c, i, s) = (cfg.clone(), inputs.clone(), stop.clone());
-        let store = riverbank_sinks::clickhouse::ClickHouseSink::new(&cfg.clickhouse);
+        let store = riverbank_sinks::clickhouse::ClickHouseSink::new(
+            &cfg.clickhouse,
+            riverbank_runtime::keystore::pseudonym_key(&cfg.keys)?,
+        );
         async move { riverbank_runtime::sink::run(&c, store, i, s).await }
     });
     let viewer = create_key(&p, TENANT, "viewer").await?;

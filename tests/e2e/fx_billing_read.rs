@@ -412,7 +412,10 @@ async fn fx_and_billing_reads_serve_what_the_sinks_landed() -> anyhow::Result<()
     });
     let ch_sink = tokio::spawn({
         let (c, i, s) = (cfg.clone(), inputs.clone(), stop.clone());
-        let store = riverbank_sinks::clickhouse::ClickHouseSink::new(&cfg.clickhouse);
+        let store = riverbank_sinks::clickhouse::ClickHouseSink::new(
+            &cfg.clickhouse,
+            riverbank_runtime::keystore::pseudonym_key(&cfg.keys)?,
+        );
         async move { riverbank_runtime::sink::run(&c, store, i, s).await }
     });
 

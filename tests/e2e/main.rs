@@ -17,6 +17,7 @@ mod ingest;
 mod keys;
 mod kyc;
 mod money_loop;
+mod personal;
 mod pii;
 mod reconcile;
 mod risk_read;
