@@ -376,21 +376,28 @@ fn export_stream(
     })
 }
 
-/// One batch: the records and the checkpoints ending within it, in order; the last seq read.
+/// One batch: up to `batch` records from `next` (keyset on seq, so a gap in the store is exported as
+/// the gap it is, for `audit verify` to name) and the checkpoints ending within it, in order; the last
+/// seq read, or `None` when the log (or the range) ends.
 async fn export_batch(c: &ExportCursor) -> Result<(Vec<ExportRow>, Option<u64>), String> {
-    let last_wanted = c.to.min(c.next.saturating_add(u64::from(c.batch)) - 1);
-    let (lo, hi) = (c.next as i64, last_wanted as i64);
+    let (lo, hi) = (c.next as i64, c.to as i64);
     let records: Vec<AuditRow> = sqlx::query_as(&format!(
         "SELECT {AUDIT_COLUMNS} FROM audit_log
-         WHERE tenant_id = $1 AND environment = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq"
+         WHERE tenant_id = $1 AND environment = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq LIMIT $5"
     ))
     .bind(&c.tenant)
     .bind(c.env.as_str())
     .bind(lo)
     .bind(hi)
+    .bind(i64::from(c.batch))
     .fetch_all(&c.pg)
     .await
     .map_err(|e| e.to_string())?;
+    let ended = records.len() < c.batch as usize;
+    let last = records.last().and_then(|r| r.seq).unwrap_or(lo - 1);
+    // The checkpoints of this stretch; the last batch also takes those past its last record (a
+    // checkpoint covering records the store no longer holds is exported for verify to name).
+    let cp_hi = if ended { hi } else { last };
     let checkpoints: Vec<CheckpointRow> = sqlx::query_as(&format!(
         "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints
          WHERE tenant_id = $1 AND environment = $2 AND tree_size BETWEEN $3 AND $4 ORDER BY tree_size"
@@ -398,7 +405,7 @@ async fn export_batch(c: &ExportCursor) -> Result<(Vec<ExportRow>, Option<u64>),
     .bind(&c.tenant)
     .bind(c.env.as_str())
     .bind(lo)
-    .bind(hi)
+    .bind(cp_hi)
     .fetch_all(&c.pg)
     .await
     .map_err(|e| e.to_string())?;
@@ -409,7 +416,6 @@ async fn export_batch(c: &ExportCursor) -> Result<(Vec<ExportRow>, Option<u64>),
         .into_iter()
         .peekable();
     let mut out = Vec::with_capacity(records.len() + 1);
-    let mut last = None;
     for r in &records {
         let rec = r.to_record()?;
         let seq = rec.seq;
@@ -417,13 +423,12 @@ async fn export_batch(c: &ExportCursor) -> Result<(Vec<ExportRow>, Option<u64>),
         while let Some(cp) = cps.next_if(|cp| cp.tree_size <= seq) {
             out.push(ExportRow::Checkpoint(cp));
         }
-        last = Some(seq);
     }
-    // A batch that came back short ends the log.
-    if records.len() < (hi - lo + 1) as usize {
+    out.extend(cps.map(ExportRow::Checkpoint));
+    if ended || last >= hi {
         return Ok((out, None));
     }
-    Ok((out, last))
+    Ok((out, u64::try_from(last).ok()))
 }
 
 #[derive(Debug, Deserialize)]
