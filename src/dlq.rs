@@ -201,7 +201,10 @@ pub async fn redrive(cfg: &Config, ids: &[uuid::Uuid], dry_run: bool) -> anyhow:
                     riverbank_runtime::audit::state_operator_action(
                         cfg,
                         riverbank_runtime::audit::OperatorAction {
-                            tenant: letter.tenant_id.as_deref().unwrap_or(riverbank_runtime::audit::PLATFORM_TENANT),
+                            tenant: letter
+                                .tenant_id
+                                .as_deref()
+                                .unwrap_or(riverbank_runtime::audit::PLATFORM_TENANT),
                             env,
                             action: riverbank_schemas::audit::actions::DEAD_LETTER_REDRIVEN,
                             resource_type: "dead_letter",

@@ -272,7 +272,8 @@ impl KeysConfig {
             errors.push("keys.pseudonym_key must be 64 hex digits (256 bits)".into());
         }
         if self.cache_entries_max == 0 || self.cache_ttl_ms == 0 || self.rewrap_batch_rows == 0 {
-            errors.push("keys.cache_entries_max, cache_ttl_ms and rewrap_batch_rows must be at least 1".into());
+            errors
+                .push("keys.cache_entries_max, cache_ttl_ms and rewrap_batch_rows must be at least 1".into());
         }
     }
 }
@@ -543,7 +544,8 @@ impl Config {
         }
         for k in &self.audit.verify_keys {
             if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
-                errors.push(format!("audit.verify_keys: {k:?} is not an Ed25519 public key of 64 hex digits"));
+                errors
+                    .push(format!("audit.verify_keys: {k:?} is not an Ed25519 public key of 64 hex digits"));
             }
         }
         for (name, v) in [

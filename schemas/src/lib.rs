@@ -21,8 +21,8 @@ pub mod topics;
 pub mod transfers;
 pub mod volume;
 
-pub use envelope::{Envelope, Environment, RawEnvelope};
 pub use audit::{AuditAction, AuditCheckpoint, AuditRecord};
+pub use envelope::{Envelope, Environment, RawEnvelope};
 pub use events::{DeadLetter, WebhookReceived};
 pub use money::{Currency, Money, MoneyError};
 pub use topics::Topics;

@@ -31,8 +31,15 @@ impl Role {
     }
 
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::Viewer, Role::Operator, Role::Admin, Role::RatesPublisher, Role::ComplianceOfficer, Role::Auditor]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            Role::Viewer,
+            Role::Operator,
+            Role::Admin,
+            Role::RatesPublisher,
+            Role::ComplianceOfficer,
+            Role::Auditor,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }

@@ -86,7 +86,9 @@ impl Endpoint {
     pub fn roles(self) -> &'static [Role] {
         use Endpoint::*;
         match self {
-            CreateTransfer | CancelTransfer | FxQuote | FxConversion | Consent => &[Role::Operator, Role::Admin],
+            CreateTransfer | CancelTransfer | FxQuote | FxConversion | Consent => {
+                &[Role::Operator, Role::Admin]
+            }
             ApproveTransfer | RejectTransfer | FeeConfig | BillingPlan | FxConversionDecision
             | KycUser(_) | KycReviewDecision => &[Role::Admin],
             FxRates => &[Role::RatesPublisher, Role::Admin],
@@ -869,7 +871,9 @@ fn decode_consent(path_id: Option<&str>, body: &[u8]) -> Result<Command, FieldEr
     let b: ConsentBody = json(body)?;
     check_id("purpose", &b.purpose)?;
     let ip = match &b.ip {
-        Some(ip) => Some(truncate_ip(ip).ok_or_else(|| invalid("ip", "format", "must be an IPv4 or IPv6 address"))?),
+        Some(ip) => {
+            Some(truncate_ip(ip).ok_or_else(|| invalid("ip", "format", "must be an IPv4 or IPv6 address"))?)
+        }
         None => None,
     };
     let payload = AuditAction {
@@ -1274,15 +1278,30 @@ mod tests {
     fn a_consent_is_an_audit_action_with_the_users_network_only() {
         let body = br#"{"purpose":"marketing","granted":true,"ip":"203.0.113.77","user_agent":"Mobile/1.0"}"#;
         let c = decode(Endpoint::Consent, Some("usr_1"), body, "key:k1", b"k").expect("decodes");
-        assert_eq!((c.event_type, c.stream, c.entity_key.as_str()), ("audit.action_taken", Stream::Audit, "usr_1"));
+        assert_eq!(
+            (c.event_type, c.stream, c.entity_key.as_str()),
+            ("audit.action_taken", Stream::Audit, "usr_1")
+        );
         assert_eq!(c.payload["action"], "consent.granted");
         assert_eq!(c.payload["resource_id"], "usr_1/marketing");
         assert_eq!(c.payload["ip"], "203.0.113.0/24");
         assert!(!c.payload.to_string().contains("203.0.113.77"));
-        let revoked = decode(Endpoint::Consent, Some("usr_1"), br#"{"purpose":"marketing","granted":false}"#, "a", b"k")
-            .expect("decodes");
+        let revoked = decode(
+            Endpoint::Consent,
+            Some("usr_1"),
+            br#"{"purpose":"marketing","granted":false}"#,
+            "a",
+            b"k",
+        )
+        .expect("decodes");
         assert_eq!(revoked.payload["action"], "consent.revoked");
-        let bad = decode(Endpoint::Consent, Some("usr_1"), br#"{"purpose":"m","granted":true,"ip":"nope"}"#, "a", b"k");
+        let bad = decode(
+            Endpoint::Consent,
+            Some("usr_1"),
+            br#"{"purpose":"m","granted":true,"ip":"nope"}"#,
+            "a",
+            b"k",
+        );
         assert!(matches!(bad, Err(e) if e.field == "ip"));
     }
 
