@@ -111,42 +111,24 @@ impl Default for AuditState {
 
 riverbank_schemas::state_tables!(AuditState { heads, seen, seen_order, seen_seq }, timers = timers);
 
-/// What a record says, before it is numbered and chained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordParts {
-    pub actor: String,
-    pub action: String,
-    pub resource_type: String,
-    pub resource_id: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
-    pub payload_bytes: u64,
-}
+/// What a record says before it is numbered and chained: the action (who did what to which resource,
+/// redacted before/after, client) and the size of the payload it concerned.
+pub type RecordParts = (AuditAction, u64);
 
-/// The event types that are audited, and from which topic family (for the capture test and the docs).
-pub const AUDITED: &[&str] = &[
-    WebhookReceived::EVENT_TYPE,
-    "transfer.status_changed",
-    "transfer.input_rejected",
-    "risk.decision_recorded",
-    "risk.input_rejected",
-    "user.kyc.updated",
-    "user.verified",
-    "user.frozen",
-    "user.unfrozen",
-    "user.closed",
-    "kyc.input_rejected",
-    "fx.conversion_recorded",
-    "fx.input_rejected",
-    "billing.fee_charged",
-    "billing.invoice_recorded",
-    "billing.plan_set",
-    "billing.input_rejected",
-    AuditAction::EVENT_TYPE,
-];
+/// An action without a client (it did not come over HTTP to riverbank directly).
+fn action(actor: String, what: &str, resource_type: &str, resource_id: String) -> AuditAction {
+    AuditAction {
+        actor,
+        action: what.to_owned(),
+        resource_type: resource_type.to_owned(),
+        resource_id,
+        before: None,
+        after: None,
+        ip: None,
+        user_agent: None,
+        request_id: None,
+    }
+}
 
 /// Longest `before`/`after` kept (bytes): they are codes and short reasons, never documents.
 const STATE_TEXT_BYTES_MAX: usize = 200;
@@ -183,49 +165,26 @@ fn actor_or(v: &serde_json::Value, pointer: &str, component: &str) -> String {
 /// read and passed over), `Err` when it cannot be read.
 pub fn record_parts(input: &RawEnvelope) -> Result<Option<RecordParts>, String> {
     let p = &input.payload;
-    let rejected = |component: &str, resource: &str, id_pointer: &str| RecordParts {
-        actor: format!("system:{component}"),
-        action: input.event_type.clone(),
-        resource_type: resource.to_owned(),
-        resource_id: text(p, id_pointer).or_else(|| text(p, "/input_event_id")).unwrap_or_default(),
-        before: None,
-        after: text(p, "/reason").map(|r| cut(format!("rejected: {r}"))),
-        ip: None,
-        user_agent: None,
-        request_id: None,
-        payload_bytes: 0,
+    let rejected = |component: &str, resource: &str, id_pointer: &str| {
+        let id = text(p, id_pointer).or_else(|| text(p, "/input_event_id")).unwrap_or_default();
+        let mut a = action(format!("system:{component}"), &input.event_type, resource, id);
+        a.after = text(p, "/reason").map(|r| cut(format!("rejected: {r}")));
+        (a, 0)
     };
     let simple =
         |actor: String, resource: &str, id: Option<String>, before: Option<String>, after: Option<String>| {
-            RecordParts {
-                actor,
-                action: input.event_type.clone(),
-                resource_type: resource.to_owned(),
-                resource_id: id.unwrap_or_default(),
-                before: before.map(cut),
-                after: after.map(cut),
-                ip: None,
-                user_agent: None,
-                request_id: input.idempotency_key.clone(),
-                payload_bytes: 0,
-            }
+            let mut a = action(actor, &input.event_type, resource, id.unwrap_or_default());
+            a.before = before.map(cut);
+            a.after = after.map(cut);
+            a.request_id = input.idempotency_key.clone();
+            (a, 0)
         };
     let parts = match input.event_type.as_str() {
         WebhookReceived::EVENT_TYPE => {
             let w: WebhookReceived = decode(input)?;
-            RecordParts {
-                actor: format!("provider:{}", w.provider),
-                // The mapped riverbank type (`kyc.case_approved`, …) when the definition gave one.
-                action: w.event_type.clone().unwrap_or_else(|| WebhookReceived::EVENT_TYPE.to_owned()),
-                resource_type: "webhook".to_owned(),
-                resource_id: w.provider_event_id,
-                before: None,
-                after: None,
-                ip: None,
-                user_agent: None,
-                request_id: None,
-                payload_bytes: w.body_bytes,
-            }
+            // The mapped riverbank type (`kyc.case_approved`, …) when the definition gave one.
+            let what = w.event_type.as_deref().unwrap_or(WebhookReceived::EVENT_TYPE);
+            (action(format!("provider:{}", w.provider), what, "webhook", w.provider_event_id), w.body_bytes)
         }
         "transfer.status_changed" => simple(
             "system:transfers".into(),
@@ -252,7 +211,7 @@ pub fn record_parts(input: &RawEnvelope) -> Result<Option<RecordParts>, String> 
                 )),
             );
             if reviewed {
-                r.action = "risk.review_decided".to_owned();
+                r.0.action = "risk.review_decided".to_owned();
             }
             r
         }
@@ -270,7 +229,7 @@ pub fn record_parts(input: &RawEnvelope) -> Result<Option<RecordParts>, String> 
                 text(p, "/tier").unwrap_or_default()
             );
             let mut r = simple(actor, "user", text(p, "/user_id"), None, Some(after));
-            r.before = text(p, "/case_id").map(|c| cut(format!("case={c}")));
+            r.0.before = text(p, "/case_id").map(|c| cut(format!("case={c}")));
             r
         }
         "kyc.input_rejected" => rejected("kyc", "user", "/user_id"),
@@ -304,18 +263,14 @@ pub fn record_parts(input: &RawEnvelope) -> Result<Option<RecordParts>, String> 
             if !audit::actions::ALL.contains(&a.action.as_str()) {
                 return Err(format!("audit action {:?} is not one of {:?}", a.action, audit::actions::ALL));
             }
-            RecordParts {
-                actor: a.actor,
-                action: a.action,
-                resource_type: a.resource_type,
-                resource_id: a.resource_id,
+            let a = AuditAction {
                 before: a.before.map(cut),
                 after: a.after.map(cut),
                 ip: a.ip.as_deref().and_then(audit::truncate_ip),
                 user_agent: a.user_agent.as_deref().map(audit::cut_user_agent),
-                request_id: a.request_id,
-                payload_bytes: 0,
-            }
+                ..a
+            };
+            (a, 0)
         }
         _ => return Ok(None),
     };
@@ -342,7 +297,7 @@ impl AuditProcessor {
         state: &mut AuditState,
         at: &InputRef<'_>,
         input: &RawEnvelope,
-        parts: RecordParts,
+        (what, payload_bytes): RecordParts,
     ) -> Result<Vec<Emit>, String> {
         let key = Self::head_key(&input.tenant_id);
         if !state.heads.contains_key(&key) && state.heads.len() >= self.settings.logs_per_partition_max {
@@ -362,21 +317,21 @@ impl AuditProcessor {
             tenant_id: input.tenant_id.clone(),
             environment: input.environment,
             seq,
-            actor: parts.actor,
-            action: parts.action,
-            resource_type: parts.resource_type,
-            resource_id: parts.resource_id,
-            before: parts.before,
-            after: parts.after,
-            ip: parts.ip,
-            user_agent: parts.user_agent,
-            request_id: parts.request_id,
+            actor: what.actor,
+            action: what.action,
+            resource_type: what.resource_type,
+            resource_id: what.resource_id,
+            before: what.before,
+            after: what.after,
+            ip: what.ip,
+            user_agent: what.user_agent,
+            request_id: what.request_id,
             trace_id: input.trace_id.clone(),
             source_event_id: input.event_id,
             source_event_type: input.event_type.clone(),
             occurred_at: audit::to_millis(input.occurred_at),
             recorded_at: audit::to_millis(input.ingested_at),
-            payload_bytes: parts.payload_bytes,
+            payload_bytes,
             prev_hash: head.hash.clone(),
             hash: String::new(),
         };
