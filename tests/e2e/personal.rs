@@ -2,7 +2,8 @@
 //! → the Postgres sink's `personal_data` (sealed values only) → `GET /v1/users/{id}/personal-data`.
 //! An admin key reads the values in clear (equal to what was sent), a viewer key and a keyless read on
 //! the trusted network read them masked, another tenant's key is refused; every read is a
-//! `personal_data.read` record in `audit_log` (actor, resource, clear/masked, ip). After
+//! `personal_data.read` record in `audit_log` (actor, resource, clear/masked, ip), and an API that
+//! cannot state a read on the trail (no broker) answers 503 and serves nothing. After
 //! `riverbank gdpr erase` the subject's values answer `erased` (another subject's still open).
 //! ClickHouse holds no user id that was sent, only their pseudonyms, and no row of the webhooks.
 use std::time::{Duration, Instant};
@@ -131,7 +132,7 @@ async fn owners_read_personal_data_in_clear_others_masked_every_read_audited_and
         "[[ingest.webhooks]]\nprovider = \"kycflow\"\ntenant_id = \"{TENANT}\"\nenvironment = \"live\"\nsecrets = [\"{KYCFLOW_SECRET}\"]\n\
          [keys]\ncache_ttl_ms = 1000\n"
     );
-    let p = Pipeline::start_with("personal", &[], &COMPONENTS, &extra).await?;
+    let mut p = Pipeline::start_with("personal", &[], &COMPONENTS, &extra).await?;
     let ((admin, admin_id), (viewer, viewer_id), (stranger, _)) =
         (key(&p, TENANT, "admin").await?, key(&p, TENANT, "viewer").await?, key(&p, OTHER, "admin").await?);
     let kyf = sender()?;
@@ -207,7 +208,38 @@ async fn owners_read_personal_data_in_clear_others_masked_every_read_audited_and
     assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("wrong_tenant")), "{refused}");
     assert!(refused.get("values").is_none());
 
-    // Each read served is one personal_data.read record (the refused one is none).
+    // An API whose reads cannot be stated on the audit trail (no broker): 503, nothing opened or served.
+    let blind_addr = format!("127.0.0.1:{}", crate::harness::free_port());
+    let blind_env = [
+        ("RIVERBANK__KAFKA__BROKERS", "127.0.0.1:1".to_owned()),
+        ("RIVERBANK__INGEST__PRODUCE_TIMEOUT_MS", "1000".to_owned()),
+        ("RIVERBANK__API__LISTEN_ADDR", blind_addr.clone()),
+    ];
+    p.spawn_env("api-without-broker", &["api"], &blind_env)?;
+    let deadline = Instant::now() + WAIT;
+    let (status, blind) = loop {
+        let resp = p
+            .http
+            .get(format!("http://{blind_addr}/v1/users/{U1}/personal-data"))
+            .query(&[("tenant_id", TENANT), ("environment", "live")])
+            .bearer_auth(&admin)
+            .send()
+            .await;
+        if let Ok(r) = resp {
+            let status = r.status().as_u16();
+            break (status, r.text().await?);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the API without a broker never answered");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(status, 503, "{blind}");
+    assert!(blind.contains("audit_unavailable"), "{blind}");
+    for (_, _, clear) in U1_VALUES {
+        assert!(!blind.contains(clear), "{clear} served unaudited: {blind}");
+    }
+    p.kill_named("api-without-broker").await?;
+
+    // Each read served is one personal_data.read record (the refused ones are none).
     let deadline = Instant::now() + WAIT;
     let reads = loop {
         let rows: Vec<AuditedRead> = sqlx::query_as(

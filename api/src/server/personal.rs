@@ -14,7 +14,8 @@
 //! - **Audited before it is served.** Every read states one `personal_data.read` action on
 //!   `{env}.audit.actions` (actor `key:<key id>`, resource `user`/`<user id>`, after = `clear` or
 //!   `masked` and the classes read, the client's ip and user agent) and waits for the broker before any
-//!   value is opened; if it cannot be stated, the answer is 503 and nothing is opened or served.
+//!   value is opened; if it cannot be stated within `ingest.produce_timeout_ms`, the answer is 503 and
+//!   nothing is opened or served.
 //! - **Scoped.** The key must be the tenant's, for the environment read (`Api::authorize_key`), like
 //!   every read; the values are looked up by (tenant, environment, subject) only.
 use std::collections::BTreeSet;
@@ -258,7 +259,13 @@ async fn answer(
     let p = &s.personal;
     let emit = action_emit(&p.topics, &q.tenant_id, q.environment, "riverbank.api", action, None)
         .map_err(|e| database_error("kafka", &e))?;
-    state_action(&p.producer, &emit, p.produce_timeout).await.map_err(|e| {
+    // The broker must have it within `ingest.produce_timeout_ms` (the producer alone would wait for a
+    // delivery up to `kafka.message_timeout_ms`, past the request's time limit). A record still in flight
+    // when this gives up may land later: a read audited but refused, never one served unaudited.
+    let stated = tokio::time::timeout(p.produce_timeout, state_action(&p.producer, &emit, p.produce_timeout))
+        .await
+        .unwrap_or_else(|_| Err(format!("not acknowledged within {:?}", p.produce_timeout)));
+    stated.map_err(|e| {
         tracing::warn!(error = %e, "audit action not stated; personal data read refused");
         HttpError::unavailable("audit_unavailable", "the read could not be audited; retry", 1)
     })?;
