@@ -950,6 +950,29 @@ fn upstream_mismatches(
     problems
 }
 
+/// `Topics::router_sources` names exactly what each processor's router copies (its routed and broadcast
+/// inputs), or the sinks' complete-through skips the router's hop.
+fn router_source_mismatches(declared: &[Declared], topics: &Topics) -> Vec<String> {
+    let mut problems = Vec::new();
+    for d in declared {
+        let mut spec: Vec<&String> = d.spec.routed.iter().chain(&d.spec.broadcast).collect();
+        let named = topics.router_sources(d.env, d.name);
+        let mut named: Vec<&String> = named.iter().collect();
+        spec.sort();
+        spec.dedup();
+        named.sort();
+        named.dedup();
+        if spec != named {
+            problems.push(format!(
+                "processor {:?} ({}) routes {spec:?}, but Topics::router_sources names {named:?}: update \
+                 router_sources in schemas/src/topics.rs",
+                d.name, d.env
+            ));
+        }
+    }
+    problems
+}
+
 fn schema_files_on_disk() -> Vec<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/json");
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
@@ -999,6 +1022,12 @@ fn registry_upstream_follows_every_processor_the_sinks_read() {
     assert_none(
         "Topics::upstream disagrees with the registry",
         upstream_mismatches(&declared(&cfg), &topics, &sink_inputs(&cfg)),
+    );
+    let mut all = declared(&cfg);
+    all.extend(declared_examples(&cfg));
+    assert_none(
+        "Topics::router_sources disagrees with the registry",
+        router_source_mismatches(&all, &topics),
     );
 }
 
@@ -1067,6 +1096,19 @@ fn the_registry_checks_report_a_broken_declaration() {
     let impostor = Declared { name: "impostor", ..sound.clone() };
     let p = upstream_mismatches(&[impostor], &topics, &sinks_read_audit);
     assert!(p.len() == 1 && p[0].contains("\"impostor\""), "{p:?}");
+
+    // A router copying a topic Topics::router_sources does not name.
+    let routed = Declared {
+        name: "kyc",
+        env,
+        spec: Spec {
+            routed: vec![topics.kyc_commands(env)],
+            ticks: true,
+            ..Spec::reading(topics.log(env, "kyc"))
+        },
+    };
+    let p = router_source_mismatches(std::slice::from_ref(&routed), &topics);
+    assert!(p.len() == 1 && p[0].contains("router_sources"), "{p:?}");
 
     let p = repeated_names(&["audit", "transfers", "audit"]);
     assert!(p.len() == 1 && p[0].contains("\"audit\""), "{p:?}");

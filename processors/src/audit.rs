@@ -451,16 +451,7 @@ impl Processor for AuditProcessor {
 
     fn spec(&self, topics: &Topics, env: Environment) -> Spec {
         Spec {
-            routed: vec![
-                topics.ingest_webhooks(env),
-                topics.transfer_status(env),
-                topics.transfer_rejections(env),
-                topics.risk_decisions(env),
-                topics.kyc_events(env),
-                topics.fx_events(env),
-                topics.billing_events(env),
-                topics.audit_actions(env),
-            ],
+            routed: topics.router_sources(env, "audit"),
             ticks: true,
             outputs: vec![Output::new(
                 topics.audit_events(env),

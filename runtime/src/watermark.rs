@@ -16,6 +16,14 @@
 //!    durable position reaches `H_out`, that partition has landed everything stamped before
 //!    `b − margin`.
 //!
+//! A processor with a router (ARCHITECTURE.md, "Processors: one log each") has two hops: its router
+//! copies the source topics into its log, and the processor turns the log into outputs. Each round then
+//! first takes the router's bound over the sources (steps 1–2 with the router's group), and records the
+//! log's ends with *that* bound instead of the round's time: a log end recorded in a round holds every
+//! copy of what the sources held before the router bound (the router commits only acknowledged
+//! copies, and its offsets are read before the log ends are), so once the processor has committed past
+//! it, their outputs are in the sink's topic. A stopped router or processor holds the bound back.
+//!
 //! The published value per partition only grows. Readers take the minimum over every partition of
 //! every topic they depend on, and have no value while any partition has none.
 use std::collections::{HashMap, VecDeque};
@@ -50,8 +58,9 @@ pub struct Observer {
     topics: Topics,
     timeout: Duration,
     client: BaseConsumer,
-    /// Upstream input partitions: (observed at ms, log end), oldest first.
-    upstream: HashMap<Key, VecDeque<(i64, i64)>>,
+    /// Per (group, upstream input partition): (bound ms that holds once the group reaches the log end,
+    /// log end), oldest first. Keyed by group too: one topic can feed two groups at different paces.
+    upstream: HashMap<(String, String, i32), VecDeque<(i64, i64)>>,
     /// Group readers for upstream processors, by group id.
     readers: HashMap<String, BaseConsumer>,
     /// Partition ids of upstream input topics (the count is verified at start-up and never changes).
@@ -94,9 +103,29 @@ impl Observer {
     /// The bound (ms) for outputs in `topic`: see the module comment. `None` while unknown.
     fn upstream_bound(&mut self, topic: &str, now_ms: i64) -> Result<Option<i64>, String> {
         let Some((processor, inputs)) = self.topics.upstream(topic) else { return Ok(Some(now_ms)) };
+        let sources = match self.topics.environment_of(topic) {
+            Some(env) => self.topics.router_sources(env, processor),
+            None => Vec::new(),
+        };
+        // The log ends recorded now hold what the sources held before the router's bound; without a
+        // router, what was acknowledged before now.
+        let value = if sources.is_empty() {
+            Some(now_ms)
+        } else {
+            let router = self.topics.group(&format!("router.{processor}"));
+            self.hop(&router, &sources, Some(now_ms))?
+        };
+        let group = self.topics.group(&format!("processor.{processor}"));
+        self.hop(&group, &inputs, value)
+    }
+
+    /// One hop: record `(value, log end)` for every partition of `inputs` (when there is a value), then
+    /// answer the value of the latest record each partition's committed offset in `group` has reached,
+    /// the least over partitions; `None` while a partition has reached none.
+    fn hop(&mut self, group: &str, inputs: &[String], value: Option<i64>) -> Result<Option<i64>, String> {
         let mut tpl = TopicPartitionList::new();
         let mut keys = Vec::new();
-        for input in &inputs {
+        for input in inputs {
             if !self.partitions.contains_key(input) {
                 let md = self
                     .client
@@ -108,35 +137,37 @@ impl Observer {
             }
             let ids = self.partitions.get(input).cloned().unwrap_or_default();
             for p in ids {
-                let high = self.log_end(input, p)?;
-                let obs = self.upstream.entry((input.clone(), p)).or_default();
-                obs.push_back((now_ms, high));
-                while obs.len() > OBSERVATIONS_MAX {
-                    obs.pop_front();
+                let key = (group.to_owned(), input.clone(), p);
+                if let Some(v) = value {
+                    let high = self.log_end(input, p)?;
+                    let obs = self.upstream.entry(key.clone()).or_default();
+                    obs.push_back((v, high));
+                    while obs.len() > OBSERVATIONS_MAX {
+                        obs.pop_front();
+                    }
                 }
                 tpl.add_partition(input, p);
-                keys.push((input.clone(), p));
+                keys.push(key);
             }
         }
         if keys.is_empty() {
             return Ok(None);
         }
-        let group = self.topics.group(&format!("processor.{processor}"));
-        if !self.readers.contains_key(&group) {
-            self.readers.insert(group.clone(), Self::client(&self.cfg, &group)?);
+        if !self.readers.contains_key(group) {
+            self.readers.insert(group.to_owned(), Self::client(&self.cfg, group)?);
         }
-        let reader = self.readers.get(&group).ok_or("watermark reader vanished")?;
+        let reader = self.readers.get(group).ok_or("watermark reader vanished")?;
         let committed = reader
             .committed_offsets(tpl, self.timeout)
             .map_err(|e| format!("committed offsets of {group}: {e}"))?;
         let mut bound = i64::MAX;
         for key in keys {
-            let c = match committed.find_partition(&key.0, key.1).map(|e| e.offset()) {
+            let c = match committed.find_partition(&key.1, key.2).map(|e| e.offset()) {
                 Some(Offset::Offset(c)) => c,
                 _ => 0, // nothing committed yet: only an empty log is caught up
             };
-            let obs = self.upstream.get_mut(&key).ok_or("observation vanished")?;
-            // The latest observation the processor has reached; older ones are no longer needed.
+            let Some(obs) = self.upstream.get_mut(&key) else { return Ok(None) };
+            // The latest observation the group has reached; older ones are no longer needed.
             let Some(i) = obs.iter().rposition(|&(_, high)| high <= c) else { return Ok(None) };
             let at = obs[i].0;
             obs.drain(..i);

@@ -199,7 +199,7 @@ impl Topics {
         if transfers.iter().any(|t| t == topic) {
             return Some(("transfers", vec![self.transfer_inputs(env)]));
         }
-        // Routed processors: one hop (their log), not the topics their router copies from.
+        // Routed processors: their log (the watermark adds the router's hop, `router_sources`).
         if topic == self.kyc_events(env) {
             return Some(("kyc", vec![self.log(env, "kyc")]));
         }
@@ -214,6 +214,46 @@ impl Topics {
             return Some(("billing", vec![self.log(env, "billing")]));
         }
         None
+    }
+
+    /// The topics the router of `processor` copies into its log (routed and broadcast), empty for a
+    /// processor without a router. The sinks' complete-through follows this second hop (sources → log,
+    /// the router's group) as well as the first (log → outputs, the processor's group); the registry
+    /// test keeps it equal to every processor's `Spec`.
+    pub fn router_sources(&self, env: Environment, processor: &str) -> Vec<String> {
+        match processor {
+            "audit" => vec![
+                self.ingest_webhooks(env),
+                self.transfer_status(env),
+                self.transfer_rejections(env),
+                self.risk_decisions(env),
+                self.kyc_events(env),
+                self.fx_events(env),
+                self.billing_events(env),
+                self.audit_actions(env),
+            ],
+            // Provider transfer callbacks; ingest writes commands to the log directly.
+            "transfers" => vec![self.ingest_webhooks(env)],
+            "kyc" => vec![self.ingest_webhooks(env), self.kyc_commands(env)],
+            "risk" => vec![
+                self.transfer_screening(env),
+                self.kyc_events(env),
+                self.risk_commands(env),
+                self.risk_reference(env),
+                self.fx_rates(env),
+            ],
+            "fx" => vec![
+                self.fx_commands(env),
+                self.ledger_bookings(env),
+                self.ingest_webhooks(env),
+                self.fx_rates(env),
+            ],
+            "billing" => {
+                vec![self.billing_commands(env), self.transfer_status(env), self.ledger_bookings(env)]
+            }
+            "volume" => vec![self.transfer_status(env), self.transfer_rejections(env), self.fx_rates(env)],
+            _ => vec![],
+        }
     }
 
     /// A consumer group id for a component, scoped by the prefix.

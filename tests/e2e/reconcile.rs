@@ -53,25 +53,36 @@ fn reference(topics: &Topics, inputs: &[RawEnvelope]) -> (i64, i64, i64) {
     (statuses, legs, rejections)
 }
 
-/// Wait until Postgres holds every audit row, status change and leg (ClickHouse and balances are left
-/// to reconcile's settling).
-async fn wait_landed(p: &Pipeline, audit: i64, statuses: i64, legs: i64) -> anyhow::Result<()> {
+/// Wait until Postgres holds every status change and leg, at least `rejections` refused inputs (the
+/// refused webhook callbacks come on top), and an audit row for every webhook, status change and
+/// refusal (ClickHouse and balances are left to reconcile's settling).
+async fn wait_landed(
+    p: &Pipeline,
+    webhooks: i64,
+    statuses: i64,
+    legs: i64,
+    rejections: i64,
+) -> anyhow::Result<()> {
     let pool = p.pg().await?;
     let deadline = Instant::now() + LANDED_TIMEOUT;
     loop {
-        let seen: (i64, i64, i64) = sqlx::query_as(
+        let (audit, seen_statuses, seen_legs, seen_rejections): (i64, i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM audit_log), (SELECT count(*) FROM transfer_status_history),
-                    (SELECT count(*) FROM ledger_postings)",
+                    (SELECT count(*) FROM ledger_postings), (SELECT count(*) FROM transfer_rejections)",
         )
         .fetch_one(&pool)
         .await?;
-        if seen == (audit, statuses, legs) {
+        let landed = (seen_statuses, seen_legs) == (statuses, legs)
+            && seen_rejections >= rejections
+            && audit == webhooks + seen_statuses + seen_rejections;
+        if landed {
             break;
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "postgres holds {seen:?}, want {:?}; logs in {}",
-            (audit, statuses, legs),
+            "postgres holds audit {audit}, statuses {seen_statuses}, legs {seen_legs}, rejections \
+             {seen_rejections}; want statuses {statuses}, legs {legs}, rejections ≥ {rejections}, audit = \
+             {webhooks} webhooks + statuses + rejections; logs in {}",
             p.dir.display()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -133,8 +144,8 @@ async fn reconcile_is_clean_after_traffic_and_names_each_corruption() -> anyhow:
     produce_inputs(&riverbank_runtime::Config::load(Some(&p.config))?.kafka, &inputs).await?;
     let (statuses, legs, rejections) = reference(&Topics::new(p.topic_prefix.clone()), &inputs);
     // Every webhook, status change and rejection is audited.
-    let audit = i64::try_from(TENANTS.len() * WEBHOOKS_PER_TENANT)? + statuses + rejections;
-    wait_landed(&p, audit, statuses, legs).await?;
+    let webhooks = i64::try_from(TENANTS.len() * WEBHOOKS_PER_TENANT)?;
+    wait_landed(&p, webhooks, statuses, legs, rejections).await?;
 
     // Clean: in-process (the harness helper) and through the binary.
     p.assert_reconciled().await;
