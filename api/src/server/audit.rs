@@ -260,27 +260,16 @@ pub async fn export(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Que
         }
         let to = to.min(i64::MAX as u64);
         // Stated before anything is read: an export nobody can see in the trail never happens.
-        let action = AuditAction {
+        let format = if q.format == ExportFormat::Csv { "csv" } else { "json" };
+        let action = request_action(
+            &headers,
             actor,
-            action: actions::AUDIT_EXPORTED.to_owned(),
-            resource_type: "audit_log".to_owned(),
-            resource_id: format!("{}/{}", q.tenant_id, q.environment),
-            before: None,
-            after: Some(format!(
-                "format={} seq={from}..{to}",
-                if q.format == ExportFormat::Csv { "csv" } else { "json" }
-            )),
-            ip: client_ip(&headers),
-            user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
-            request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
-        };
-        let a = &s.audit;
-        let emit = action_emit(&a.topics, &q.tenant_id, q.environment, "riverbank.api", action, None)
-            .map_err(|e| database_error("kafka", &e))?;
-        state_action(&a.producer, &emit, a.produce_timeout).await.map_err(|e| {
-            tracing::warn!(error = %e, "audit action not stated; export refused");
-            HttpError::unavailable("audit_unavailable", "the export could not be audited; retry", 1)
-        })?;
+            actions::AUDIT_EXPORTED,
+            "audit_log",
+            format!("{}/{}", q.tenant_id, q.environment),
+            Some(format!("format={format} seq={from}..{to}")),
+        );
+        state_request_action(&s, &q.tenant_id, q.environment, action).await?;
         Ok((from, to))
     };
     let (from, to) = match within(s.request_timeout, started).await {
@@ -303,14 +292,65 @@ pub async fn export(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Que
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response()
 }
 
-/// The client's address as the connection or a trusted proxy states it (`x-forwarded-for`, first hop);
-/// the audit processor keeps only its network.
+/// The client's address as a trusted proxy states it (`x-forwarded-for`, first hop); the audit
+/// processor keeps only its network.
 fn client_ip(headers: &HeaderMap) -> Option<String> {
     headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// An action an API request performs on `resource_type`/`resource_id`, with the request's client
+/// (network, user agent) and request id.
+pub(super) fn request_action(
+    headers: &HeaderMap,
+    actor: String,
+    action: &str,
+    resource_type: &str,
+    resource_id: String,
+    after: Option<String>,
+) -> AuditAction {
+    AuditAction {
+        actor,
+        action: action.to_owned(),
+        resource_type: resource_type.to_owned(),
+        resource_id,
+        before: None,
+        after,
+        ip: client_ip(headers),
+        user_agent: header_text(headers, header::USER_AGENT.as_str()),
+        request_id: header_text(headers, "x-request-id"),
+    }
+}
+
+/// State `action` of a request and wait until the broker has it, at most `ingest.produce_timeout_ms`
+/// (the producer alone would wait up to `kafka.message_timeout_ms`, past the request's time limit):
+/// else 503 and the caller serves nothing. A record still in flight when this gives up may land later:
+/// an action audited but refused, never one served unaudited.
+pub(super) async fn state_request_action(
+    s: &Api,
+    tenant: &str,
+    env: Environment,
+    action: AuditAction,
+) -> Result<(), HttpError> {
+    let a = &s.audit;
+    let what = action.action.clone();
+    let emit = action_emit(&a.topics, tenant, env, "riverbank.api", action, None)
+        .map_err(|e| database_error("kafka", &e))?;
+    let stated = tokio::time::timeout(a.produce_timeout, state_action(&a.producer, &emit, a.produce_timeout))
+        .await
+        .unwrap_or_else(|_| Err(format!("not acknowledged within {:?}", a.produce_timeout)));
+    stated.map(|_| ()).map_err(|e| {
+        tracing::warn!(error = %e, action = %what, "audit action not stated; request refused");
+        HttpError::unavailable("audit_unavailable", "the request could not be audited; retry", 1)
+    })
 }
 
 struct ExportCursor {

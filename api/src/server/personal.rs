@@ -20,25 +20,21 @@
 //!   every read; the values are looked up by (tenant, environment, subject) only.
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use rdkafka::producer::FutureProducer;
 use riverbank_crypto::field::{self, FieldContext, SUBJECT_BYTES_MAX};
 use riverbank_crypto::keys::DataClass;
 use riverbank_crypto::mask::mask;
-use riverbank_runtime::audit::{action_emit, state_action};
 use riverbank_runtime::config::Config;
 use riverbank_runtime::http::{within, HttpError};
-use riverbank_runtime::kafka;
 use riverbank_runtime::keystore::{key_ring, KeyStore, KeyStoreError, KeyStoreLimits};
-use riverbank_schemas::audit::{actions, AuditAction};
+use riverbank_schemas::audit::actions;
 use riverbank_schemas::roles::Role;
-use riverbank_schemas::{Environment, Topics};
+use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -51,9 +47,6 @@ pub const CLEAR_ROLES: [Role; 2] = [Role::ComplianceOfficer, Role::Admin];
 /// each read on the audit trail.
 pub struct PersonalReads {
     keys: KeyStore,
-    producer: FutureProducer,
-    topics: Topics,
-    produce_timeout: Duration,
 }
 
 impl PersonalReads {
@@ -62,12 +55,7 @@ impl PersonalReads {
     /// before it seals anything, so a value stored here always has one).
     pub fn new(cfg: &Config, pg: PgPool) -> anyhow::Result<Self> {
         let ring = key_ring(&cfg.keys)?;
-        Ok(PersonalReads {
-            keys: KeyStore::new(pg, Arc::new(ring), KeyStoreLimits::from(&cfg.keys)),
-            producer: kafka::producer(&cfg.kafka)?,
-            topics: kafka::topics(&cfg.kafka),
-            produce_timeout: Duration::from_millis(cfg.ingest.produce_timeout_ms),
-        })
+        Ok(PersonalReads { keys: KeyStore::new(pg, Arc::new(ring), KeyStoreLimits::from(&cfg.keys)) })
     }
 }
 
@@ -190,19 +178,6 @@ fn check_subject(user_id: &str) -> Result<(), HttpError> {
 
 /// The client's address as a trusted proxy states it (`x-forwarded-for`, first hop); the audit
 /// processor keeps only its network.
-fn client_ip(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
-fn header_text(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
-}
-
 pub async fn read(
     State(s): State<Arc<Api>>,
     Path(user_id): Path<String>,
@@ -245,30 +220,17 @@ async fn answer(
     // Stated before anything is opened: a decryption nobody can see in the trail never happens.
     let classes: BTreeSet<&str> = rows.iter().map(|r| r.data_class.as_str()).collect();
     let classes: Vec<&str> = classes.into_iter().collect();
-    let action = AuditAction {
+    let after = Some(format!("{} classes={}", access.as_str(), classes.join(",")));
+    let action = super::audit::request_action(
+        headers,
         actor,
-        action: actions::PERSONAL_DATA_READ.to_owned(),
-        resource_type: "user".to_owned(),
-        resource_id: user_id.clone(),
-        before: None,
-        after: Some(format!("{} classes={}", access.as_str(), classes.join(","))),
-        ip: client_ip(headers),
-        user_agent: header_text(headers, header::USER_AGENT),
-        request_id: header_text(headers, "x-request-id"),
-    };
+        actions::PERSONAL_DATA_READ,
+        "user",
+        user_id.clone(),
+        after,
+    );
+    super::audit::state_request_action(s, &q.tenant_id, q.environment, action).await?;
     let p = &s.personal;
-    let emit = action_emit(&p.topics, &q.tenant_id, q.environment, "riverbank.api", action, None)
-        .map_err(|e| database_error("kafka", &e))?;
-    // The broker must have it within `ingest.produce_timeout_ms` (the producer alone would wait for a
-    // delivery up to `kafka.message_timeout_ms`, past the request's time limit). A record still in flight
-    // when this gives up may land later: a read audited but refused, never one served unaudited.
-    let stated = tokio::time::timeout(p.produce_timeout, state_action(&p.producer, &emit, p.produce_timeout))
-        .await
-        .unwrap_or_else(|_| Err(format!("not acknowledged within {:?}", p.produce_timeout)));
-    stated.map_err(|e| {
-        tracing::warn!(error = %e, "audit action not stated; personal data read refused");
-        HttpError::unavailable("audit_unavailable", "the read could not be audited; retry", 1)
-    })?;
 
     let mut values = Vec::with_capacity(rows.len());
     for r in rows {
