@@ -767,7 +767,10 @@ impl Stores {
                 .map(|&e| (e, crate::registry::sink_inputs_in(cfg, e)))
                 .collect(),
             pg_sink: PostgresSink::new(pg.clone()),
-            ch_sink: ClickHouseSink::new(&cfg.clickhouse, riverbank_runtime::keystore::pseudonym_key(&cfg.keys)?),
+            ch_sink: ClickHouseSink::new(
+                &cfg.clickhouse,
+                riverbank_runtime::keystore::pseudonym_key(&cfg.keys)?,
+            ),
             pg,
         })
     }
