@@ -529,15 +529,8 @@ impl Config {
         positive("api.page_rows_max", u64::from(self.api.page_rows_max));
     }
 
-    /// Sizes, ranges and orderings of the Kafka, processor, sink and telemetry settings.
-    fn check_ranges(&self, errors: &mut Vec<String>) {
-        let k = &self.kafka;
-        if !(4096..=1_000_000).contains(&self.processor.checkpoint_record_bytes_max) {
-            errors.push("processor.checkpoint_record_bytes_max must be 4096..=1000000 (under the broker's message limit)".into());
-        }
-        if self.processor.restore_window_records < 1 {
-            errors.push("processor.restore_window_records must be at least 1".into());
-        }
+    /// `[audit]`: a signing seed and verify keys of 64 hex digits, and every limit at least 1.
+    fn check_audit(&self, errors: &mut Vec<String>) {
         let seed = self.audit.signing_key.expose();
         if seed.len() != 64 || !seed.bytes().all(|b| b.is_ascii_hexdigit()) {
             errors.push("audit.signing_key must be an Ed25519 seed of 64 hex digits".into());
@@ -561,6 +554,18 @@ impl Config {
                 errors.push(format!("{name} must be at least 1"));
             }
         }
+    }
+
+    /// Sizes, ranges and orderings of the Kafka, processor, sink and telemetry settings.
+    fn check_ranges(&self, errors: &mut Vec<String>) {
+        let k = &self.kafka;
+        if !(4096..=1_000_000).contains(&self.processor.checkpoint_record_bytes_max) {
+            errors.push("processor.checkpoint_record_bytes_max must be 4096..=1000000 (under the broker's message limit)".into());
+        }
+        if self.processor.restore_window_records < 1 {
+            errors.push("processor.restore_window_records must be at least 1".into());
+        }
+        self.check_audit(errors);
         if self.risk.name_key.expose().len() < 16 {
             errors.push("risk.name_key must be at least 16 bytes".into());
         }

@@ -90,6 +90,9 @@ pub enum KeyStoreError {
     Contended,
 }
 
+/// A data key's row: (tenant, environment, subject, version).
+type RowKey = (String, String, String, i32);
+
 /// The store's limits (from `[keys]`).
 #[derive(Debug, Clone, Copy)]
 pub struct KeyStoreLimits {
@@ -419,7 +422,7 @@ impl KeyStore {
         from: &str,
         report: &mut RewrapReport,
     ) -> Result<(), KeyStoreError> {
-        let mut after: (String, String, String, i32) = (String::new(), String::new(), String::new(), 0);
+        let mut after: RowKey = (String::new(), String::new(), String::new(), 0);
         loop {
             let mut tx = self.pool.begin().await?;
             let rows = sqlx::query(
@@ -444,50 +447,20 @@ impl KeyStore {
             }
             let (mut moved, mut failed, mut to_kek) = (0u64, 0u64, String::new());
             for row in &rows {
-                let tenant: String = row.try_get("tenant_id")?;
-                let env_name: String = row.try_get("environment")?;
-                let subject: String = row.try_get("subject")?;
-                let v: i32 = row.try_get("version")?;
-                after = (tenant.clone(), env_name.clone(), subject.clone(), v);
-                let ctx = DekContext {
-                    tenant: &tenant,
-                    environment: &env_name,
-                    subject: &subject,
-                    class,
-                    version: version_of(v)?,
-                };
-                let wrapped: Option<Vec<u8>> = row.try_get("wrapped")?;
-                let old = wrapped_of(
-                    from.to_string(),
-                    row.try_get("nonce")?,
-                    wrapped.ok_or(KeyStoreError::Corrupt("live key without a wrapped key"))?,
-                )?;
-                let dek = match self.wrapper.unwrap(&ctx, &old) {
-                    Ok(dek) => dek,
-                    Err(e) => {
-                        tracing::warn!(data_class = class.as_str(), kek_id = from, error = %e, "data key not re-wrapped");
-                        failed += 1;
-                        continue;
+                let key: RowKey = (
+                    row.try_get("tenant_id")?,
+                    row.try_get("environment")?,
+                    row.try_get("subject")?,
+                    row.try_get("version")?,
+                );
+                match self.rewrap_row(&mut tx, class, from, row, &key).await? {
+                    Some(kek) => {
+                        to_kek = kek;
+                        moved += 1;
                     }
-                };
-                let new = self.wrapper.wrap(&ctx, &dek)?;
-                sqlx::query(
-                    "UPDATE keys.data_keys SET kek_id = $1, nonce = $2, wrapped = $3
-                     WHERE tenant_id = $4 AND environment = $5 AND subject = $6 AND data_class = $7
-                       AND version = $8 AND destroyed_at IS NULL",
-                )
-                .bind(&new.kek_id)
-                .bind(new.nonce.as_slice())
-                .bind(&new.ciphertext)
-                .bind(&tenant)
-                .bind(&env_name)
-                .bind(&subject)
-                .bind(class.as_str())
-                .bind(v)
-                .execute(&mut *tx)
-                .await?;
-                to_kek = new.kek_id;
-                moved += 1;
+                    None => failed += 1,
+                }
+                after = key;
             }
             tx.commit().await?;
             report.batches += 1;
@@ -497,6 +470,49 @@ impl KeyStore {
             count.keys += moved;
             count.failed += failed;
         }
+    }
+
+    /// Re-wrap one locked row of `class` under the class's active key: the new key-encryption key's
+    /// id, or `None` when the row's data key does not unwrap under `from` (left as it was).
+    async fn rewrap_row(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        class: DataClass,
+        from: &str,
+        row: &sqlx::postgres::PgRow,
+        (tenant, env_name, subject, v): &RowKey,
+    ) -> Result<Option<String>, KeyStoreError> {
+        let ctx = DekContext { tenant, environment: env_name, subject, class, version: version_of(*v)? };
+        let wrapped: Option<Vec<u8>> = row.try_get("wrapped")?;
+        let old = wrapped_of(
+            from.to_string(),
+            row.try_get("nonce")?,
+            wrapped.ok_or(KeyStoreError::Corrupt("live key without a wrapped key"))?,
+        )?;
+        let dek = match self.wrapper.unwrap(&ctx, &old) {
+            Ok(dek) => dek,
+            Err(e) => {
+                tracing::warn!(data_class = class.as_str(), kek_id = from, error = %e, "data key not re-wrapped");
+                return Ok(None);
+            }
+        };
+        let new = self.wrapper.wrap(&ctx, &dek)?;
+        sqlx::query(
+            "UPDATE keys.data_keys SET kek_id = $1, nonce = $2, wrapped = $3
+             WHERE tenant_id = $4 AND environment = $5 AND subject = $6 AND data_class = $7
+               AND version = $8 AND destroyed_at IS NULL",
+        )
+        .bind(&new.kek_id)
+        .bind(new.nonce.as_slice())
+        .bind(&new.ciphertext)
+        .bind(tenant)
+        .bind(env_name)
+        .bind(subject)
+        .bind(class.as_str())
+        .bind(v)
+        .execute(&mut **tx)
+        .await?;
+        Ok(Some(new.kek_id))
     }
 }
 

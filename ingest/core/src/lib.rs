@@ -6,8 +6,9 @@
 pub mod commands;
 pub mod event_time;
 pub mod provider;
+/// A definition's `[sensitive]` (the module lives beside the provider definitions it belongs to).
+pub use provider::sensitive;
 pub mod schemes;
-pub mod sensitive;
 pub mod standard_webhooks;
 pub mod verify;
 

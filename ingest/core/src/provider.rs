@@ -10,12 +10,14 @@ use sha2::{Digest as _, Sha256};
 
 use crate::event_time;
 use crate::schemes::{Key, Scheme};
-use crate::sensitive::Sensitive;
 use crate::verify::{within_tolerance, VerifyError};
 use crate::Headers;
 
 pub mod callbacks;
 pub mod fields;
+pub mod sensitive;
+
+use sensitive::Sensitive;
 
 pub use callbacks::{CallbackSpec, TransfersSpec};
 pub use fields::{FieldSource, FieldSpec};
@@ -51,7 +53,7 @@ pub struct ProviderDef {
     #[serde(default)]
     pub transfers: Option<TransfersSpec>,
     /// Where the body carries personal or sensitive financial data, and its class (see
-    /// [`crate::sensitive`]): sealed at the edge before anything is produced.
+    /// [`sensitive`]): sealed at the edge before anything is produced.
     #[serde(default)]
     pub sensitive: Sensitive,
 }

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use riverbank_crypto::keys::DataClass;
 use serde::Deserialize;
 
-use crate::provider::fields::{self, FieldSpec};
+use super::fields::{self, FieldSpec};
 
 /// Most pointers one definition may declare sensitive.
 pub const SENSITIVE_POINTERS_MAX: usize = 64;
