@@ -18,6 +18,24 @@ use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+/// The query string as `T`; a string that does not read (a missing, unknown or repeated parameter, a
+/// bad value) is a 400 `invalid_query` in the one error shape, never axum's plain-text rejection.
+pub struct Params<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Params<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, HttpError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|e| HttpError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
 pub mod analytics;
 mod audit;
 mod fx_billing;
@@ -330,7 +348,7 @@ GROUP BY hour ORDER BY hour";
 async fn audit_volume(
     State(s): State<Arc<Api>>,
     headers: HeaderMap,
-    Query(q): Query<VolumeQuery>,
+    Params(q): Params<VolumeQuery>,
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
@@ -400,7 +418,7 @@ GROUP BY hour, currency, status ORDER BY hour, currency, status";
 async fn transfer_volume(
     State(s): State<Arc<Api>>,
     headers: HeaderMap,
-    Query(q): Query<VolumeQuery>,
+    Params(q): Params<VolumeQuery>,
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
@@ -473,7 +491,7 @@ async fn transfer(
     State(s): State<Arc<Api>>,
     axum::extract::Path(transfer_id): axum::extract::Path<String>,
     headers: HeaderMap,
-    Query(q): Query<ScopeQuery>,
+    Params(q): Params<ScopeQuery>,
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
@@ -562,7 +580,7 @@ async fn user_kyc(
     State(s): State<Arc<Api>>,
     axum::extract::Path(user_id): axum::extract::Path<String>,
     headers: HeaderMap,
-    Query(q): Query<ScopeQuery>,
+    Params(q): Params<ScopeQuery>,
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
@@ -635,7 +653,11 @@ pub struct BalancesQuery {
 /// A tenant's account balances, a page (at most `page_rows_max`) at a time in (account, currency)
 /// order; `next_cursor` is present while more may follow, so a client that sums balances never sums a
 /// silently truncated list.
-async fn balances(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<BalancesQuery>) -> Response {
+async fn balances(
+    State(s): State<Arc<Api>>,
+    headers: HeaderMap,
+    Params(q): Params<BalancesQuery>,
+) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
     guarded(&s, &headers, (&scope.0, scope.1), async move {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -36,7 +36,7 @@ use riverbank_schemas::{Environment, Topics};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use super::{database_error, guarded, live, Api};
+use super::{database_error, guarded, live, Api, Params};
 
 /// Rows per search page when the caller names no `limit` (at most `api.page_rows_max`).
 pub const AUDIT_PAGE_ROWS_DEFAULT: u32 = 100;
@@ -146,7 +146,11 @@ fn record_of(row: &AuditRow) -> Result<AuditRecord, HttpError> {
     row.to_record().map_err(|e| database_error("postgres", &e))
 }
 
-pub async fn search(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<SearchQuery>) -> Response {
+pub async fn search(
+    State(s): State<Arc<Api>>,
+    headers: HeaderMap,
+    Params(q): Params<SearchQuery>,
+) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
     guarded(&s, &headers, (&scope.0, scope.1), async move {
@@ -242,7 +246,11 @@ pub struct ExportQuery {
     to_seq: Option<u64>,
 }
 
-pub async fn export(State(s): State<Arc<Api>>, headers: HeaderMap, Query(q): Query<ExportQuery>) -> Response {
+pub async fn export(
+    State(s): State<Arc<Api>>,
+    headers: HeaderMap,
+    Params(q): Params<ExportQuery>,
+) -> Response {
     let _permit = match s.in_flight.enter() {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -504,7 +512,7 @@ pub async fn proof(
     State(s): State<Arc<Api>>,
     headers: HeaderMap,
     Path(audit_id): Path<String>,
-    Query(q): Query<ProofQuery>,
+    Params(q): Params<ProofQuery>,
 ) -> Response {
     let _permit = match s.in_flight.enter() {
         Ok(p) => p,
@@ -652,7 +660,7 @@ pub async fn consents(
     State(s): State<Arc<Api>>,
     headers: HeaderMap,
     Path(user_id): Path<String>,
-    Query(q): Query<ConsentQuery>,
+    Params(q): Params<ConsentQuery>,
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);

@@ -21,7 +21,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -38,7 +38,7 @@ use riverbank_schemas::Environment;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use super::{database_error, live, Api};
+use super::{database_error, live, Api, Params};
 
 /// The roles that read personal data in clear; every other reading role gets masked values.
 pub const CLEAR_ROLES: [Role; 2] = [Role::ComplianceOfficer, Role::Admin];
@@ -182,7 +182,7 @@ pub async fn read(
     State(s): State<Arc<Api>>,
     Path(user_id): Path<String>,
     headers: HeaderMap,
-    Query(q): Query<PersonalQuery>,
+    Params(q): Params<PersonalQuery>,
 ) -> Response {
     let _permit = match s.in_flight.enter() {
         Ok(p) => p,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::analytics::{apply, fetch, Bind};
 use super::fx_billing::range_binds;
-use super::{complete_through, database_error, guarded, live, micros_cursor, next_cursor, Api, TenantQuery};
+use super::{
+    complete_through, database_error, guarded, live, micros_cursor, next_cursor, Api, Params, TenantQuery,
+};
 
 /// Rows per page when the caller names no `limit` (at most `api.page_rows_max`).
 pub const RISK_PAGE_ROWS_DEFAULT: u32 = 100;
@@ -121,7 +123,7 @@ fn parse_queue_cursor(text: &str) -> Result<(DateTime<Utc>, String), HttpError> 
 pub(super) async fn reviews(
     State(s): State<Arc<Api>>,
     headers: HeaderMap,
-    Query(q): Query<TenantQuery>,
+    Params(q): Params<TenantQuery>,
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
@@ -305,7 +307,7 @@ fn parse_decisions_cursor(text: &str) -> Result<(i64, DateTime<Utc>, uuid::Uuid)
 pub(super) async fn decisions(
     State(s): State<Arc<Api>>,
     headers: HeaderMap,
-    Query(q): Query<DecisionsQuery>,
+    Params(q): Params<DecisionsQuery>,
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
@@ -536,7 +538,7 @@ pub(super) fn shadow_binds(
 pub(super) async fn shadow_diff(
     State(s): State<Arc<Api>>,
     headers: HeaderMap,
-    Query(q): Query<ShadowDiffQuery>,
+    Params(q): Params<ShadowDiffQuery>,
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
