@@ -8,6 +8,7 @@
 mod analytics;
 mod audit;
 mod audit_tamper;
+mod cross_tenant;
 mod callbacks;
 mod fx_billing;
 mod fx_billing_read;
