@@ -8,8 +8,8 @@
 mod analytics;
 mod audit;
 mod audit_tamper;
-mod cross_tenant;
 mod callbacks;
+mod cross_tenant;
 mod fx_billing;
 mod fx_billing_read;
 mod hardening;
