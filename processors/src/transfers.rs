@@ -162,7 +162,7 @@ pub struct Transfer {
     /// The end user whose money moves (risk screens against their KYC and velocity).
     #[serde(default)]
     pub user_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, with = "stored_counterparty")]
     pub counterparty: Option<Counterparty>,
     /// The provider executing it and its reference (its callbacks find the transfer by it).
     #[serde(default)]
@@ -171,6 +171,28 @@ pub struct Transfer {
     /// (at most [`PARKED_CALLBACKS_PER_TRANSFER_MAX`]); empty in every other status.
     #[serde(default)]
     pub parked: Vec<ParkedCallback>,
+}
+
+/// A counterparty as state stores it: every field, always. `Counterparty` leaves out absent fields
+/// (`skip_serializing_if`) for JSON, which bincode cannot read back (a payout to a payee without an id
+/// or a country made its partition unrestorable). The bytes equal the derived encoding whenever every
+/// field is present, so checkpoints written before read the same.
+mod stored_counterparty {
+    use riverbank_schemas::transfers::Counterparty;
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+
+    type Fields = (Option<String>, Option<String>, Vec<String>);
+
+    pub fn serialize<S: Serializer>(c: &Option<Counterparty>, s: S) -> Result<S::Ok, S::Error> {
+        let fields: Option<Fields> =
+            c.as_ref().map(|c| (c.id.clone(), c.country.clone(), c.name_keys.clone()));
+        fields.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Counterparty>, D::Error> {
+        let fields = Option::<Fields>::deserialize(d)?;
+        Ok(fields.map(|(id, country, name_keys)| Counterparty { id, country, name_keys }))
+    }
 }
 
 /// A provider callback waiting for its transfer's approval.
