@@ -120,7 +120,11 @@ async fn cli(
     std::fs::write(
         &config,
         format!(
-            "[postgres]\nurl = \"{db_url}\"\n[keys]\nkey_file = \"{}\"\nrewrap_batch_rows = 2\n[telemetry]\nlog_filter = \"warn\"\n",
+            "[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"e2e-{}.\"\n[postgres]\nurl = \"{db_url}\"\n[keys]\nkey_file = \"{}\"\n\
+             rewrap_batch_rows = 2\n[telemetry]\nlog_filter = \"warn\"\n",
+            // The CLI states its actions (rewrap, erase) on the test's own audit topics.
+            crate::harness::brokers(),
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("keys"),
             key_file.display()
         ),
     )?;
