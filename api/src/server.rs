@@ -39,6 +39,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
 pub mod analytics;
 mod audit;
 mod fx_billing;
+pub mod openapi;
 mod personal;
 mod risk;
 
@@ -163,6 +164,7 @@ pub fn router(state: Arc<Api>) -> Router {
         .route("/v1/analytics/transfer-latency", get(analytics::transfer_latency))
         .route("/v1/analytics/rejections", get(analytics::rejections))
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi::serve))
         .with_state(state)
 }
 
@@ -197,7 +199,7 @@ async fn guarded<T: Serialize>(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuery {
     tenant_id: String,
@@ -229,7 +231,7 @@ fn database_error(store: &'static str, e: &dyn std::fmt::Display) -> HttpError {
     HttpError::unavailable("store_unavailable", format!("{store} is unavailable; trace id {trace_id}"), 1)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeQuery {
     tenant_id: String,
@@ -244,14 +246,14 @@ struct HourRow {
     payload_bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct HourVolume {
     hour: DateTime<Utc>,
     events: u64,
     payload_bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Volume {
     tenant_id: String,
     environment: Environment,
@@ -388,7 +390,7 @@ struct TransferHourRow {
     amount_minor: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TransferHour {
     hour: DateTime<Utc>,
     currency: String,
@@ -398,7 +400,7 @@ pub struct TransferHour {
     amount_minor: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TransferVolume {
     tenant_id: String,
     environment: Environment,
@@ -450,7 +452,7 @@ async fn transfer_volume(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeQuery {
     tenant_id: String,
@@ -458,7 +460,7 @@ pub struct ScopeQuery {
     environment: Environment,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct TransferView {
     transfer_id: String,
     kind: String,
@@ -470,7 +472,7 @@ pub struct TransferView {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct StatusChange {
     previous: Option<String>,
     status: String,
@@ -479,7 +481,7 @@ pub struct StatusChange {
     occurred_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TransferWithHistory {
     #[serde(flatten)]
     transfer: TransferView,
@@ -526,7 +528,7 @@ async fn transfer(
     .await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct UserKycView {
     user_id: String,
     user_status: String,
@@ -537,7 +539,7 @@ pub struct UserKycView {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct KycCaseView {
     case_id: String,
     provider: Option<String>,
@@ -545,7 +547,7 @@ pub struct KycCaseView {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct KycChange {
     version: i64,
     event_type: String,
@@ -561,7 +563,7 @@ pub struct KycChange {
     occurred_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct UserKyc {
     #[serde(flatten)]
     user: UserKycView,
@@ -630,7 +632,7 @@ async fn user_kyc(
     .await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct BalanceView {
     account: String,
     currency: String,
@@ -641,7 +643,7 @@ pub struct BalanceView {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct BalancesQuery {
     tenant_id: String,
     #[serde(default = "live")]

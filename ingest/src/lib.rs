@@ -5,6 +5,7 @@
 
 pub mod commands;
 pub mod keys;
+pub mod openapi;
 pub mod request;
 pub mod sealing;
 pub mod server;

@@ -39,6 +39,7 @@ pub fn router(state: Arc<Ingest>) -> Router {
         .route("/v1/risk/reviews/{id}/decision", post(commands::risk_review))
         .route("/v1/users/{id}/consents", post(commands::consent))
         .route("/health", get(health))
+        .route("/openapi.json", get(crate::openapi::serve))
         .with_state(state)
 }
 

@@ -372,6 +372,7 @@ fn ingest_bodies(
     let reason = json!({"reason": "cross-tenant probe"});
     Some(match (method, template) {
         ("GET", "/health") => vec![("/health".into(), None)],
+        ("GET", "/openapi.json") => vec![("/openapi.json".into(), None)],
         ("POST", "/v1/transfers") => vec![(
             template.into(),
             Some(json!({"transfer_id": ids.review, "kind": "deposit", "amount": "37.00", "currency": "USD",

@@ -145,7 +145,7 @@ pub fn clickhouse_queries() -> Vec<CatalogQuery> {
 }
 
 /// Bucket width.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Bucket {
     Hour,
@@ -161,7 +161,7 @@ impl Bucket {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnalyticsQuery {
     tenant_id: String,
@@ -172,6 +172,7 @@ pub struct AnalyticsQuery {
     /// Before (RFC 3339).
     to: Option<String>,
     /// `hour` (the default) or `day`.
+    #[schemars(with = "Option<Bucket>")]
     bucket: Option<String>,
     /// Rows per page (default [`super::fx_billing::FX_BILLING_PAGE_ROWS_DEFAULT`], at most
     /// `api.page_rows_max`).
@@ -287,7 +288,7 @@ fn bucket_start(start_s: u32) -> DateTime<Utc> {
 }
 
 /// What every answer states beside its rows.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Frame {
     tenant_id: String,
     environment: Environment,
@@ -435,7 +436,7 @@ struct TransfersRow {
     amount_lo: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TransfersBucket {
     bucket_start: DateTime<Utc>,
     provisional: bool,
@@ -449,7 +450,7 @@ pub struct TransfersBucket {
     amount_minor: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Transfers {
     #[serde(flatten)]
     frame: Frame,
@@ -523,13 +524,13 @@ struct RiskRow {
 }
 
 /// An exact ratio.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Fraction {
     numerator: u64,
     denominator: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct RiskBucket {
     bucket_start: DateTime<Utc>,
     provisional: bool,
@@ -545,7 +546,7 @@ pub struct RiskBucket {
     officer_blocked: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct RiskOutcomes {
     #[serde(flatten)]
     frame: Frame,
@@ -641,7 +642,7 @@ struct KycRow {
 }
 
 /// Quantiles of a duration in milliseconds.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Quantiles {
     p50: u64,
     p90: u64,
@@ -657,7 +658,7 @@ impl Quantiles {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct KycBucket {
     bucket_start: DateTime<Utc>,
     provisional: bool,
@@ -674,7 +675,7 @@ pub struct KycBucket {
     time_to_decision_ms: Option<Quantiles>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct KycFunnel {
     #[serde(flatten)]
     frame: Frame,
@@ -747,7 +748,7 @@ struct LatencyRow {
     latency_ms: Vec<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct LatencyBucket {
     bucket_start: DateTime<Utc>,
     provisional: bool,
@@ -759,7 +760,7 @@ pub struct LatencyBucket {
     latency_ms: Option<Quantiles>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TransferLatency {
     #[serde(flatten)]
     frame: Frame,
@@ -829,7 +830,7 @@ struct RejectionRow {
     rejections: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct RejectionBucket {
     bucket_start: DateTime<Utc>,
     provisional: bool,
@@ -839,7 +840,7 @@ pub struct RejectionBucket {
     rejections: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Rejections {
     #[serde(flatten)]
     frame: Frame,

@@ -56,7 +56,7 @@ pub struct AuditReads {
     export_batch_rows: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PublicKey {
     key_id: String,
     /// Ed25519 public key, hex.
@@ -93,7 +93,7 @@ impl AuditReads {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchQuery {
     tenant_id: String,
@@ -112,7 +112,7 @@ pub struct SearchQuery {
     after: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct SearchPage {
     tenant_id: String,
     environment: Environment,
@@ -225,14 +225,14 @@ async fn trail_reader(
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     Json,
     Csv,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     tenant_id: String,
@@ -479,7 +479,7 @@ async fn export_batch(c: &ExportCursor) -> Result<(Vec<ExportRow>, Option<u64>),
     Ok((out, u64::try_from(last).ok()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProofQuery {
     tenant_id: String,
@@ -487,7 +487,7 @@ pub struct ProofQuery {
     environment: Environment,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Proof {
     record: AuditRecord,
     /// RFC 6962 leaf hash (hex): SHA-256(0x00 ‖ record's canonical bytes).
@@ -623,7 +623,7 @@ pub async fn keys(State(s): State<Arc<Api>>) -> Response {
     Json(serde_json::json!({ "keys": s.audit.public_keys })).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentQuery {
     tenant_id: String,
@@ -634,7 +634,7 @@ pub struct ConsentQuery {
 /// A user's consents: every grant and revocation in the order the trail holds them, and the state per
 /// purpose now. Consents are audit actions (`POST /v1/users/{id}/consents` at ingest), so this reads
 /// the trail itself.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Consents {
     user_id: String,
     /// Purpose → granted now.
@@ -642,7 +642,7 @@ pub struct Consents {
     history: Vec<ConsentEntry>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ConsentEntry {
     purpose: String,
     granted: bool,

@@ -139,7 +139,7 @@ pub fn rate_text(e9: i64) -> String {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeQuery {
     tenant_id: String,
@@ -172,7 +172,7 @@ struct QuoteRow {
 }
 
 /// A quote as the FX processor last recorded it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct QuoteView {
     tenant_id: String,
     environment: Environment,
@@ -295,7 +295,7 @@ struct ConversionRow {
 
 /// A conversion's amounts: S sold; in the buy currency B bought, M the mid value, F the markup fee, R
 /// the rounding residue (R = M − B − F), and the exact values B, M and F were rounded from.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct AmountsView {
     sell: Money,
     buy: Money,
@@ -308,7 +308,7 @@ pub struct AmountsView {
 }
 
 /// What the ledger answered to the conversion's booking.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct BookingView {
     booking_id: String,
     /// booked | refused; absent while the ledger has not answered.
@@ -316,7 +316,7 @@ pub struct BookingView {
     reason: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ConversionView {
     tenant_id: String,
     environment: Environment,
@@ -430,7 +430,7 @@ pub(super) async fn conversion(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     tenant_id: String,
@@ -442,7 +442,7 @@ pub struct PageQuery {
 }
 
 /// The latest rate of one pair, as published.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct RateView {
     base: String,
     quote: String,
@@ -509,7 +509,7 @@ pub(super) async fn rates(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvoicesQuery {
     tenant_id: String,
@@ -537,7 +537,7 @@ struct InvoiceRow {
 }
 
 /// An invoice without its lines.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct InvoiceSummary {
     invoice_id: String,
     /// `YYYY-MM`
@@ -644,7 +644,7 @@ struct LineRow {
 }
 
 /// One invoice line.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct LineView {
     /// Stable within the invoice: `usage/{kind}/{currency}`, `plan/{plan}`,
     /// `adjustment/{period}/{kind}/{currency}`.
@@ -662,7 +662,7 @@ pub struct LineView {
     sources: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct InvoiceView {
     tenant_id: String,
     environment: Environment,
@@ -743,7 +743,7 @@ pub(super) async fn invoice(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeesQuery {
     tenant_id: String,
@@ -790,7 +790,7 @@ struct FeeRow {
 }
 
 /// One transfer's fee and how it was computed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct FeeView {
     transfer_id: String,
     transfer_kind: String,
@@ -920,7 +920,7 @@ pub(super) async fn fees(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RangeQuery {
     tenant_id: String,
@@ -975,7 +975,7 @@ pub(super) fn time_range(
 }
 
 /// What a ranged analytics read states beside its rows.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct RangeFrame {
     tenant_id: String,
     environment: Environment,
@@ -1068,7 +1068,7 @@ struct RevenueRow {
 }
 
 /// Booked fees of one day, transfer kind and currency.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct RevenueDay {
     /// `YYYY-MM-DD` (UTC) of the transfers' completion.
     day: String,
@@ -1079,7 +1079,7 @@ pub struct RevenueDay {
     fee_minor: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct FeeRevenue {
     /// `complete_through`: every fee recorded before it is counted; later ones may still arrive.
     #[serde(flatten)]
@@ -1149,7 +1149,7 @@ struct VolumeRow {
 }
 
 /// Completed conversions of one pair.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct PairVolume {
     /// `SELL/BUY`
     pair: String,
@@ -1162,7 +1162,7 @@ pub struct PairVolume {
     bought_minor: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct FxVolume {
     /// `complete_through`: every conversion recorded before it is counted; later ones may still arrive.
     #[serde(flatten)]

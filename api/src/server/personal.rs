@@ -59,7 +59,7 @@ impl PersonalReads {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PersonalQuery {
     tenant_id: String,
@@ -71,7 +71,7 @@ pub struct PersonalQuery {
 }
 
 /// Whether a reader sees clear or masked values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     Clear,
@@ -123,7 +123,7 @@ struct StoredValue {
     occurred_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct PersonalValue {
     data_class: String,
     pointer: String,
@@ -142,7 +142,7 @@ pub struct PersonalValue {
     unreadable: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct PersonalData {
     tenant_id: String,
     environment: Environment,

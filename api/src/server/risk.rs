@@ -78,7 +78,7 @@ struct QueuedRow {
 }
 
 /// A transfer waiting for a compliance officer, with what the rules saw.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct QueuedReview {
     transfer_id: String,
     transfer_version: i32,
@@ -104,7 +104,7 @@ pub struct QueuedReview {
     queued_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ReviewQueue {
     tenant_id: String,
     environment: Environment,
@@ -180,7 +180,7 @@ pub(super) async fn reviews(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionsQuery {
     tenant_id: String,
@@ -219,7 +219,7 @@ struct DecisionRow {
 }
 
 /// One live decision and everything it was based on.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct DecisionView {
     event_id: uuid::Uuid,
     transfer_version: i32,
@@ -278,7 +278,7 @@ impl DecisionView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TransferDecisions {
     tenant_id: String,
     environment: Environment,
@@ -367,7 +367,7 @@ pub(super) async fn decisions(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowDiffQuery {
     tenant_id: String,
@@ -440,7 +440,7 @@ struct PairRow {
 }
 
 /// One side of a comparison.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Side {
     decision: String,
     score: u32,
@@ -448,7 +448,7 @@ pub struct Side {
     rule_set_version: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Difference {
     transfer_id: String,
     transfer_version: u32,
@@ -457,14 +457,14 @@ pub struct Difference {
     shadow: Side,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct OutcomePair {
     live: String,
     shadow: String,
     transfers: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ShadowDiff {
     tenant_id: String,
     environment: Environment,

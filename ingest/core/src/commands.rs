@@ -117,6 +117,25 @@ impl Endpoint {
             Consent => "consent",
         }
     }
+
+    /// The JSON schema of this endpoint's request body (for the edge's OpenAPI document).
+    pub fn body_schema(self, gen: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        use Endpoint::*;
+        match self {
+            CreateTransfer => gen.subschema_for::<CreateTransferBody>(),
+            RiskReviewDecision => gen.subschema_for::<RiskReviewBody>(),
+            ApproveTransfer | RejectTransfer | CancelTransfer => gen.subschema_for::<ReasonBody>(),
+            FxQuote => gen.subschema_for::<FxQuoteBody>(),
+            FxConversion => gen.subschema_for::<FxConversionBody>(),
+            FxRates => gen.subschema_for::<FxRatesBody>(),
+            FxConversionDecision => gen.subschema_for::<DecisionBody>(),
+            BillingPlan => gen.subschema_for::<BillingPlanBody>(),
+            FeeConfig => gen.subschema_for::<FeeConfigBody>(),
+            KycUser(_) => gen.subschema_for::<RequiredReasonBody>(),
+            KycReviewDecision => gen.subschema_for::<ReviewBody>(),
+            Consent => gen.subschema_for::<ConsentBody>(),
+        }
+    }
 }
 
 /// A validated command, ready to wrap in an envelope.
@@ -235,7 +254,7 @@ fn backticked(msg: &str, prefix: &str) -> Option<String> {
     Some(rest.split('`').next()?.to_owned())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTransferBody {
     transfer_id: String,
@@ -258,7 +277,7 @@ struct CreateTransferBody {
     provider_reference: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CounterpartyBody {
     #[serde(default)]
@@ -270,7 +289,7 @@ struct CounterpartyBody {
     country: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ReasonBody {
     #[serde(default)]
@@ -279,7 +298,7 @@ struct ReasonBody {
 
 /// `POST /v1/users/{id}/consents`: what the user consented to (or withdrew), and the user's own client
 /// as the tenant saw it (the user's address is cut to its network before anything is produced).
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ConsentBody {
     purpose: String,
@@ -290,13 +309,13 @@ struct ConsentBody {
     user_agent: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RequiredReasonBody {
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FxQuoteBody {
     quote_id: String,
@@ -308,7 +327,7 @@ struct FxQuoteBody {
     buy_amount: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FxConversionBody {
     conversion_id: String,
@@ -318,7 +337,7 @@ struct FxConversionBody {
     destination_account: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     decision: ReviewDecision,
@@ -326,7 +345,7 @@ struct DecisionBody {
     reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct BillingPlanBody {
     plan: String,
@@ -336,7 +355,7 @@ struct BillingPlanBody {
     effective_from: Option<DateTime<Utc>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FxRateBody {
     base: String,
@@ -344,21 +363,21 @@ struct FxRateBody {
     rate: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FxRatesBody {
     as_of: DateTime<Utc>,
     rates: Vec<FxRateBody>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FeeTierBody {
     monthly_volume_from: String,
     bps: u32,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FeeConfigBody {
     currency: String,
@@ -376,7 +395,7 @@ struct FeeConfigBody {
     effective_from: Option<DateTime<Utc>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ReviewBody {
     decision: ReviewDecision,
@@ -568,7 +587,7 @@ fn decode_risk_review(path_id: Option<&str>, body: &[u8], actor: &str) -> Result
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RiskReviewBody {
     decision: ReviewDecision,
