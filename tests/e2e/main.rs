@@ -10,6 +10,7 @@ mod audit;
 mod audit_tamper;
 mod callbacks;
 mod cross_tenant;
+mod dashboard;
 mod fx_billing;
 mod fx_billing_read;
 mod hardening;
