@@ -143,8 +143,8 @@ function readLine() {
   return new Promise((res) => {
     const rl = createInterface({ input: process.stdin });
     rl.once('line', (l) => {
+      res(l); // before close(), which emits 'close' at once
       rl.close();
-      res(l);
     });
     rl.once('close', () => res(null));
   });
@@ -195,7 +195,8 @@ async function main() {
     if (Object.keys(api.volume).sort().join() !== Object.keys(want.volume).sort().join()) {
       fail(`currencies: API ${Object.keys(api.volume)}, sent ${Object.keys(want.volume)}`);
     }
-    for (const [o, status] of [['rejected', 'REJECTED'], ['completed', 'COMPLETED']]) {
+    // accepted = VALIDATING → PENDING: every transfer that reached PENDING.
+    for (const [o, status] of [['accepted', 'PENDING'], ['rejected', 'REJECTED'], ['completed', 'COMPLETED']]) {
       if (h[`outcome-total-${o}`] !== String(api.statuses[status] || 0)) {
         fail(`${o}: the page shows ${h[`outcome-total-${o}`]}, the API ${api.statuses[status] || 0} ${status}`);
       }
@@ -239,4 +240,4 @@ async function main() {
   }
 }
 
-main().catch((e) => fail(e && e.stack ? e.stack : String(e)));
+main().then(() => process.exit(0), (e) => fail(e && e.stack ? e.stack : String(e)));

@@ -273,6 +273,7 @@ async fn the_dashboard_shows_live_traffic_equal_to_what_was_sent_and_to_the_api(
     });
     stdin.write_all(format!("{want}\n").as_bytes()).await?;
     stdin.flush().await?;
+    drop(stdin);
 
     let mut screenshots = Vec::new();
     let finished = tokio::time::timeout(SCRIPT_WAIT, async {
