@@ -29,7 +29,7 @@
 //   volume-display-<CUR>      the same sum formatted in major units ("123.45")
 //   chart-outcomes            SVG; data-bars
 //   outcome-total-<outcome>   accepted | rejected | blocked | completed | failed: count over the period
-//   review-queue              open reviews (latest gauge of the scope), "–" before the first one
+//   review-queue              open reviews (latest gauge of the scope; 0 when gauges arrive without one), "–" before any
 //   chart-dead-letters        SVG; data-bars
 //   dead-letters-total        dead letters over the period
 //   dead-letter-rows          tbody; each row is data-testid="dead-letter-row" with data-dead-letter-id
@@ -37,6 +37,7 @@
 //   lag-messages-<group> / lag-seconds-<group>   a consumer group's lag
 //   landed                    tbody; landed-through-<sink> (ISO or "–"), landed-lag-<sink> (ms or "–")
 //   correction-list           ul; each item data-testid="correction" with data-metric and data-revision
+//   stats                     platform view: the live component's counters (records read, late dropped, …)
 'use strict';
 
 (() => {
@@ -138,6 +139,7 @@
     snapshots: 0,
     resumed: 0,
     tenants: new Set(),
+    stats: null, // the platform view's `stats` frame: the live component's own counters
   };
   const conn = {
     cfg: null, // {key, tenant, environment}
@@ -235,6 +237,9 @@
         break;
       case 'dead_letter':
         putDeadLetter(data);
+        break;
+      case 'stats':
+        state.stats = data;
         break;
       case 'watermark':
         if (typeof data.watermark_ms === 'number') state.watermarkMs = Math.max(state.watermarkMs || 0, data.watermark_ms);
@@ -611,6 +616,8 @@
     renderLanded();
     renderLag();
     renderCorrections();
+    const st = state.stats;
+    $('stats').textContent = st ? Object.entries(st).map(([k, v]) => `${k.replace(/_/g, ' ')} ${v}`).join(' · ') : '';
   }
 
   function renderScope() {
@@ -722,7 +729,10 @@
   function renderReviewQueue() {
     const gs = gaugesOf('review_queue', true).sort((a, b) => (b.at_ms || 0) - (a.at_ms || 0));
     const g = gs[0];
-    $('review-queue').textContent = g ? String(g.value && g.value.open) : '–';
+    // The api sends a tenant's queue only while it holds reviews (and a 0 when it empties): once any
+    // gauge has arrived, no queue gauge for the scope means an empty queue.
+    const gaugesSeen = state.gauges.size > 0;
+    $('review-queue').textContent = g ? String(g.value && g.value.open) : gaugesSeen ? '0' : '–';
     $('review-queue-at').textContent = g ? `as of ${iso(g.at_ms)}` : '';
   }
 
@@ -793,7 +803,7 @@
       const v = g.value || {};
       const secs = Number(v.seconds);
       body.append(el('tr', { 'data-testid': 'consumer-lag-row', 'data-group': group }, el('td', {}, group),
-        el('td', { class: 'num', 'data-testid': `lag-messages-${group}` }, String(v.messages ?? '–')),
+        el('td', { class: 'num', 'data-testid': `lag-messages-${group}` }, `${v.at_least ? '≥ ' : ''}${v.messages ?? '–'}`),
         el('td', { class: 'num', 'data-testid': `lag-seconds-${group}` }, Number.isFinite(secs) ? secs.toFixed(1) : '–'),
         el('td', {}, iso(g.at_ms))));
     }
