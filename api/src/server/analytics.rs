@@ -168,14 +168,17 @@ pub struct AnalyticsQuery {
     #[serde(default = "live")]
     environment: Environment,
     /// At or after (RFC 3339).
+    #[schemars(with = "Option<DateTime<Utc>>")]
     from: Option<String>,
     /// Before (RFC 3339).
+    #[schemars(with = "Option<DateTime<Utc>>")]
     to: Option<String>,
     /// `hour` (the default) or `day`.
     #[schemars(with = "Option<Bucket>")]
     bucket: Option<String>,
     /// Rows per page (default [`super::fx_billing::FX_BILLING_PAGE_ROWS_DEFAULT`], at most
     /// `api.page_rows_max`).
+    #[schemars(range(min = 1))]
     limit: Option<u32>,
     /// A previous page's `next_cursor`.
     after: Option<String>,

@@ -107,6 +107,7 @@ pub struct SearchQuery {
     from: Option<DateTime<Utc>>,
     /// RFC 3339; records before.
     to: Option<DateTime<Utc>>,
+    #[schemars(range(min = 1))]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     after: Option<String>,

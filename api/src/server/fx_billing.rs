@@ -436,6 +436,7 @@ pub struct PageQuery {
     tenant_id: String,
     #[serde(default = "live")]
     environment: Environment,
+    #[schemars(range(min = 1))]
     limit: Option<u32>,
     /// Keyset cursor from a previous page's `next_cursor`.
     after: Option<String>,
@@ -517,6 +518,7 @@ pub struct InvoicesQuery {
     environment: Environment,
     /// `YYYY-MM`: only that month's invoices.
     period: Option<String>,
+    #[schemars(range(min = 1))]
     limit: Option<u32>,
     /// Keyset cursor from a previous page's `next_cursor`.
     after: Option<String>,
@@ -755,6 +757,7 @@ pub struct FeesQuery {
     period: Option<String>,
     /// Fees counted on one invoice.
     invoice_id: Option<String>,
+    #[schemars(range(min = 1))]
     limit: Option<u32>,
     /// Keyset cursor from a previous page's `next_cursor`.
     after: Option<String>,
@@ -927,10 +930,13 @@ pub struct RangeQuery {
     #[serde(default = "live")]
     environment: Environment,
     /// At or after (RFC 3339).
+    #[schemars(with = "Option<DateTime<Utc>>")]
     from: Option<String>,
     /// Before (RFC 3339).
+    #[schemars(with = "Option<DateTime<Utc>>")]
     to: Option<String>,
     /// Rows at most (default and maximum `api.page_rows_max`).
+    #[schemars(range(min = 1))]
     limit: Option<u32>,
 }
 

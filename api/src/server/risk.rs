@@ -187,6 +187,7 @@ pub struct DecisionsQuery {
     #[serde(default = "live")]
     environment: Environment,
     transfer_id: String,
+    #[schemars(range(min = 1))]
     limit: Option<u32>,
     /// Keyset cursor from a previous page's `next_cursor`.
     after: Option<String>,
@@ -374,10 +375,13 @@ pub struct ShadowDiffQuery {
     #[serde(default = "live")]
     environment: Environment,
     /// Screened at or after (RFC 3339).
+    #[schemars(with = "Option<DateTime<Utc>>")]
     from: Option<String>,
     /// Screened before (RFC 3339).
+    #[schemars(with = "Option<DateTime<Utc>>")]
     to: Option<String>,
     /// Differing transfers listed at most.
+    #[schemars(range(min = 1))]
     limit: Option<u32>,
 }
 
