@@ -57,7 +57,10 @@
   const OUTCOME_COLORS = {
     accepted: '#2f6fdf', rejected: '#d9822b', blocked: '#b8322f', completed: '#2e9e5b', failed: '#7a4fbf',
   };
-  const PALETTE = ['#2f6fdf', '#2e9e5b', '#d9822b', '#7a4fbf', '#b8322f', '#1b9aaa', '#a5673f', '#d14f9b'];
+  const PALETTE = [
+    '#2f6fdf', '#2e9e5b', '#d9822b', '#7a4fbf', '#b8322f', '#1b9aaa', '#a5673f', '#d14f9b',
+    '#5c6b00', '#0b3c8c', '#e0b000', '#6b2d5c', '#3aa0e8', '#8c8c8c', '#00875a', '#ff6f61',
+  ];
   /// ISO 4217 minor-unit exponents that are not 2.
   const EXPONENTS = {
     BIF: 0, CLP: 0, DJF: 0, GNF: 0, ISK: 0, JPY: 0, KMF: 0, KRW: 0, PYG: 0, RWF: 0, UGX: 0, UYI: 0,
@@ -132,6 +135,7 @@
     gauges: new Map(), // gkey → gauge
     deadLetters: new Map(), // dead_letter_id → dead letter
     corrections: [], // latest first
+    correctionIds: new Set(), // `${window key}|${revision}` of every correction seen
     correctionsSeen: 0,
     watermarkMs: null,
     hello: null,
@@ -172,7 +176,10 @@
     if (old && Number(old.revision || 0) > rev) return; // an older revision arriving late: keep the newer
     if (w.state === 'correction') {
       w.corrected = true;
-      if (!old || old.state !== 'correction' || Number(old.revision || 0) !== rev) {
+      // Once per (window, revision): a snapshot after a reconnect repeats corrections already seen.
+      const seen = `${k}|${rev}`;
+      if (!state.correctionIds.has(seen)) {
+        state.correctionIds.add(seen);
         state.correctionsSeen += 1;
         state.corrections.unshift({ ...w, seen_at: Date.now(), previous: old ? old.value : null });
         state.corrections.length = Math.min(state.corrections.length, CORRECTIONS_SHOWN);
@@ -392,6 +399,7 @@
     state.snapshots = 0;
     state.resumed = 0;
     state.corrections = [];
+    state.correctionIds = new Set();
     state.correctionsSeen = 0;
     state.hello = null;
     conn.dirty = true;

@@ -13,6 +13,7 @@
 //
 // Expectations (stdin, one line): {"volume": {"USD": {"amount_minor": "12345", "count": 2}, …},
 //   "outcomes": {"accepted": n, "rejected": n, "completed": n, …}, "review_queue": n,
+//   "corrected": ["transfer_volume", …] (metrics with a window corrected after it was final),
 //   "dead_letters": n, "from": "<RFC 3339>", "to": "<RFC 3339>", "sent_until_ms": n}
 import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -54,6 +55,8 @@ async function hooks(page) {
       }
     }
     out['@series'] = document.querySelector('[data-testid="chart-events"]')?.getAttribute('data-series');
+    out['@corrected'] = [...document.querySelectorAll('[data-testid="correction"]')].map((e) => e.getAttribute('data-metric'));
+    out['@corrected-bars'] = document.querySelectorAll('rect.bar.correction').length;
     return out;
   });
 }
@@ -106,6 +109,10 @@ function differs(h, want, scopeLabel) {
   }
   if (h['dead-letters-total'] !== String(want.dead_letters)) bad.push(`dead-letters-total ${h['dead-letters-total']} != ${want.dead_letters}`);
   if ((h['dead-letter-row'] || 0) < want.dead_letters) bad.push(`${h['dead-letter-row'] || 0} dead-letter rows, want ${want.dead_letters}`);
+  for (const m of want.corrected || []) {
+    if (!h['@corrected'].includes(m)) bad.push(`no correction of a ${m} window listed (${JSON.stringify(h['@corrected'])})`);
+  }
+  if ((want.corrected || []).length && h['@corrected-bars'] === 0) bad.push('no bar drawn as corrected');
   if (want.review_queue !== undefined && h['review-queue'] !== String(want.review_queue)) bad.push(`review-queue ${h['review-queue']} != ${want.review_queue}`);
   return bad.length ? `${scopeLabel}: ${bad.join('; ')}` : null;
 }

@@ -17,9 +17,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chrono::{DateTime, DurationRound as _, Utc};
 use riverbank::money_loop::Flow;
 use riverbank_ingest::core::schemes::sign;
-use riverbank_schemas::Environment;
+use riverbank_runtime::Config;
+use riverbank_schemas::processor::Emit;
+use riverbank_schemas::transfers::{TransferStatus, TransferStatusChanged};
+use riverbank_schemas::{derived_id, Currency, Envelope, Environment, Money, Topics, TransferKind};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::harness::Pipeline;
@@ -30,6 +34,9 @@ const IDCHECK_SECRET: &str = "e2e-dash-idcheck-secret-0123456789";
 /// How long the browser may take to connect, and then to finish every check.
 const CONNECT_WAIT: Duration = Duration::from_secs(120);
 const SCRIPT_WAIT: Duration = Duration::from_secs(420);
+/// A late event is produced this long after the end of the minute it belongs to (the live
+/// component's lateness_ms 2 s plus idle_ms 5 s, with a margin): that minute's windows are final.
+const LATE_AFTER_CLOSE_S: i64 = 12;
 
 const COMPONENTS: [&[&str]; 9] = [
     &["ingest"],
@@ -135,6 +142,64 @@ async fn deposit_completed(
     anyhow::ensure!(status == "accepted", "{id}'s completion: {status}");
     f.transfer_status(id, &["COMPLETED"]).await.with_context(|| format!("{id}: provider callback"))?;
     Ok(())
+}
+
+/// The event time (`ingested_at`) of transfer `id`'s COMPLETED status event, read from the topic.
+async fn completed_at(cfg: &Config, id: &str) -> anyhow::Result<DateTime<Utc>> {
+    let k = cfg.kafka.clone();
+    let topic = riverbank_runtime::kafka::topics(&k).transfer_status(Environment::Live);
+    let records = tokio::task::spawn_blocking(move || {
+        riverbank_runtime::kafka::read_all(&k, &topic, 100_000, Duration::from_secs(30))
+    })
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    records
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+        .find(|v| v["payload"]["transfer_id"] == id && v["payload"]["status"] == "COMPLETED")
+        .and_then(|v| v["ingested_at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()))
+        .map(|t| t.with_timezone(&Utc))
+        .with_context(|| format!("{id}'s COMPLETED status event"))
+}
+
+/// A late event: a completion (2.50 USD) stated at the same instant as dep-dash-1's, produced once that
+/// minute's windows are final, as a delayed partition would deliver it. It must correct those windows
+/// visibly (a `correction`, revision + 1), never change them silently; the stores land it like any
+/// other, so the API's analytics count it too.
+async fn late_completion(p: &Pipeline, cfg: &Config) -> anyhow::Result<()> {
+    let at = completed_at(cfg, "dep-dash-1").await?;
+    let minute_end = at.duration_trunc(chrono::Duration::minutes(1))? + chrono::Duration::minutes(1);
+    // The watermark passes a minute's end lateness_ms (2 s) after the newest event, or idle_ms (5 s)
+    // later when nothing arrives: then the window is final.
+    let closed = minute_end + chrono::Duration::seconds(LATE_AFTER_CLOSE_S);
+    if let Ok(wait) = (closed - Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+    let usd = Currency::from_code("USD").context("USD")?;
+    let payload = TransferStatusChanged {
+        transfer_id: "dep-dash-late".into(),
+        kind: TransferKind::Deposit,
+        amount: Money::new(250, usd),
+        previous: Some(TransferStatus::Confirming),
+        status: TransferStatus::Completed,
+        version: 7,
+        reason: None,
+        cause_event_id: derived_id(&["e2e-dashboard-late-cause"]),
+    };
+    let id = derived_id(&["e2e-dashboard-late"]);
+    let envelope =
+        Envelope::new(id, TransferStatusChanged::EVENT_TYPE, TENANT, Environment::Live, at, "e2e", payload);
+    let topics = Topics::new(p.topic_prefix.clone());
+    let emit = Emit {
+        topic: topics.transfer_status(Environment::Live),
+        key: TENANT.to_owned(),
+        event_id: id,
+        payload: serde_json::to_vec(&envelope)?,
+    };
+    let producer = riverbank_runtime::kafka::producer(&cfg.kafka)?;
+    riverbank_runtime::produce::produce_all(&producer, &[emit], Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,16 +320,15 @@ async fn the_dashboard_shows_live_traffic_equal_to_what_was_sent_and_to_the_api(
     });
     let status = webhook(&f, "wh-dash-dispute", &dispute).await?;
     anyhow::ensure!(status == "dead_lettered", "the unmappable delivery: {status}");
+    late_completion(&p, &cfg).await?;
     let sent_until = chrono::Utc::now();
 
-    let hour = |t: chrono::DateTime<chrono::Utc>| {
-        use chrono::DurationRound as _;
-        t.duration_trunc(chrono::Duration::hours(1)).unwrap_or(t)
-    };
-    let rfc = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let hour = |t: DateTime<Utc>| t.duration_trunc(chrono::Duration::hours(1)).unwrap_or(t);
+    let rfc = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let want = serde_json::json!({
-        "volume": {"USD": {"amount_minor": "12345", "count": 2}, "EUR": {"amount_minor": "4000", "count": 1}},
-        "outcomes": {"accepted": 4, "rejected": 2, "blocked": 0, "completed": 3, "failed": 0},
+        "volume": {"USD": {"amount_minor": "12595", "count": 3}, "EUR": {"amount_minor": "4000", "count": 1}},
+        "outcomes": {"accepted": 4, "rejected": 2, "blocked": 0, "completed": 4, "failed": 0},
+        "corrected": ["transfer_volume", "transfer_outcomes"],
         "review_queue": 1,
         "dead_letters": 1,
         "from": rfc(hour(started)),
