@@ -2,6 +2,7 @@
 //! Reads only: the API never writes to a database (sinks do).
 #![forbid(unsafe_code)]
 
+pub mod live;
 pub mod server;
 
 pub use server::serve;

@@ -54,6 +54,8 @@ pub struct Api {
     require_api_key: bool,
     audit: audit::AuditReads,
     personal: personal::PersonalReads,
+    /// The live component; `None` with `[live] enabled = false`.
+    live: Option<Arc<crate::live::Live>>,
 }
 
 impl Api {
@@ -75,6 +77,7 @@ impl Api {
             ),
             require_api_key: cfg.api.require_api_key,
             audit: audit::AuditReads::new(cfg)?,
+            live: None,
         })
     }
 
@@ -163,6 +166,7 @@ pub fn router(state: Arc<Api>) -> Router {
         .route("/v1/analytics/kyc-funnel", get(analytics::kyc_funnel))
         .route("/v1/analytics/transfer-latency", get(analytics::transfer_latency))
         .route("/v1/analytics/rejections", get(analytics::rejections))
+        .route("/v1/live", get(live_stream))
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::serve))
         .fallback(not_found)
@@ -185,7 +189,9 @@ async fn method_not_allowed() -> HttpError {
 }
 
 pub async fn serve(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let state = Arc::new(Api::new(cfg).await?);
+    let mut api = Api::new(cfg).await?;
+    api.live = crate::live::Live::start(cfg, api.pg.clone(), api.ch.clone(), shutdown.clone());
+    let state = Arc::new(api);
     let listener = tokio::net::TcpListener::bind(cfg.api.listen_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     riverbank_runtime::http::serve(listener, router(state), cfg.api.server_limits(), shutdown).await?;
@@ -224,6 +230,32 @@ pub struct TenantQuery {
     limit: Option<u32>,
     /// Keyset cursor from a previous page's `next_cursor`.
     after: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveQuery {
+    /// A tenant's view, or `platform` (a key of the platform tenant) for every tenant's.
+    tenant_id: String,
+    #[serde(default = "live")]
+    environment: Environment,
+}
+
+/// `GET /v1/live`: the live stream (Server-Sent Events) of a tenant's view, or of the platform's.
+async fn live_stream(State(s): State<Arc<Api>>, headers: HeaderMap, Params(q): Params<LiveQuery>) -> Response {
+    let Some(live) = &s.live else {
+        return HttpError::unavailable("live_off", "the live component is off ([live] enabled = false)", 60)
+            .into_response();
+    };
+    if let Err(e) = within(s.request_timeout, s.authorize(&headers, &q.tenant_id, q.environment)).await {
+        return e.into_response();
+    }
+    let platform = q.tenant_id == riverbank_runtime::audit::PLATFORM_TENANT;
+    let view = crate::live::hub::View { tenant: (!platform).then(|| q.tenant_id.clone()), env: q.environment };
+    match live.stream(view, crate::live::last_event_id(&headers)) {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
 }
 
 fn live() -> Environment {

@@ -50,6 +50,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub clickhouse: ClickHouseConfig,
     pub api: ApiConfig,
+    pub live: LiveConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -392,6 +393,41 @@ pub struct ApiConfig {
     pub page_rows_max: u32,
 }
 
+/// `[live]`: the api's live component (windows over the topics as they flow, `GET /v1/live`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Off: no live reader runs and `GET /v1/live` answers 503.
+    pub enabled: bool,
+    /// History read at start-up, and how long minute windows are kept (late events older than that
+    /// are counted as dropped, never folded into a window that was already forgotten).
+    pub lookback_ms: u64,
+    /// How long sliding (10 s) windows are kept after their end.
+    pub sliding_kept_ms: u64,
+    /// How far behind the newest event time the watermark trails.
+    pub lateness_ms: u64,
+    /// Without new events for this long, the watermark follows the clock instead (idle topics).
+    pub idle_ms: u64,
+    /// How often the review queue, consumer lag and landed-through gauges are read.
+    pub gauge_interval_ms: u64,
+    /// Events read but not yet aggregated at most (the reader waits above it).
+    pub pending_events_max: usize,
+    /// Frames kept for `Last-Event-ID` resumption.
+    pub replay_frames_max: usize,
+    /// Open `GET /v1/live` streams at most (more answer 503).
+    pub connections_max: usize,
+    /// Frames queued per stream at most; a client further behind is resynchronised with a snapshot.
+    pub connection_queue_frames_max: usize,
+    /// Frames in one snapshot at most (the newest windows win).
+    pub snapshot_frames_max: usize,
+    /// Latest dead letters kept (per platform; a tenant view shows its own of these).
+    pub dead_letters_kept_max: usize,
+    /// Distinct tenants with windows of their own at most; further tenants count in the totals only.
+    pub tenants_max: usize,
+    /// A comment line on an idle stream this often, so proxies keep it open.
+    pub keepalive_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -527,6 +563,19 @@ impl Config {
         positive("api.request_timeout_ms", self.api.request_timeout_ms);
         positive("api.in_flight_requests_max", self.api.in_flight_requests_max as u64);
         positive("api.page_rows_max", u64::from(self.api.page_rows_max));
+        let l = &self.live;
+        positive("live.lookback_ms", l.lookback_ms);
+        positive("live.sliding_kept_ms", l.sliding_kept_ms);
+        positive("live.idle_ms", l.idle_ms);
+        positive("live.gauge_interval_ms", l.gauge_interval_ms);
+        positive("live.pending_events_max", l.pending_events_max as u64);
+        positive("live.replay_frames_max", l.replay_frames_max as u64);
+        positive("live.connections_max", l.connections_max as u64);
+        positive("live.connection_queue_frames_max", l.connection_queue_frames_max as u64);
+        positive("live.snapshot_frames_max", l.snapshot_frames_max as u64);
+        positive("live.dead_letters_kept_max", l.dead_letters_kept_max as u64);
+        positive("live.tenants_max", l.tenants_max as u64);
+        positive("live.keepalive_ms", l.keepalive_ms);
     }
 
     /// `[audit]`: a signing seed and verify keys of 64 hex digits, and every limit at least 1.

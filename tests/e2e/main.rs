@@ -18,6 +18,7 @@ mod harness;
 mod ingest;
 mod keys;
 mod kyc;
+mod live;
 mod money_loop;
 mod personal;
 mod pii;
