@@ -242,7 +242,11 @@ pub struct LiveQuery {
 }
 
 /// `GET /v1/live`: the live stream (Server-Sent Events) of a tenant's view, or of the platform's.
-async fn live_stream(State(s): State<Arc<Api>>, headers: HeaderMap, Params(q): Params<LiveQuery>) -> Response {
+async fn live_stream(
+    State(s): State<Arc<Api>>,
+    headers: HeaderMap,
+    Params(q): Params<LiveQuery>,
+) -> Response {
     let Some(live) = &s.live else {
         return HttpError::unavailable("live_off", "the live component is off ([live] enabled = false)", 60)
             .into_response();
@@ -251,7 +255,8 @@ async fn live_stream(State(s): State<Arc<Api>>, headers: HeaderMap, Params(q): P
         return e.into_response();
     }
     let platform = q.tenant_id == riverbank_runtime::audit::PLATFORM_TENANT;
-    let view = crate::live::hub::View { tenant: (!platform).then(|| q.tenant_id.clone()), env: q.environment };
+    let view =
+        crate::live::hub::View { tenant: (!platform).then(|| q.tenant_id.clone()), env: q.environment };
     match live.stream(view, crate::live::last_event_id(&headers)) {
         Ok(r) => r,
         Err(e) => e.into_response(),
