@@ -226,6 +226,18 @@ pub fn document() -> Value {
         .ok::<analytics::Rejections>()
         .key(read);
 
+    // Live monitoring (the stream never ends: described, not fuzzed).
+    d.op("get", "/v1/live", "live", "live", "One multiplexed Server-Sent Events stream of live windows and gauges")
+        .param(json!({"name": "tenant_id", "in": "query", "required": true,
+            "schema": {"type": "string", "pattern": TENANT_ID_PATTERN},
+            "description": "The tenant read, or `platform` (with a platform key) for every tenant"}))
+        .param(json!({"name": "environment", "in": "query", "required": false,
+            "schema": {"type": "string", "enum": ["live", "sandbox"], "default": "live"}}))
+        .param(json!({"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"},
+            "description": "`<epoch>-<seq>` of the last event seen: resume without gaps"}))
+        .ok_content(json!({"text/event-stream": {"schema": {"type": "string",
+            "description": "SSE frames: `id: <epoch>-<seq>`, `event: hello|snapshot|window|gauge|dead_letter|watermark`, `data: <one JSON object>`"}}}))
+        .key(read);
     // Operations.
     d.op("get", "/health", "health", "operations", "Whether the broker, Postgres and ClickHouse answer")
         .ok_schema(json!({"type": "object", "required": ["status", "dependencies"], "properties": {
