@@ -4,6 +4,7 @@
 //! client, `GET /v1/live` ([`stream`]).
 pub mod gauges;
 pub mod hub;
+pub mod page;
 pub mod source;
 pub mod window;
 
