@@ -16,7 +16,8 @@
 //   error                     the last error (a stream refused: its HTTP status and error code)
 //   view                      "tenant <T> · <env>" or "platform · <env>"
 //   scope                     platform view: "*" (every tenant) or one tenant (select)
-//   window-minutes            the period the totals cover, in minutes (select: 5, 15, 60)
+//   window-minutes            the period the totals cover, in minutes (select: 5, 10, 15; the api keeps
+//                             minute windows for live.lookback_ms, 15 min by default)
 //   frames / snapshots / resumed / corrections   counters: events received, snapshots applied,
 //                             reconnects resumed by replay, corrected windows seen
 //   watermark                 the stream's watermark (ISO time); data-ms holds the epoch ms
@@ -50,7 +51,7 @@
   /// Minute bars drawn.
   const BAR_MINUTES = 15;
   /// Windows older than this (before now) are dropped: the longest period plus a margin.
-  const KEEP_MS = 70 * 60 * 1000;
+  const KEEP_MS = 20 * 60 * 1000;
   const DEAD_LETTERS_SHOWN = 20;
   const CORRECTIONS_SHOWN = 20;
   const OUTCOMES = ['accepted', 'rejected', 'blocked', 'completed', 'failed'];
@@ -447,7 +448,7 @@
     return $('scope').value || '*';
   }
   function periodMs() {
-    return Number($('window-minutes').value || 60) * 60000;
+    return Number($('window-minutes').value || 15) * 60000;
   }
   function windowsOf(metric) {
     const t = scope();
