@@ -590,7 +590,9 @@
   function legend(node, items) {
     clear(node);
     for (const [name, color, extra] of items) {
-      node.append(el('span', { class: 'key' }, el('span', { class: 'dot', style: `background:${color}` }), name, extra ? ` ${extra}` : ''));
+      const dot = el('span', { class: 'dot' });
+      dot.style.background = color; // through the CSSOM: no style attribute for the CSP to allow
+      node.append(el('span', { class: 'key' }, dot, name, extra ? ` ${extra}` : ''));
     }
   }
   const colorOf = (() => {

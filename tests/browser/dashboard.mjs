@@ -84,10 +84,18 @@ async function open(browser, key, tenant) {
   const page = await context.newPage();
   page.on('pageerror', (e) => fail(`script error on the page: ${e}`));
   page.on('console', (m) => {
+    // The page runs under the api's content security policy: anything it refuses is a defect.
+    if (/Content Security Policy/i.test(m.text())) fail(`the page broke its content security policy: ${m.text()}`);
     if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) log(`page console: ${m.text()}`);
   });
-  const resp = await page.goto(`${API}/dashboard`);
-  if (!resp || resp.status() !== 200) fail(`GET /dashboard: ${resp && resp.status()}`);
+  page.on('request', (r) => {
+    if (!r.url().startsWith(API) && !r.url().startsWith('data:')) fail(`the page asked for ${r.url()}: nothing outside the api`);
+    if (r.url().includes(key)) fail('the key is in a URL');
+  });
+  const resp = await page.goto(`${API}/`);
+  if (!resp || resp.status() !== 200 || !resp.url().endsWith('/dashboard')) fail(`GET / → ${resp && resp.url()}: ${resp && resp.status()}`);
+  const csp = (await resp.allHeaders())['content-security-policy'] || '';
+  if (!/script-src 'self'/.test(csp) || !/connect-src 'self'/.test(csp)) fail(`/dashboard's content security policy: '${csp}'`);
   await page.fill('[data-testid="api-key"]', key);
   await page.fill('[data-testid="tenant"]', tenant);
   await page.selectOption('[data-testid="environment"]', ENVIRONMENT);
