@@ -238,6 +238,27 @@ pub fn document() -> Value {
         .ok_content(json!({"text/event-stream": {"schema": {"type": "string",
             "description": "SSE frames: `id: <epoch>-<seq>`, `event: hello|snapshot|window|gauge|dead_letter|watermark`, `data: <one JSON object>`"}}}))
         .key(read);
+    // The dashboard page (static, no key: the page asks for one and reads /v1/live with it).
+    d.op("get", "/", "index", "dashboard", "To the dashboard").response(
+        "303",
+        json!({"description": "See Other: /dashboard",
+            "headers": {"Location": {"schema": {"type": "string", "enum": ["/dashboard"]}}}}),
+    );
+    d.op("get", "/dashboard", "dashboard", "dashboard", "The live monitoring dashboard")
+        .ok_content(json!({"text/html; charset=utf-8": {"schema": {"type": "string"}}}));
+    d.op(
+        "get",
+        "/dashboard/{file}",
+        "dashboard_asset",
+        "dashboard",
+        "The dashboard's script and style sheet",
+    )
+    .enum_path("file", &["dashboard.js", "dashboard.css"])
+    .ok_content(json!({
+        "text/javascript; charset=utf-8": {"schema": {"type": "string"}},
+        "text/css; charset=utf-8": {"schema": {"type": "string"}},
+    }));
+
     // Operations.
     d.op("get", "/health", "health", "operations", "Whether the broker, Postgres and ClickHouse answer")
         .ok_schema(json!({"type": "object", "required": ["status", "dependencies"], "properties": {
@@ -383,6 +404,21 @@ impl Op<'_> {
             }
             self = self.param(p);
         }
+        self
+    }
+
+    /// A path parameter that takes only `values`.
+    fn enum_path(mut self, name: &str, values: &[&str]) -> Self {
+        let params = self.op.get_mut("parameters").and_then(Value::as_array_mut);
+        for p in params.into_iter().flatten().filter(|p| p["in"] == "path" && p["name"] == name) {
+            p["schema"]["enum"] = json!(values);
+        }
+        self
+    }
+
+    /// An answer other than 200 (a redirect).
+    fn response(mut self, status: &str, response: Value) -> Self {
+        self.responses.insert(status.into(), response);
         self
     }
 
@@ -535,7 +571,9 @@ mod tests {
                     .filter_map(|p| p["name"].as_str())
                     .collect();
                 assert_eq!(names, path_params(path), "{method} {path}");
-                assert!(op["responses"]["200"].is_object(), "{method} {path}: no 200");
+                let answers = op["responses"].as_object().into_iter().flatten();
+                let success = answers.filter(|(k, _)| k.starts_with('2') || k.starts_with('3')).count();
+                assert_eq!(success, 1, "{method} {path}: one success answer");
                 assert!(op["responses"]["4XX"].is_object(), "{method} {path}: no 4XX");
             }
         }
