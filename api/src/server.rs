@@ -100,6 +100,17 @@ impl Api {
         tenant_id: &str,
         env: Environment,
     ) -> Result<Option<riverbank_runtime::apikeys::ApiKey>, HttpError> {
+        self.authorize_for(headers, tenant_id, env, Readers::Tenant).await
+    }
+
+    /// [`Self::authorize_key`] for a read that `readers` may make.
+    async fn authorize_for(
+        &self,
+        headers: &HeaderMap,
+        tenant_id: &str,
+        env: Environment,
+        readers: Readers,
+    ) -> Result<Option<riverbank_runtime::apikeys::ApiKey>, HttpError> {
         check_tenant(tenant_id)?;
         if !KeyCache::presented(headers) {
             if self.require_api_key {
@@ -112,7 +123,8 @@ impl Api {
             return Ok(None);
         }
         let key = self.keys.authenticate(&self.pg, headers).await?;
-        if key.tenant_id != tenant_id {
+        let platform = readers == Readers::TenantOrPlatform && key.tenant_id == PLATFORM_TENANT;
+        if key.tenant_id != tenant_id && !platform {
             return Err(HttpError::new(
                 StatusCode::FORBIDDEN,
                 "wrong_tenant",
@@ -201,13 +213,38 @@ pub async fn serve(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
+/// The tenant whose keys operate the platform (`riverbank keys create --tenant platform`): its keys
+/// may read any tenant's analytics and the platform view of `GET /v1/live`, and nothing else of a
+/// tenant's (operational reads, personal data and the audit trail stay the tenant's own).
+pub const PLATFORM_TENANT: &str = riverbank_runtime::audit::PLATFORM_TENANT;
+
+/// Whose keys may make a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readers {
+    /// The tenant's own keys only.
+    Tenant,
+    /// The tenant's own, and the platform's (analytics).
+    TenantOrPlatform,
+}
+
 /// Run a read under the in-flight and time limits.
 /// Every tenant read goes through here, so none can skip the key check: the in-flight limit, then
 /// within the time limit the authorization of (tenant, environment), then `work`.
 async fn guarded<T: Serialize>(
     s: &Api,
     headers: &HeaderMap,
+    scope: (&str, Environment),
+    work: impl std::future::Future<Output = Result<T, HttpError>>,
+) -> Response {
+    guarded_for(s, headers, scope, Readers::Tenant, work).await
+}
+
+/// [`guarded`] for a read `readers` may make.
+async fn guarded_for<T: Serialize>(
+    s: &Api,
+    headers: &HeaderMap,
     (tenant_id, env): (&str, Environment),
+    readers: Readers,
     work: impl std::future::Future<Output = Result<T, HttpError>>,
 ) -> Response {
     let _permit = match s.in_flight.enter() {
@@ -215,7 +252,7 @@ async fn guarded<T: Serialize>(
         Err(e) => return e.into_response(),
     };
     let authorized = async {
-        s.authorize(headers, tenant_id, env).await?;
+        s.authorize_for(headers, tenant_id, env, readers).await?;
         work.await
     };
     match within(s.request_timeout, authorized).await {
@@ -257,7 +294,7 @@ async fn live_stream(
     if let Err(e) = within(s.request_timeout, s.authorize(&headers, &q.tenant_id, q.environment)).await {
         return e.into_response();
     }
-    let platform = q.tenant_id == riverbank_runtime::audit::PLATFORM_TENANT;
+    let platform = q.tenant_id == PLATFORM_TENANT;
     let view =
         crate::live::hub::View { tenant: (!platform).then(|| q.tenant_id.clone()), env: q.environment };
     match live.stream(view, crate::live::last_event_id(&headers)) {
@@ -410,7 +447,7 @@ async fn audit_volume(
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
-    guarded(&s, &headers, (&scope.0, scope.1), async move {
+    guarded_for(&s, &headers, (&scope.0, scope.1), Readers::TenantOrPlatform, async move {
         // FINAL collapses rows a replay wrote twice, so each audit event counts once.
         let rows: Vec<HourRow> = s2
             .ch
@@ -480,7 +517,7 @@ async fn transfer_volume(
 ) -> Response {
     let s2 = s.clone();
     let scope = (q.tenant_id.clone(), q.environment);
-    guarded(&s, &headers, (&scope.0, scope.1), async move {
+    guarded_for(&s, &headers, (&scope.0, scope.1), Readers::TenantOrPlatform, async move {
         let rows: Vec<TransferHourRow> = s2
             .ch
             .query(TRANSFER_VOLUME_SQL)

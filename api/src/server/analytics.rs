@@ -1,8 +1,9 @@
 //! Analytics over ClickHouse, per time bucket: transfer volume and counts (currency × kind × status),
 //! risk outcomes and review rates, the KYC funnel, accept → final latency, and inputs refused by reason.
-//! Tenant-scoped by key like every read (`guarded`): keys belong to one tenant and no platform-wide role
-//! exists, so there is no all-tenants view. Every answer states `complete_through` (the ClickHouse sink's
-//! watermark over the topics it reads) and marks each bucket ending after it `provisional: true`.
+//! Tenant-scoped by key like every read, and readable by the platform's keys too (`guarded_for` with
+//! `Readers::TenantOrPlatform`): an operator of the platform names any tenant. Every answer states
+//! `complete_through` (the ClickHouse sink's watermark over the topics it reads) and marks each bucket
+//! ending after it `provisional: true`.
 //! Parameters are checked (a 400 naming the field) and bound, never spliced into SQL; money is integer
 //! minor units beside its currency, sums taken in two parts and joined with checked arithmetic.
 //!
@@ -22,7 +23,7 @@ use riverbank_schemas::{Environment, Topics};
 use serde::{Deserialize, Serialize};
 
 use super::fx_billing::{bad, joined, page_limit, params, time_range};
-use super::{complete_through, database_error, guarded, live, Api};
+use super::{complete_through, database_error, guarded_for, live, Api, Readers};
 
 /// Longest `from`..`to` span with hourly buckets: 31 days (744 buckets).
 pub const HOUR_RANGE_S_MAX: i64 = 31 * 86_400;
@@ -324,7 +325,7 @@ where
     };
     let scope = (q.tenant_id.clone(), q.environment);
     let s2 = s.clone();
-    guarded(&s, &headers, (&scope.0, scope.1), async move {
+    guarded_for(&s, &headers, (&scope.0, scope.1), Readers::TenantOrPlatform, async move {
         let c = check(q, s2.page_rows_max, types)?;
         work(s2, c).await
     })

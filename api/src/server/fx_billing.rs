@@ -19,7 +19,10 @@ use riverbank_schemas::{Currency, Environment, Money, Topics};
 use serde::{Deserialize, Serialize};
 
 use super::analytics::{fetch, Bind};
-use super::{complete_through, database_error, guarded, live, micros_cursor, next_cursor, scoped_row, Api};
+use super::{
+    complete_through, database_error, guarded, guarded_for, live, micros_cursor, next_cursor, scoped_row,
+    Api, Readers,
+};
 
 /// Rows per page when the caller names no `limit` (at most `api.page_rows_max`).
 pub const FX_BILLING_PAGE_ROWS_DEFAULT: u32 = 100;
@@ -1038,7 +1041,7 @@ impl<T, Out: Serialize> Ranged<T, Out> {
         };
         let s2 = s.clone();
         let scope = (q.tenant_id.clone(), q.environment);
-        guarded(&s, &headers, (&scope.0, scope.1), async move {
+        guarded_for(&s, &headers, (&scope.0, scope.1), Readers::TenantOrPlatform, async move {
             let (from, to) = range(&q)?;
             let limit = q.limit.map_or(Ok(s2.page_rows_max), |l| page_limit(Some(l), s2.page_rows_max))?;
             let binds = range_binds(&q.tenant_id, q.environment, (from, to), u64::from(limit) + 1);
