@@ -5,10 +5,11 @@
 // numbers equal it and what the API answers (`/v1/analytics/transfers` once its complete_through has
 // passed the traffic), that a forced reconnect changes nothing, that the platform view shows the
 // tenant's traffic in its totals and a consumer-lag panel, and that a tenant key is refused the
-// platform view. Screenshots go to $RIVERBANK_SCREENSHOT_DIR (printed as `SCREENSHOT <path>`).
+// platform view, and that another tenant's key sees nothing of the tenant's, on its page or in the raw
+// stream. Screenshots go to $RIVERBANK_SCREENSHOT_DIR (printed as `SCREENSHOT <path>`).
 //
 // Environment: RIVERBANK_API_URL, RIVERBANK_TENANT, RIVERBANK_TENANT_KEY, RIVERBANK_PLATFORM_KEY,
-// RIVERBANK_ENVIRONMENT [live], RIVERBANK_SCREENSHOT_DIR [target/browser], RIVERBANK_WAIT_MS [150000],
+// RIVERBANK_OTHER_TENANT and RIVERBANK_OTHER_KEY (a tenant with no traffic), RIVERBANK_ENVIRONMENT [live], RIVERBANK_SCREENSHOT_DIR [target/browser], RIVERBANK_WAIT_MS [150000],
 // RIVERBANK_CHROMIUM [/usr/bin/chromium].
 //
 // Expectations (stdin, one line): {"volume": {"USD": {"amount_minor": "12345", "count": 2}, …},
@@ -35,6 +36,8 @@ const API = env('RIVERBANK_API_URL').replace(/\/$/, '');
 const TENANT = env('RIVERBANK_TENANT');
 const TENANT_KEY = env('RIVERBANK_TENANT_KEY');
 const PLATFORM_KEY = env('RIVERBANK_PLATFORM_KEY');
+const OTHER = env('RIVERBANK_OTHER_TENANT');
+const OTHER_KEY = env('RIVERBANK_OTHER_KEY');
 const ENVIRONMENT = env('RIVERBANK_ENVIRONMENT', 'live');
 const SHOTS = resolve(env('RIVERBANK_SCREENSHOT_DIR', 'target/browser'));
 const WAIT_MS = Number(env('RIVERBANK_WAIT_MS', '150000'));
@@ -154,6 +157,42 @@ async function analytics(want) {
   }
 }
 
+/// Read `tenant`'s raw stream for a few seconds (past its snapshot): no frame may name TENANT, and none
+/// may carry another tenant's or the platform-wide windows.
+async function rawStreamOf(key, tenant) {
+  const ctrl = new AbortController();
+  const q = new URLSearchParams({ tenant_id: tenant, environment: ENVIRONMENT });
+  const r = await fetch(`${API}/v1/live?${q}`, { headers: { Authorization: `Bearer ${key}` }, signal: ctrl.signal });
+  if (r.status !== 200) fail(`${tenant}'s raw stream: ${r.status} ${await r.text()}`);
+  const reader = r.body.getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  const stop = setTimeout(() => ctrl.abort(), 5000);
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+  } catch (e) {
+    if (!ctrl.signal.aborted) throw e;
+  } finally {
+    clearTimeout(stop);
+  }
+  if (!text.includes('event: snapshot')) fail(`${tenant}'s raw stream sent no snapshot in 5 s`);
+  if (text.includes(TENANT)) fail(`${tenant}'s raw stream names ${TENANT}`);
+  for (const frame of text.split('\n\n')) {
+    const type = /^event: (.*)$/m.exec(frame)?.[1];
+    const data = /^data: (.*)$/m.exec(frame)?.[1];
+    if (!data || !['window', 'dead_letter', 'snapshot'].includes(type)) continue;
+    const items = type === 'snapshot' ? [...JSON.parse(data).windows, ...JSON.parse(data).dead_letters] : [JSON.parse(data)];
+    for (const w of items) {
+      if (w.tenant_id !== tenant) fail(`${tenant}'s raw stream carries a ${type} of tenant '${w.tenant_id}'`);
+    }
+  }
+  log(`${tenant}'s raw stream (${text.length} bytes over 5 s) holds nothing but its own`);
+}
+
 function readLine() {
   return new Promise((res) => {
     const rl = createInterface({ input: process.stdin });
@@ -249,6 +288,27 @@ async function main() {
       ? null : `connection ${x.connection}, error ${x.error}`));
     const leak = await hooks(denied.page);
     if (Object.keys(leak).some((k) => k.startsWith('volume-total-'))) fail('a refused view shows volumes');
+    // 7. Another tenant: its own view shows nothing of the tenant's (and its raw stream holds nothing of
+    //    it, not even platform totals), and it is refused the tenant's view.
+    await rawStreamOf(OTHER_KEY, OTHER);
+    const o = await open(browser, OTHER_KEY, OTHER);
+    await until(o.page, "another tenant's view connects and receives gauges", (x) => (x.connection === 'connected' && /clickhouse/.test(x.landed || '')
+      ? null : `connection ${x.connection}, landed '${x.landed}'`));
+    const seen = await hooks(o.page);
+    const text = await o.page.evaluate(() => document.body.innerText);
+    const leaks = [];
+    if (text.includes(TENANT)) leaks.push(`the page names ${TENANT}`);
+    if (Object.keys(seen).some((k) => k.startsWith('volume-total-'))) leaks.push('volumes shown');
+    for (const out of ['accepted', 'rejected', 'blocked', 'completed', 'failed']) {
+      if (seen[`outcome-total-${out}`] !== '0') leaks.push(`outcome-total-${out} ${seen[`outcome-total-${out}`]}`);
+    }
+    if (seen['dead-letters-total'] !== '0' || seen['dead-letter-row']) leaks.push('dead letters shown');
+    if (seen['review-queue'] !== '0') leaks.push(`review-queue ${seen['review-queue']}`);
+    if (leaks.length) fail(`${OTHER}'s view: ${leaks.join('; ')}`);
+    const cross = await open(browser, OTHER_KEY, TENANT);
+    await until(cross.page, `${OTHER}'s key is refused ${TENANT}'s view`, (x) => (x.connection === 'error' && /^403\b/.test(x.error || '')
+      ? null : `connection ${x.connection}, error ${x.error}`));
+    log(`${OTHER}'s key sees nothing of ${TENANT}'s and is refused its view`);
     log('every check passed');
   } finally {
     await browser.close();

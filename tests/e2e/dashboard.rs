@@ -6,8 +6,9 @@
 //! provider definition cannot map, dead-lettered) and hands the script what it sent. The script checks
 //! that the charts moved and the page's numbers equal what was sent and what `/v1/analytics/transfers`
 //! answers once complete, that a forced reconnect changes nothing, that the platform view shows the
-//! tenant's traffic and the consumer lag, and that a tenant key is refused the platform view; it saves
-//! screenshots under target/browser/.
+//! tenant's traffic and the consumer lag, that a tenant key is refused the platform view, and that
+//! another tenant's key sees nothing of the tenant's (its page and its raw stream) and is refused the
+//! tenant's view; it saves screenshots under target/browser/.
 //!
 //! Needs node (>= 20) and chromium (`RIVERBANK_CHROMIUM`, default /usr/bin/chromium); `npm ci` in
 //! tests/browser is run when playwright-core is missing. Without them the test fails when `CI` is set
@@ -29,6 +30,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use crate::harness::Pipeline;
 
 const TENANT: &str = "dash-co";
+/// A tenant with keys and no traffic: it must see nothing of TENANT's.
+const OTHER: &str = "other-co";
 const SEED: u8 = 57;
 const IDCHECK_SECRET: &str = "e2e-dash-idcheck-secret-0123456789";
 /// How long the browser may take to connect, and then to finish every check.
@@ -223,6 +226,7 @@ async fn the_dashboard_shows_live_traffic_equal_to_what_was_sent_and_to_the_api(
     let admin = key(&p, TENANT, "admin").await?;
     let viewer = key(&p, TENANT, "viewer").await?;
     let operator = key(&p, riverbank_runtime::audit::PLATFORM_TENANT, "operator").await?;
+    let other = key(&p, OTHER, "admin").await?;
     let f = Flow {
         cfg: &cfg,
         client: &p.http,
@@ -252,6 +256,8 @@ async fn the_dashboard_shows_live_traffic_equal_to_what_was_sent_and_to_the_api(
         .env("RIVERBANK_TENANT", TENANT)
         .env("RIVERBANK_TENANT_KEY", &viewer)
         .env("RIVERBANK_PLATFORM_KEY", &operator)
+        .env("RIVERBANK_OTHER_TENANT", OTHER)
+        .env("RIVERBANK_OTHER_KEY", &other)
         .env("RIVERBANK_ENVIRONMENT", "live")
         .env("RIVERBANK_SCREENSHOT_DIR", &shots)
         .env("RIVERBANK_CHROMIUM", chromium())
