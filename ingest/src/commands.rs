@@ -164,13 +164,16 @@ fn user_id(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
     }
 }
 
-/// `Idempotency-Key` (or `x-idempotency-key`), when sent: 1–255 printable ASCII characters.
+/// `Idempotency-Key` (or `x-idempotency-key`), when sent: 1–255 printable ASCII characters. Read as
+/// bytes: a key with other bytes is refused, never taken as no key (the command would then be accepted
+/// without the protection its sender asked for).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
-    match header(headers, "idempotency-key").or_else(|| header(headers, "x-idempotency-key")) {
+    let sent = headers.get("idempotency-key").or_else(|| headers.get("x-idempotency-key"));
+    match sent.map(|v| v.as_bytes()) {
         Some(k)
             if k.is_empty()
                 || k.len() > IDEMPOTENCY_KEY_BYTES_MAX
-                || !k.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+                || !k.iter().all(|b| (0x20..0x7f).contains(b)) =>
         {
             Err(HttpError::invalid_field(
                 "Idempotency-Key",
@@ -178,7 +181,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
                 "must be 1-255 printable ASCII characters",
             ))
         }
-        k => Ok(k.map(str::to_owned)),
+        k => Ok(k.map(|k| String::from_utf8_lossy(k).into_owned())),
     }
 }
 
@@ -275,3 +278,26 @@ endpoint!(risk_review, Endpoint::RiskReviewDecision, path);
 endpoint!(fx_conversion_decision, Endpoint::FxConversionDecision, path);
 endpoint!(billing_plan, Endpoint::BillingPlan);
 endpoint!(consent, Endpoint::Consent, path);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn with_key(value: HeaderValue) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("idempotency-key", value);
+        h
+    }
+
+    #[test]
+    fn an_idempotency_key_outside_printable_ascii_is_refused_not_ignored() {
+        let bytes = HeaderValue::from_bytes(b"retry-\xe9t\xe9").unwrap_or_else(|e| panic!("{e}"));
+        let e = idempotency_key(&with_key(bytes)).err().unwrap_or_else(|| panic!("accepted"));
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.field, Some(("Idempotency-Key".to_owned(), "format")));
+        let ok = idempotency_key(&with_key(HeaderValue::from_static("order-42 retry")));
+        assert_eq!(ok.ok().flatten().as_deref(), Some("order-42 retry"));
+        assert_eq!(idempotency_key(&HeaderMap::new()).ok(), Some(None));
+    }
+}

@@ -137,9 +137,9 @@ pub fn document() -> Value {
             "schema": {"type": "string", "enum": ["live", "sandbox"], "default": "live"}}));
         params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
             "description": "The same request under the same key gets the same answer and produces one event \
-                (also read as `x-idempotency-key`)",
+                (also read as `x-idempotency-key`); printable ASCII (HTTP drops spaces around a header value)",
             "schema": {"type": "string", "minLength": 1,
-                "maxLength": crate::commands::IDEMPOTENCY_KEY_BYTES_MAX, "pattern": "^[ -~]+$"}}));
+                "maxLength": crate::commands::IDEMPOTENCY_KEY_BYTES_MAX, "pattern": "^[!-~]([ -~]*[!-~])?$"}}));
         params.push(json!({"name": "x-user-id", "in": "header", "required": false,
             "description": "The person acting, when the tenant's backend names one (maker-checker)",
             "schema": {"type": "string"}}));
