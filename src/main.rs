@@ -49,6 +49,9 @@ enum Command {
         /// Seconds to wait for every webhook to land in both stores.
         #[arg(long, default_value_t = 60)]
         wait_s: u64,
+        /// Then keep traffic flowing for this many seconds (for the live dashboard).
+        #[arg(long, default_value_t = 0)]
+        flow_s: u64,
     },
     /// Benchmarks: print figures for one workload (never used as a test).
     Bench {
@@ -260,6 +263,9 @@ enum BenchName {
     Billing(riverbank::bench_billing::Options),
     /// Field encryption: ns per seal and open (16, 256, 4096 bytes), data-key wrap/unwrap, pseudonyms.
     Crypto(bench_crypto::Options),
+    /// The live component: events/s it keeps up with while two dashboard streams are open, and the
+    /// delay from an event's acceptance to its first window frame (p50/p99), at rising rates.
+    Live(riverbank::bench_live::Options),
 }
 
 /// The workload of the transfers and sinks benchmarks.
@@ -305,9 +311,9 @@ fn main() -> anyhow::Result<()> {
             Command::Sink { store: StoreName::Clickhouse } => run_clickhouse_sink(&cfg, stop).await,
             Command::Api => riverbank_api::serve(&cfg, stop).await,
             Command::Migrate => migrate(&cfg).await,
-            Command::Demo { count, wait_s } => {
+            Command::Demo { count, wait_s, flow_s } => {
                 riverbank::demo::run(&cfg, count, wait_s).await?;
-                riverbank::money_loop::demo(&cfg, wait_s).await
+                riverbank::money_loop::demo(&cfg, wait_s, flow_s).await
             }
             Command::Bench { which: BenchName::Transfers(w) } => {
                 riverbank::bench::transfers(&cfg, w.tenants, w.per_tenant, w.rate_per_s).await
@@ -327,6 +333,7 @@ fn main() -> anyhow::Result<()> {
                 riverbank::bench_billing::billing(&cfg, &o).await
             }
             Command::Bench { which: BenchName::Crypto(o) } => bench_crypto::crypto(&o),
+            Command::Bench { which: BenchName::Live(o) } => riverbank::bench_live::live(&cfg, &o).await,
             Command::Gdpr { action } => keys_cli::gdpr(&cfg, action).await,
             Command::Keys { action } => keys(&cfg, action).await,
             Command::Dlq { action: DlqAction::List { env, json } } => {

@@ -66,7 +66,7 @@ impl Flow<'_> {
         [("tenant_id", self.tenant.as_str()), ("environment", self.env.as_str())]
     }
 
-    async fn webhook(&self, s: &Sender, id: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+    pub(crate) async fn webhook(&self, s: &Sender, id: &str, body: &serde_json::Value) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(body)?;
         let url = format!("{}/v1/webhooks/{}/{}", self.ingest_url, s.provider, s.tenant_id);
         let mut req = self.client.post(url).header("content-type", "application/json");
@@ -248,7 +248,7 @@ impl Flow<'_> {
         Ok(reference)
     }
 
-    async fn payout(
+    pub(crate) async fn payout(
         &self,
         id: &str,
         user: &str,
@@ -472,7 +472,7 @@ pub fn month_start(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono
 
 /// The demo's second half (`riverbank demo`, after the webhook stream): this flow for
 /// [`DEMO_TENANT`] against the configured local pipeline, with keys it creates and the demo sanctions list.
-pub async fn demo(cfg: &Config, wait_s: u64) -> anyhow::Result<()> {
+pub async fn demo(cfg: &Config, wait_s: u64, flow_s: u64) -> anyhow::Result<()> {
     use riverbank_ingest::core::commands::Role;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let client = &client;
@@ -505,8 +505,89 @@ pub async fn demo(cfg: &Config, wait_s: u64) -> anyhow::Result<()> {
         run: run_id[..8].to_owned(),
         wait: Duration::from_secs(wait_s),
     };
-    crate::money_loop::run(&flow).await?;
+    let outcome = crate::money_loop::run(&flow).await?;
     fx_and_billing(&flow).await?;
+    if flow_s > 0 {
+        keep_flowing(&flow, &outcome.user, flow_s).await?;
+    }
+    Ok(())
+}
+
+/// Time between two transfers of [`keep_flowing`].
+const FLOW_EVERY: Duration = Duration::from_millis(300);
+/// Transfers of [`keep_flowing`] waiting for screening and their provider's callback at most.
+const FLOW_IN_FLIGHT_MAX: usize = 16;
+
+/// Traffic for the live dashboard, for `seconds`: a newly verified user's deposits (screened, then
+/// completed by the provider's signed callback), and among them payouts beyond the balance (rejected),
+/// deposits of the frozen `frozen_user` (blocked) and callbacks the provider's mapping refuses (dead
+/// letters). Prints what it sent every 10 s.
+pub async fn keep_flowing(f: &Flow<'_>, frozen_user: &str, seconds: u64) -> anyhow::Result<()> {
+    use futures::stream::{FuturesUnordered, StreamExt as _};
+    let user = format!("usr_{}_live", f.run);
+    let account = format!("acct_{}_live", f.run);
+    f.kyc_approved(&user, &format!("case_{}_live", f.run), "basic-kyc-level").await?;
+    println!("[flow] sending traffic for {seconds} s (watch the dashboard)");
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let (mut sent, mut completed, mut rejected, mut blocked, mut dead) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut in_flight = FuturesUnordered::new();
+    let mut report = Instant::now();
+    let mut i: u64 = 0;
+    while Instant::now() < end {
+        i += 1;
+        let id = format!("live-{}-{i:05}", f.run);
+        let amount = format!("{}.{:02}", 10 + (i * 37) % 490, (i * 13) % 100);
+        match i % 10 {
+            3 => {
+                let payee = serde_json::json!({"id": "payee-flow", "country": "US"});
+                f.payout(&id, &user, &account, "1000000.00", payee).await?;
+                rejected += 1;
+            }
+            6 => {
+                f.deposit(&id, frozen_user, &account, &amount).await?;
+                blocked += 1;
+            }
+            9 => {
+                // A callback the provider's mapping refuses (no deposit id): a dead letter, answered 202.
+                let body = serde_json::json!({"type": "deposit.completed", "api_version": "2024-06-01",
+                    "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "data": {"object": "deposit"}});
+                if f.webhook(&f.payments, &format!("wh-{id}-unmappable"), &body).await.is_ok() {
+                    dead += 1;
+                }
+            }
+            _ if in_flight.len() < FLOW_IN_FLIGHT_MAX => {
+                let reference = f.deposit(&id, &user, &account, &amount).await?;
+                let account = account.clone();
+                in_flight.push(async move {
+                    f.transfer_status(&id, &["APPROVED"]).await?;
+                    f.deposit_completed_at(&reference, &amount, &account, chrono::Utc::now()).await
+                });
+            }
+            _ => {}
+        }
+        sent += 1;
+        let pause = tokio::time::sleep(FLOW_EVERY);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                    if r.is_ok() { completed += 1 }
+                }
+            }
+        }
+        if report.elapsed() >= Duration::from_secs(10) {
+            report = Instant::now();
+            println!("[flow] {sent} sent: {completed} deposits completed, {rejected} payouts beyond the balance, {blocked} for a frozen user, {dead} unmappable callbacks");
+        }
+    }
+    while let Some(r) = in_flight.next().await {
+        if r.is_ok() {
+            completed += 1;
+        }
+    }
+    println!("[flow] done: {sent} sent: {completed} deposits completed, {rejected} payouts beyond the balance, {blocked} for a frozen user, {dead} unmappable callbacks");
     Ok(())
 }
 

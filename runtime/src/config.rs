@@ -404,6 +404,8 @@ pub struct LiveConfig {
     pub lookback_ms: u64,
     /// How long sliding (10 s) windows are kept after their end.
     pub sliding_kept_ms: u64,
+    /// How often what was read is aggregated and what changed is pushed (a micro-batch).
+    pub batch_interval_ms: u64,
     /// How far behind the newest event time the watermark trails.
     pub lateness_ms: u64,
     /// Without new events for this long, the watermark follows the clock instead (idle topics).
@@ -566,6 +568,7 @@ impl Config {
         let l = &self.live;
         positive("live.lookback_ms", l.lookback_ms);
         positive("live.sliding_kept_ms", l.sliding_kept_ms);
+        positive("live.batch_interval_ms", l.batch_interval_ms);
         positive("live.idle_ms", l.idle_ms);
         positive("live.gauge_interval_ms", l.gauge_interval_ms);
         positive("live.pending_events_max", l.pending_events_max as u64);

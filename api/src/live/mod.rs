@@ -69,7 +69,8 @@ impl Live {
             ms(l.lateness_ms),
             ms(l.idle_ms),
         );
-        tokio::spawn(aggregate(windows, hub.clone(), shared.clone(), l.tenants_max, stop.clone()));
+        let every = Duration::from_millis(l.batch_interval_ms);
+        tokio::spawn(aggregate(windows, hub.clone(), shared.clone(), (every, l.tenants_max), stop.clone()));
         let g = GaugeTask {
             hub: hub.clone(),
             shared: shared.clone(),
@@ -260,15 +261,15 @@ fn dead_letter_frame(d: &DeadSeen) -> Outgoing {
     }
 }
 
-/// Every pane: fold what the reader read, move the watermark, publish what changed.
+/// Every `live.batch_interval_ms`: fold what the reader read, move the watermark, publish what changed.
 async fn aggregate(
     mut windows: Windows,
     hub: Arc<Hub>,
     shared: Arc<Shared>,
-    tenants_max: usize,
+    (every, tenants_max): (Duration, usize),
     stop: CancellationToken,
 ) {
-    let mut pane = tokio::time::interval(Duration::from_millis(PANE_MS.unsigned_abs()));
+    let mut pane = tokio::time::interval(every);
     pane.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut known: HashSet<Arc<str>> = HashSet::new();
     let mut panes: u64 = 0;
@@ -291,7 +292,8 @@ async fn aggregate(
         hub.publish(frames);
         hub.forget_windows(&forgotten.iter().map(window_slot).collect::<Vec<_>>());
         panes += 1;
-        if panes.is_multiple_of(60) {
+        // About once a minute.
+        if panes.is_multiple_of(u64::try_from(60_000 / every.as_millis().max(1)).unwrap_or(1).max(1)) {
             known = windows.tenants();
         }
     }
