@@ -35,6 +35,9 @@ pub fn document() -> Value {
     let mut d = Doc::new();
     let read = "Authorization: Bearer <api key> of `tenant_id`, for `environment`, of a role that reads \
                 (any but rates_publisher); without a key only where `api.require_api_key` is off.";
+    let analytics = "Authorization: Bearer <api key> of `tenant_id` or of the platform tenant (`platform`: \
+                     any tenant's analytics), for `environment`, of a role that reads (any but rates_publisher); \
+                     without a key only where `api.require_api_key` is off.";
 
     // Audit trail.
     d.op(
@@ -82,7 +85,7 @@ pub fn document() -> Value {
     d.op("get", "/v1/analytics/audit-volume", "audit_volume", "analytics", "Audit events per hour")
         .query::<super::VolumeQuery>()
         .ok::<super::Volume>()
-        .key(read);
+        .key(analytics);
     d.op(
         "get",
         "/v1/analytics/transfer-volume",
@@ -92,7 +95,7 @@ pub fn document() -> Value {
     )
     .query::<super::VolumeQuery>()
     .ok::<super::TransferVolume>()
-    .key(read);
+    .key(analytics);
     d.op(
         "get",
         "/v1/transfers/{transfer_id}",
@@ -174,11 +177,11 @@ pub fn document() -> Value {
     d.op("get", "/v1/analytics/fee-revenue", "fee_revenue", "analytics", "Fee revenue per day and currency")
         .query::<fx_billing::RangeQuery>()
         .ok::<fx_billing::FeeRevenue>()
-        .key(read);
+        .key(analytics);
     d.op("get", "/v1/analytics/fx-volume", "fx_volume", "analytics", "FX volume per day and pair")
         .query::<fx_billing::RangeQuery>()
         .ok::<fx_billing::FxVolume>()
-        .key(read);
+        .key(analytics);
 
     // Analytics over ClickHouse.
     d.op(
@@ -190,7 +193,7 @@ pub fn document() -> Value {
     )
     .query::<analytics::AnalyticsQuery>()
     .ok::<analytics::Transfers>()
-    .key(read);
+    .key(analytics);
     d.op(
         "get",
         "/v1/analytics/risk-outcomes",
@@ -200,7 +203,7 @@ pub fn document() -> Value {
     )
     .query::<analytics::AnalyticsQuery>()
     .ok::<analytics::RiskOutcomes>()
-    .key(read);
+    .key(analytics);
     d.op(
         "get",
         "/v1/analytics/kyc-funnel",
@@ -210,7 +213,7 @@ pub fn document() -> Value {
     )
     .query::<analytics::AnalyticsQuery>()
     .ok::<analytics::KycFunnel>()
-    .key(read);
+    .key(analytics);
     d.op(
         "get",
         "/v1/analytics/transfer-latency",
@@ -220,11 +223,11 @@ pub fn document() -> Value {
     )
     .query::<analytics::AnalyticsQuery>()
     .ok::<analytics::TransferLatency>()
-    .key(read);
+    .key(analytics);
     d.op("get", "/v1/analytics/rejections", "analytics_rejections", "analytics", "Dead letters by reason")
         .query::<analytics::AnalyticsQuery>()
         .ok::<analytics::Rejections>()
-        .key(read);
+        .key(analytics);
 
     // Live monitoring (the stream never ends: described, not fuzzed).
     d.op("get", "/v1/live", "live", "live", "One multiplexed Server-Sent Events stream of live windows and gauges")
