@@ -40,6 +40,9 @@ pub struct Live {
     streams: Arc<Semaphore>,
     keepalive: Duration,
     lateness_ms: u64,
+    /// How long minute and sliding windows are kept after their end (told in `hello`).
+    minute_kept_ms: u64,
+    sliding_kept_ms: u64,
     stop: CancellationToken,
 }
 
@@ -86,6 +89,8 @@ impl Live {
             streams: Arc::new(Semaphore::new(l.connections_max)),
             keepalive: Duration::from_millis(l.keepalive_ms),
             lateness_ms: l.lateness_ms,
+            minute_kept_ms: l.lookback_ms,
+            sliding_kept_ms: l.sliding_kept_ms,
             stop,
         }))
     }
@@ -106,6 +111,7 @@ impl Live {
             "view": {"tenant_id": view.tenant.as_deref().unwrap_or(riverbank_runtime::audit::PLATFORM_TENANT), "environment": view.env},
             "resumed": matches!(start, Start::Replay(_)),
             "pane_ms": PANE_MS, "sliding_ms": SLIDING_MS, "minute_ms": MINUTE_MS, "lateness_ms": self.lateness_ms,
+            "minute_kept_ms": self.minute_kept_ms, "sliding_kept_ms": self.sliding_kept_ms,
         });
         let task = StreamTask {
             hub: self.hub.clone(),

@@ -11,8 +11,8 @@ const HTML: &str = include_str!("../../static/dashboard.html");
 const JS: &str = include_str!("../../static/dashboard.js");
 const CSS: &str = include_str!("../../static/dashboard.css");
 
-/// Everything the page may load or connect to: itself (the legend's colour dots are style attributes).
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; connect-src 'self'; \
+/// Everything the page may load or connect to: itself.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
 img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
