@@ -541,6 +541,19 @@ mod tests {
         );
     }
 
+    /// What `GET /openapi.json` answers is the checked-in file.
+    #[tokio::test]
+    async fn served_document_equals_checked_in() {
+        let resp = serve().await;
+        assert_eq!(resp.status(), axum::http::StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap_or_else(|e| panic!("{e}"));
+        let served: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(CHECKED_IN);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let checked_in: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(served == checked_in, "GET /openapi.json differs from {}", path.display());
+    }
+
     /// Every route registered in the router's source is in the document, and the document has no
     /// other: a new route without a spec entry fails here.
     #[test]
