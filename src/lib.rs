@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_billing;
 pub mod bench_fx;
 pub mod bench_live;
+pub mod bench_peer;
 pub mod bench_risk;
 pub mod bench_state;
 pub mod demo;

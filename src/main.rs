@@ -266,6 +266,9 @@ enum BenchName {
     /// The live component: events/s it keeps up with while two dashboard streams are open, and the
     /// delay from an event's acceptance to its first window frame (p50/p99), at rising rates.
     Live(riverbank::bench_live::Options),
+    /// The same stateful job in riverbank and Quix Streams 3.28 (bench/peers/quix): results/s, CPU,
+    /// p99, and outputs duplicated or missing after a SIGKILL of each.
+    Peer(riverbank::bench_peer::Options),
 }
 
 /// The workload of the transfers and sinks benchmarks.
@@ -334,6 +337,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bench { which: BenchName::Crypto(o) } => bench_crypto::crypto(&o),
             Command::Bench { which: BenchName::Live(o) } => riverbank::bench_live::live(&cfg, &o).await,
+            Command::Bench { which: BenchName::Peer(o) } => riverbank::bench_peer::peer(&cfg, &o).await,
             Command::Gdpr { action } => keys_cli::gdpr(&cfg, action).await,
             Command::Keys { action } => keys(&cfg, action).await,
             Command::Dlq { action: DlqAction::List { env, json } } => {
