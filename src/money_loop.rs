@@ -515,30 +515,40 @@ pub async fn demo(cfg: &Config, wait_s: u64, flow_s: u64) -> anyhow::Result<()> 
 
 /// Time between two transfers of [`keep_flowing`].
 const FLOW_EVERY: Duration = Duration::from_millis(300);
-/// Transfers of [`keep_flowing`] waiting for screening and their provider's callback at most.
+/// Transfers of [`keep_flowing`] waiting for screening, a review or their provider's callback at most.
 const FLOW_IN_FLIGHT_MAX: usize = 16;
+/// Deposits per user before [`keep_flowing`] verifies the next one (below the default rules' hourly
+/// count and tier 1's 24-hour sum, so they are approved, not held).
+const FLOW_DEPOSITS_PER_USER: u64 = 8;
+/// How long a large deposit waits in the review queue before the officer approves it.
+const FLOW_REVIEW_WAIT: Duration = Duration::from_secs(8);
 
-/// Traffic for the live dashboard, for `seconds`: a newly verified user's deposits (screened, then
-/// completed by the provider's signed callback), and among them payouts beyond the balance (rejected),
-/// deposits of the frozen `frozen_user` (blocked) and callbacks the provider's mapping refuses (dead
-/// letters). Prints what it sent every 10 s.
+/// Traffic for the live dashboard, for `seconds`: deposits of newly verified users (one every
+/// [`FLOW_DEPOSITS_PER_USER`]), screened, then completed by the provider's signed callback; among them
+/// large deposits held for review and approved by the officer a few seconds later, payouts beyond the
+/// balance (rejected), deposits of the frozen `frozen_user` (blocked) and callbacks the provider's
+/// mapping refuses (dead letters). Prints what it sent every 10 s.
 pub async fn keep_flowing(f: &Flow<'_>, frozen_user: &str, seconds: u64) -> anyhow::Result<()> {
     use futures::stream::{FuturesUnordered, StreamExt as _};
-    let user = format!("usr_{}_live", f.run);
+    let verify = |n: u64| async move {
+        let user = format!("usr_{}_live{n}", f.run);
+        f.kyc_approved(&user, &format!("case_{}_live{n}", f.run), "basic-kyc-level").await.map(|_| user)
+    };
+    let mut user = verify(0).await?;
     let account = format!("acct_{}_live", f.run);
-    f.kyc_approved(&user, &format!("case_{}_live", f.run), "basic-kyc-level").await?;
     println!("[flow] sending traffic for {seconds} s (watch the dashboard)");
     let end = Instant::now() + Duration::from_secs(seconds);
-    let (mut sent, mut completed, mut rejected, mut blocked, mut dead) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut sent, mut completed, mut reviewed, mut rejected, mut blocked, mut dead) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut in_flight = FuturesUnordered::new();
     let mut report = Instant::now();
-    let mut i: u64 = 0;
+    let (mut i, mut deposits): (u64, u64) = (0, 0);
     while Instant::now() < end {
         i += 1;
         let id = format!("live-{}-{i:05}", f.run);
-        let amount = format!("{}.{:02}", 10 + (i * 37) % 490, (i * 13) % 100);
-        match i % 10 {
-            3 => {
+        let amount = format!("{}.{:02}", 10 + (i * 37) % 190, (i * 13) % 100);
+        match i % 20 {
+            3 | 13 => {
                 let payee = serde_json::json!({"id": "payee-flow", "country": "US"});
                 f.payout(&id, &user, &account, "1000000.00", payee).await?;
                 rejected += 1;
@@ -547,7 +557,7 @@ pub async fn keep_flowing(f: &Flow<'_>, frozen_user: &str, seconds: u64) -> anyh
                 f.deposit(&id, frozen_user, &account, &amount).await?;
                 blocked += 1;
             }
-            9 => {
+            9 | 19 => {
                 // A callback the provider's mapping refuses (no deposit id): a dead letter, answered 202.
                 let body = serde_json::json!({"type": "deposit.completed", "api_version": "2024-06-01",
                     "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -557,11 +567,30 @@ pub async fn keep_flowing(f: &Flow<'_>, frozen_user: &str, seconds: u64) -> anyh
                 }
             }
             _ if in_flight.len() < FLOW_IN_FLIGHT_MAX => {
+                deposits += 1;
+                if deposits % FLOW_DEPOSITS_PER_USER == 0 {
+                    user = verify(deposits / FLOW_DEPOSITS_PER_USER).await?;
+                }
+                // One in ten is large: held for review, approved by the officer after a while.
+                let large = i % 20 == 16;
+                let amount = if large { "1500.00".to_owned() } else { amount };
                 let reference = f.deposit(&id, &user, &account, &amount).await?;
                 let account = account.clone();
                 in_flight.push(async move {
+                    if large {
+                        let reviews = format!("{}/v1/risk/reviews", f.api_url);
+                        f.until("a large deposit in the review queue", &reviews, |v| {
+                            v["reviews"].as_array().is_some_and(|r| r.iter().any(|x| x["transfer_id"] == id.as_str()))
+                        })
+                        .await?;
+                        tokio::time::sleep(FLOW_REVIEW_WAIT).await;
+                        let decision = serde_json::json!({"decision": "approved", "reason": "source of funds documented"});
+                        f.command(&f.officer_token, &format!("/v1/risk/reviews/{id}/decision"), Some("officer-1"), decision)
+                            .await?;
+                    }
                     f.transfer_status(&id, &["APPROVED"]).await?;
-                    f.deposit_completed_at(&reference, &amount, &account, chrono::Utc::now()).await
+                    f.deposit_completed_at(&reference, &amount, &account, chrono::Utc::now()).await?;
+                    Ok::<bool, anyhow::Error>(large)
                 });
             }
             _ => {}
@@ -572,22 +601,27 @@ pub async fn keep_flowing(f: &Flow<'_>, frozen_user: &str, seconds: u64) -> anyh
         loop {
             tokio::select! {
                 _ = &mut pause => break,
-                Some(r) = in_flight.next(), if !in_flight.is_empty() => {
-                    if r.is_ok() { completed += 1 }
-                }
+                Some(r) = in_flight.next(), if !in_flight.is_empty() => match r {
+                    Ok(large) => { completed += 1; reviewed += u64::from(large) }
+                    Err(e) => println!("[flow] a deposit did not complete: {e:#}"),
+                },
             }
         }
         if report.elapsed() >= Duration::from_secs(10) {
             report = Instant::now();
-            println!("[flow] {sent} sent: {completed} deposits completed, {rejected} payouts beyond the balance, {blocked} for a frozen user, {dead} unmappable callbacks");
+            println!("[flow] {sent} sent: {completed} deposits completed ({reviewed} after a review), {rejected} payouts beyond the balance, {blocked} for a frozen user, {dead} unmappable callbacks");
         }
     }
     while let Some(r) = in_flight.next().await {
-        if r.is_ok() {
-            completed += 1;
+        match r {
+            Ok(large) => {
+                completed += 1;
+                reviewed += u64::from(large);
+            }
+            Err(e) => println!("[flow] a deposit did not complete: {e:#}"),
         }
     }
-    println!("[flow] done: {sent} sent: {completed} deposits completed, {rejected} payouts beyond the balance, {blocked} for a frozen user, {dead} unmappable callbacks");
+    println!("[flow] done: {sent} sent: {completed} deposits completed ({reviewed} after a review), {rejected} payouts beyond the balance, {blocked} for a frozen user, {dead} unmappable callbacks");
     Ok(())
 }
 

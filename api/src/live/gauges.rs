@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use riverbank_runtime::config::KafkaConfig;
 use riverbank_schemas::{Environment, Topics};
@@ -51,7 +52,15 @@ pub struct LagReader {
     meta: BaseConsumer,
     readers: HashMap<String, BaseConsumer>,
     partitions: HashMap<String, Vec<i32>>,
+    /// Reads single records for [`LagReader::peek`] (assigned one partition at a time, never a group).
+    peeker: BaseConsumer,
+    peeked: HashMap<(String, i32), (i64, i64)>,
 }
+
+/// Records read per lag round at most to learn a partition's time at a committed offset.
+const PEEKS_PER_ROUND_MAX: usize = 16;
+/// How long one such read may take.
+const PEEK_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl LagReader {
     pub fn new(cfg: &KafkaConfig) -> Result<LagReader, String> {
@@ -62,12 +71,15 @@ impl LagReader {
             cfg: cfg.clone(),
             readers: HashMap::new(),
             partitions: HashMap::new(),
+            peeker: reader(cfg, &format!("{}-live-unused", cfg.client_id))?,
+            peeked: HashMap::new(),
         })
     }
 
     /// Every group's lag at `now_ms`. Blocking.
     pub fn read(&mut self, shared: &Shared, now_ms: i64) -> Result<Vec<Lag>, String> {
         let mut out = Vec::new();
+        let mut peeks = 0;
         for &env in &self.cfg.environments.clone() {
             for (short, inputs) in groups(&self.topics, env) {
                 let group = self.topics.group(&short);
@@ -96,7 +108,10 @@ impl LagReader {
                     let behind = high.saturating_sub(c).max(0);
                     lag.messages = lag.messages.saturating_add(behind);
                     if behind > 0 {
-                        if let Some((ts, exact)) = shared.time_at(&input, p, c) {
+                        // The live reader's samples, or (a processor's log, which it does not read) the
+                        // record itself.
+                        let at = shared.time_at(&input, p, c).or_else(|| self.peek(&input, p, c, &mut peeks));
+                        if let Some((ts, exact)) = at {
                             lag.seconds_ms = lag.seconds_ms.max(now_ms.saturating_sub(ts).max(0));
                             lag.at_least |= !exact;
                         }
@@ -106,6 +121,28 @@ impl LagReader {
             }
         }
         Ok(out)
+    }
+
+    /// The record time at `offset` of a partition, read from the broker (at most `PEEKS_PER_ROUND_MAX`
+    /// per round; remembered while the offset stays).
+    fn peek(&mut self, topic: &str, partition: i32, offset: i64, peeks: &mut usize) -> Option<(i64, bool)> {
+        let key = (topic.to_owned(), partition);
+        if let Some(&(o, ts)) = self.peeked.get(&key) {
+            if o == offset {
+                return Some((ts, true));
+            }
+        }
+        if *peeks >= PEEKS_PER_ROUND_MAX {
+            return None;
+        }
+        *peeks += 1;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).ok()?;
+        self.peeker.assign(&tpl).ok()?;
+        let m = self.peeker.poll(PEEK_TIMEOUT)?.ok()?;
+        let ts = m.timestamp().to_millis()?;
+        self.peeked.insert(key, (offset, ts));
+        Some((ts, true))
     }
 
     fn partitions_of(&mut self, topic: &str) -> Result<Vec<i32>, String> {

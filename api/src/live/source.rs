@@ -30,8 +30,8 @@ const SAMPLES_PER_PARTITION_MAX: usize = 20_000;
 const SAMPLE_EVERY_MS: i64 = 100;
 /// How long to wait for topics that do not exist yet between tries.
 const TOPICS_RETRY_MS: u64 = 2_000;
-/// Longest reason class kept (the text before the first ':' of a dead letter's reason).
-pub const REASON_CLASS_CHARS_MAX: usize = 48;
+/// Longest reason class kept (the text before the first ':' of a dead letter's reason), cut at a word.
+pub const REASON_CLASS_CHARS_MAX: usize = 64;
 
 /// A dead letter as the dashboard lists it (no payload, no header values).
 #[derive(Debug, Clone)]
@@ -301,11 +301,14 @@ fn outcome(previous: Option<TransferStatus>, status: TransferStatus) -> Option<&
 /// value the reason may quote.
 pub fn reason_class(reason: &str) -> String {
     let head = reason.split(':').next().unwrap_or_default();
-    let class: String = head
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || " _-.".contains(*c))
-        .take(REASON_CLASS_CHARS_MAX)
-        .collect();
+    let kept: String = head.chars().filter(|c| c.is_ascii_alphanumeric() || " _-.".contains(*c)).collect();
+    let mut class: String = kept.chars().take(REASON_CLASS_CHARS_MAX).collect();
+    if kept.len() > class.len() {
+        // Cut at the last word that fits.
+        if let Some(space) = class.rfind(' ') {
+            class.truncate(space);
+        }
+    }
     match class.trim() {
         "" => "other".to_owned(),
         c => c.to_owned(),
@@ -380,6 +383,8 @@ mod tests {
         assert_eq!(reason_class(":secret"), "other");
         assert_eq!(reason_class("bad <script>"), "bad script");
         assert_eq!(reason_class(&"x".repeat(100)).len(), REASON_CLASS_CHARS_MAX);
+        let long = "event type deposit.completed is not in the provider's declared types at all";
+        assert_eq!(reason_class(long), "event type deposit.completed is not in the providers declared");
     }
 
     #[test]
