@@ -211,10 +211,20 @@ async fn exports_and_proof(
             ("to_seq", records.len().to_string()),
         ]
     };
-    let json = get("/v1/audit/export", base("json")).send().await?.error_for_status()?.text().await?;
-    let csv = get("/v1/audit/export", base("csv")).send().await?.error_for_status()?.text().await?;
-    let from_json: Vec<ExportRow> = json.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    let from_csv = ExportRow::parse_csv(&csv).map_err(|e| anyhow::anyhow!(e))?;
+    // A checkpoint signed on the partition clock may land between the two exports (it covers records
+    // already exported): read both again until they agree, a few times at most.
+    let mut tries = 0;
+    let (from_json, from_csv) = loop {
+        tries += 1;
+        let json = get("/v1/audit/export", base("json")).send().await?.error_for_status()?.text().await?;
+        let csv = get("/v1/audit/export", base("csv")).send().await?.error_for_status()?.text().await?;
+        let from_json: Vec<ExportRow> = json.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+        let from_csv = ExportRow::parse_csv(&csv).map_err(|e| anyhow::anyhow!(e))?;
+        if from_json == from_csv || tries == 5 {
+            break (from_json, from_csv);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
     assert_eq!(from_json, from_csv, "{tenant}: JSON and CSV exports differ");
     let exported: Vec<&AuditRecord> = from_json
         .iter()
