@@ -8,8 +8,8 @@
 //! minor units beside its currency, sums taken in two parts and joined with checked arithmetic.
 //!
 //! [`clickhouse_queries`] lists every ClickHouse query the API runs (these, and those of `server.rs`,
-//! `risk.rs` and `fx_billing.rs`), with the SQL text the handlers execute and sample bound values, so a
-//! test can run each on another ClickHouse version.
+//! `risk.rs`, `fx_billing.rs` and the live gauges), with the SQL text the handlers execute and sample
+//! bound values, so a test can run each on another ClickHouse version.
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -117,6 +117,11 @@ pub fn clickhouse_queries() -> Vec<CatalogQuery> {
             "complete_through",
             super::COMPLETE_THROUGH_SQL,
             &[Bind::Text(Topics::new("riverbank").transfer_status(Environment::Live))],
+        ),
+        CatalogQuery::new(
+            "live.landed",
+            crate::live::gauges::CH_LANDED_SQL,
+            &[Bind::Text(format!("{}live.", Topics::new("riverbank.").prefix()))],
         ),
         CatalogQuery::new("analytics.audit_volume", super::AUDIT_VOLUME_SQL, &[tenant.clone(), env.clone()]),
         CatalogQuery::new("analytics.transfer_volume", super::TRANSFER_VOLUME_SQL, &[tenant, env]),
@@ -899,7 +904,7 @@ mod tests {
     #[test]
     fn every_catalog_query_has_one_sample_per_placeholder() {
         let all = clickhouse_queries();
-        assert_eq!(all.len(), 13);
+        assert_eq!(all.len(), 14);
         for c in &all {
             let placeholders = c.sql.matches('?').count();
             assert_eq!(placeholders, c.binds.len(), "{}", c.name);
