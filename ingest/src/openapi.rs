@@ -377,37 +377,6 @@ mod tests {
 
     /// (method, path) of every `.route(` call in a router's source.
     fn routes(src: &str) -> std::collections::BTreeSet<(String, String)> {
-        let mut out = std::collections::BTreeSet::new();
-        for (i, _) in src.match_indices(".route(") {
-            let rest = &src[i + ".route(".len()..];
-            let mut depth = 1;
-            let end = rest
-                .char_indices()
-                .find(|&(_, c)| {
-                    match c {
-                        '(' => depth += 1,
-                        ')' => depth -= 1,
-                        _ => {}
-                    }
-                    depth == 0
-                })
-                .map(|(j, _)| j)
-                .unwrap_or_else(|| panic!("unbalanced .route("));
-            let call = &rest[..end];
-            let path = call.split('"').nth(1).unwrap_or_else(|| panic!("no path in {call}"));
-            let mut methods = 0;
-            for m in ["get", "post", "put", "patch", "delete"] {
-                let hit = call.match_indices(&format!("{m}(")).any(|(k, _)| {
-                    k == 0
-                        || !call.as_bytes()[k - 1].is_ascii_alphanumeric() && call.as_bytes()[k - 1] != b'_'
-                });
-                if hit {
-                    out.insert((m.to_owned(), path.to_owned()));
-                    methods += 1;
-                }
-            }
-            assert!(methods > 0, "no method in .route({call})");
-        }
-        out
+        riverbank_runtime::http::routes_in_source(src).unwrap_or_else(|e| panic!("{e}")).into_iter().collect()
     }
 }

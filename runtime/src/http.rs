@@ -188,3 +188,60 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// The (method, path) of every `.route("/path", get(…).post(…))` call in a router's source, methods in
+/// lower case: what tests compare with the OpenAPI documents and probe across tenants, so a route added
+/// to a router without a spec entry or a probe fails them. An error names a call it cannot read.
+pub fn routes_in_source(src: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (i, _) in src.match_indices(".route(") {
+        let rest = &src[i + ".route(".len()..];
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map(|(j, _)| j)
+            .ok_or("unbalanced .route(")?;
+        let call = &rest[..end];
+        let path = call.split('"').nth(1).ok_or_else(|| format!("no path in .route({call})"))?;
+        let before = out.len();
+        for m in ["get", "post", "put", "patch", "delete"] {
+            let hit = call.match_indices(&format!("{m}(")).any(|(k, _)| {
+                k == 0 || !call.as_bytes()[k - 1].is_ascii_alphanumeric() && call.as_bytes()[k - 1] != b'_'
+            });
+            if hit {
+                out.push((m.to_owned(), path.to_owned()));
+            }
+        }
+        if out.len() == before {
+            return Err(format!("no method in .route({call})"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::routes_in_source;
+
+    #[test]
+    fn routes_are_read_from_a_routers_source() {
+        let src = r#"Router::new()
+            .route("/a/{id}", get(a::read).post(write))
+            .route("/b", put(b))
+            .route("/health", get(health))"#;
+        let routes = routes_in_source(src).expect("reads");
+        let want = [("get", "/a/{id}"), ("post", "/a/{id}"), ("put", "/b"), ("get", "/health")];
+        assert_eq!(routes, want.map(|(m, p)| (m.to_owned(), p.to_owned())).to_vec());
+        assert!(routes_in_source(r#".route("/x", handler)"#).is_err(), "no method");
+        assert!(routes_in_source(r#".route("/x", get(h)"#).is_err(), "unbalanced");
+        assert!(routes_in_source(r#".route("/x", target(h))"#).is_err(), "get( inside another name");
+    }
+}

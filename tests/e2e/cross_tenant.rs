@@ -48,36 +48,11 @@ fn routes(file: &str) -> Vec<(String, String)> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(!src.contains(".nest(") && !src.contains(".merge("), "{file}: routes outside `.route(` lines");
-    let mut out = Vec::new();
-    for (i, _) in src.match_indices(".route(") {
-        let rest = &src[i + ".route(".len()..];
-        let mut depth = 1;
-        let end = rest
-            .char_indices()
-            .find(|&(_, c)| {
-                match c {
-                    '(' => depth += 1,
-                    ')' => depth -= 1,
-                    _ => {}
-                }
-                depth == 0
-            })
-            .map(|(j, _)| j)
-            .unwrap_or_else(|| panic!("{file}: unbalanced .route("));
-        let call = &rest[..end];
-        let template = call.split('"').nth(1).unwrap_or_else(|| panic!("{file}: no path in {call}"));
-        let mut methods = 0;
-        for m in ["get", "post", "put", "patch", "delete"] {
-            let hit = call.match_indices(&format!("{m}(")).any(|(k, _)| {
-                k == 0 || !call.as_bytes()[k - 1].is_ascii_alphanumeric() && call.as_bytes()[k - 1] != b'_'
-            });
-            if hit {
-                out.push((m.to_uppercase(), template.to_owned()));
-                methods += 1;
-            }
-        }
-        assert!(methods > 0, "{file}: no method in .route({call})");
-    }
+    let out: Vec<(String, String)> = riverbank_runtime::http::routes_in_source(&src)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .into_iter()
+        .map(|(m, template)| (m.to_uppercase(), template))
+        .collect();
     assert!(!out.is_empty(), "{file}: no routes found");
     out
 }
