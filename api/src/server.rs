@@ -184,23 +184,9 @@ pub fn router(state: Arc<Api>) -> Router {
         .route("/dashboard/{file}", get(crate::live::page::asset))
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::serve))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(riverbank_runtime::http::not_found)
+        .method_not_allowed_fallback(riverbank_runtime::http::method_not_allowed)
         .with_state(state)
-}
-
-/// An unknown path, in the one error shape (axum's own answer has an empty body).
-async fn not_found() -> HttpError {
-    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
-}
-
-/// A known path with a method it does not take, in the one error shape.
-async fn method_not_allowed() -> HttpError {
-    HttpError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take this method",
-    )
 }
 
 pub async fn serve(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -227,6 +227,36 @@ pub fn routes_in_source(src: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// An unknown path, in the one error shape (axum's own answer has an empty body): both servers'
+/// router fallback.
+pub async fn not_found() -> HttpError {
+    HttpError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// A known path with a method it does not take, in the one error shape: both servers' fallback.
+pub async fn method_not_allowed() -> HttpError {
+    HttpError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method",
+    )
+}
+
+/// For a test keeping a checked-in generated file equal to what the code builds: with
+/// `RIVERBANK_BLESS` set, write `built` to `path`; otherwise an error when they differ, saying `how`
+/// to bless it.
+pub fn check_checked_in(path: &std::path::Path, built: &str, how: &str) -> Result<(), String> {
+    if std::env::var_os("RIVERBANK_BLESS").is_some() {
+        return std::fs::write(path, built).map_err(|e| format!("write {}: {e}", path.display()));
+    }
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    if on_disk == built {
+        Ok(())
+    } else {
+        Err(format!("{} differs from what the code builds; run {how}", path.display()))
+    }
+}
+
 #[cfg(test)]
 mod route_tests {
     use super::routes_in_source;

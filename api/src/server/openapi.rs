@@ -528,17 +528,8 @@ mod tests {
     #[test]
     fn checked_in_document_equals_generated() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(CHECKED_IN);
-        let text = render();
-        if std::env::var_os("RIVERBANK_BLESS").is_some() {
-            std::fs::write(&path, &text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-            return;
-        }
-        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            on_disk == text,
-            "{} differs from the document the code builds; run RIVERBANK_BLESS=1 cargo test -p riverbank-api openapi",
-            path.display()
-        );
+        let how = "RIVERBANK_BLESS=1 cargo test -p riverbank-api openapi";
+        riverbank_runtime::http::check_checked_in(&path, &render(), how).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// What `GET /openapi.json` answers is the checked-in file.
