@@ -98,6 +98,9 @@ enum Command {
         #[command(subcommand)]
         action: RiskAction,
     },
+    /// A realistic fintech mix (KYC, deposits and their callbacks, transfers, payouts, FX, duplicates,
+    /// late callbacks) at a rate or flat out, over HTTP with real signatures or straight to the topics.
+    Loadgen(riverbank::loadgen::Options),
 }
 
 #[derive(Subcommand)]
@@ -269,6 +272,9 @@ enum BenchName {
     /// The same stateful job in riverbank and Quix Streams 3.28 (bench/peers/quix): results/s, CPU,
     /// p99, and outputs duplicated or missing after a SIGKILL of each.
     Peer(riverbank::bench_peer::Options),
+    /// The whole pipeline (`riverbank run` as a child) driven by the loadgen at rising rates: accept →
+    /// queryable in Postgres and ClickHouse, CPU per 1,000 events, consumer lag per group.
+    Pipeline(riverbank::bench_pipeline::Options),
 }
 
 /// The workload of the transfers and sinks benchmarks.
@@ -338,6 +344,10 @@ fn main() -> anyhow::Result<()> {
             Command::Bench { which: BenchName::Crypto(o) } => bench_crypto::crypto(&o),
             Command::Bench { which: BenchName::Live(o) } => riverbank::bench_live::live(&cfg, &o).await,
             Command::Bench { which: BenchName::Peer(o) } => riverbank::bench_peer::peer(&cfg, &o).await,
+            Command::Bench { which: BenchName::Pipeline(o) } => {
+                riverbank::bench_pipeline::pipeline(&cfg, &o).await
+            }
+            Command::Loadgen(o) => riverbank::loadgen::run(&cfg, &o).await,
             Command::Gdpr { action } => keys_cli::gdpr(&cfg, action).await,
             Command::Keys { action } => keys(&cfg, action).await,
             Command::Dlq { action: DlqAction::List { env, json } } => {
