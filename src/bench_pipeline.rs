@@ -12,11 +12,13 @@
 //!   is in Postgres (`transfer_status_history`) and in ClickHouse (`transfer_facts`): p50/p99/max;
 //! - CPU seconds per 1,000 accepted events of the pipeline process and of the broker, Postgres (its
 //!   postmaster, the backends it reaped and those alive) and ClickHouse processes (`/proc/<pid>/stat`,
-//!   pids from the local stack's state directory), over the step and its settling time;
+//!   pids from the local stack's state directory), over the step and its settling time, raw and net
+//!   of what each burned per second idle (measured for [`IDLE_MEASURE`] before the load: the machine
+//!   is shared, the broker serves others' topics too);
 //! - consumer lag (messages) per group at the end of the step: the group whose lag grows is the stage
 //!   that saturates first.
 //!
-//! A step keeps up when accepted/s is at least 95% of the offered rate and every probe became
+//! A warm-up at the first step's rate (`--warmup-s`, not reported) comes first. A step keeps up when accepted/s is at least 95% of the offered rate and every probe became
 //! queryable in both stores within the step and [`SETTLE_MAX`] after it; the bench stops after the
 //! first step that does not. It reports the highest rate kept up with accept → queryable p99 < 1 s in
 //! both stores. The databases and topics are dropped at the end.
@@ -55,6 +57,9 @@ pub struct Options {
     pub users: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Seconds of load at the first step's rate before the steps (group joins, caches; not reported).
+    #[arg(long, default_value_t = 10)]
+    pub warmup_s: u64,
     /// One deposit in this many is a probe.
     #[arg(long, default_value_t = 5)]
     pub probe_every: u64,
@@ -69,6 +74,8 @@ pub const POLL_EVERY: Duration = Duration::from_millis(20);
 pub const SETTLE_MAX: Duration = Duration::from_secs(10);
 /// A probe not queryable this long after its acceptance is counted missing.
 const PROBE_GIVE_UP: Duration = Duration::from_secs(60);
+/// How long the idle CPU of each process is measured before the load.
+const IDLE_MEASURE: Duration = Duration::from_secs(5);
 /// How long the child may take to answer /health.
 const START_MAX: Duration = Duration::from_secs(180);
 /// Accept → queryable p99 a sustained rate stays under, in both stores (ms).
@@ -322,8 +329,10 @@ struct Step {
     ch_ms_p99: f64,
     ch_ms_max: f64,
     settle_s: f64,
-    /// CPU seconds per 1,000 accepted events, by process.
+    /// CPU seconds per 1,000 accepted events, by process, over the step and its settling.
     cpu_s_per_1000: BTreeMap<String, f64>,
+    /// The same less what the process burned idle over as long.
+    cpu_net_s_per_1000: BTreeMap<String, f64>,
     /// Consumer lag (messages) per group at the end of the step.
     lag_end: BTreeMap<String, i64>,
     kept_up: bool,
@@ -487,14 +496,34 @@ async fn measure(
         o.step_s,
         o.probe_every.max(1)
     );
+    let cpu_now = || -> Vec<f64> {
+        std::iter::once(cpu_s(pipeline_pid, false))
+            .chain(stack.iter().map(|(_, pid, c)| cpu_s(*pid, *c)))
+            .map(|c| c.unwrap_or(0.0))
+            .collect()
+    };
+    let names: Vec<&str> = std::iter::once("pipeline").chain(stack.iter().map(|(n, _, _)| *n)).collect();
+    // What each process burns with the pipeline up and no load from here (other work on the machine,
+    // timers, polling): CPU seconds per second, subtracted in the net figures.
+    let (idle0, idle_t) = (cpu_now(), Instant::now());
+    tokio::time::sleep(IDLE_MEASURE).await;
+    let idle_dt = idle_t.elapsed().as_secs_f64();
+    let idle: Vec<f64> = cpu_now().iter().zip(&idle0).map(|(b, a)| (b - a) / idle_dt).collect();
+    let idle_cpu: BTreeMap<String, f64> =
+        names.iter().zip(&idle).map(|(n, v)| ((*n).to_owned(), *v)).collect();
+    let line: Vec<String> = idle_cpu.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+    println!("idle, {:.0} s: CPU s per s {}", idle_dt, line.join(", "));
+    if o.warmup_s > 0 {
+        println!("warm-up {}/s for {} s (not reported)", o.steps[0], o.warmup_s);
+        let d = Drive { rate: o.steps[0], seconds: o.warmup_s, concurrency: 0, progress: true };
+        let w = loadgen::drive(target.clone(), &mut mix, d, None).await;
+        println!("  accepted {:.0}/s, {} errors", w.accepted_per_s, w.errors);
+    }
     let mut steps: Vec<Step> = Vec::new();
     for &rate in &o.steps {
         alive(run)?;
         mix.set_follow_up_after(Mix::follow_up_for_rate(rate));
-        let cpu0: Vec<f64> = std::iter::once(cpu_s(pipeline_pid, false))
-            .chain(stack.iter().map(|(_, pid, c)| cpu_s(*pid, *c)))
-            .map(|c| c.unwrap_or(0.0))
-            .collect();
+        let cpu0 = cpu_now();
         let t0 = Instant::now();
         println!("step {rate}/s for {} s", o.step_s);
         let d = Drive { rate, seconds: o.step_s, concurrency: 0, progress: true };
@@ -504,8 +533,8 @@ async fn measure(
             let (c, g) = (cfg.clone(), groups.clone());
             tokio::task::spawn_blocking(move || lags(&c, &g)).await?
         };
-        // Let this step's probes land (at most SETTLE_MAX).
-        let settle = Instant::now();
+        // Let this step's probes land (at most SETTLE_MAX after the step).
+        let settle = t1;
         loop {
             let open = probes
                 .lock()
@@ -519,14 +548,15 @@ async fn measure(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let settle_s = settle.elapsed().as_secs_f64();
-        let cpu1: Vec<f64> = std::iter::once(cpu_s(pipeline_pid, false))
-            .chain(stack.iter().map(|(_, pid, c)| cpu_s(*pid, *c)))
-            .map(|c| c.unwrap_or(0.0))
-            .collect();
-        let names: Vec<&str> = std::iter::once("pipeline").chain(stack.iter().map(|(n, _, _)| *n)).collect();
-        let per_1000 = |i: usize| (cpu1[i] - cpu0[i]) / (summary.accepted.max(1) as f64 / 1_000.0);
+        let cpu1 = cpu_now();
+        let window_s = t0.elapsed().as_secs_f64();
+        let thousands = summary.accepted.max(1) as f64 / 1_000.0;
+        let per_1000 = |i: usize| (cpu1[i] - cpu0[i]) / thousands;
+        let net_per_1000 = |i: usize| ((cpu1[i] - cpu0[i] - idle[i] * window_s) / thousands).max(0.0);
         let cpu_s_per_1000: BTreeMap<String, f64> =
             names.iter().enumerate().map(|(i, n)| ((*n).to_owned(), per_1000(i))).collect();
+        let cpu_net_s_per_1000: BTreeMap<String, f64> =
+            names.iter().enumerate().map(|(i, n)| ((*n).to_owned(), net_per_1000(i))).collect();
         let (mut pg_ms, mut ch_ms, mut n, mut pg_missing, mut ch_missing) = (Vec::new(), Vec::new(), 0, 0, 0);
         for (_, s) in probes.lock().unwrap_or_else(|e| e.into_inner()).values() {
             if s.accepted_at < t0 || s.accepted_at >= t1 {
@@ -568,6 +598,7 @@ async fn measure(
             ch_ms_max: ch_ms.last().copied().unwrap_or(f64::NAN),
             settle_s,
             cpu_s_per_1000,
+            cpu_net_s_per_1000,
             lag_end,
             kept_up,
             sustained: false,
@@ -603,7 +634,7 @@ async fn measure(
         "pipeline_build": build,
         "tenants": tenants.len(), "users_per_tenant": o.users, "seed": o.seed, "step_s": o.step_s,
         "probe_every_deposits": o.probe_every.max(1), "poll_every_ms": POLL_EVERY.as_millis() as u64,
-        "sustained_per_s": sustained,
+        "sustained_per_s": sustained, "idle_cpu_s_per_s": idle_cpu, "warmup_s": o.warmup_s,
         "steps": steps,
     });
     write_report(&o.json, &report)
@@ -619,8 +650,12 @@ fn print_step(s: &Step, before: Option<&Step>) {
     for (class, n) in &s.errors_by_class {
         println!("  error {class}: {n}");
     }
-    let cpu: Vec<String> = s.cpu_s_per_1000.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-    println!("  CPU s per 1,000 events: {}", cpu.join(", "));
+    let cpu: Vec<String> = s
+        .cpu_s_per_1000
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2} ({:.2})", s.cpu_net_s_per_1000.get(k).copied().unwrap_or(f64::NAN)))
+        .collect();
+    println!("  CPU s per 1,000 events (net of idle): {}", cpu.join(", "));
     let mut lagging: Vec<(&String, &i64)> = s.lag_end.iter().filter(|(_, l)| **l > 0).collect();
     lagging.sort_by(|a, b| b.1.cmp(a.1));
     let grew: Vec<String> = lagging
@@ -638,10 +673,13 @@ fn print_step(s: &Step, before: Option<&Step>) {
 
 fn print_table(steps: &[Step]) {
     println!();
-    println!("| offered/s | accepted/s | errors | PG p50 / p99 / max ms | CH p50 / p99 / max ms | CPU s / 1,000 events (pipeline, broker, postgres, clickhouse) | most lag at the end | kept up | p99 < 1 s |");
+    println!("| offered/s | accepted/s | errors | PG p50 / p99 / max ms | CH p50 / p99 / max ms | CPU s / 1,000 events, (net of idle): pipeline, broker, postgres, clickhouse | most lag at the end | kept up | p99 < 1 s |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for s in steps {
-        let cpu = |k: &str| s.cpu_s_per_1000.get(k).map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let cpu = |k: &str| match (s.cpu_s_per_1000.get(k), s.cpu_net_s_per_1000.get(k)) {
+            (Some(v), Some(n)) => format!("{v:.2} ({n:.2})"),
+            _ => "-".to_owned(),
+        };
         let top = s
             .lag_end
             .iter()
