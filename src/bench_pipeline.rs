@@ -482,7 +482,9 @@ async fn measure(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let stop = riverbank_runtime::CancellationToken::new();
     let poller = tokio::spawn(prober(pool.clone(), ch, rx, probes.clone(), stop.clone()));
-    let stack = stack_pids();
+    let mut stack = stack_pids();
+    // This process: the load generator and the probes (on the same 2 cores).
+    stack.push(("loadgen", std::process::id(), false));
     let groups = groups(&cfg);
     let pipeline_pid = run.child.id();
     let mut mix = Mix::new(o.seed, id, tenants.len(), o.users, Mix::follow_up_for_rate(o.steps[0]));
@@ -673,7 +675,7 @@ fn print_step(s: &Step, before: Option<&Step>) {
 
 fn print_table(steps: &[Step]) {
     println!();
-    println!("| offered/s | accepted/s | errors | PG p50 / p99 / max ms | CH p50 / p99 / max ms | CPU s / 1,000 events, (net of idle): pipeline, broker, postgres, clickhouse | most lag at the end | kept up | p99 < 1 s |");
+    println!("| offered/s | accepted/s | errors | PG p50 / p99 / max ms | CH p50 / p99 / max ms | CPU s / 1,000 events, (net of idle): pipeline, broker, postgres, clickhouse, loadgen | most lag at the end | kept up | p99 < 1 s |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for s in steps {
         let cpu = |k: &str| match (s.cpu_s_per_1000.get(k), s.cpu_net_s_per_1000.get(k)) {
@@ -687,7 +689,7 @@ fn print_table(steps: &[Step]) {
             .filter(|(_, l)| **l > 0)
             .map_or("none".to_owned(), |(g, l)| format!("{g} {l}"));
         println!(
-            "| {} | {:.0} | {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {}, {}, {}, {} | {top} | {} | {} |",
+            "| {} | {:.0} | {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {}, {}, {}, {}, {} | {top} | {} | {} |",
             s.offered_target_per_s,
             s.accepted_per_s,
             s.errors,
@@ -701,6 +703,7 @@ fn print_table(steps: &[Step]) {
             cpu("broker"),
             cpu("postgres"),
             cpu("clickhouse"),
+            cpu("loadgen"),
             if s.kept_up { "yes" } else { "no" },
             if s.sustained { "yes" } else { "no" },
         );
