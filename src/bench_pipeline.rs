@@ -337,6 +337,10 @@ struct Step {
     lag_end: BTreeMap<String, i64>,
     kept_up: bool,
     sustained: bool,
+    /// The load generator's view: answer times, requests by kind.
+    answer_ms_p50: f64,
+    answer_ms_p99: f64,
+    kinds: BTreeMap<loadgen::Kind, loadgen::KindCount>,
 }
 
 struct Run {
@@ -604,6 +608,9 @@ async fn measure(
             lag_end,
             kept_up,
             sustained: false,
+            answer_ms_p50: summary.answer_ms_p50,
+            answer_ms_p99: summary.answer_ms_p99,
+            kinds: summary.kinds.clone(),
         };
         let step = Step {
             sustained: kept_up
@@ -649,6 +656,7 @@ fn print_step(s: &Step, before: Option<&Step>) {
         s.offered_per_s, s.accepted_per_s, s.errors, s.probes, s.pg_ms_p50, s.pg_ms_p99, s.pg_ms_max, s.pg_missing,
         s.ch_ms_p50, s.ch_ms_p99, s.ch_ms_max, s.ch_missing, s.settle_s
     );
+    println!("  ingest answered in p50 {:.0} ms, p99 {:.0} ms", s.answer_ms_p50, s.answer_ms_p99);
     for (class, n) in &s.errors_by_class {
         println!("  error {class}: {n}");
     }

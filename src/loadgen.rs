@@ -13,9 +13,10 @@
 //!   the same `Idempotency-Key` and body.
 //!
 //! The sequence of requests is a function of the seed (and the run tag in every id): [`Mix`] is pure,
-//! times are stamped when a request is sent. Follow-ups (callbacks, conversions) are scheduled a
+//! times are stamped when a request is sent. Follow-ups (callbacks, conversions) are scheduled a fixed
 //! number of requests after what they follow ([`Mix::new`]'s `follow_up_after`): about two seconds at
-//! the rate offered, which [`drive`] re-measures every second. Requests are paced open loop at `--rate` (a request is started when it is due,
+//! the offered rate (flat out, at a rate guessed from `--concurrency`), so the same seed, run tag and
+//! options send the same requests in the same order. Requests are paced open loop at `--rate` (a request is started when it is due,
 //! whatever is still in flight, up to [`IN_FLIGHT_MAX`]) or, with `--rate 0`, flat out with
 //! `--concurrency` in flight. Every answer is counted: 2xx as accepted, 4xx by status and error code,
 //! 5xx, timeouts and transport errors by class, never dropped.
@@ -1061,14 +1062,7 @@ pub async fn drive(
     let end = t0 + Duration::from_secs(d.seconds);
     let mut started: u64 = 0;
     let mut tasks = tokio::task::JoinSet::new();
-    // Follow-ups stay about two seconds behind what they follow at the rate actually offered.
-    let (mut adjusted_at, mut adjusted_n) = (t0, 0u64);
     while Instant::now() < end {
-        if adjusted_at.elapsed() >= Duration::from_secs(1) {
-            let rate = (started - adjusted_n) as f64 / adjusted_at.elapsed().as_secs_f64();
-            mix.set_follow_up_after(Mix::follow_up_for_rate(rate as u64));
-            (adjusted_at, adjusted_n) = (Instant::now(), started);
-        }
         let due = if d.rate == 0 { u64::MAX } else { (t0.elapsed().as_secs_f64() * d.rate as f64) as u64 };
         while started < due && Instant::now() < end {
             let Ok(permit) = sem.clone().acquire_owned().await else { break };
@@ -1231,7 +1225,8 @@ pub async fn run(cfg: &Config, o: &Options) -> anyhow::Result<()> {
     }
     let run = o.run.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned());
     let target = Arc::new(Target::new(cfg, &tenants, o.direct).await?);
-    // Flat out, a first guess (the drive adapts it to the rate it reaches).
+    // Flat out, a guess of the rate from the requests in flight (a few hundred ms per answer); kept
+    // fixed so the sequence stays a function of the options.
     let rate_for_follow_ups = if o.rate == 0 { o.concurrency as u64 * 5 } else { o.rate };
     let mut mix =
         Mix::new(o.seed, &run, tenants.len(), o.users, Mix::follow_up_for_rate(rate_for_follow_ups));
