@@ -110,7 +110,7 @@ pub async fn drive<S: Stage>(stage: &mut S, shutdown: &CancellationToken) -> any
 }
 
 /// The next offset to consume per (topic, partition) after `batch`.
-pub fn next_offsets(batch: &[OwnedMessage]) -> Vec<(String, i32, i64)> {
+pub fn next_offsets<'m>(batch: impl IntoIterator<Item = &'m OwnedMessage>) -> Vec<(String, i32, i64)> {
     let mut out: Vec<(String, i32, i64)> = Vec::new();
     for m in batch {
         let next = m.offset() + 1;

@@ -3,7 +3,10 @@
 //!
 //! Delivery: effectively once without Kafka transactions. Outputs carry ids derived from their input;
 //! a batch's outputs are acknowledged (acks=all) before its checkpoint (state + next offset, one record
-//! per partition) is written, and the checkpoint before the group commit. On (re)assignment a partition's
+//! per partition) is written, and the checkpoint before the group commit. The checkpoint's round trip is
+//! pipelined: it is on the wire while the next batch is collected, applied and its outputs sent, and it
+//! is acknowledged (then the batch committed) before the next checkpoint is sent, before a rebalance is
+//! handled, when the loop goes idle and at shutdown. On (re)assignment a partition's
 //! state is restored from its checkpoint and consumption resumes at the checkpoint's offset, so a crash at
 //! any point replays inputs into identical outputs, which consumers deduplicate by event id. A partition
 //! that stays with this instance across a rebalance keeps its state (no restore, no new snapshot) when
@@ -25,7 +28,7 @@ use crate::checkpoint::{self, Writer};
 use crate::config::Config;
 use crate::engine::{self, LogRecord, Panicked, Partition};
 use crate::kafka;
-use crate::produce::{header, produce_all, produce_at, SOURCE_HEADER, TICK_HEADER};
+use crate::produce::{enqueue_at, header, InFlight, SOURCE_HEADER, TICK_HEADER};
 
 /// Inputs remembered as having panicked the processor (dead-lettered on their replay); a bound on memory.
 const PANICKED_REMEMBERED_MAX: usize = 10_000;
@@ -75,7 +78,15 @@ pub async fn run<P: Processor>(
     let mut panicked: HashMap<(String, i32, i64), Panicked> = HashMap::new();
     while !shutdown.is_cancelled() {
         let mut l = Loop::new(cfg, &topics, &specs, &processor, producers, &shutdown, &mut panicked)?;
-        let result = batch::drive(&mut l, &shutdown).await;
+        let result = match batch::drive(&mut l, &shutdown).await {
+            Ok(()) => l.settle().await,
+            Err(e) => {
+                // Let a checkpoint still on the wire land (or fail) before the restart restores from the
+                // checkpoint topic, so the restore never races it.
+                l.abandon_pending().await;
+                Err(e)
+            }
+        };
         if l.progressed {
             backoff.reset();
         }
@@ -111,6 +122,17 @@ struct Part<S> {
     /// The checkpoint partition's end after this instance's last checkpoint record (`None`: none
     /// written yet). If the end is still there after a rebalance, nobody else wrote since.
     checkpoint_end: Option<i64>,
+}
+
+/// A batch's checkpoint records on the wire (see the module's doc): what settling it makes durable.
+struct PendingCheckpoint {
+    in_flight: InFlight,
+    /// (log topic, checkpoint partition) of each record, in the order enqueued.
+    records: Vec<(String, i32)>,
+    /// The batch's next offsets, committed once the records are acknowledged.
+    next: Vec<(String, i32, i64)>,
+    bytes: usize,
+    started: Instant,
 }
 
 /// A partition whose state could not be restored: paused, its restore retried with backoff, while the
@@ -157,6 +179,8 @@ struct Loop<'a, P: Processor> {
     panicked: &'a mut HashMap<(String, i32, i64), Panicked>,
     /// A batch completed since the loop started (the restart backoff resets).
     progressed: bool,
+    /// The last batch's checkpoint, not yet acknowledged.
+    pending: Option<PendingCheckpoint>,
 }
 
 impl<P: Processor> batch::Stage for Loop<'_, P> {
@@ -169,10 +193,15 @@ impl<P: Processor> batch::Stage for Loop<'_, P> {
     fn batch_limits(&self) -> (usize, Duration) {
         (self.cfg.processor.batch_events_max, Duration::from_millis(self.cfg.processor.batch_linger_ms))
     }
+    /// With a checkpoint on the wire, wake as soon as a batch's linger passes without input, to settle it.
     fn idle_wake(&self) -> Duration {
+        if self.pending.is_some() {
+            return Duration::from_millis(self.cfg.processor.batch_linger_ms.max(1));
+        }
         Duration::from_millis(self.cfg.processor.idle_wake_ms)
     }
     async fn rebalanced(&mut self) -> anyhow::Result<()> {
+        self.settle().await?;
         let keys = self.rebalance();
         self.restore_all(keys).await;
         Ok(())
@@ -184,6 +213,9 @@ impl<P: Processor> batch::Stage for Loop<'_, P> {
             self.progressed = true;
         }
         Ok(())
+    }
+    async fn idle(&mut self) -> anyhow::Result<()> {
+        self.settle().await
     }
     /// Retry the restores of blocked partitions that are due.
     async fn after(&mut self) -> anyhow::Result<()> {
@@ -226,6 +258,7 @@ impl<'a, P: Processor> Loop<'a, P> {
             tracker: Tracker::default(),
             panicked,
             progressed: false,
+            pending: None,
         })
     }
 
@@ -401,19 +434,24 @@ impl<'a, P: Processor> Loop<'a, P> {
         Ok((emits, taken))
     }
 
-    /// Produce a batch's outputs, checkpoint the touched partitions, commit.
+    /// Produce a batch's outputs, settle the previous batch's checkpoint while they are on the wire,
+    /// then send this batch's checkpoint once the outputs are acknowledged (stateless: commit).
     async fn finish_batch(&mut self, emits: &[Emit], taken: &[&OwnedMessage]) -> anyhow::Result<()> {
         let produce_timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
-        produce_all(self.producers.outputs, emits, produce_timeout).await.map_err(anyhow::Error::msg)?;
-        let owned: Vec<OwnedMessage> = taken.iter().map(|m| (*m).clone()).collect();
-        let next = batch::next_offsets(&owned);
+        let items: Vec<(Option<i32>, &Emit)> = emits.iter().map(|e| (None, e)).collect();
+        let outputs =
+            enqueue_at(self.producers.outputs, &items, produce_timeout).await.map_err(anyhow::Error::msg)?;
+        self.settle().await?;
+        outputs.landed().await.map_err(anyhow::Error::msg)?;
+        let next = batch::next_offsets(taken.iter().copied());
         if self.stateful {
-            self.checkpoint(&next).await?;
+            self.send_checkpoint(next).await?;
+        } else {
+            for (t, p, o) in &next {
+                self.tracker.made_durable(t, *p, *o);
+            }
+            batch::commit(&self.consumer, &next, self.shutdown.is_cancelled())?;
         }
-        for (t, p, o) in &next {
-            self.tracker.made_durable(t, *p, *o);
-        }
-        batch::commit(&self.consumer, &next, self.shutdown.is_cancelled())?;
         let name = self.name();
         metrics::counter!("riverbank_processor_events_in_total", "processor" => name)
             .increment(taken.len() as u64);
@@ -425,12 +463,14 @@ impl<'a, P: Processor> Loop<'a, P> {
         Ok(())
     }
 
-    /// Write one checkpoint record set per touched partition; remember where each partition's ends.
-    async fn checkpoint(&mut self, next: &[(String, i32, i64)]) -> anyhow::Result<()> {
+    /// Build one checkpoint record set per touched partition (from the state as this batch left it) and
+    /// put it on the wire; [`Loop::settle`] waits for it.
+    async fn send_checkpoint(&mut self, next: Vec<(String, i32, i64)>) -> anyhow::Result<()> {
+        debug_assert!(self.pending.is_none(), "the previous checkpoint is settled first");
         let started = Instant::now();
         let l = limits(self.cfg);
         let mut records = Vec::new();
-        for (topic, partition, next_offset) in next {
+        for (topic, partition, next_offset) in &next {
             let Some(ct) = self.checkpoint_topic(topic) else { continue };
             let Some(p) = self.parts.get_mut(&(topic.clone(), *partition)) else { continue };
             let changes = p.part.take_changes();
@@ -450,10 +490,21 @@ impl<'a, P: Processor> Loop<'a, P> {
         }
         let items: Vec<(Option<i32>, &Emit)> = records.iter().map(|(_, (p, e))| (Some(*p), e)).collect();
         let produce_timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
-        let landed = produce_at(self.producers.checkpoints, &items, produce_timeout)
+        let in_flight = enqueue_at(self.producers.checkpoints, &items, produce_timeout)
             .await
             .map_err(anyhow::Error::msg)?;
-        for ((log, (partition, _)), (_, offset)) in records.iter().zip(&landed) {
+        let bytes = records.iter().map(|(_, (_, e))| e.payload.len()).sum();
+        let records = records.into_iter().map(|(log, (partition, _))| (log, partition)).collect();
+        self.pending = Some(PendingCheckpoint { in_flight, records, next, bytes, started });
+        Ok(())
+    }
+
+    /// Wait for the last checkpoint's acknowledgement; remember where each partition's ends; the
+    /// batch is durable then, and committed.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let Some(pending) = self.pending.take() else { return Ok(()) };
+        let landed = pending.in_flight.landed().await.map_err(anyhow::Error::msg)?;
+        for ((log, partition), (_, offset)) in pending.records.iter().zip(&landed) {
             if let Some(p) = self.parts.get_mut(&(log.clone(), *partition)) {
                 if p.checkpoint_end.is_none_or(|end| end <= *offset) {
                     // The first record of this partition's batch: a snapshot's first chunk, if any.
@@ -462,13 +513,26 @@ impl<'a, P: Processor> Loop<'a, P> {
                 p.checkpoint_end = Some(p.checkpoint_end.unwrap_or(0).max(offset + 1));
             }
         }
-        self.check_state_sizes(next);
-        let bytes: usize = records.iter().map(|(_, (_, e))| e.payload.len()).sum();
+        self.check_state_sizes(&pending.next);
+        for (t, p, o) in &pending.next {
+            self.tracker.made_durable(t, *p, *o);
+        }
+        batch::commit(&self.consumer, &pending.next, self.shutdown.is_cancelled())?;
         let name = self.name();
         metrics::histogram!("riverbank_processor_checkpoint_seconds", "processor" => name)
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("riverbank_processor_checkpoint_bytes", "processor" => name).record(bytes as f64);
+            .record(pending.started.elapsed().as_secs_f64());
+        metrics::histogram!("riverbank_processor_checkpoint_bytes", "processor" => name)
+            .record(pending.bytes as f64);
         Ok(())
+    }
+
+    /// After a failure: wait (bounded by the produce timeout) for a checkpoint on the wire, dropping it.
+    async fn abandon_pending(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            if let Err(e) = pending.in_flight.landed().await {
+                tracing::debug!(processor = self.name(), error = %e, "an abandoned checkpoint did not land");
+            }
+        }
     }
 
     /// Stop a partition whose state (measured at its last snapshot) passed `processor.state_bytes_max`.

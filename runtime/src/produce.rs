@@ -35,11 +35,20 @@ pub async fn produce_at(
     items: &[(Option<i32>, &Emit)],
     timeout: Duration,
 ) -> Result<Vec<(i32, i64)>, String> {
+    enqueue_at(producer, items, timeout).await?.landed().await
+}
+
+/// As `produce_at`, without waiting for the acknowledgements ([`enqueue`]).
+pub async fn enqueue_at(
+    producer: &FutureProducer,
+    items: &[(Option<i32>, &Emit)],
+    timeout: Duration,
+) -> Result<InFlight, String> {
     let out: Vec<Outgoing<'_>> = items
         .iter()
         .map(|(partition, emit)| Outgoing { emit, partition: *partition, headers: &[] })
         .collect();
-    send(producer, &out, timeout).await
+    enqueue(producer, &out, timeout).await
 }
 
 /// Waits between attempts to enqueue while the producer's queue is full.
@@ -56,12 +65,44 @@ pub async fn send(
     items: &[Outgoing<'_>],
     timeout: Duration,
 ) -> Result<Vec<(i32, i64)>, String> {
+    enqueue(producer, items, timeout).await?.landed().await
+}
+
+/// Records handed to the producer whose acknowledgements are still to come ([`enqueue`]).
+#[must_use = "records are acknowledged only once `landed` says so"]
+pub struct InFlight {
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+}
+
+impl InFlight {
+    /// Wait for every acknowledgement; where each record landed, in the order enqueued.
+    pub async fn landed(self) -> Result<Vec<(i32, i64)>, String> {
+        let mut landed = Vec::with_capacity(self.deliveries.len());
+        for delivery in self.deliveries {
+            match delivery.await {
+                Ok(Ok(d)) => landed.push((d.partition, d.offset)),
+                Ok(Err((err, _))) => return Err(format!("produce failed: {err}")),
+                Err(_) => return Err("produce failed: the producer went away".to_owned()),
+            }
+        }
+        Ok(landed)
+    }
+}
+
+/// Hand records to the producer in order (as [`send`]) without waiting for their acknowledgements, so
+/// a caller can do other work while they are on the wire. Only a full queue for `timeout` fails here.
+pub async fn enqueue(
+    producer: &FutureProducer,
+    items: &[Outgoing<'_>],
+    timeout: Duration,
+) -> Result<InFlight, String> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut pending = Vec::with_capacity(items.len());
+    let mut deliveries = Vec::with_capacity(items.len());
+    let mut id = uuid::Uuid::encode_buffer();
     for o in items {
-        let id = o.emit.event_id.to_string();
-        let mut headers =
-            OwnedHeaders::new().insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });
+        let id = o.emit.event_id.as_hyphenated().encode_lower(&mut id);
+        let mut headers = OwnedHeaders::new_with_capacity(1 + o.headers.len())
+            .insert(Header { key: EVENT_ID_HEADER, value: Some(id.as_bytes()) });
         for (k, v) in o.headers {
             headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
         }
@@ -72,7 +113,7 @@ pub async fn send(
         }
         loop {
             match producer.send_result(record) {
-                Ok(delivery) => break pending.push(delivery),
+                Ok(delivery) => break deliveries.push(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(format!(
@@ -86,15 +127,7 @@ pub async fn send(
             }
         }
     }
-    let mut landed = Vec::with_capacity(items.len());
-    for delivery in pending {
-        match delivery.await {
-            Ok(Ok(d)) => landed.push((d.partition, d.offset)),
-            Ok(Err((err, _))) => return Err(format!("produce failed: {err}")),
-            Err(_) => return Err("produce failed: the producer went away".to_owned()),
-        }
-    }
-    Ok(landed)
+    Ok(InFlight { deliveries })
 }
 
 /// A header's value, if the message carries it as UTF-8 text.

@@ -194,7 +194,7 @@ impl batch::Stage for Copier<'_> {
             let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
             let partitions = self.cfg.kafka.topic_partitions;
             out.extend(copies(m, route, partitions).into_iter().map(|(p, e)| (p, e, source.clone())));
-            taken.push(m.clone());
+            taken.push(m);
         }
         let headers: Vec<[(&'static str, String); 1]> =
             out.iter().map(|(_, _, s)| [(SOURCE_HEADER, s.clone())]).collect();
@@ -205,7 +205,7 @@ impl batch::Stage for Copier<'_> {
             .collect();
         let timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
         send(self.producer, &items, timeout).await.map_err(anyhow::Error::msg)?;
-        let next = batch::next_offsets(&taken);
+        let next = batch::next_offsets(taken.iter().copied());
         for (t, p, o) in &next {
             self.tracker.made_durable(t, *p, *o);
         }
