@@ -4,6 +4,10 @@
 //! with the next offset per (topic, partition), and on (re)assignment it resumes from the offsets the
 //! store holds. Consumer-group commits happen afterwards and only for lag monitoring. Rows are keyed on
 //! event id, so a batch written twice (crash between store commit and group commit, or a replay) lands once.
+//!
+//! A batch's write runs on a task of its own while the next batch is collected and decoded; one write is
+//! in flight at a time, in order, and it is complete before the next one starts, before a rebalance is
+//! handled, when the loop goes idle and at shutdown.
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -53,7 +57,7 @@ pub struct Stored {
 
 /// A store a sink writes to. Implementations live in `sinks/`; this loop knows nothing of SQL.
 pub trait SinkStore: Send + Sync + 'static {
-    type Row: Send + Sync;
+    type Row: Send + Sync + 'static;
     /// `postgres`, `clickhouse`: names the consumer group and the positions the store keeps.
     fn name(&self) -> &'static str;
     /// Turn one message into rows (possibly none) and its ingestion time (ms); `Err(reason)`
@@ -95,6 +99,7 @@ pub async fn run<S: SinkStore>(
     all.dedup();
     kafka::ensure_topics(&cfg.kafka, &all).await?;
     let producer = kafka::producer(&cfg.kafka)?;
+    let store = std::sync::Arc::new(store);
     let mut backoff = Backoff::new(cfg.sinks.retry_backoff_initial_ms, cfg.sinks.retry_backoff_max_ms);
     while !shutdown.is_cancelled() {
         match run_consumer(cfg, &topics, &inputs, &store, &producer, &shutdown, &mut backoff).await {
@@ -110,6 +115,14 @@ pub async fn run<S: SinkStore>(
     Ok(())
 }
 
+/// A batch's write on its task, and the offsets it makes durable.
+struct Landing {
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    next: Vec<(String, i32, i64)>,
+    messages: usize,
+    rows: usize,
+}
+
 /// What the loop knows of a partition beyond its offset: the store's log epoch, the id of the last
 /// message landed, and whether the next write must replace a position of an earlier epoch.
 #[derive(Debug, Clone, Default)]
@@ -123,6 +136,10 @@ struct SinkLoop<'a, S: SinkStore> {
     cfg: &'a Config,
     topics: &'a Topics,
     store: &'a S,
+    /// The same store, for the task that writes a batch.
+    shared: std::sync::Arc<S>,
+    /// The batch being written.
+    landing: Option<Landing>,
     producer: &'a FutureProducer,
     shutdown: &'a CancellationToken,
     backoff: &'a mut Backoff,
@@ -149,7 +166,11 @@ impl<S: SinkStore> batch::Stage for SinkLoop<'_, S> {
     fn batch_limits(&self) -> (usize, Duration) {
         (self.cfg.sinks.batch_rows_max, Duration::from_millis(self.cfg.sinks.batch_linger_ms))
     }
+    /// With a write in flight, wake as soon as a batch's linger passes without input, to complete it.
     fn idle_wake(&self) -> Duration {
+        if self.landing.is_some() {
+            return Duration::from_millis(self.cfg.sinks.batch_linger_ms.max(1));
+        }
         Duration::from_millis(self.cfg.sinks.idle_watermark_ms)
     }
     /// Position every assigned partition at the store's offset now, so a store that is behind the group
@@ -157,6 +178,7 @@ impl<S: SinkStore> batch::Stage for SinkLoop<'_, S> {
     /// positioning never holds up polling (a partition not yet fetching is sought again while idle, and
     /// `take` keeps every partition in sequence regardless).
     async fn rebalanced(&mut self) -> anyhow::Result<()> {
+        self.settle().await?;
         self.tracker = Tracker::default();
         self.meta.clear();
         let assigned = self.watch.assigned();
@@ -189,6 +211,7 @@ impl<S: SinkStore> batch::Stage for SinkLoop<'_, S> {
         self.land(messages).await
     }
     async fn idle(&mut self) -> anyhow::Result<()> {
+        self.settle().await?;
         let seek_timeout = Duration::from_millis(self.cfg.sinks.seek_timeout_ms);
         let assigned = self.watch.assigned();
         reposition_behind(
@@ -227,7 +250,7 @@ async fn run_consumer<S: SinkStore>(
     cfg: &Config,
     topics: &Topics,
     inputs: &[String],
-    store: &S,
+    store: &std::sync::Arc<S>,
     producer: &FutureProducer,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -252,7 +275,9 @@ async fn run_consumer<S: SinkStore>(
     let mut l = SinkLoop {
         cfg,
         topics,
-        store,
+        store: &**store,
+        shared: std::sync::Arc::clone(store),
+        landing: None,
         producer,
         shutdown,
         backoff,
@@ -266,7 +291,16 @@ async fn run_consumer<S: SinkStore>(
         last_watermark: std::time::Instant::now(),
         unpositioned: Vec::new(),
     };
-    batch::drive(&mut l, shutdown).await
+    match batch::drive(&mut l, shutdown).await {
+        Ok(()) => l.settle().await,
+        Err(e) => {
+            // The write in flight finishes (or fails) before the loop restarts from the store's positions.
+            if let Some(landing) = l.landing.take() {
+                let _ = landing.task.await;
+            }
+            Err(e)
+        }
+    }
 }
 
 impl<S: SinkStore> SinkLoop<'_, S> {
@@ -314,20 +348,17 @@ impl<S: SinkStore> SinkLoop<'_, S> {
         if taken.is_empty() {
             return Ok(());
         }
-        self.write(&rows, &dead, &taken).await
+        self.write(rows, dead, &taken).await
     }
 
-    /// Dead letters first (acknowledged before their offsets are passed), then rows and positions in
-    /// one store write; the group commit after is advisory.
-    async fn write(&mut self, rows: &[S::Row], dead: &[Emit], taken: &[OwnedMessage]) -> anyhow::Result<()> {
-        let (store, producer) = (self.store, self.producer);
-        let produce_timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
-        if !dead.is_empty() {
-            retry(store.name(), "dead-letter", self.backoff, self.shutdown, || async move {
-                produce_all(producer, dead, produce_timeout).await.map_err(StoreError::from)
-            })
-            .await?;
-        }
+    /// Complete the previous batch's write, then start this batch's on a task: dead letters first
+    /// (acknowledged before their offsets are passed), then rows and positions in one store write.
+    async fn write(
+        &mut self,
+        rows: Vec<S::Row>,
+        dead: Vec<Emit>,
+        taken: &[OwnedMessage],
+    ) -> anyhow::Result<()> {
         let next = batch::next_offsets(taken);
         for m in taken {
             let e = self.meta.entry((m.topic().to_owned(), m.partition())).or_default();
@@ -347,21 +378,47 @@ impl<S: SinkStore> SinkLoop<'_, S> {
                 }
             })
             .collect();
-        let positions = &positions;
-        let started = std::time::Instant::now();
-        retry(store.name(), "write", self.backoff, self.shutdown, || store.write(rows, positions)).await?;
-        let sink = store.name();
-        metrics::histogram!("riverbank_sink_write_seconds", "sink" => sink)
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("riverbank_sink_rows_total", "sink" => sink).increment(rows.len() as u64);
-        metrics::counter!("riverbank_sink_messages_total", "sink" => sink).increment(taken.len() as u64);
-        for (t, p, o) in &next {
+        self.settle().await?;
+        let (store, producer, shutdown) =
+            (std::sync::Arc::clone(&self.shared), self.producer.clone(), self.shutdown.clone());
+        let produce_timeout = Duration::from_millis(self.cfg.kafka.message_timeout_ms);
+        let mut backoff =
+            Backoff::new(self.cfg.sinks.retry_backoff_initial_ms, self.cfg.sinks.retry_backoff_max_ms);
+        let (messages, row_count) = (taken.len(), rows.len());
+        let task = tokio::spawn(async move {
+            let (producer, dead, store) = (&producer, &dead, &*store);
+            if !dead.is_empty() {
+                retry(store.name(), "dead-letter", &mut backoff, &shutdown, || async move {
+                    produce_all(producer, dead, produce_timeout).await.map_err(StoreError::from)
+                })
+                .await?;
+            }
+            let (rows, positions) = (&rows, &positions);
+            let started = std::time::Instant::now();
+            retry(store.name(), "write", &mut backoff, &shutdown, || store.write(rows, positions)).await?;
+            let sink = store.name();
+            metrics::histogram!("riverbank_sink_write_seconds", "sink" => sink)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("riverbank_sink_rows_total", "sink" => sink).increment(rows.len() as u64);
+            metrics::counter!("riverbank_sink_messages_total", "sink" => sink).increment(messages as u64);
+            Ok(())
+        });
+        self.landing = Some(Landing { task, next, messages, rows: row_count });
+        Ok(())
+    }
+
+    /// Wait for the batch being written; its offsets are durable then (the group commit is advisory).
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let Some(landing) = self.landing.take() else { return Ok(()) };
+        landing.task.await??;
+        for (t, p, o) in &landing.next {
             self.tracker.made_durable(t, *p, *o);
         }
-        if let Err(e) = batch::commit(&self.consumer, &next, false) {
+        let sink = self.store.name();
+        if let Err(e) = batch::commit(&self.consumer, &landing.next, false) {
             tracing::debug!(sink, error = %e, "group commit failed (advisory only)");
         }
-        tracing::debug!(sink, messages = taken.len(), rows = rows.len(), "batch durable");
+        tracing::debug!(sink, messages = landing.messages, rows = landing.rows, "batch durable");
         Ok(())
     }
 }
