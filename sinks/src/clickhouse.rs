@@ -1048,16 +1048,42 @@ impl ClickHouseSink {
 async fn insert<T: Row + Serialize + for<'a> Row<Value<'a> = T> + clickhouse::RowWrite>(
     client: &Client,
     table: &str,
-    rows: &[T],
+    rows: &[&T],
 ) -> Result<(), clickhouse::error::Error> {
     let mut insert = client.insert::<T>(table).await?;
     for row in rows {
-        insert.write(row).await?;
+        insert.write(*row).await?;
     }
     insert.end().await
 }
 
-/// Insert decoded rows, one RowBinary insert per table (`{table_prefix}events`, …), each within `timeout`.
+/// One table's insert of a batch, run beside the other tables' (`insert_rows`).
+type TableInsert<'f> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'f>>;
+
+/// The insert of `rows` into `{table_prefix}{name}` within `timeout`, if there are any.
+fn table_insert<'f, T>(
+    client: &'f Client,
+    table_prefix: &str,
+    name: &'static str,
+    rows: Vec<&'f T>,
+    timeout: Duration,
+) -> Option<TableInsert<'f>>
+where
+    T: Row + Serialize + for<'a> Row<Value<'a> = T> + clickhouse::RowWrite + Sync + 'static,
+{
+    if rows.is_empty() {
+        return None;
+    }
+    let table = format!("{table_prefix}{name}");
+    Some(Box::pin(async move {
+        let what = format!("insert {table}");
+        within(timeout, &what, insert(client, &table, &rows)).await
+    }))
+}
+
+/// Insert decoded rows, one RowBinary insert per table (`{table_prefix}events`, …), the tables' inserts
+/// at the same time (they are independent: each row is idempotent on its key), each within `timeout`.
 pub async fn insert_rows(
     client: &Client,
     rows: &[ChRow],
@@ -1072,62 +1098,39 @@ pub async fn insert_rows(
     let (mut fx_facts, mut fee_facts) = (Vec::new(), Vec::new());
     for r in rows {
         match r {
-            ChRow::Event(e) => events.push(e.clone()),
-            ChRow::Audit(a) => audit.push(a.clone()),
-            ChRow::AuditCheckpoint(c) => checkpoints.push(c.clone()),
-            ChRow::Fact(f) => facts.push(f.clone()),
-            ChRow::Posting(p) => postings.push(p.clone()),
-            ChRow::Rejection(r) => rejections.push(r.clone()),
-            ChRow::KycFact(f) => kyc_facts.push(f.clone()),
-            ChRow::KycRejection(r) => kyc_rejections.push(r.clone()),
-            ChRow::RiskDecision(d) => risk_decisions.push(d.clone()),
-            ChRow::RiskRejection(r) => risk_rejections.push(r.clone()),
-            ChRow::FxFact(f) => fx_facts.push(f.clone()),
-            ChRow::FeeFact(f) => fee_facts.push(f.clone()),
+            ChRow::Event(e) => events.push(e),
+            ChRow::Audit(a) => audit.push(a),
+            ChRow::AuditCheckpoint(c) => checkpoints.push(c),
+            ChRow::Fact(f) => facts.push(f),
+            ChRow::Posting(p) => postings.push(p),
+            ChRow::Rejection(r) => rejections.push(r),
+            ChRow::KycFact(f) => kyc_facts.push(f),
+            ChRow::KycRejection(r) => kyc_rejections.push(r),
+            ChRow::RiskDecision(d) => risk_decisions.push(d),
+            ChRow::RiskRejection(r) => risk_rejections.push(r),
+            ChRow::FxFact(f) => fx_facts.push(f),
+            ChRow::FeeFact(f) => fee_facts.push(f),
         }
     }
-    let t = |name: &str| format!("{table_prefix}{name}");
-    if !events.is_empty() {
-        within(timeout, "insert events", insert(client, &t("events"), &events)).await?;
-    }
-    if !audit.is_empty() {
-        within(timeout, "insert audit_trail", insert(client, &t("audit_trail"), &audit)).await?;
-    }
-    if !checkpoints.is_empty() {
-        let table = t("audit_checkpoints");
-        within(timeout, "insert audit_checkpoints", insert(client, &table, &checkpoints)).await?;
-    }
-    if !facts.is_empty() {
-        within(timeout, "insert transfer_facts", insert(client, &t("transfer_facts"), &facts)).await?;
-    }
-    if !postings.is_empty() {
-        within(timeout, "insert ledger_postings", insert(client, &t("ledger_postings"), &postings)).await?;
-    }
-    if !rejections.is_empty() {
-        let table = t("transfer_rejections");
-        within(timeout, "insert transfer_rejections", insert(client, &table, &rejections)).await?;
-    }
-    if !kyc_facts.is_empty() {
-        within(timeout, "insert kyc_facts", insert(client, &t("kyc_facts"), &kyc_facts)).await?;
-    }
-    if !kyc_rejections.is_empty() {
-        let table = t("kyc_rejections");
-        within(timeout, "insert kyc_rejections", insert(client, &table, &kyc_rejections)).await?;
-    }
-    if !risk_decisions.is_empty() {
-        let table = t("risk_decisions");
-        within(timeout, "insert risk_decisions", insert(client, &table, &risk_decisions)).await?;
-    }
-    if !risk_rejections.is_empty() {
-        let table = t("risk_rejections");
-        within(timeout, "insert risk_rejections", insert(client, &table, &risk_rejections)).await?;
-    }
-    if !fx_facts.is_empty() {
-        within(timeout, "insert fx_facts", insert(client, &t("fx_facts"), &fx_facts)).await?;
-    }
-    if !fee_facts.is_empty() {
-        within(timeout, "insert fee_facts", insert(client, &t("fee_facts"), &fee_facts)).await?;
-    }
+    let (p, t) = (table_prefix, timeout);
+    let inserts: Vec<TableInsert<'_>> = [
+        table_insert(client, p, "events", events, t),
+        table_insert(client, p, "audit_trail", audit, t),
+        table_insert(client, p, "audit_checkpoints", checkpoints, t),
+        table_insert(client, p, "transfer_facts", facts, t),
+        table_insert(client, p, "ledger_postings", postings, t),
+        table_insert(client, p, "transfer_rejections", rejections, t),
+        table_insert(client, p, "kyc_facts", kyc_facts, t),
+        table_insert(client, p, "kyc_rejections", kyc_rejections, t),
+        table_insert(client, p, "risk_decisions", risk_decisions, t),
+        table_insert(client, p, "risk_rejections", risk_rejections, t),
+        table_insert(client, p, "fx_facts", fx_facts, t),
+        table_insert(client, p, "fee_facts", fee_facts, t),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    futures::future::try_join_all(inserts).await?;
     Ok(())
 }
 
@@ -1253,10 +1256,6 @@ impl SinkStore for ClickHouseSink {
                 version: position_version(p.log_epoch, p.next_offset),
             })
             .collect();
-        if !offsets.is_empty() {
-            within(self.timeout, "insert sink_positions", insert(&self.client, "sink_positions", &offsets))
-                .await?;
-        }
         let marks: Vec<WatermarkRow> = positions
             .iter()
             .filter_map(|p| {
@@ -1268,10 +1267,16 @@ impl SinkStore for ClickHouseSink {
                 })
             })
             .collect();
-        if !marks.is_empty() {
-            within(self.timeout, "insert sink_watermarks", insert(&self.client, "sink_watermarks", &marks))
-                .await?;
-        }
+        // Positions and complete-through marks are independent of each other (both follow the rows).
+        let (c, t) = (&self.client, self.timeout);
+        let after: Vec<TableInsert<'_>> = [
+            table_insert(c, "", "sink_positions", offsets.iter().collect(), t),
+            table_insert(c, "", "sink_watermarks", marks.iter().collect(), t),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        futures::future::try_join_all(after).await?;
         Ok(())
     }
 }
