@@ -45,6 +45,47 @@ impl Processor for Passthrough {
     }
 }
 
+/// [`Passthrough`] writing, for each input, as many records as the transfers processor writes for it
+/// (copies of the input under ids derived from it): the loop's ceiling for the same write volume, where
+/// the plain passthrough writes one record per input and transfers about 2.5.
+pub(crate) struct FannedPassthrough {
+    pub(crate) output: String,
+    /// Records the transfers processor writes for each input (by input event id).
+    pub(crate) copies: HashMap<uuid::Uuid, usize>,
+}
+
+impl Processor for FannedPassthrough {
+    type State = ();
+    fn name(&self) -> &'static str {
+        "passthrough-fanned"
+    }
+    fn spec(&self, topics: &Topics, env: Environment) -> Spec {
+        Spec {
+            outputs: vec![Output::new(self.output.clone(), &[])],
+            stateful: false,
+            ..Spec::reading(topics.transfer_inputs(env))
+        }
+    }
+    fn examples(&self, _: Environment) -> Vec<RawEnvelope> {
+        Vec::new()
+    }
+    fn apply(&self, _: &mut (), _: &InputRef<'_>, input: RawEnvelope) -> Verdict {
+        let n = self.copies.get(&input.event_id).copied().unwrap_or(1);
+        let payload = serde_json::to_vec(&input).unwrap_or_default();
+        let id = input.event_id.to_string();
+        Verdict::Emit(
+            (0..n)
+                .map(|i| Emit {
+                    topic: self.output.clone(),
+                    key: input.tenant_id.clone(),
+                    event_id: riverbank_schemas::derived_id(&[&id, "copy", &i.to_string()]),
+                    payload: payload.clone(),
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The passthrough's one rule: the input, unchanged, to `output`.
 fn forward(output: &str, input: RawEnvelope) -> Verdict {
     let payload = serde_json::to_vec(&input).unwrap_or_default();
@@ -746,16 +787,19 @@ pub async fn transfers(
     produce_all(&producer, &emits, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
     let transfers = TransfersProcessor::new(topics.clone(), TransfersLimits::default());
     let status_topic = topics.transfer_status(Environment::Live);
-    let status_count = {
+    let (status_count, copies) = {
         let mut state = Default::default();
         let mut count = 0i64;
+        let mut copies = HashMap::new();
         for e in &inputs {
             if let Verdict::Emit(o) = transfers.apply(&mut state, &at, e.clone()) {
                 count += o.iter().filter(|x| x.topic == status_topic).count() as i64;
+                *copies.entry(e.event_id).or_insert(0) += o.len();
             }
         }
-        count
+        (count, copies)
     };
+    let fanned_total: i64 = inputs.iter().map(|e| copies.get(&e.event_id).copied().unwrap_or(1) as i64).sum();
     let (share_proc, t_proc) = drain(&cfg, transfers, &status_topic, status_count).await?;
     let (share_pass, t_pass) =
         drain(&cfg, Passthrough { output: passthrough_topic.clone() }, &passthrough_topic, n as i64).await?;
@@ -763,6 +807,13 @@ pub async fn transfers(
     println!("(2) transfers on broker:    {r_proc:>10.0} inputs/s (checkpoint after every batch; steady state over {t_proc:.2} s)");
     println!("(3) passthrough on broker:  {r_pass:>10.0} inputs/s (steady state over {t_pass:.2} s)");
     println!("    ratio (2)/(3):          {:>10.2}", r_proc / r_pass);
+    let fanned_topic = format!("{}live.bench.fanned", cfg.kafka.topic_prefix);
+    riverbank_runtime::kafka::ensure_topics(&cfg.kafka, std::slice::from_ref(&fanned_topic)).await?;
+    let fanned = FannedPassthrough { output: fanned_topic.clone(), copies };
+    let (share_fan, t_fan) = drain(&cfg, fanned, &fanned_topic, fanned_total).await?;
+    let r_fan = n as f64 * share_fan / t_fan;
+    println!("(3b) passthrough writing as many records per input as transfers ({:.2}): {r_fan:>8.0} inputs/s (steady state over {t_fan:.2} s)", fanned_total as f64 / n as f64);
+    println!("    ratio (2)/(3b):         {:>10.2}", r_proc / r_fan);
 
     // Latency at a steady rate: fresh tenants (new transfers, new ids) on the same topic.
     let paced_names: Vec<String> = (0..tenants).map(|i| format!("paced-tenant-{i}")).collect();
@@ -848,6 +899,7 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
     cfg.kafka.topic_prefix = format!("benchsink-{id}.");
     cfg.kafka.environments = vec![Environment::Live];
     let topics = riverbank_runtime::kafka::topics(&cfg.kafka);
+    let sink_topics = crate::registry::sink_inputs(&cfg);
     // The processor's outputs for a workload, produced straight onto the sinks' input topics.
     let outputs = |seed: u64, per: usize| -> Vec<Emit> {
         let names: Vec<String> = (0..tenants).map(|i| format!("bench-tenant-{i}")).collect();
@@ -858,9 +910,10 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
         let mut out = Vec::new();
         for e in transfer_inputs(&refs, per, seed) {
             if let Verdict::Emit(o) = p.apply(&mut state, &at, e) {
-                out.extend(
-                    o.into_iter().filter(|x| x.topic != topics.transfer_rejections(Environment::Live)),
-                );
+                // What the sinks read (not the screening requests, which go to risk), less rejections.
+                out.extend(o.into_iter().filter(|x| {
+                    x.topic != topics.transfer_rejections(Environment::Live) && sink_topics.contains(&x.topic)
+                }));
             }
         }
         out
