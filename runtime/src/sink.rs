@@ -423,6 +423,43 @@ impl<S: SinkStore> SinkLoop<'_, S> {
     }
 }
 
+/// Partitions whose log bounds are asked for at the same time (each is two broker round trips).
+const BOUNDS_CONCURRENCY: usize = 16;
+
+/// The (low, high) offsets of `partitions` of `topic`, asked up to `BOUNDS_CONCURRENCY` at a time: a
+/// sink assigned many partitions of a slow broker is positioned in a few round trips, not one per
+/// partition in turn.
+fn log_bounds(
+    consumer: &kafka::Consumer,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> rdkafka::error::KafkaResult<HashMap<i32, (i64, i64)>> {
+    tokio::task::block_in_place(|| {
+        let mut bounds = HashMap::new();
+        for chunk in partitions.chunks(BOUNDS_CONCURRENCY) {
+            let fetched: Vec<(i32, rdkafka::error::KafkaResult<(i64, i64)>)> = std::thread::scope(|s| {
+                let asks: Vec<_> = chunk
+                    .iter()
+                    .map(|&p| (p, s.spawn(move || consumer.fetch_watermarks(topic, p, timeout))))
+                    .collect();
+                asks.into_iter()
+                    .map(|(p, h)| {
+                        let r = h.join().unwrap_or(Err(rdkafka::error::KafkaError::MetadataFetch(
+                            rdkafka::types::RDKafkaErrorCode::Fail,
+                        )));
+                        (p, r)
+                    })
+                    .collect()
+            });
+            for (p, r) in fetched {
+                bounds.insert(p, r?);
+            }
+        }
+        Ok(bounds)
+    })
+}
+
 /// Load the store's positions for `parts` and decide where each resumes (`resume_at`).
 #[allow(clippy::too_many_arguments)]
 async fn resolve_positions<S: SinkStore>(
@@ -442,11 +479,7 @@ async fn resolve_positions<S: SinkStore>(
         let loaded =
             retry(store.name(), "load positions", backoff, shutdown, || store.load_positions(topic)).await?;
         let mine: Vec<i32> = parts.iter().filter(|(t, _)| t == topic).map(|(_, p)| *p).collect();
-        let mut bounds = HashMap::new();
-        for &p in &mine {
-            let w = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, timeout))?;
-            bounds.insert(p, w);
-        }
+        let bounds = log_bounds(consumer, topic, &mine, timeout)?;
         // The log identity: the message before each stored position must be the one the store landed.
         let probes: Vec<(i32, i64)> = mine
             .iter()
