@@ -823,6 +823,7 @@ pub async fn transfers(
     let (p50, p99, k) =
         paced_latency(&cfg, transfers, &paced, &status_topic, rate_per_s, status_cause).await?;
     println!("    transfers latency at {rate_per_s}/s: p50 {p50:.0} ms, p99 {p99:.0} ms (input produced → status event produced; {k} events)");
+    let transfers_latency = serde_json::json!({"p50_ms": p50, "p99_ms": p99, "events": k});
     let paced = transfer_inputs(&paced_refs, (rate_per_s as usize * 10 / tenants / 5).max(1), 3);
     let (p50, p99, k) = paced_latency(
         &cfg,
@@ -834,7 +835,16 @@ pub async fn transfers(
     )
     .await?;
     println!("    passthrough latency at {rate_per_s}/s: p50 {p50:.0} ms, p99 {p99:.0} ms ({k} events)");
-    Ok(())
+    let report = serde_json::json!({
+        "bench": "transfers",
+        "machine": machine(),
+        "workload": {"inputs": n, "tenants": tenants, "per_tenant": per_tenant, "outputs_per_apply_run": outputs_per_run},
+        "apply_alone_inputs_per_s_median_of_5": apply_rates[2],
+        "on_broker_inputs_per_s": {"transfers": r_proc, "passthrough": r_pass, "passthrough_fanned": r_fan},
+        "ratio": {"transfers_over_passthrough": r_proc / r_pass, "transfers_over_fanned": r_proc / r_fan},
+        "latency_at_rate": {"rate_per_s": rate_per_s, "transfers": transfers_latency, "passthrough": {"p50_ms": p50, "p99_ms": p99, "events": k}},
+    });
+    write_report(std::path::Path::new("target/bench/transfers.json"), &report)
 }
 
 /// Messages a sink has made durable: the sum of its stored next offsets (fresh topics start at 0).
@@ -1110,6 +1120,7 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
     stop.cancel();
     pg_task.await??;
     ch_task.await??;
+    let mut latency = serde_json::Map::new();
     for (name, seen) in [("postgres", &pg_seen), ("clickhouse", &ch_seen)] {
         let mut ms: Vec<f64> = seen
             .iter()
@@ -1123,6 +1134,10 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
             percentile(&ms, 0.99),
             ms.len()
         );
+        latency.insert(
+            name.to_owned(),
+            serde_json::json!({"p50_ms": percentile(&ms, 0.5), "p99_ms": percentile(&ms, 0.99), "messages": ms.len()}),
+        );
     }
     // Clean up the run's databases.
     pool.close().await;
@@ -1131,7 +1146,16 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
         .query(&format!("DROP DATABASE IF EXISTS {}", cfg.clickhouse.database))
         .execute()
         .await?;
-    Ok(())
+    let report = serde_json::json!({
+        "bench": "sinks",
+        "machine": machine(),
+        "workload": {"messages": n, "tenants": tenants, "per_tenant": per_tenant,
+            "batch_rows_max": cfg.sinks.batch_rows_max, "batch_linger_ms": cfg.sinks.batch_linger_ms},
+        "postgres": {"sink_rows_per_s": pg_rate, "copy_rows_per_s": copy_rate, "ratio": pg_rate / copy_rate},
+        "clickhouse": {"sink_rows_per_s": ch_rate, "bare_insert_rows_per_s": bare_ch_rate, "ratio": ch_rate / bare_ch_rate},
+        "produce_to_queryable": {"rate_per_s": rate_per_s, "stores": latency},
+    });
+    write_report(std::path::Path::new("target/bench/sinks.json"), &report)
 }
 
 /// CPU time (user + system) this process has used, in seconds (Linux `/proc/self/stat`, 100 ticks/s).
@@ -1309,5 +1333,19 @@ pub async fn ingest(cfg: &Config, seconds: u64, concurrency: usize) -> anyhow::R
     let r1 = report("signed webhooks", &signed);
     let r2 = report("axum hello-world", &plain);
     println!("ratio (ingest / hello-world): {:.2}", r1 / r2);
-    Ok(())
+    let figures = |l: &Load, rate: f64| {
+        serde_json::json!({"req_per_s": rate, "p50_ms": percentile(&l.latencies_ms, 0.5),
+            "p99_ms": percentile(&l.latencies_ms, 0.99), "ok": l.ok, "failed": l.failed,
+            "cpu_percent_of_one_core": l.cpu_percent, "machine_percent": l.machine_percent})
+    };
+    let report = serde_json::json!({
+        "bench": "ingest",
+        "machine": machine(),
+        "seconds": seconds,
+        "concurrency": concurrency,
+        "signed_webhooks": figures(&signed, r1),
+        "hello_world": figures(&plain, r2),
+        "ratio": r1 / r2,
+    });
+    write_report(std::path::Path::new("target/bench/ingest.json"), &report)
 }
