@@ -21,14 +21,23 @@ use riverbank_schemas::{Environment, RawEnvelope, Topics};
 use crate::workload::transfer_inputs;
 
 /// A stateless processor that forwards every input unchanged: the loop's ceiling on this broker.
+/// With `copies`, it writes for each input as many records as the transfers processor writes for it
+/// (copies of the input under ids derived from it): the ceiling for the same write volume, where the plain
+/// passthrough writes one record per input and transfers about 2.5.
 pub(crate) struct Passthrough {
     pub(crate) output: String,
+    /// Records the transfers processor writes for each input (by input event id).
+    pub(crate) copies: Option<HashMap<uuid::Uuid, usize>>,
 }
 
 impl Processor for Passthrough {
     type State = ();
     fn name(&self) -> &'static str {
-        "passthrough"
+        if self.copies.is_some() {
+            "passthrough-fanned"
+        } else {
+            "passthrough"
+        }
     }
     fn spec(&self, topics: &Topics, env: Environment) -> Spec {
         Spec {
@@ -41,36 +50,8 @@ impl Processor for Passthrough {
         Vec::new()
     }
     fn apply(&self, _: &mut (), _: &InputRef<'_>, input: RawEnvelope) -> Verdict {
-        forward(&self.output, input)
-    }
-}
-
-/// [`Passthrough`] writing, for each input, as many records as the transfers processor writes for it
-/// (copies of the input under ids derived from it): the loop's ceiling for the same write volume, where
-/// the plain passthrough writes one record per input and transfers about 2.5.
-pub(crate) struct FannedPassthrough {
-    pub(crate) output: String,
-    /// Records the transfers processor writes for each input (by input event id).
-    pub(crate) copies: HashMap<uuid::Uuid, usize>,
-}
-
-impl Processor for FannedPassthrough {
-    type State = ();
-    fn name(&self) -> &'static str {
-        "passthrough-fanned"
-    }
-    fn spec(&self, topics: &Topics, env: Environment) -> Spec {
-        Spec {
-            outputs: vec![Output::new(self.output.clone(), &[])],
-            stateful: false,
-            ..Spec::reading(topics.transfer_inputs(env))
-        }
-    }
-    fn examples(&self, _: Environment) -> Vec<RawEnvelope> {
-        Vec::new()
-    }
-    fn apply(&self, _: &mut (), _: &InputRef<'_>, input: RawEnvelope) -> Verdict {
-        let n = self.copies.get(&input.event_id).copied().unwrap_or(1);
+        let Some(copies) = &self.copies else { return forward(&self.output, input) };
+        let n = copies.get(&input.event_id).copied().unwrap_or(1);
         let payload = serde_json::to_vec(&input).unwrap_or_default();
         let id = input.event_id.to_string();
         Verdict::Emit(
@@ -801,15 +782,20 @@ pub async fn transfers(
     };
     let fanned_total: i64 = inputs.iter().map(|e| copies.get(&e.event_id).copied().unwrap_or(1) as i64).sum();
     let (share_proc, t_proc) = drain(&cfg, transfers, &status_topic, status_count).await?;
-    let (share_pass, t_pass) =
-        drain(&cfg, Passthrough { output: passthrough_topic.clone() }, &passthrough_topic, n as i64).await?;
+    let (share_pass, t_pass) = drain(
+        &cfg,
+        Passthrough { output: passthrough_topic.clone(), copies: None },
+        &passthrough_topic,
+        n as i64,
+    )
+    .await?;
     let (r_proc, r_pass) = (n as f64 * share_proc / t_proc, n as f64 * share_pass / t_pass);
     println!("(2) transfers on broker:    {r_proc:>10.0} inputs/s (checkpoint after every batch; steady state over {t_proc:.2} s)");
     println!("(3) passthrough on broker:  {r_pass:>10.0} inputs/s (steady state over {t_pass:.2} s)");
     println!("    ratio (2)/(3):          {:>10.2}", r_proc / r_pass);
     let fanned_topic = format!("{}live.bench.fanned", cfg.kafka.topic_prefix);
     riverbank_runtime::kafka::ensure_topics(&cfg.kafka, std::slice::from_ref(&fanned_topic)).await?;
-    let fanned = FannedPassthrough { output: fanned_topic.clone(), copies };
+    let fanned = Passthrough { output: fanned_topic.clone(), copies: Some(copies) };
     let (share_fan, t_fan) = drain(&cfg, fanned, &fanned_topic, fanned_total).await?;
     let r_fan = n as f64 * share_fan / t_fan;
     println!("(3b) passthrough writing as many records per input as transfers ({:.2}): {r_fan:>8.0} inputs/s (steady state over {t_fan:.2} s)", fanned_total as f64 / n as f64);
@@ -827,7 +813,7 @@ pub async fn transfers(
     let paced = transfer_inputs(&paced_refs, (rate_per_s as usize * 10 / tenants / 5).max(1), 3);
     let (p50, p99, k) = paced_latency(
         &cfg,
-        Passthrough { output: passthrough_topic.clone() },
+        Passthrough { output: passthrough_topic.clone(), copies: None },
         &paced,
         &passthrough_topic,
         rate_per_s,
@@ -1158,14 +1144,49 @@ pub async fn sinks(cfg: &Config, tenants: usize, per_tenant: usize, rate_per_s: 
     write_report(std::path::Path::new("target/bench/sinks.json"), &report)
 }
 
-/// CPU time (user + system) this process has used, in seconds (Linux `/proc/self/stat`, 100 ticks/s).
+/// CPU time (user + system) this process has used, in seconds.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    process_cpu_s(std::process::id(), false).unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system) of a process (Linux `/proc/<pid>/stat`, 100 ticks/s); with `children`,
+/// also those of the children it reaped and of its live children (Postgres backends).
+pub(crate) fn process_cpu_s(pid: u32, children: bool) -> Option<f64> {
+    let fields = |pid: u32| -> Option<Vec<u64>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name (in parentheses, which may contain spaces).
+        let rest = &stat[stat.rfind(')')? + 1..];
+        Some(rest.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0)).collect())
+    };
+    // proc(5): utime, stime, cutime, cstime are fields 14-17; after the name, indices 11-14. ppid is 4 (1).
+    let f = fields(pid)?;
+    let mut ticks = f.get(11)? + f.get(12)?;
+    if children {
+        ticks += f.get(13)? + f.get(14)?;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(c) = fields(child).filter(|c| c.get(1) == Some(&u64::from(pid))) {
+                ticks += c.get(11).unwrap_or(&0) + c.get(12).unwrap_or(&0);
+            }
+        }
+    }
+    Some(ticks as f64 / 100.0)
+}
+
+/// Stop a child process: SIGTERM, then SIGKILL if it is still running after `grace`.
+pub(crate) fn terminate(child: &mut std::process::Child, grace: Duration) {
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Machine-wide (busy, total) CPU ticks from /proc/stat: everything on the box, Postgres and the

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::bench::{self, percentile, print_machine, write_report};
+use crate::bench::{self, percentile, print_machine, process_cpu_s, terminate, write_report};
 use crate::workload::Lcg;
 
 /// The velocity window (ms of event time).
@@ -474,29 +474,8 @@ fn spawn(
     cmd.spawn().with_context(|| format!("starting {}", system.label()))
 }
 
-/// CPU seconds (user + system) of a live process so far.
-fn cpu_s(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5), in clock ticks (USER_HZ, 100 on Linux).
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-/// Stop a child: SIGTERM, then SIGKILL if it is still running after 20 s.
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
+/// How long a child has after SIGTERM before it is killed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(20);
 
 fn reader(kcfg: &KafkaConfig) -> anyhow::Result<BaseConsumer> {
     Ok(rdkafka::ClientConfig::new()
@@ -555,11 +534,11 @@ fn throughput(
         }
         let got = records(&consumer, &t.results, parts)?;
         if got > 0 && first.is_none() {
-            first = Some((Instant::now(), got, cpu_s(child.id()).unwrap_or(0.0)));
+            first = Some((Instant::now(), got, process_cpu_s(child.id(), false).unwrap_or(0.0)));
         }
         if got >= n {
             let (at, n0, cpu0) = first.unwrap_or((started, 0, 0.0));
-            let total_cpu_s = cpu_s(child.id()).unwrap_or(0.0);
+            let total_cpu_s = process_cpu_s(child.id(), false).unwrap_or(0.0);
             let cpu = total_cpu_s - cpu0;
             let steady_s = at.elapsed().as_secs_f64();
             let measured = (n - n0) as f64;
@@ -578,7 +557,7 @@ fn throughput(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    terminate(&mut child);
+    terminate(&mut child, TERMINATE_GRACE);
     result
 }
 
@@ -707,7 +686,7 @@ async fn latency(
         })
     }
     .await;
-    terminate(&mut child);
+    terminate(&mut child, TERMINATE_GRACE);
     r
 }
 
@@ -837,7 +816,7 @@ async fn crash(
         }
     }
     .await;
-    terminate(&mut child);
+    terminate(&mut child, TERMINATE_GRACE);
     r
 }
 

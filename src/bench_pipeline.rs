@@ -38,7 +38,7 @@ use riverbank_runtime::Config;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bench::{percentile, print_machine, write_report};
+use crate::bench::{percentile, print_machine, process_cpu_s as cpu_s, write_report};
 use crate::loadgen::{self, Drive, Mix, Probe, Target};
 
 /// `riverbank bench pipeline` options.
@@ -156,31 +156,6 @@ fn mark(probes: &Probes, found: Vec<String>, field: fn(&mut ProbeSeen) -> &mut O
             field(s).get_or_insert(now);
         }
     }
-}
-
-/// CPU seconds (user + system) of a process; with `children`, also those of the children it reaped
-/// and of its live children (Postgres backends).
-fn cpu_s(pid: u32, children: bool) -> Option<f64> {
-    let fields = |pid: u32| -> Option<Vec<u64>> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 1..];
-        Some(rest.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0)).collect())
-    };
-    // proc(5): utime, stime, cutime, cstime are fields 14-17; after the name, indices 11-14. ppid is 4 (1).
-    let f = fields(pid)?;
-    let mut ticks = f.get(11)? + f.get(12)?;
-    if children {
-        ticks += f.get(13)? + f.get(14)?;
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some(c) = fields(child).filter(|c| c.get(1) == Some(&u64::from(pid))) {
-                ticks += c.get(11).unwrap_or(&0) + c.get(12).unwrap_or(&0);
-            }
-        }
-    }
-    Some(ticks as f64 / 100.0)
 }
 
 /// The local stack's processes: (name, pid, count its children).
@@ -402,22 +377,9 @@ pub async fn pipeline(base: &Config, o: &Options) -> anyhow::Result<()> {
     );
     let mut run = Run { cfg, child, log };
     let result = measure(&mut run, o, &tenants, &id, machine, build).await;
-    terminate(&mut run.child);
+    crate::bench::terminate(&mut run.child, Duration::from_secs(30));
     cleanup(&run.cfg, &admin, &db).await;
     result
-}
-
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 async fn cleanup(cfg: &Config, admin: &sqlx::PgPool, db: &str) {
