@@ -61,7 +61,7 @@ fn routes(file: &str) -> Vec<(String, String)> {
 struct Secrets {
     /// Strings that are A's wherever they appear.
     text: BTreeSet<String>,
-    /// Amounts (minor units, decimal text): A's when they stand alone (not inside a longer number).
+    /// Amounts (minor units, decimal text): A's when they stand alone (not inside a longer number or token).
     numbers: BTreeSet<String>,
 }
 
@@ -85,7 +85,9 @@ impl Secrets {
             let standalone = body.match_indices(n.as_str()).any(|(i, _)| {
                 let before = body[..i].chars().next_back();
                 let after = body[i + n.len()..].chars().next();
-                let digitish = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit() || c == '.');
+                // Inside a longer number or a token (the hex of a random event id: "280da476-…") it is
+                // not an amount.
+                let digitish = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.');
                 // A duration in ms (the live stream's window lengths) is not an amount.
                 let duration = body[..i].ends_with("_ms\":");
                 !digitish(before) && !digitish(after) && !duration
